@@ -1,0 +1,163 @@
+"""IB message codes as one table.
+
+TWS reports connection events as "error" messages with a code. This module maps
+each code the connection machine cares about to an :class:`~ibkr_connection.machine.Input`,
+with the log level to use and whether the gateway dropped the client's
+subscriptions. A new code is a new row in :data:`CODES`, never a new ``elif``.
+
+Codes not in the table are logged and change nothing (see :func:`classify`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from ibkr_connection.inputs import Input, InputKind
+
+
+class Payload(str, Enum):
+    """What a code's message text carries that the machine needs."""
+
+    NONE = "none"  #: nothing
+    FARM = "farm"  #: the data farm's name, after the last colon
+    PORT = "port"  #: the new API port, the last number of the text
+
+
+@dataclass(frozen=True)
+class CodeInfo:
+    """One row of the code table.
+
+    Attributes:
+        code: IB's message code.
+        meaning: what IB means by it, in our words.
+        input: the machine input it becomes, or None for "log only".
+        level: the logging level used when it arrives.
+        subscriptions_lost: True when the gateway dropped the client's
+            market data and other subscriptions, which must be re-issued.
+        payload: what to parse out of the message text.
+    """
+
+    code: int
+    meaning: str
+    input: InputKind | None
+    level: int
+    subscriptions_lost: bool = False
+    payload: Payload = Payload.NONE
+
+
+_W, _I, _E = logging.WARNING, logging.INFO, logging.ERROR
+
+#: The code table. Order is the order of the docs table in ``diagrams/codes.md``.
+CODES: tuple[CodeInfo, ...] = (
+    CodeInfo(326, "client id already in use by another API session",
+             InputKind.CLIENT_ID_IN_USE, _E),
+    CodeInfo(502, "could not connect to TWS (API not enabled, wrong port, or TWS down)",
+             InputKind.NOT_CONNECTED, _E),
+    CodeInfo(504, "not connected: a request was sent while the socket was down",
+             InputKind.NOT_CONNECTED, _E),
+    CodeInfo(1100, "connectivity between TWS and IB lost (API socket still up)",
+             InputKind.CONNECTIVITY_LOST, _W, subscriptions_lost=False),
+    CodeInfo(1101, "connectivity restored, data lost: subscriptions must be re-issued",
+             InputKind.RESTORED_DATA_LOST, _W, subscriptions_lost=True),
+    CodeInfo(1102, "connectivity restored, data maintained",
+             InputKind.RESTORED_DATA_KEPT, _I),
+    CodeInfo(1300, "API socket port was reset; this connection is dropped, reconnect on the "
+                   "new port named in the message",
+             InputKind.PORT_RESET, _W, subscriptions_lost=True, payload=Payload.PORT),
+    CodeInfo(2103, "market data farm connection broken",
+             InputKind.FARM_BROKEN, _W, payload=Payload.FARM),
+    CodeInfo(2104, "market data farm connection OK",
+             InputKind.FARM_OK, _I, payload=Payload.FARM),
+    CodeInfo(2105, "historical data farm (HMDS) connection broken",
+             InputKind.FARM_BROKEN, _W, payload=Payload.FARM),
+    CodeInfo(2106, "historical data farm (HMDS) connection OK",
+             InputKind.FARM_OK, _I, payload=Payload.FARM),
+    CodeInfo(2107, "historical data farm inactive, available on demand",
+             None, _I),
+    CodeInfo(2108, "market data farm inactive, available on demand",
+             None, _I),
+    CodeInfo(2110, "connectivity between TWS and its server broken; restored automatically",
+             InputKind.SERVER_LINK_BROKEN, _W),
+    CodeInfo(2119, "market data farm connecting",
+             None, _I),
+    CodeInfo(2157, "security definition farm connection broken",
+             InputKind.FARM_BROKEN, _W, payload=Payload.FARM),
+    CodeInfo(2158, "security definition farm connection OK",
+             InputKind.FARM_OK, _I, payload=Payload.FARM),
+    CodeInfo(10182, "live updates of a request failed because TWS was disconnected",
+             None, _W, subscriptions_lost=True),
+)
+
+_BY_CODE: dict[int, CodeInfo] = {info.code: info for info in CODES}
+if len(_BY_CODE) != len(CODES):  # pragma: no cover - guards the table itself
+    raise RuntimeError("duplicate code in ibkr_connection.codes.CODES")
+
+_LAST_NUMBER = re.compile(r"(\d+)\D*$")
+
+
+def lookup(code: int) -> CodeInfo | None:
+    """Return the table row of ``code``, or None if the code is not in the table."""
+    return _BY_CODE.get(code)
+
+
+def farm_name(message: str) -> str:
+    """Extract the farm name from a farm status message.
+
+    IB writes e.g. ``"Market data farm connection is broken:usfarm"``; the farm is
+    what follows the last colon. A message without one yields ``"unknown"``.
+    """
+    _, sep, tail = message.rpartition(":")
+    name = tail.strip()
+    return name if sep and name else "unknown"
+
+
+def new_port(message: str) -> int | None:
+    """Extract the new port from a 1300 message, or None if it names none."""
+    match = _LAST_NUMBER.search(message)
+    if match is None:
+        return None
+    port = int(match.group(1))
+    return port if 0 < port < 65536 else None
+
+
+def markdown_table() -> str:
+    """Render the code table as Markdown, for ``diagrams/codes.md``."""
+    lines = [
+        "# IB message codes",
+        "",
+        "Generated from `ibkr_connection.codes.CODES` by `ibkr-connection diagram`; "
+        "do not edit by hand.",
+        "Codes not listed are logged at WARNING and change nothing.",
+        "",
+        "| code | meaning | machine input | log level | subscriptions lost | payload |",
+        "|---:|---|---|---|---|---|",
+    ]
+    for info in CODES:
+        lines.append(
+            f"| {info.code} | {info.meaning} | "
+            f"{info.input.value if info.input else '(log only)'} | "
+            f"{logging.getLevelName(info.level)} | "
+            f"{'yes' if info.subscriptions_lost else 'no'} | {info.payload.value} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def classify(code: int, message: str) -> Input | None:
+    """Turn an IB message code into a machine input.
+
+    Args:
+        code: IB's code, as delivered by ``IB.errorEvent``.
+        message: IB's message text.
+
+    Returns:
+        The input, or None when the code is log-only or not in the table.
+    """
+    info = _BY_CODE.get(code)
+    if info is None or info.input is None:
+        return None
+    farm = farm_name(message) if info.payload is Payload.FARM else None
+    port = new_port(message) if info.payload is Payload.PORT else None
+    return Input(info.input, code=code, message=message, farm=farm, port=port)

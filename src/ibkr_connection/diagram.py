@@ -1,0 +1,182 @@
+"""Diagrams and docs derived from the transition table, for review.
+
+``ibkr-connection diagram`` writes, into ``diagrams/``:
+
+* ``connection.mmd``: the machine as a Mermaid state diagram (transitions'
+  mermaid engine; needs no binary),
+* ``connection.dot`` and ``connection.svg``: the same through Graphviz (the SVG
+  needs the ``dot`` binary; it carries the SHA-256 of the DOT source it was
+  rendered from, so a drift check needs no binary),
+* ``transitions.md``: every row of the table, ignores included,
+* ``codes.md``: the IB code table.
+
+The diagrams show moves and stays that act; rows that only ignore an input are
+listed in ``transitions.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Literal
+
+from transitions.extensions import GraphMachine
+
+from ibkr_connection import codes
+from ibkr_connection.errors import UsageError
+from ibkr_connection.machine import TABLE, ConnectionState, Row
+
+TITLE = "ibkr-connection: connection state machine"
+_SVG_STAMP = "<!-- dot-source-sha256: {} -->"
+
+
+def _shown(row: Row) -> bool:
+    if row.dest is not None:
+        return True
+    return any(action != "note_fact" for action in row.actions)
+
+
+def _graph_rows() -> list[dict[str, Any]]:
+    specs: list[dict[str, Any]] = []
+    for row in TABLE:
+        if not _shown(row):
+            continue
+        spec: dict[str, Any] = {
+            "trigger": row.input.value,
+            "source": row.source.value,
+            "dest": (row.dest or row.source).value,
+        }
+        if row.guard is not None:
+            key = "unless" if row.guard.startswith("!") else "conditions"
+            spec[key] = [row.guard.lstrip("!")]
+        if row.dest is None:
+            # A stay that acts: label it with what it does.
+            spec["trigger"] = f"{row.input.value} / {'+'.join(row.actions)}"
+        specs.append(spec)
+    return specs
+
+
+class _Model:
+    """A bare model for the diagram machine (never triggered)."""
+
+
+def _graph(engine: Literal["graphviz", "mermaid"]) -> Any:
+    model = _Model()
+    GraphMachine(
+        model=model,
+        states=[state.value for state in ConnectionState],
+        transitions=_graph_rows(),
+        initial=ConnectionState.DISCONNECTED.value,
+        auto_transitions=False,
+        graph_engine=engine,
+        show_conditions=True,
+        show_state_attributes=False,
+        title=TITLE,
+    )
+    return model.get_graph()  # type: ignore[attr-defined]
+
+
+def mermaid() -> str:
+    """Return the Mermaid source of the machine."""
+    return str(_graph("mermaid").draw(None)).rstrip() + "\n"
+
+
+def dot() -> str:
+    """Return the Graphviz DOT source of the machine."""
+    return str(_graph("graphviz").source).rstrip() + "\n"
+
+
+def svg(dot_source: str) -> str:
+    """Render DOT to SVG with the ``dot`` binary, stamped with the source's hash.
+
+    Raises:
+        UsageError: if Graphviz's ``dot`` is not installed.
+    """
+    binary = shutil.which("dot")
+    if binary is None:
+        raise UsageError("Graphviz 'dot' is not installed (apt-get install graphviz)")
+    rendered = subprocess.run(
+        [binary, "-Tsvg"], input=dot_source, capture_output=True, text=True, check=True
+    ).stdout
+    return _SVG_STAMP.format(source_hash(dot_source)) + "\n" + rendered
+
+
+def source_hash(dot_source: str) -> str:
+    """Return the SHA-256 of a DOT source, as stamped into the SVG."""
+    return hashlib.sha256(dot_source.encode()).hexdigest()
+
+
+def svg_stamp(svg_text: str) -> str | None:
+    """Return the source hash stamped into an SVG written by :func:`svg`."""
+    first = svg_text.split("\n", 1)[0]
+    prefix, _, rest = first.partition("dot-source-sha256: ")
+    return rest.removesuffix(" -->").strip() if prefix == "<!-- " and rest else None
+
+
+def transitions_markdown() -> str:
+    """Return the full transition table as Markdown."""
+    lines = [
+        "# Transition table",
+        "",
+        "Generated from `ibkr_connection.machine.TABLE` by `ibkr-connection diagram`; "
+        "do not edit by hand.",
+        "Rows of the same state and input are tried in order; the first whose guard "
+        "holds is taken. `stay` runs no exit or entry action.",
+        "",
+        "| state | input | guard | next | actions | why |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in TABLE:
+        nxt = row.dest.value if row.dest is not None else ("ignore" if row.ignored else "stay")
+        lines.append(
+            f"| {row.source.value} | {row.input.value} | {row.guard or ''} | {nxt} | "
+            f"{', '.join(a for a in row.actions if a != 'note_fact')} | {row.note} |"
+        )
+    lines += ["", "## States", ""]
+    for state in ConnectionState:
+        lines.append(f"- **{state.value}**")
+    return "\n".join(lines) + "\n"
+
+
+def texts() -> dict[str, str]:
+    """Return every generated text file, by file name (the SVG excluded)."""
+    return {
+        "connection.mmd": mermaid(),
+        "connection.dot": dot(),
+        "transitions.md": transitions_markdown(),
+        "codes.md": codes.markdown_table(),
+    }
+
+
+def write_all(directory: Path, *, with_svg: bool = True) -> list[Path]:
+    """Write every diagram and table into ``directory``; return the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    generated = texts()
+    for name, text in generated.items():
+        path = directory / name
+        path.write_text(text)
+        written.append(path)
+    if with_svg:
+        path = directory / "connection.svg"
+        path.write_text(svg(generated["connection.dot"]))
+        written.append(path)
+    return written
+
+
+def drift(directory: Path) -> list[str]:
+    """Return the names of files in ``directory`` that differ from the code."""
+    stale = []
+    generated = texts()
+    for name, text in generated.items():
+        path = directory / name
+        if not path.exists() or path.read_text() != text:
+            stale.append(name)
+    svg_path = directory / "connection.svg"
+    if not svg_path.exists() or svg_stamp(svg_path.read_text()) != source_hash(
+        generated["connection.dot"]
+    ):
+        stale.append("connection.svg")
+    return stale

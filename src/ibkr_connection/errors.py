@@ -1,0 +1,63 @@
+"""The project's exceptions.
+
+Every exception raised on purpose by ibkr-connection derives from
+:class:`IBKRConnectionError`. Caller misuse is kept apart from failures of the
+gateway, so a bot can tell "my code is wrong" from "the gateway is down"::
+
+    IBKRConnectionError
+    ├── UsageError                 the caller used the library wrongly
+    │   ├── ConfigError            a configuration value is invalid (names the field)
+    │   └── ManagerStoppedError    the manager was stopped and cannot be reused
+    ├── GatewayError               TWS / IB Gateway did not give us a usable session
+    │   ├── ConnectFailedError     retries exhausted (retryable failures only)
+    │   └── FatalConnectError      a failure retrying cannot fix (e.g. unknown account)
+    │       └── AccountError       the configured account is not managed by this login
+    └── OrderRejectedError         the library refused to send an order (read-only,
+                                   or the connection is not usable)
+"""
+
+from __future__ import annotations
+
+
+class IBKRConnectionError(Exception):
+    """Base class of every exception raised by ibkr-connection."""
+
+
+class UsageError(IBKRConnectionError):
+    """The caller used the library in a way it does not support."""
+
+
+class ConfigError(UsageError, ValueError):
+    """A configuration value is invalid.
+
+    Attributes:
+        field: the name of the offending field or environment variable.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class ManagerStoppedError(UsageError):
+    """The connection manager was stopped; create a new one to connect again."""
+
+
+class GatewayError(IBKRConnectionError):
+    """The gateway did not give us a usable API session."""
+
+
+class ConnectFailedError(GatewayError):
+    """Every allowed connection attempt failed with a retryable error."""
+
+
+class FatalConnectError(GatewayError):
+    """The connection failed in a way that retrying cannot fix."""
+
+
+class AccountError(FatalConnectError):
+    """The configured account is not among the login's managed accounts."""
+
+
+class OrderRejectedError(IBKRConnectionError):
+    """The library refused to send an order or a cancel to the gateway."""

@@ -1,0 +1,156 @@
+"""Recovery policy: backoff schedule, restore patience, IB's reset windows.
+
+All of it is plain data with pure functions, used by the machine. The defaults
+are chosen for a bot running on the same host (or LAN) as its gateway:
+
+* A refused TCP connect on loopback costs the gateway next to nothing, and a
+  restarting gateway should be noticed within a quarter of a second of it
+  listening again, so the fast schedule starts at 50 ms and is capped at 250 ms
+  (about four refused connects a second while the gateway is down).
+* An attempt that reached the API (a handshake, a startup sync, a 326 or a
+  timeout) does cost the gateway work, so after such a failure the next attempt
+  waits at least ``costly_delay`` (1 s, doubling up to 10 s). A stale session
+  holding our client id also needs that long to be released.
+* Jitter only ever shortens a delay (by up to 10 %), so the caps hold, and it is
+  drawn from a seeded random source, so the same seed gives the same schedule.
+* ``max_attempts=None`` retries forever: a bot should outlive a gateway restart
+  of any length. The seed's sync ``connect()`` uses 3.
+* A 1100 (TWS lost IB) usually heals by itself within a minute or two; after
+  ``restore_timeout`` (120 s) we reconnect from scratch. Inside IB's scheduled
+  reset windows the loss is expected maintenance and we wait
+  ``maintenance_restore_timeout`` (15 min) instead.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, time
+from zoneinfo import ZoneInfo
+
+from ibkr_connection.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    """When to try again after a failed attempt or a lost socket.
+
+    Attributes:
+        initial_delay: the first delay after a cheap failure (refused connect
+            or a socket that closed after a good session), in seconds.
+        factor: growth of the delay per consecutive failure.
+        max_delay: cap of the cheap schedule.
+        costly_delay: the first delay after a failure that cost the gateway
+            an API handshake (timeout, 326, drop during the startup sync).
+        max_costly_delay: cap of the costly schedule.
+        jitter: the fraction by which a delay may be shortened at random.
+        max_attempts: attempts before giving up (None: never give up).
+    """
+
+    initial_delay: float = 0.05
+    factor: float = 2.0
+    max_delay: float = 0.25
+    costly_delay: float = 1.0
+    max_costly_delay: float = 10.0
+    jitter: float = 0.1
+    max_attempts: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("initial_delay", "max_delay", "costly_delay", "max_costly_delay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, "must not be negative")
+        if self.factor < 1.0:
+            raise ConfigError("factor", "must be at least 1.0")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ConfigError("jitter", "must be in [0, 1)")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ConfigError("max_attempts", "must be at least 1, or None for no limit")
+
+    def delay(self, failures: int, costly: bool, rng: random.Random) -> float:
+        """Return the delay before the next attempt.
+
+        Args:
+            failures: consecutive failures so far, counting this one (>= 1).
+            costly: whether the last failure cost the gateway a handshake.
+            rng: the seeded random source for jitter.
+
+        Returns:
+            The delay in seconds, never above the schedule's cap.
+        """
+        exponent = max(failures - 1, 0)
+        if costly:
+            base = min(self.max_costly_delay, self.costly_delay * self.factor**exponent)
+        else:
+            base = min(self.max_delay, self.initial_delay * self.factor**exponent)
+        return base * (1.0 - self.jitter * rng.random())
+
+    def exhausted(self, attempts: int) -> bool:
+        """Return True when ``attempts`` attempts used up the allowance."""
+        return self.max_attempts is not None and attempts >= self.max_attempts
+
+
+@dataclass(frozen=True)
+class ResetWindow:
+    """A daily window in which IB restarts its servers (a 1100 is expected).
+
+    Attributes:
+        start: local start time.
+        end: local end time; may be earlier than ``start`` (crosses midnight).
+        tz: the IANA time zone of ``start`` and ``end``.
+    """
+
+    start: time
+    end: time
+    tz: str = "America/New_York"
+
+    def __post_init__(self) -> None:
+        try:
+            ZoneInfo(self.tz)
+        except Exception as exc:
+            raise ConfigError("tz", f"unknown time zone {self.tz!r}") from exc
+
+    def contains(self, when: datetime) -> bool:
+        """Return True if the aware datetime ``when`` falls inside the window."""
+        local = when.astimezone(ZoneInfo(self.tz)).time()
+        if self.start <= self.end:
+            return self.start <= local < self.end
+        return local >= self.start or local < self.end
+
+
+#: IB's North American nightly server reset, with a quarter hour of margin.
+NIGHTLY_RESET_US = ResetWindow(time(23, 45), time(0, 45), "America/New_York")
+
+
+@dataclass(frozen=True)
+class RecoveryPolicy:
+    """Everything the machine needs to decide how to recover.
+
+    Attributes:
+        backoff: the retry schedule.
+        restore_timeout: seconds to wait in ``lost`` before reconnecting.
+        maintenance_restore_timeout: the same inside a reset window.
+        reset_windows: IB's scheduled reset windows.
+        same_client_id_retries: how many times a client id rejected with 326
+            is retried before moving to the next configured id.
+        seed: seed of the jitter's random source.
+    """
+
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    restore_timeout: float = 120.0
+    maintenance_restore_timeout: float = 900.0
+    reset_windows: Sequence[ResetWindow] = (NIGHTLY_RESET_US,)
+    same_client_id_retries: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.restore_timeout <= 0:
+            raise ConfigError("restore_timeout", "must be positive")
+        if self.maintenance_restore_timeout <= 0:
+            raise ConfigError("maintenance_restore_timeout", "must be positive")
+        if self.same_client_id_retries < 0:
+            raise ConfigError("same_client_id_retries", "must not be negative")
+
+    def in_reset_window(self, when: datetime) -> bool:
+        """Return True if ``when`` is inside one of the reset windows."""
+        return any(window.contains(when) for window in self.reset_windows)

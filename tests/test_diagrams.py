@@ -1,0 +1,40 @@
+"""The committed diagrams and tables match the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ibkr_connection import diagram
+from ibkr_connection.inputs import InputKind
+from ibkr_connection.machine import ConnectionState
+
+DIAGRAMS = Path(__file__).resolve().parent.parent / "diagrams"
+
+
+def test_no_drift() -> None:
+    """diagrams/ is what `ibkr-connection diagram` would write now."""
+    assert diagram.drift(DIAGRAMS) == [], "run: uv run ibkr-connection diagram"
+
+
+def test_mermaid_names_every_state_and_move() -> None:
+    """The Mermaid diagram shows every state and every input that moves the machine."""
+    text = (DIAGRAMS / "connection.mmd").read_text()
+    for state in ConnectionState:
+        assert f'state "{state.value}"' in text
+    for kind in InputKind:
+        assert kind.value in text
+
+
+def test_svg_is_rendered() -> None:
+    """The committed SVG is a rendering that names every state."""
+    text = (DIAGRAMS / "connection.svg").read_text()
+    assert "<svg" in text
+    for state in ConnectionState:
+        assert f">{state.value}" in text
+
+
+def test_drift_detected(tmp_path: Path) -> None:
+    """A stale file is reported by name."""
+    diagram.write_all(tmp_path, with_svg=False)
+    (tmp_path / "codes.md").write_text("stale\n")
+    assert diagram.drift(tmp_path) == ["codes.md", "connection.svg"]

@@ -1,0 +1,91 @@
+"""Table-driven tests of the connection machine: every state x every input.
+
+The expectation grid below is written out by hand. It is NOT derived from
+``ibkr_connection.machine.TABLE``: a change to the machine must show up here as
+a reviewed diff.
+
+Cell legend: a state name = moves there; ``=`` = stays and acts (re-subscribes,
+or remembers a fact); ``-`` = ignored with a logged reason.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ibkr_connection.clock import ManualClock
+from ibkr_connection.inputs import Input, InputKind
+from ibkr_connection.machine import ConnectionMachine, ConnectionState
+
+from conftest import RecordingEffects, drive_to
+
+# Columns, in this order.
+COLUMNS = (
+    "connect", "disconnect", "attempt_succeeded", "attempt_failed", "fatal_error",
+    "socket_closed", "retry_due", "connectivity_lost", "restored_data_lost",
+    "restored_data_kept", "farm_broken", "farm_ok", "server_link_broken", "port_reset",
+    "client_id_in_use", "not_connected", "heartbeat_missed", "restore_timeout",
+)
+
+# Setup of each row: see conftest.drive_to (degraded = usfarm broken).
+# Inputs carry: farm_broken -> "ushmds", farm_ok -> "usfarm", port_reset -> 4003.
+EXPECTED = {
+    #                connect     disconnect    succeeded  failed   fatal   closed   retry       1100  1101       1102       f_broken  f_ok       2110      1300     326      502/504  heartbeat restore
+    "disconnected": ("connecting", "-",          "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-"),
+    "connecting":   ("-",          "disconnected", "connected", "backoff", "failed", "backoff", "-",  "=",  "=",       "=",       "=",      "=",       "=",      "backoff", "backoff", "backoff", "-",  "-"),
+    "connected":    ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "lost", "=",     "-",       "degraded", "-",     "degraded", "backoff", "-",   "backoff", "backoff", "-"),
+    "degraded":     ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "lost", "=",     "=",       "=",      "connected", "=",     "backoff", "-",   "backoff", "backoff", "-"),
+    "lost":         ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "-",  "connected", "connected", "=",    "=",       "=",      "backoff", "-",   "backoff", "backoff", "backoff"),
+    "backoff":      ("-",          "disconnected", "-",       "-",      "failed", "-",     "connecting", "-", "-",     "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-"),
+    "failed":       ("connecting", "disconnected", "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-"),
+}
+
+PAYLOAD = {
+    "farm_broken": {"code": 2103, "farm": "ushmds"},
+    "farm_ok": {"code": 2104, "farm": "usfarm"},
+    "port_reset": {"code": 1300, "port": 4003},
+    "connectivity_lost": {"code": 1100},
+    "restored_data_lost": {"code": 1101},
+    "restored_data_kept": {"code": 1102},
+    "server_link_broken": {"code": 2110},
+    "client_id_in_use": {"code": 326},
+    "not_connected": {"code": 504},
+}
+
+CASES = [
+    (state, column, cell)
+    for state, cells in EXPECTED.items()
+    for column, cell in zip(COLUMNS, cells, strict=True)
+]
+
+
+def test_grid_covers_every_state_and_input() -> None:
+    """The hand-written grid names every declared state and input exactly once."""
+    assert set(EXPECTED) == {s.value for s in ConnectionState}
+    assert set(COLUMNS) == {k.value for k in InputKind}
+    assert len(CASES) == len(ConnectionState) * len(InputKind)
+
+
+@pytest.mark.parametrize(("state", "column", "cell"), CASES)
+def test_outcome(
+    state: str, column: str, cell: str, effects: RecordingEffects, clock: ManualClock
+) -> None:
+    """Each (state, input) pair has the outcome written in the grid."""
+    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7])
+    drive_to(machine, ConnectionState(state))
+    before = len(machine.transcript)
+    result = machine.handle(Input(InputKind(column), **PAYLOAD.get(column, {})))  # type: ignore[arg-type]
+    row = machine.last_row
+    assert row is not None and row.source.value == state and row.input.value == column
+    if cell == "-":
+        assert result.value == state
+        assert row.ignored, f"expected {column} to be ignored in {state}"
+        assert len(machine.transcript) == before
+    elif cell == "=":
+        assert result.value == state
+        assert not row.ignored and row.dest is None
+        assert len(machine.transcript) == before
+    else:
+        assert result.value == cell
+        transition = machine.transcript[-1]
+        assert (transition.source.value, transition.dest.value) == (state, cell)
+        assert transition.trigger.value == column
