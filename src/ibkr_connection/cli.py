@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     diagram.add_argument("--no-svg", action="store_true", help="skip the Graphviz SVG")
     diagram.set_defaults(func=_diagram)
 
+    from ibkr_connection.simulator import cli as sim_cli
+
+    sim_cli.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,112 @@
+"""``ibkr-connection sim``: run the gateway simulator in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from ibkr_connection.simulator.gateway import FakeGateway
+from ibkr_connection.simulator.scenario import ScenarioError, load_scenario, run_scenario
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``sim`` sub-command to an argparse subparsers object.
+
+    Args:
+        sub: The object returned by ``ArgumentParser.add_subparsers()``.
+
+    Returns:
+        The ``sim`` parser (its ``func`` default is :func:`run`).
+    """
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "sim",
+        help="run a fault-injecting IB gateway simulator",
+        description="Run a TWS API gateway simulator speaking the real wire protocol.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=4002, help="port (default 4002, 0 = any)")
+    parser.add_argument(
+        "--accounts", default=None, help="comma separated managed accounts (default DU1234567)"
+    )
+    parser.add_argument("--next-order-id", type=int, default=1, help="first nextValidId")
+    parser.add_argument("--scenario", default=None, metavar="FILE", help="TOML fault timeline")
+    parser.add_argument(
+        "--fill-mode", choices=("immediate", "manual"), default="immediate", help="order fills"
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="exit after this many seconds (default: run until Ctrl-C)",
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """Run the simulator (and the scenario) until cancelled or ``--duration`` passes.
+
+    Args:
+        args: Parsed ``sim`` arguments.
+
+    Returns:
+        Exit status.
+    """
+    scenario = load_scenario(args.scenario) if args.scenario else None
+    accounts_opt: str | None = args.accounts
+    if accounts_opt:
+        accounts = [a.strip() for a in accounts_opt.split(",") if a.strip()]
+    elif scenario is not None and scenario.gateway.get("accounts"):
+        accounts = [str(a) for a in scenario.gateway["accounts"]]
+    else:
+        accounts = ["DU1234567"]
+    gw = FakeGateway(
+        accounts=accounts,
+        next_order_id=args.next_order_id,
+        port=args.port,
+        host=args.host,
+        fill_mode=args.fill_mode,
+    )
+    async with gw:
+        logger.info("simulator ready on %s:%d accounts=%s", args.host, gw.port, ",".join(accounts))
+        tasks: list[asyncio.Task[None]] = []
+        if scenario is not None:
+            tasks.append(asyncio.create_task(run_scenario(gw, scenario)))
+        try:
+            if args.duration is not None:
+                await asyncio.sleep(args.duration)
+            else:
+                await asyncio.Event().wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``ibkr-connection sim``; Ctrl-C exits with status 0.
+
+    Args:
+        args: Parsed arguments.
+
+    Returns:
+        0 on a clean exit, 2 for a bad scenario file, 1 if the port is unusable.
+    """
+    try:
+        return asyncio.run(serve(args))
+    except KeyboardInterrupt:
+        logger.info("simulator stopped")
+        return 0
+    except ScenarioError as exc:
+        logger.error("%s", exc)
+        return 2
+    except OSError as exc:
+        logger.error("cannot listen on %s:%s: %s", args.host, args.port, exc)
+        return 1

@@ -1,0 +1,45 @@
+"""Fixtures for the gateway simulator tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import pytest
+from ib_insync import IB
+
+from ibkr_connection.simulator import FakeGateway
+
+ACCOUNT = "DU1234567"
+
+
+@pytest.fixture
+async def gw() -> AsyncIterator[FakeGateway]:
+    """A running gateway on a free port with one account and AAPL at 150."""
+    async with FakeGateway(accounts=[ACCOUNT], next_order_id=100, prices={"AAPL": 150.0}) as g:
+        yield g
+
+
+@pytest.fixture
+async def connect(
+    gw: FakeGateway,
+) -> AsyncIterator[Callable[..., Coroutine[Any, Any, IB]]]:
+    """Factory connecting ib_insync clients to ``gw``; all are disconnected afterwards."""
+    made: list[IB] = []
+
+    async def _connect(client_id: int = 1, timeout: float = 2.0, **kwargs: Any) -> IB:
+        ib = IB()
+        made.append(ib)
+        await ib.connectAsync("127.0.0.1", gw.port, clientId=client_id, timeout=timeout, **kwargs)
+        return ib
+
+    yield _connect
+    for ib in made:
+        ib.disconnect()
+    await asyncio.sleep(0)
+
+
+async def settle(seconds: float = 0.05) -> None:
+    """Let loopback traffic flow."""
+    await asyncio.sleep(seconds)
