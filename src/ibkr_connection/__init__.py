@@ -1,1 +1,65 @@
-"""ibkr-connection."""
+"""ibkr-connection: keep a bot's link to TWS / IB Gateway alive, as a state machine.
+
+Public surface::
+
+    from ibkr_connection import ConnectionManager, ConnectionConfig, ConnectionState
+"""
+
+from ibkr_connection.clock import Clock, ManualClock, SystemClock
+from ibkr_connection.config import ConnectionConfig, mask_account
+from ibkr_connection.errors import (
+    AccountError,
+    ConfigError,
+    ConnectFailedError,
+    FatalConnectError,
+    GatewayError,
+    IBKRConnectionError,
+    ManagerStoppedError,
+    OrderRejectedError,
+    UsageError,
+)
+from ibkr_connection.inputs import Input, InputKind
+from ibkr_connection.machine import ConnectionMachine, ConnectionState, Transition
+from ibkr_connection.manager import USABLE_STATES, ConnectionManager
+from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy, ResetWindow
+from ibkr_connection.subscriptions import (
+    AccountUpdatesSubscription,
+    CallableSubscription,
+    MarketDataSubscription,
+    PnLSubscription,
+    Subscription,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "USABLE_STATES",
+    "AccountError",
+    "AccountUpdatesSubscription",
+    "BackoffPolicy",
+    "CallableSubscription",
+    "Clock",
+    "ConfigError",
+    "ConnectFailedError",
+    "ConnectionConfig",
+    "ConnectionMachine",
+    "ConnectionManager",
+    "ConnectionState",
+    "FatalConnectError",
+    "GatewayError",
+    "IBKRConnectionError",
+    "Input",
+    "InputKind",
+    "ManagerStoppedError",
+    "ManualClock",
+    "MarketDataSubscription",
+    "OrderRejectedError",
+    "PnLSubscription",
+    "RecoveryPolicy",
+    "ResetWindow",
+    "Subscription",
+    "SystemClock",
+    "Transition",
+    "UsageError",
+    "mask_account",
+]

@@ -1,0 +1,133 @@
+"""The one module that knows ib_insync's (and ib_async's) internals.
+
+Everything else talks to the ``IB`` object through these functions, so a change
+in the client library is a change here. ``ib_async`` stands in for
+``ib_insync`` without any other change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class SyncIncompleteError(ConnectionError):
+    """The startup sync did not complete (a request timed out)."""
+
+
+class _SyncTimeoutCatcher(logging.Handler):
+    """Catches ib_insync's "<name> request timed out" log lines during a connect.
+
+    ib_insync 0.9.86 only logs a startup request that timed out and reports
+    the connection as up anyway; we refuse to call such a session connected.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.timed_out: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.endswith("request timed out"):
+            self.timed_out.append(message)
+
+
+def _supports(func: Any, parameter: str) -> bool:
+    try:
+        return parameter in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+async def connect_session(
+    ib: Any, *, host: str, port: int, client_id: int, timeout: float,
+    readonly: bool, account: str,
+) -> None:
+    """Connect ``ib`` and complete the startup sync, or raise.
+
+    Raises:
+        SyncIncompleteError: a startup request timed out.
+        TimeoutError: the handshake or the executions request timed out.
+        ConnectionRefusedError / OSError: the TCP connect failed.
+        ConnectionError: the socket broke during the sync.
+    """
+    kwargs: dict[str, Any] = {
+        "host": host, "port": port, "clientId": client_id, "timeout": timeout,
+        "readonly": readonly, "account": account,
+    }
+    if _supports(ib.connectAsync, "raiseSyncErrors"):
+        kwargs["raiseSyncErrors"] = True  # ib_async raises on its own
+    catcher = _SyncTimeoutCatcher()
+    ib_logger = getattr(ib, "_logger", None) or logging.getLogger(type(ib).__module__)
+    ib_logger.addHandler(catcher)
+    try:
+        await ib.connectAsync(**kwargs)
+    finally:
+        ib_logger.removeHandler(catcher)
+    if catcher.timed_out:
+        safe_disconnect(ib)
+        raise SyncIncompleteError("; ".join(catcher.timed_out))
+
+
+def safe_disconnect(ib: Any) -> None:
+    """Disconnect ``ib`` whatever state its socket is in.
+
+    ``IB.disconnect()`` raises ``ConnectionError`` after the handshake but
+    before the API is ready, and ``OSError`` when the peer already reset the
+    socket; both mean the socket is going away, which is what we want.
+    """
+    try:
+        ib.disconnect()
+    except (ConnectionError, OSError) as exc:
+        logger.debug("disconnect raised %r; closing the transport directly", exc)
+    conn = getattr(ib.client, "conn", None)
+    transport = getattr(conn, "transport", None)
+    if transport is not None and not transport.is_closing():
+        # IB.disconnect() does nothing while the handshake is still running.
+        transport.close()
+
+
+async def wait_transport_closed(ib: Any, timeout: float = 1.0) -> None:
+    """Wait until the previous socket is really closed (ib_insync issue 376).
+
+    Reusing the client id while the old socket is still closing meets a 326.
+    """
+    conn = getattr(ib.client, "conn", None)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while getattr(conn, "transport", None) is not None and loop.time() < deadline:
+        await asyncio.sleep(0.001)
+
+
+def is_ready(ib: Any) -> bool:
+    """Return True when the API session is up."""
+    return bool(ib.client.isReady())
+
+
+def received_messages(ib: Any) -> int:
+    """Return how many messages the client has received on this socket."""
+    return int(getattr(ib.client, "_numMsgRecv", 0))
+
+
+def next_request_id(ib: Any) -> int:
+    """Return the next request / order id the client would hand out."""
+    return int(getattr(ib.client, "_reqIdSeq", 0))
+
+
+def raise_request_id(ib: Any, minimum: int) -> None:
+    """Make the client's next request / order id at least ``minimum``."""
+    ib.client.updateReqId(minimum)
+
+
+def managed_accounts(ib: Any) -> list[str]:
+    """Return the accounts the gateway said this login manages."""
+    return list(ib.managedAccounts())
+
+
+def request_account_updates(ib: Any, account: str) -> None:
+    """Subscribe to account and portfolio updates for ``account`` (no waiting)."""
+    ib.client.reqAccountUpdates(True, account)

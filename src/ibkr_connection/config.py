@@ -1,0 +1,189 @@
+"""Connection settings, validated, with a reader for environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from ibkr_connection.errors import ConfigError
+from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
+
+AccountFallback = Literal["error", "first"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _check_port(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an integer port number, got {value!r}")
+    if not 0 < value < 65536:
+        raise ConfigError(name, f"must be between 1 and 65535, got {value}")
+    return value
+
+
+def _check_client_id(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an integer client id, got {value!r}")
+    if value < 0:
+        raise ConfigError(name, f"must not be negative, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """Where to connect, as whom, and how patiently.
+
+    Attributes:
+        host: the gateway's host.
+        port: the gateway's API port (IB Gateway paper 4002, live 4001; TWS
+            paper 7497, live 7496).
+        client_id: the API client id.
+        fallback_client_ids: ids to use, in order, when ``client_id`` is
+            rejected with 326 (after retrying it once).
+        account: the account to use; must be one of the login's managed
+            accounts. Empty: the only managed account, see ``account_fallback``.
+        account_fallback: with no ``account`` and several managed accounts,
+            ``"error"`` fails with a clear error, ``"first"`` takes the first.
+        readonly: read-only session: the library refuses to send orders.
+        connect_timeout: seconds for one attempt (socket, handshake, sync).
+        heartbeat_idle: seconds without any message before a probe is sent.
+        heartbeat_timeout: seconds a probe may take before the gateway is
+            declared hung.
+        policy: backoff, restore patience, reset windows, jitter seed.
+        mask_accounts: mask account ids in logs (``DU***567``).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 4002
+    client_id: int = 1
+    fallback_client_ids: tuple[int, ...] = ()
+    account: str = ""
+    account_fallback: AccountFallback = "error"
+    readonly: bool = False
+    connect_timeout: float = 10.0
+    heartbeat_idle: float = 3.0
+    heartbeat_timeout: float = 2.0
+    policy: RecoveryPolicy = field(default_factory=RecoveryPolicy)
+    mask_accounts: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise ConfigError("host", "must be a non-empty host name or address")
+        _check_port("port", self.port)
+        _check_client_id("client_id", self.client_id)
+        for fallback in self.fallback_client_ids:
+            _check_client_id("fallback_client_ids", fallback)
+        if self.account_fallback not in ("error", "first"):
+            raise ConfigError("account_fallback", "must be 'error' or 'first'")
+        for name in ("connect_timeout", "heartbeat_idle", "heartbeat_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(name, f"must be a positive number of seconds, got {value!r}")
+
+    @property
+    def client_ids(self) -> tuple[int, ...]:
+        """The client id followed by the fallbacks."""
+        return (self.client_id, *self.fallback_client_ids)
+
+    def replace(self, **changes: object) -> ConnectionConfig:
+        """Return a copy with ``changes`` applied (and validated)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 **overrides: object) -> ConnectionConfig:
+        """Read the settings from environment variables.
+
+        Variables: ``IBKR_HOST``, ``IBKR_PORT``, ``IBKR_CLIENT_ID``,
+        ``IBKR_FALLBACK_CLIENT_IDS`` (comma separated), ``IBKR_ACCOUNT``,
+        ``IBKR_ACCOUNT_FALLBACK`` (``error`` or ``first``), ``IBKR_READONLY``
+        (true/false), ``IBKR_CONNECT_TIMEOUT``, ``IBKR_MAX_ATTEMPTS``
+        (empty or ``none`` for no limit). Unset variables keep the defaults.
+
+        Args:
+            environ: the mapping to read (``os.environ`` by default).
+            **overrides: fields that take precedence over the environment.
+
+        Raises:
+            ConfigError: naming the variable, if a value is invalid.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+
+        def text(var: str) -> str | None:
+            raw = env.get(var)
+            return raw.strip() if raw is not None else None
+
+        def integer(var: str) -> int | None:
+            raw = text(var)
+            if raw is None:
+                return None
+            try:
+                return int(raw)
+            except ValueError:
+                raise ConfigError(var, f"must be an integer, got {raw!r}") from None
+
+        if (host := text("IBKR_HOST")) is not None:
+            values["host"] = host
+        if (port := integer("IBKR_PORT")) is not None:
+            values["port"] = _check_port("IBKR_PORT", port)
+        if (client_id := integer("IBKR_CLIENT_ID")) is not None:
+            values["client_id"] = _check_client_id("IBKR_CLIENT_ID", client_id)
+        if (fallbacks := text("IBKR_FALLBACK_CLIENT_IDS")) is not None:
+            ids = []
+            for part in filter(None, (p.strip() for p in fallbacks.split(","))):
+                try:
+                    ids.append(_check_client_id("IBKR_FALLBACK_CLIENT_IDS", int(part)))
+                except ValueError:
+                    raise ConfigError("IBKR_FALLBACK_CLIENT_IDS",
+                                      f"must be comma separated integers, got {fallbacks!r}"
+                                      ) from None
+            values["fallback_client_ids"] = tuple(ids)
+        if (account := text("IBKR_ACCOUNT")) is not None:
+            values["account"] = account
+        if (fallback := text("IBKR_ACCOUNT_FALLBACK")) is not None:
+            if fallback not in ("error", "first"):
+                raise ConfigError("IBKR_ACCOUNT_FALLBACK",
+                                  f"must be error or first, got {fallback!r}")
+            values["account_fallback"] = fallback
+        if (readonly := text("IBKR_READONLY")) is not None:
+            if readonly.lower() not in _TRUE | _FALSE:
+                raise ConfigError("IBKR_READONLY", f"must be true or false, got {readonly!r}")
+            values["readonly"] = readonly.lower() in _TRUE
+        if (timeout := text("IBKR_CONNECT_TIMEOUT")) is not None:
+            try:
+                seconds = float(timeout)
+            except ValueError:
+                raise ConfigError("IBKR_CONNECT_TIMEOUT",
+                                  f"must be a number of seconds, got {timeout!r}") from None
+            if seconds <= 0:
+                raise ConfigError("IBKR_CONNECT_TIMEOUT", f"must be positive, got {timeout!r}")
+            values["connect_timeout"] = seconds
+        if (attempts := text("IBKR_MAX_ATTEMPTS")) is not None:
+            if attempts.lower() in ("", "none"):
+                max_attempts = None
+            else:
+                max_attempts = integer("IBKR_MAX_ATTEMPTS")
+                if max_attempts is not None and max_attempts < 1:
+                    raise ConfigError("IBKR_MAX_ATTEMPTS", "must be at least 1, or none")
+            base = overrides.get("policy", RecoveryPolicy())
+            assert isinstance(base, RecoveryPolicy)
+            values["policy"] = replace(
+                base, backoff=replace(base.backoff, max_attempts=max_attempts))
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def mask_account(account: str) -> str:
+    """Mask an account id for logs: ``DU1234567`` becomes ``DU***567``."""
+    if len(account) <= 5:
+        return "***"
+    head = 2 if account[:2].isalpha() else 1
+    return f"{account[:head]}***{account[-3:]}"
+
+
+__all__ = ["AccountFallback", "BackoffPolicy", "ConnectionConfig", "RecoveryPolicy",
+           "mask_account"]
