@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -28,10 +29,79 @@ def build_parser() -> argparse.ArgumentParser:
     diagram.add_argument("--no-svg", action="store_true", help="skip the Graphviz SVG")
     diagram.set_defaults(func=_diagram)
 
+    demo = sub.add_parser("demo", help="tell a recovery story against the embedded simulator")
+    demo.add_argument("--seed", type=int, default=0, help="jitter seed")
+    demo.add_argument("--metrics-port", type=int, default=None,
+                      help="serve /metrics and /healthz on 127.0.0.1:PORT")
+    demo.set_defaults(func=_demo)
+
+    watch = sub.add_parser("watch", help="live view of the connection to a real gateway")
+    watch.add_argument("--host", default=None,
+                       help="gateway host (default IBKR_HOST or 127.0.0.1)")
+    watch.add_argument("--port", type=int, default=None,
+                       help="API port (default IBKR_PORT or 4002)")
+    watch.add_argument("--client-id", type=int, default=None,
+                       help="client id (default IBKR_CLIENT_ID)")
+    watch.add_argument("--metrics-port", type=int, default=None,
+                       help="serve /metrics and /healthz on 127.0.0.1:PORT")
+    watch.set_defaults(func=_watch)
+
+    replay = sub.add_parser("replay", help="re-feed a journal and check the transitions match")
+    replay.add_argument("journal", type=Path, help="a JSON Lines journal written by the manager")
+    replay.set_defaults(func=_replay)
+
     from ibkr_connection.simulator import cli as sim_cli
 
     sim_cli.add_parser(sub)
     return parser
+
+
+def _quiet_client_logs(args: argparse.Namespace) -> None:
+    if not args.verbose:
+        for name in ("ib_insync", "ib_async", "ibkr_connection", "asyncio"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ibkr_connection.demo import run_demo
+
+    _quiet_client_logs(args)
+    return asyncio.run(run_demo(sys.stdout.write, seed=args.seed,
+                                metrics_port=args.metrics_port))
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from ibkr_connection.config import ConnectionConfig
+    from ibkr_connection.demo import run_watch
+    from ibkr_connection.errors import ConfigError
+
+    overrides = {name: value for name, value in (
+        ("host", args.host), ("port", args.port), ("client_id", args.client_id))
+        if value is not None}
+    try:
+        config = ConnectionConfig.from_env(**overrides)
+    except ConfigError as exc:
+        sys.stderr.write(f"ibkr-connection watch: {exc}\n")
+        return 2
+    return asyncio.run(run_watch(sys.stdout.write, config, metrics_port=args.metrics_port))
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from ibkr_connection.manager import replay_journal
+
+    try:
+        recorded, replayed = replay_journal(args.journal.read_text().splitlines())
+    except (OSError, ValueError, KeyError) as exc:
+        sys.stderr.write(f"ibkr-connection replay: cannot read {args.journal}: {exc}\n")
+        return 2
+    mismatches = [(i, r, p) for i, (r, p) in enumerate(zip(recorded, replayed, strict=True))
+                  if r != p]
+    for index, rec, rep in mismatches:
+        sys.stdout.write(f"input {index}: {rec['input']}: journal says {rec['state']}, "
+                         f"the machine now says {rep['state']}\n")
+    verdict = f"{len(mismatches)} differ" if mismatches else "all transitions match"
+    sys.stdout.write(f"{len(recorded)} inputs replayed: {verdict}\n")
+    return 0 if not mismatches else 1
 
 
 def _diagram(args: argparse.Namespace) -> int:

@@ -1,0 +1,183 @@
+"""``ibkr-connection demo`` and ``watch``: the machine's story, told live.
+
+``demo`` starts the embedded gateway simulator and walks a real ib_insync
+client through a farm outage, a nightly-reset style 1100/1101, a gateway
+restart and a hung gateway, printing every transition with its elapsed time
+and cause, then a summary. ``watch`` prints the same live view against a real
+gateway until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ibkr_connection.config import ConnectionConfig
+from ibkr_connection.machine import ConnectionState, Transition
+from ibkr_connection.manager import USABLE_STATES, ConnectionManager
+
+Write = Callable[[str], Any]
+
+
+@dataclass
+class LiveView:
+    """Prints transitions as they happen and sums up time per state and recoveries."""
+
+    write: Write
+    started: float
+    since: float = 0.0
+    state: ConnectionState = ConnectionState.DISCONNECTED
+    time_in: dict[ConnectionState, float] = field(default_factory=dict)
+    recoveries: list[tuple[str, float]] = field(default_factory=list)
+    _outage_start: float | None = None
+    _outage_cause: str = ""
+
+    def __post_init__(self) -> None:
+        self.since = self.started
+
+    def on_transition(self, t: Transition) -> None:
+        """Print one transition and account for it."""
+        self.time_in[t.source] = self.time_in.get(t.source, 0.0) + (t.at - self.since)
+        self.since = t.at
+        self.state = t.dest
+        code = f" [{t.code}]" if t.code is not None else ""
+        delay = f" (retry in {t.delay:.3f}s)" if t.delay is not None else ""
+        self.write(
+            f"{t.at - self.started:8.3f}s  {t.source.value:>12} -> {t.dest.value:<12} "
+            f"{t.trigger.value}{code}{delay}: {t.cause}\n"
+        )
+        if t.source in USABLE_STATES and t.dest not in USABLE_STATES:
+            if t.dest is not ConnectionState.DISCONNECTED:
+                self._outage_start = t.at
+                self._outage_cause = f"{t.trigger.value}{code}"
+        elif t.dest in USABLE_STATES and self._outage_start is not None:
+            self.recoveries.append((self._outage_cause, t.at - self._outage_start))
+            self._outage_start = None
+
+    def summary(self, now: float) -> str:
+        """Return the summary table."""
+        time_in = dict(self.time_in)
+        time_in[self.state] = time_in.get(self.state, 0.0) + (now - self.since)
+        lines = ["", "time in each state:", f"  {'state':<14}{'seconds':>10}"]
+        for state in ConnectionState:
+            if state in time_in:
+                lines.append(f"  {state.value:<14}{time_in[state]:>10.3f}")
+        lines += ["", f"recoveries: {len(self.recoveries)}",
+                  f"  {'cause':<28}{'took (s)':>10}"]
+        for cause, took in self.recoveries:
+            lines.append(f"  {cause:<28}{took:>10.3f}")
+        return "\n".join(lines) + "\n"
+
+
+async def _serve_metrics(manager: ConnectionManager, port: int | None,
+                         write: Write) -> Any:
+    if port is None:
+        return None
+    from ibkr_connection.metrics import ConnectionMetrics, HealthServer
+
+    metrics = ConnectionMetrics()
+    metrics.bind(manager)
+    server = HealthServer(metrics, lambda: manager.state, port=port)
+    await server.start()
+    write(f"metrics on http://127.0.0.1:{server.port}/metrics, "
+          f"health on http://127.0.0.1:{server.port}/healthz\n")
+    return server
+
+
+async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = None,
+                   pause: float = 1.0) -> int:
+    """Tell the recovery story against the embedded simulator; return an exit status."""
+    from ib_insync import IB, Stock
+
+    from ibkr_connection.policy import RecoveryPolicy
+    from ibkr_connection.simulator import FakeGateway
+
+    async with FakeGateway(accounts=["DU1234567"], prices={"AAPL": 150.0}) as gw:
+        config = ConnectionConfig(port=gw.port, client_id=7, policy=RecoveryPolicy(seed=seed))
+        manager = ConnectionManager(IB(), config)  # type: ignore[no-untyped-call]
+        loop = asyncio.get_running_loop()
+        view = LiveView(write, started=loop.time())
+        manager.stateChangeEvent += view.on_transition
+        server = await _serve_metrics(manager, metrics_port, write)
+        write(f"simulated gateway on 127.0.0.1:{gw.port}; defaults: backoff 50-250 ms, "
+              f"heartbeat after {config.heartbeat_idle:g}s idle + "
+              f"{config.heartbeat_timeout:g}s probe\n\n")
+
+        def chapter(text: str) -> None:
+            write(f"{loop.time() - view.started:8.3f}s  --- {text}\n")
+
+        try:
+            chapter("connect")
+            await manager.start(timeout=10)
+            contract = Stock("AAPL", "SMART", "USD")
+            handle = manager.subscribe_market_data(contract)
+            await asyncio.sleep(pause / 2)
+
+            chapter("a data farm breaks, then comes back")
+            await gw.farm_broken("usfarm")
+            await asyncio.sleep(pause)
+            await gw.farm_ok("usfarm")
+            await manager.wait_for(ConnectionState.CONNECTED, timeout=5)
+
+            chapter("TWS loses IB (1100), then restores it with data lost (1101)")
+            await gw.send_error(1100)
+            await asyncio.sleep(pause)
+            await gw.send_error(1101)
+            await manager.wait_for(ConnectionState.CONNECTED, timeout=5)
+            await asyncio.sleep(0.05)
+            write(f"          market data re-requested: {handle.restored} time(s); "
+                  f"AAPL last {handle.ticker.last if handle.ticker else 'n/a'}\n")
+
+            chapter("the gateway restarts (2 s outage)")
+            restart = asyncio.ensure_future(gw.restart(outage=2.0))
+            await restart
+            await manager.wait_for(ConnectionState.CONNECTED, timeout=10)
+            await asyncio.sleep(pause / 2)
+
+            chapter("the gateway hangs: socket open, nothing answered")
+            gw.stall()
+            await manager.wait_for(ConnectionState.BACKOFF, timeout=15)
+            gw.unstall()
+            await manager.wait_for(ConnectionState.CONNECTED, timeout=10)
+
+            chapter("clean stop")
+            await manager.stop()
+        finally:
+            await manager.stop()
+            if server is not None:
+                await server.stop()
+        write(view.summary(loop.time()))
+        write(f"handshakes served by the simulator: {gw.handshakes}\n")
+    return 0
+
+
+async def run_watch(write: Write, config: ConnectionConfig,
+                    metrics_port: int | None = None) -> int:
+    """Connect to a real gateway and print transitions until Ctrl-C."""
+    from ib_insync import IB
+
+    manager = ConnectionManager(IB(), config)  # type: ignore[no-untyped-call]
+    loop = asyncio.get_running_loop()
+    view = LiveView(write, started=loop.time())
+    manager.stateChangeEvent += view.on_transition
+    server = await _serve_metrics(manager, metrics_port, write)
+    stop = asyncio.Event()
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    connecting = asyncio.ensure_future(manager.start())
+    try:
+        await stop.wait()
+    finally:
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await connecting
+        await manager.stop()
+        if server is not None:
+            await server.stop()
+    write(view.summary(loop.time()))
+    return 0

@@ -1,0 +1,54 @@
+"""The command line: demo, diagram check, replay."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from ibkr_connection import cli
+from ibkr_connection.demo import run_demo
+
+
+async def test_demo_tells_the_whole_story() -> None:
+    """The demo walks every chapter and ends disconnected, with three recoveries."""
+    out = io.StringIO()
+    status = await run_demo(out.write, pause=0.2)
+    text = out.getvalue()
+    assert status == 0
+    for expected in ("connected -> degraded", "connected -> lost", "lost -> connected",
+                     "socket_closed", "heartbeat_missed", "connected -> disconnected",
+                     "recoveries: 3"):
+        assert expected in text, expected
+
+
+def test_diagram_check_passes_on_committed_diagrams() -> None:
+    """`ibkr-connection diagram --check` exits 0 when diagrams/ matches the code."""
+    root = Path(__file__).resolve().parent.parent
+    assert cli.main(["diagram", "--check", "--out", str(root / "diagrams")]) == 0
+
+
+def test_replay_reports_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A journal whose recorded state was edited makes replay exit 1 naming the input."""
+    journal = tmp_path / "j.jsonl"
+    journal.write_text(
+        '{"type": "header", "port": 4002, "client_ids": [7], "seed": 0, "backoff": '
+        '{"initial_delay": 0.05, "factor": 2.0, "max_delay": 0.25, "costly_delay": 1.0, '
+        '"max_costly_delay": 10.0, "jitter": 0.1, "max_attempts": null}, '
+        '"restore_timeout": 120.0, "maintenance_restore_timeout": 900.0, '
+        '"same_client_id_retries": 1}\n'
+        '{"type": "input", "at": 0.0, "input": "connect", "state": "connecting"}\n'
+        '{"type": "input", "at": 0.1, "input": "attempt_succeeded", "state": "connected"}\n'
+        '{"type": "input", "at": 0.2, "input": "connectivity_lost", "code": 1100, '
+        '"state": "connected"}\n'
+    )
+    assert cli.main(["replay", str(journal)]) == 1
+    assert "input 2: connectivity_lost" in capsys.readouterr().out
+
+
+def test_replay_of_unreadable_file(tmp_path: Path) -> None:
+    """A file that is not a journal gives exit status 2, not a traceback."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"type": "input"}\n')
+    assert cli.main(["replay", str(bad)]) == 2
