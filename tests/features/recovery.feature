@@ -1,0 +1,47 @@
+Feature: Recovering the connection to the gateway
+  As a trader whose bot runs unattended
+  I want the connection to recover the same way every time
+  So that a restart, an outage or a clash never leaves my bot blind
+
+  Background:
+    Given a simulated IB Gateway with account DU1234567
+    And my bot is connected with client id 7 and streams AAPL market data
+
+  Scenario: The gateway restarts
+    When the gateway restarts after a 0.5 second outage
+    Then the bot goes through "backoff" and is "connected" again within 2 seconds
+    And AAPL market data was requested again
+
+  Scenario: Nightly reset, connectivity restored with data lost
+    When IB reports code 1100
+    Then the bot is "lost"
+    When IB reports code 1101
+    Then the bot is "connected"
+    And AAPL market data was requested again
+    And the socket was never reopened
+
+  Scenario: Connectivity restored with data kept
+    When IB reports code 1100
+    And IB reports code 1102
+    Then the bot is "connected"
+    And AAPL market data was not requested again
+
+  Scenario: A data farm breaks and comes back
+    When the "usfarm" data farm breaks
+    Then the bot is "degraded"
+    When the "usfarm" data farm is OK again
+    Then the bot is "connected"
+
+  Scenario: The gateway hangs
+    When the gateway stops answering
+    Then the bot goes through "backoff" and is "connected" again within 3 seconds after the gateway answers again
+
+  Scenario: Another session holds our client id
+    Given another program is connected with client id 7
+    When the connection drops
+    Then the bot is "connected" again with client id 8
+
+  Scenario: The API port is reset
+    When the gateway resets its API port
+    Then the bot goes through "backoff" and is "connected" again within 2 seconds
+    And the bot is connected on the new port

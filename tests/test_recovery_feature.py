@@ -1,0 +1,195 @@
+"""Step definitions for features/recovery.feature, against the gateway simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pytest
+from ib_insync import IB, Stock
+from pytest_bdd import given, parsers, scenarios, then, when
+
+from ibkr_connection import BackoffPolicy, ConnectionConfig, ConnectionManager, RecoveryPolicy
+from ibkr_connection.machine import ConnectionState
+from ibkr_connection.simulator import FakeGateway
+
+scenarios("recovery.feature")
+
+T = TypeVar("T")
+FAST = RecoveryPolicy(backoff=BackoffPolicy(costly_delay=0.05, max_costly_delay=0.2))
+
+
+class World:
+    """What the scenario knows: one event loop, the gateway, the bot."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)  # ib_insync looks the loop up itself
+        self.gw: FakeGateway | None = None
+        self.manager: ConnectionManager | None = None
+        self.others: list[IB] = []
+        self.mark = 0
+        self.connections = 0
+        self.new_port = 0
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    @property
+    def bot(self) -> ConnectionManager:
+        assert self.manager is not None
+        return self.manager
+
+    @property
+    def gateway(self) -> FakeGateway:
+        assert self.gw is not None
+        return self.gw
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    """A fresh world per scenario, torn down afterwards."""
+    w = World()
+    yield w
+    if w.manager is not None:
+        w.run(w.manager.stop())
+    for ib in w.others:
+        ib.disconnect()
+    if w.gw is not None:
+        w.run(w.gw.stop())
+    w.loop.close()
+    asyncio.set_event_loop(None)
+
+
+async def _until(check: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.01)
+    return check()
+
+
+@given(parsers.parse("a simulated IB Gateway with account {account}"))
+def _gateway(world: World, account: str) -> None:
+    world.gw = FakeGateway(accounts=[account], prices={"AAPL": 150.0})
+    world.run(world.gw.start())
+
+
+@given(parsers.parse(
+    "my bot is connected with client id {client_id:d} and streams AAPL market data"))
+def _bot(world: World, client_id: int) -> None:
+    gw = world.gateway
+    config = ConnectionConfig(port=gw.port, client_id=client_id, fallback_client_ids=(8,),
+                              heartbeat_idle=0.3, heartbeat_timeout=0.3, policy=FAST)
+    world.manager = ConnectionManager(IB(), config)
+    world.run(world.bot.start(timeout=5))
+    world.bot.subscribe_market_data(Stock("AAPL", "SMART", "USD"))
+    world.run(gw.wait_for_request("reqMktData"))
+    world.mark = len(world.bot.transcript)
+    world.connections = gw.accepted_connections
+
+
+@given(parsers.parse("another program is connected with client id {client_id:d}"))
+def _squatter(world: World, client_id: int) -> None:
+    gw = world.gateway
+    world.run(gw.drop_clients())
+    squatter = IB()
+    world.others.append(squatter)
+
+    async def squat() -> None:
+        # Take the id while the bot is still backing off.
+        await squatter.connectAsync("127.0.0.1", gw.port, clientId=client_id, timeout=2)
+
+    world.run(squat())
+    world.mark = len(world.bot.transcript)
+
+
+@when(parsers.parse("the gateway restarts after a {outage:f} second outage"))
+def _restart(world: World, outage: float) -> None:
+    world.run(world.gateway.restart(outage=outage))
+
+
+@when(parsers.parse("IB reports code {code:d}"))
+def _code(world: World, code: int) -> None:
+    world.run(world.gateway.send_error(code))
+    world.run(asyncio.sleep(0.05))
+
+
+@when(parsers.parse('the "{farm}" data farm breaks'))
+def _farm_broken(world: World, farm: str) -> None:
+    world.run(world.gateway.farm_broken(farm))
+    world.run(asyncio.sleep(0.05))
+
+
+@when(parsers.parse('the "{farm}" data farm is OK again'))
+def _farm_ok(world: World, farm: str) -> None:
+    world.run(world.gateway.farm_ok(farm))
+    world.run(asyncio.sleep(0.05))
+
+
+@when("the gateway stops answering")
+def _stall(world: World) -> None:
+    world.gateway.stall()
+    assert world.run(_until(lambda: world.bot.state is ConnectionState.BACKOFF, 3.0))
+    world.gateway.unstall()
+
+
+@when("the connection drops")
+def _drop(world: World) -> None:
+    world.run(asyncio.sleep(0.05))
+
+
+@when("the gateway resets its API port")
+def _port_reset(world: World) -> None:
+    world.new_port = world.run(world.gateway.reset_port())
+
+
+@then(parsers.parse('the bot is "{state}"'))
+def _is(world: World, state: str) -> None:
+    assert world.run(_until(lambda: world.bot.state.value == state, 2.0)), world.bot.state
+
+
+@then(parsers.parse(
+    'the bot goes through "{via}" and is "{state}" again within {seconds:g} seconds'))
+@then(parsers.parse('the bot goes through "{via}" and is "{state}" again within {seconds:g} '
+                    "seconds after the gateway answers again"))
+def _through(world: World, via: str, state: str, seconds: float) -> None:
+    def done() -> bool:
+        later = [t.dest.value for t in world.bot.transcript[world.mark:]]
+        return via in later and world.bot.state.value == state
+
+    assert world.run(_until(done, seconds)), [t.dest.value for t in world.bot.transcript]
+
+
+@then("AAPL market data was requested again")
+def _requested_again(world: World) -> None:
+    assert world.run(_until(lambda: len(world.gateway.requests_named("reqMktData")) == 2, 1.0))
+
+
+@then("AAPL market data was not requested again")
+def _not_requested(world: World) -> None:
+    world.run(asyncio.sleep(0.05))
+    assert len(world.gateway.requests_named("reqMktData")) == 1
+
+
+@then("the socket was never reopened")
+def _same_socket(world: World) -> None:
+    assert world.gateway.accepted_connections == world.connections
+
+
+@then(parsers.parse('the bot is "{state}" again with client id {client_id:d}'))
+def _with_id(world: World, state: str, client_id: int) -> None:
+    def done() -> bool:
+        return (world.bot.state.value == state
+                and world.bot.ib.client.clientId == client_id)
+
+    assert world.run(_until(done, 5.0)), [t.to_json() for t in world.bot.transcript[-6:]]
+    assert any(t.code == 326 for t in world.bot.transcript[world.mark:])
+
+
+@then("the bot is connected on the new port")
+def _new_port(world: World) -> None:
+    assert world.bot.ib.client.port == world.new_port
