@@ -5,6 +5,7 @@ Public surface::
     from ibkr_connection import ConnectionManager, ConnectionConfig, ConnectionState
 """
 
+from ibkr_connection.broker import Config, IBKRIBInsyncApi
 from ibkr_connection.clock import Clock, ManualClock, SystemClock
 from ibkr_connection.config import ConnectionConfig, mask_account
 from ibkr_connection.errors import (
@@ -39,6 +40,7 @@ __all__ = [
     "BackoffPolicy",
     "CallableSubscription",
     "Clock",
+    "Config",
     "ConfigError",
     "ConnectFailedError",
     "ConnectionConfig",
@@ -48,6 +50,7 @@ __all__ = [
     "FatalConnectError",
     "GatewayError",
     "IBKRConnectionError",
+    "IBKRIBInsyncApi",
     "Input",
     "InputKind",
     "ManagerStoppedError",

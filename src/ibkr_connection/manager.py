@@ -180,7 +180,18 @@ class ConnectionManager:
 
     def connect(self, timeout: float | None = None) -> None:
         """Blocking twin of :meth:`start`, for scripts (runs the event loop)."""
-        self.ib.run(self.start(timeout))
+        while True:
+            try:
+                self.ib.run(self.start(timeout))
+                return
+            except ConnectionError:
+                # ib_insync's run() is cut short when a socket closes while it
+                # waits; the manager is still recovering, so keep waiting.
+                if self.usable:
+                    return
+                if self._machine.state is ConnectionState.FAILED:
+                    raise self._failure_error() from None
+                logger.debug("connect() interrupted by a closing socket; waiting on")
 
     def disconnect(self) -> None:
         """Blocking twin of :meth:`stop`."""

@@ -1,0 +1,370 @@
+"""Step definitions for features/orders.feature, against the gateway simulator."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from ib_insync import IB, LimitOrder, MarketOrder, Stock
+from pytest_bdd import given, parsers, scenarios, then, when
+
+import broker_support
+from broker_support import ACCOUNT, Context, pump, pump_until, run, sessions
+from ibkr_connection import (
+    Config,
+    ConnectionState,
+    IBKRIBInsyncApi,
+    OrderRejectedError,
+    UsageError,
+)
+from ibkr_connection.simulator import FakeGateway
+
+# The shared fixtures, taken into this module so pytest finds them.
+ctx = broker_support.ctx
+gw = broker_support.gw
+loop = broker_support.loop
+make_api = broker_support.make_api
+
+scenarios("orders.feature")
+
+AAPL = Stock("AAPL", "SMART", "USD")
+
+
+def _entry(api: IBKRIBInsyncApi, ctx: Context) -> dict[str, Any]:
+    """The book's entry for the scenario's order."""
+    return api.snapshot()["orders"][str(ctx.trade.order.orderId)]
+
+
+def _aapl(api: IBKRIBInsyncApi) -> dict[str, Any]:
+    """The book's AAPL position."""
+    [position] = [p for p in api.snapshot()["positions"].values() if p["symbol"] == "AAPL"]
+    return position
+
+
+@given("the IBKR TWS/Gateway is running")
+def _gateway_running(gw: FakeGateway) -> None:
+    """The simulator listens on its port."""
+    assert gw.listening
+
+
+@given("I am connected to IBKR", target_fixture="api")
+def _connected(make_api: Callable[..., IBKRIBInsyncApi]) -> IBKRIBInsyncApi:
+    """A wrapper connected to the simulator."""
+    api = make_api()
+    assert api.connect() is True
+    return api
+
+
+@given("I am connected to IBKR in read-only mode", target_fixture="api")
+def _connected_readonly(make_api: Callable[..., IBKRIBInsyncApi]) -> IBKRIBInsyncApi:
+    """A read-only wrapper connected to the simulator."""
+    api = make_api(readonly=True)
+    assert api.connect() is True
+    return api
+
+
+@given(parsers.parse("the gateway fills orders in {parts:d} parts"))
+def _fill_in_parts(gw: FakeGateway, parts: int) -> None:
+    """Orders fill in several executions."""
+    gw.fill_mode = ("parts", parts)
+
+
+@given(parsers.parse("I have a working order to buy {quantity:d} AAPL"))
+def _working_order(api: IBKRIBInsyncApi, gw: FakeGateway, ctx: Context, quantity: int) -> None:
+    """A limit order the gateway leaves working."""
+    gw.fill_mode = "manual"
+    ctx.trade = api.place_order(AAPL, LimitOrder("BUY", quantity, 152.0))
+    assert pump_until(api, lambda: _entry(api, ctx)["status"] == "Submitted")
+
+
+@given(parsers.parse("I bought {quantity:d} AAPL at market"))
+@when(parsers.parse("I buy {quantity:d} AAPL at market"))
+def _buy(api: IBKRIBInsyncApi, ctx: Context, quantity: int) -> None:
+    """A market buy, run until filled with its commissions booked."""
+    ctx.trade = api.place_order(AAPL, MarketOrder("BUY", quantity))
+    assert pump_until(api, lambda: (
+        _entry(api, ctx)["status"] == "Filled"
+        and len(_entry(api, ctx)["commissions"]) == len(_entry(api, ctx)["executions"])
+    ))
+
+
+@given("TWS loses its connection to IB")
+def _link_lost(api: IBKRIBInsyncApi, gw: FakeGateway, loop: asyncio.AbstractEventLoop) -> None:
+    """The gateway sends 1100."""
+    run(loop, gw.send_error(1100))
+    assert pump_until(api, lambda: api.state is ConnectionState.LOST)
+
+
+@given(parsers.parse("AAPL trades at {price:g}"))
+def _tick(gw: FakeGateway, price: float) -> None:
+    """The last price moves."""
+    gw.push_tick("AAPL", price)
+
+
+@when("the gateway drops me and stops answering")
+def _drop_and_refuse(api: IBKRIBInsyncApi, gw: FakeGateway, ctx: Context,
+                     loop: asyncio.AbstractEventLoop) -> None:
+    """The gateway stops listening and aborts our socket."""
+    ctx.sessions_before = sessions(api)
+    run(loop, gw.stop_listening())
+    run(loop, gw.drop_clients())
+    assert pump_until(api, lambda: not api.connected)
+    pump(api, 0.3)  # a few refused attempts
+    assert not api.connected
+
+
+@when("the gateway drops me")
+def _drop(api: IBKRIBInsyncApi, gw: FakeGateway, ctx: Context,
+          loop: asyncio.AbstractEventLoop) -> None:
+    """The gateway aborts our socket."""
+    ctx.sessions_before = sessions(api)
+    run(loop, gw.drop_clients())
+
+
+@when(parsers.parse("the order fills {quantity:d} shares at {price:g} while I am away"))
+def _fill_away(api: IBKRIBInsyncApi, gw: FakeGateway, ctx: Context,
+               quantity: int, price: float) -> None:
+    """The gateway books a fill while no client is connected."""
+    assert gw.clients == []
+    ctx.extra["exec"] = gw.fill_order(ctx.trade.order.orderId, quantity, price)
+
+
+@when("the gateway answers again")
+def _listen(gw: FakeGateway, loop: asyncio.AbstractEventLoop) -> None:
+    """The gateway accepts connections again."""
+    run(loop, gw.start_listening())
+
+
+@when("I disconnect from IBKR")
+def _disconnect(api: IBKRIBInsyncApi, gw: FakeGateway) -> None:
+    """Log off."""
+    api.disconnect()
+    assert pump_until(api, lambda: not gw.connections)
+
+
+@when("I connect to IBKR again")
+def _reconnect(api: IBKRIBInsyncApi) -> None:
+    """Log on again."""
+    assert api.connect() is True
+    pump(api, 0.05)
+
+
+@when(parsers.parse("I try to buy {quantity:d} AAPL at market"))
+def _try_buy(api: IBKRIBInsyncApi, gw: FakeGateway, ctx: Context, quantity: int) -> None:
+    """Try to place an order, recording a refusal."""
+    gw.clear_requests()
+    try:
+        ctx.trade = api.place_order(AAPL, MarketOrder("BUY", quantity))
+    except OrderRejectedError as exc:
+        ctx.error = exc
+    pump(api, 0.05)
+
+
+@when(parsers.parse("I sell {quantity:d} AAPL with a limit of {price:g} and it fills"))
+def _sell(api: IBKRIBInsyncApi, gw: FakeGateway, ctx: Context, quantity: int,
+          price: float) -> None:
+    """A limit sell, filled by the gateway."""
+    gw.fill_mode = "manual"
+    ctx.trade = api.place_order(AAPL, LimitOrder("SELL", quantity, price))
+    assert pump_until(api, lambda: _entry(api, ctx)["status"] == "Submitted")
+    gw.fill_order(ctx.trade.order.orderId)
+    assert pump_until(api, lambda: _entry(api, ctx)["status"] == "Filled")
+    pump(api, 0.05)
+
+
+@then("I should be reconnected")
+def _reconnected(api: IBKRIBInsyncApi, ctx: Context) -> None:
+    """A new session is up, driven by handle_callbacks alone."""
+    assert pump_until(api, lambda: api.connected and sessions(api) > ctx.sessions_before)
+    pump(api, 0.05)
+
+
+@then(parsers.parse("the order should be filled for {quantity:d} shares"))
+def _filled(api: IBKRIBInsyncApi, ctx: Context, quantity: int) -> None:
+    """Status Filled, everything filled, nothing remaining."""
+    entry = _entry(api, ctx)
+    assert (entry["status"], entry["filled"], entry["remaining"]) == ("Filled", quantity, 0)
+
+
+@then(parsers.parse("the order should show {count:d} fills"))
+@then(parsers.parse("the order should show {count:d} fill"))
+def _fill_count(api: IBKRIBInsyncApi, ctx: Context, count: int) -> None:
+    """The order has exactly this many executions, each id once."""
+    executions = _entry(api, ctx)["executions"]
+    assert len(executions) == count
+    assert len({e["execution_id"] for e in executions}) == count
+
+
+@then(parsers.parse("the order should show 1 fill of {quantity:d} shares at {price:g}"))
+def _one_fill(api: IBKRIBInsyncApi, ctx: Context, quantity: int, price: float) -> None:
+    """Exactly the fill the gateway booked while we were away."""
+    [execution] = _entry(api, ctx)["executions"]
+    assert execution["execution_id"] == ctx.extra["exec"].exec_id
+    assert (execution["shares"], execution["price"]) == (quantity, price)
+
+
+@then("the log should say the fill was recovered")
+def _logged_recovered(caplog: pytest.LogCaptureFixture, ctx: Context) -> None:
+    """The reconciliation logged the recovered execution by its id."""
+    exec_id = ctx.extra["exec"].exec_id
+    assert any("recovered" in r.getMessage() and exec_id in r.getMessage()
+               for r in caplog.records)
+
+
+@then("a commission should be recorded for each fill")
+def _commission_each(api: IBKRIBInsyncApi, ctx: Context) -> None:
+    """One commission per execution id, as the gateway charges it."""
+    entry = _entry(api, ctx)
+    assert sorted(c["execution_id"] for c in entry["commissions"]) == sorted(
+        e["execution_id"] for e in entry["executions"])
+    assert all(c["commission"] == 1.0 for c in entry["commissions"])
+
+
+@then("the commission of that fill should be recorded once")
+def _commission_once(api: IBKRIBInsyncApi, ctx: Context) -> None:
+    """One commission, for the one execution."""
+    entry = _entry(api, ctx)
+    [commission] = entry["commissions"]
+    [execution] = entry["executions"]
+    assert commission["execution_id"] == execution["execution_id"]
+    assert commission["commission"] == 1.0
+
+
+@then("the order should be refused because the session is read-only")
+def _refused_readonly(ctx: Context) -> None:
+    """place_order raised OrderRejectedError naming read-only."""
+    assert isinstance(ctx.error, OrderRejectedError) and "read-only" in str(ctx.error)
+
+
+@then("the order should be refused because the connection is lost")
+def _refused_lost(ctx: Context) -> None:
+    """place_order raised OrderRejectedError naming the state."""
+    assert isinstance(ctx.error, OrderRejectedError) and "lost" in str(ctx.error)
+
+
+@then("the gateway should not have received an order")
+def _no_order(gw: FakeGateway) -> None:
+    """No placeOrder request reached the simulator."""
+    assert gw.requests_named("placeOrder") == []
+
+
+@then(parsers.parse(
+    "my AAPL position should be {quantity:d} shares at an average price of {price:g}"))
+def _position(api: IBKRIBInsyncApi, quantity: int, price: float) -> None:
+    """Quantity and average cost from positionEvent, keyed by account and conId."""
+    position = _aapl(api)
+    assert (position["quantity"], position["avg_price"]) == (quantity, price)
+    assert position["account"] == ACCOUNT
+
+
+@then(parsers.parse(
+    "my AAPL position should show a market price of {price:g} and a market value of {value:g}"))
+def _market(api: IBKRIBInsyncApi, price: float, value: float) -> None:
+    """Market price and value from updatePortfolio."""
+    position = _aapl(api)
+    assert (position["market_price"], position["market_value"]) == (price, value)
+
+
+@then(parsers.parse("my AAPL position should show an unrealized profit of {unrealized:g} "
+                    "and a realized profit of {realized:g}"))
+def _pnl(api: IBKRIBInsyncApi, unrealized: float, realized: float) -> None:
+    """PnL from updatePortfolio."""
+    position = _aapl(api)
+    assert (position["unrealized_pnl"], position["realized_pnl"]) == (unrealized, realized)
+
+
+
+# -- plain tests of the wrapper's contract ------------------------------------------------
+
+
+def test_handle_callbacks_survives_a_drop_and_recovers(
+    make_api: Callable[..., IBKRIBInsyncApi], gw: FakeGateway,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """A gateway-side drop while handle_callbacks runs raises nothing; recovery follows."""
+    api = make_api()
+    assert api.connect()
+    loop.call_later(0.02, lambda: asyncio.ensure_future(gw.drop_clients()))
+    api.handle_callbacks(0.1)
+    assert pump_until(api, lambda: api.connected and sessions(api) == 2)
+
+
+def test_connect_inside_the_loop_is_refused(
+    make_api: Callable[..., IBKRIBInsyncApi], loop: asyncio.AbstractEventLoop,
+) -> None:
+    """connect(), disconnect() and handle_callbacks() raise UsageError from inside the loop."""
+    api = make_api()
+
+    async def inside() -> list[str]:
+        refused = []
+        for call in (api.connect, api.disconnect, api.handle_callbacks):
+            try:
+                call()
+            except UsageError as exc:
+                refused.append(str(exc))
+        return refused
+
+    refused = run(loop, inside())
+    assert len(refused) == 3 and all("event loop" in text for text in refused)
+
+
+def test_completed_orders_are_pruned_oldest_first(
+    make_api: Callable[..., IBKRIBInsyncApi],
+) -> None:
+    """Beyond max_completed_orders, the oldest completed orders leave the book."""
+    api = make_api(max_completed_orders=2)
+    assert api.connect()
+    trades = [api.place_order(AAPL, MarketOrder("BUY", 1)) for _ in range(3)]
+    assert pump_until(api, lambda: all(t.isDone() for t in trades))
+    pump(api, 0.05)
+    assert sorted(api.orders) == sorted(str(t.order.orderId) for t in trades[1:])
+
+
+def test_snapshot_is_a_deep_copy(make_api: Callable[..., IBKRIBInsyncApi]) -> None:
+    """Changing a snapshot leaves the book alone."""
+    api = make_api()
+    assert api.connect()
+    trade = api.place_order(AAPL, MarketOrder("BUY", 2))
+    assert pump_until(api, lambda: len(api.orders[str(trade.order.orderId)]["commissions"]) == 1)
+    snap = api.snapshot()
+    snap["orders"][str(trade.order.orderId)]["executions"].clear()
+    assert len(api.orders[str(trade.order.orderId)]["executions"]) == 1
+    assert set(snap) == {"orders", "positions"}
+
+
+def test_cancel_and_order_errors_are_booked(
+    make_api: Callable[..., IBKRIBInsyncApi], gw: FakeGateway,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """cancel_order cancels a working order; an order error is recorded on its entry."""
+    gw.fill_mode = "manual"
+    api = make_api()
+    assert api.connect()
+    trade = api.place_order(AAPL, LimitOrder("BUY", 1, 140.0))
+    key = str(trade.order.orderId)
+    assert api.next_order_id > trade.order.orderId
+    assert pump_until(api, lambda: api.orders[key]["status"] == "Submitted")
+    run(loop, gw.send_error(399, req_id=trade.order.orderId, message="Order message: warning"))
+    api.cancel_order(trade.order.orderId)
+    assert pump_until(api, lambda: api.orders[key]["status"] == "Cancelled")
+    assert api.orders[key]["errors"][0]["code"] == 399
+    with pytest.raises(OrderRejectedError, match="not a working order"):
+        api.cancel_order(trade.order.orderId)
+
+
+async def test_async_twins_connect_trade_and_disconnect() -> None:
+    """An async bot uses connect_async / disconnect_async on the running loop."""
+    async with FakeGateway(accounts=[ACCOUNT], prices={"AAPL": 150.0}) as gateway:
+        api = IBKRIBInsyncApi(Config(IBKR_PORT=gateway.port), IB(), connect_timeout=2.0)
+        assert await api.connect_async() is True
+        assert api.state is ConnectionState.CONNECTED and api.account_id == ACCOUNT
+        trade = api.place_order(AAPL, MarketOrder("BUY", 1))
+        for _ in range(100):
+            if api.orders[str(trade.order.orderId)]["commissions"]:
+                break
+            await asyncio.sleep(0.01)
+        assert api.orders[str(trade.order.orderId)]["filled"] == 1
+        await api.disconnect_async()
+        assert api.state is ConnectionState.DISCONNECTED
