@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,44 @@ def test_replay_of_unreadable_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"type": "input"}\n')
     assert cli.main(["replay", str(bad)]) == 2
+
+
+async def _get(port: int, path: str) -> tuple[str, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    raw = (await reader.read()).decode()
+    writer.close()
+    head, _, body = raw.partition("\r\n\r\n")
+    return head.splitlines()[0], body
+
+
+async def test_demo_serves_metrics_and_health() -> None:
+    """With --metrics-port, the demo serves /metrics and a /healthz that follows the state."""
+    lines: list[str] = []
+    demo = asyncio.ensure_future(run_demo(lines.append, metrics_port=0, pause=0.5))
+    port = 0
+    for _ in range(200):
+        found = [re.search(r"127\.0\.0\.1:(\d+)/metrics", line) for line in lines]
+        if any(found):
+            port = int(next(m for m in found if m).group(1))
+            break
+        await asyncio.sleep(0.01)
+    assert port, "the demo did not announce its metrics port"
+    for _ in range(200):
+        if any("connecting -> connected" in line for line in lines):
+            break
+        await asyncio.sleep(0.01)
+    status, body = await _get(port, "/healthz")
+    assert status.endswith("200 OK") and "connected" in body
+    status, body = await _get(port, "/metrics")
+    assert status.endswith("200 OK")
+    assert 'ibkr_connection_state{state="connected"} 1.0' in body
+    assert "ibkr_connection_transitions_total" in body
+    for _ in range(300):
+        if any("connected -> degraded" in line for line in lines):
+            break
+        await asyncio.sleep(0.01)
+    status, _ = await _get(port, "/healthz")
+    assert status.endswith("503 Service Unavailable")
+    assert await demo == 0
