@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ibkr_connection import adapter
-from ibkr_connection.config import ConnectionConfig
+from ibkr_connection.config import ConnectionConfig, mask_account
 from ibkr_connection.errors import ConfigError, OrderRejectedError, UsageError
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.machine import ConnectionState, Transition
@@ -390,7 +390,9 @@ class IBKRIBInsyncApi:
         if outcome is None or outcome.done():
             return
         if dest in USABLE_STATES:
-            logger.info("Successfully connected to IBKR, account %s", self.account_id)
+            shown = (mask_account(self.account_id) if self.manager.config.mask_accounts
+                     else self.account_id)
+            logger.info("Successfully connected to IBKR, account %s", shown)
             outcome.set_result(True)
         elif dest is ConnectionState.FAILED:
             self._failed_attempts += 1
