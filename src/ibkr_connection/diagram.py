@@ -17,6 +17,7 @@ listed in ``transitions.md``.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import shutil
 import subprocess
 from pathlib import Path
@@ -135,9 +136,25 @@ def transitions_markdown() -> str:
             f"{', '.join(a for a in row.actions if a != 'note_fact')} | {row.note} |"
         )
     lines += ["", "## States", ""]
+    docs = state_docs()
     for state in ConnectionState:
-        lines.append(f"- **{state.value}**")
+        lines.append(f"- **{state.value}**: {docs.get(state, '')}".rstrip())
     return "\n".join(lines) + "\n"
+
+
+def state_docs() -> dict[ConnectionState, str]:
+    """Return each state's ``#:`` documentation comment from ``machine.py``."""
+    docs: dict[ConnectionState, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(ConnectionState).splitlines():
+        text = line.strip()
+        if text.startswith("#:"):
+            pending.append(text[2:].strip())
+        elif "=" in text and pending:
+            name = text.split("=", 1)[0].strip()
+            docs[ConnectionState[name]] = " ".join(pending)
+            pending = []
+    return docs
 
 
 def texts() -> dict[str, str]:
