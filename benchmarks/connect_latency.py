@@ -1,0 +1,90 @@
+"""Benchmark 6: connect latency, ConnectionManager.start() against bare IB.connectAsync.
+
+Each run connects a fresh ``IB`` to the simulator, either bare
+(``IB.connectAsync``: handshake and startup sync) or through a manager with
+its defaults (``ConnectionManager.start()``: the same plus the account check,
+returning once the state is ``connected``), then disconnects. Runs alternate
+(ABBA) with a fresh client id each time; the ratio is the median of the
+per-pair ratios manager / bare.
+
+Run::
+
+    uv run python benchmarks/connect_latency.py --quick   # 10 pairs
+    uv run python benchmarks/connect_latency.py           # 30 pairs
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+from _common import header, manager_config, median, parser, quiet_logging, settle, table, verdict
+from ib_insync import IB
+
+from ibkr_connection import ConnectionManager
+from ibkr_connection.simulator.gateway import FakeGateway
+
+
+async def bare(gw: FakeGateway, client_id: int) -> float:
+    ib = IB()
+    t0 = time.perf_counter()
+    await ib.connectAsync("127.0.0.1", gw.port, client_id, timeout=10)
+    elapsed = time.perf_counter() - t0
+    ib.disconnect()
+    return elapsed
+
+
+async def managed(gw: FakeGateway, client_id: int) -> float:
+    ib = IB()
+    manager = ConnectionManager(ib, manager_config(gw, client_id))
+    t0 = time.perf_counter()
+    await manager.start(timeout=10)
+    elapsed = time.perf_counter() - t0
+    await manager.stop()
+    return elapsed
+
+
+async def bench(pairs: int) -> tuple[list[float], list[float]]:
+    ids = itertools.count(100)
+    times: dict[str, list[float]] = {"bare": [], "manager": []}
+    async with FakeGateway() as gw:
+        await bare(gw, next(ids))  # warm-up, both paths
+        await settle(gw, 0)
+        await managed(gw, next(ids))
+        for n in range(pairs):
+            order = ["bare", "manager"] if n % 2 == 0 else ["manager", "bare"]
+            for name in order:
+                await settle(gw, 0)
+                await asyncio.sleep(0.02)
+                run = bare if name == "bare" else managed
+                times[name].append(await run(gw, next(ids)))
+            print(f"  pair {n + 1}: bare {times['bare'][-1] * 1e3:.2f} ms, manager "
+                  f"{times['manager'][-1] * 1e3:.2f} ms", flush=True)
+    return times["bare"], times["manager"]
+
+
+def main() -> None:
+    ap = parser(__doc__.splitlines()[0], default_runs=30)
+    args = ap.parse_args()
+    quiet_logging(args.verbose)
+    pairs = args.runs or (10 if args.quick else 30)
+    header("connect latency", args)
+    b, m = asyncio.run(bench(pairs))
+    ratios = [y / x for x, y in zip(b, m, strict=True)]
+    ms = 1e3
+    print()
+    print(table(["contender", "runs", "median ms", "min ms", "max ms"], [
+        ["bare IB.connectAsync", len(b), median(b) * ms, min(b) * ms, max(b) * ms],
+        ["ConnectionManager.start", len(m), median(m) * ms, min(m) * ms, max(m) * ms],
+    ]))
+    print()
+    print(f"ratio: manager / bare, median of pair ratios = {median(ratios):.3f} "
+          f"(ratio of medians {median(m) / median(b):.3f}, "
+          f"difference of medians {(median(m) - median(b)) * ms:.2f} ms)")
+    ok = verdict("connect latency ratio", median(ratios), 1.05)
+    print(f"overall: {'PASS' if ok else 'MISS'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Benchmark 4: hot-path cost of the manager and IBKRIBInsyncApi on ticks and order statuses.
+
+Two ``IB`` objects are connected to one simulator: ``bare`` (ib_insync alone)
+and ``managed`` (a ConnectionManager with ``IBKRIBInsyncApi`` attached, the
+market data subscribed through the manager and the order placed through the
+broker wrapper). Each has a streaming ticker and a working order. 100,000
+pre-encoded messages (nine ``tickPrice`` for the ticker to one ``orderStatus``
+for the order, with changing prices and fills so every one updates the book)
+are fed through the real client decoder, ``IB.client._onSocketHasData``, 50
+frames per call as a socket read would deliver them, yielding to the event
+loop between reads (so the manager's heartbeat timer runs as it would).
+
+Runs alternate bare/managed (ABBA order); the ratio is the median of the
+per-pair ratios managed / bare. A tick-only run is reported as well. (An
+order status costs ib_insync about 40 times a tick: its wrapper formats the
+whole ``Trade`` into an f-string log line per status even with logging off.)
+
+Run::
+
+    uv run python benchmarks/hot_path.py --quick   # 3 pairs per mix, ~1 min
+    uv run python benchmarks/hot_path.py           # 7 pairs per mix
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from typing import Any
+
+from _common import contract, header, median, parser, quiet_logging, table, verdict
+from ib_insync import IB, LimitOrder
+
+from ibkr_connection.broker import Config, IBKRIBInsyncApi
+from ibkr_connection.simulator import protocol as p
+from ibkr_connection.simulator.gateway import FakeGateway
+
+BARE_ID, MANAGED_ID = 41, 42
+MESSAGES = 100_000
+CHUNK = 50
+#: In the mixed run every tenth message is an order status, the rest ticks.
+ORDER_EVERY = 10
+
+
+def frames(gw: FakeGateway, client_id: int, mix: str, count: int) -> list[bytes]:
+    """Pre-encode ``count`` messages for ``client_id``'s ticker and order, in reads."""
+    conn = next(c for c in gw.clients if c.client_id == client_id)
+    req_id = next(iter(conn.mkt_data))
+    order = next(o for o in gw.orders.values() if o.client_id == client_id)
+    messages: list[bytes] = []
+    for i in range(count):
+        tick = mix == "ticks" or (mix == "mixed" and i % ORDER_EVERY != 0)
+        if tick:
+            messages.append(p.encode_message(
+                [p.TICK_PRICE, 6, req_id, p.TICK_LAST, 100.0 + (i % 200) * 0.01, 100 + i % 7, 0]))
+        else:
+            filled = i % 97
+            messages.append(p.encode_message(
+                [p.ORDER_STATUS, order.order_id, "Submitted", float(filled),
+                 order.total_quantity - filled, 99.0, order.perm_id, 0, 99.0, client_id, "",
+                 0.0]))
+    return [b"".join(messages[i:i + CHUNK]) for i in range(0, len(messages), CHUNK)]
+
+
+async def feed(ib: IB, reads: list[bytes]) -> float:
+    """Feed the reads through the decoder; return the seconds it took."""
+    on_data = ib.client._onSocketHasData
+    logs = [trade.log for trade in ib.trades()]
+    gc.collect()
+    t0 = time.perf_counter()
+    for data in reads:
+        on_data(data)
+        # ib_insync appends every status to the trade's log and logs the whole
+        # trade (log included) per status: keep the log short, as in real life.
+        for log in logs:
+            del log[2:]
+        await asyncio.sleep(0)
+    return time.perf_counter() - t0
+
+
+Times = dict[str, tuple[list[float], list[float]]]
+
+
+async def bench(pairs: int, mixes: list[str], messages: int) -> Times:
+    results: Times = {}
+    async with FakeGateway(fill_mode="manual") as gw:
+        bare = IB()
+        await bare.connectAsync("127.0.0.1", gw.port, BARE_ID)
+        bare.reqMktData(contract())
+        bare.placeOrder(contract(), LimitOrder("BUY", 1_000_000, 99.0))
+
+        managed_ib = IB()
+        api = IBKRIBInsyncApi(Config(IBKR_HOST="127.0.0.1", IBKR_PORT=gw.port,
+                                     IBKR_CLIENT_ID=MANAGED_ID), ib=managed_ib)
+        assert await api.connect_async()
+        api.manager.subscribe_market_data(contract())
+        api.place_order(contract(), LimitOrder("BUY", 1_000_000, 99.0))
+        await asyncio.sleep(0.5)  # replies in; gateway quiet from here
+        print(f"  handlers on the managed IB: {_handlers(managed_ib)}; "
+              f"on the bare IB: {_handlers(bare)}", flush=True)
+
+        contenders: dict[str, tuple[IB, int]] = {"bare": (bare, BARE_ID),
+                                                 "managed": (managed_ib, MANAGED_ID)}
+        for mix in mixes:
+            reads = {name: frames(gw, cid, mix, messages)
+                     for name, (_, cid) in contenders.items()}
+            await feed(bare, reads["bare"][:200])  # warm-up, both sides
+            await feed(managed_ib, reads["managed"][:200])
+            times: dict[str, list[float]] = {"bare": [], "managed": []}
+            for n in range(pairs):
+                order = ["bare", "managed"] if n % 2 == 0 else ["managed", "bare"]
+                for name in order:
+                    ib = contenders[name][0]
+                    times[name].append(await feed(ib, reads[name]))
+                print(f"  {mix:13s} pair {n + 1}: bare {times['bare'][-1]:.3f}s, managed "
+                      f"{times['managed'][-1]:.3f}s, ratio "
+                      f"{times['managed'][-1] / times['bare'][-1]:.3f}", flush=True)
+            results[mix] = (times["bare"], times["managed"])
+        await api.disconnect_async()
+        bare.disconnect()
+    return results
+
+
+def _handlers(ib: Any) -> int:
+    return sum(len(getattr(ib, name)) for name in ib.events)
+
+
+def main() -> None:
+    ap = parser(__doc__.splitlines()[0], default_runs=7)
+    ap.add_argument("--messages", type=int, default=MESSAGES, help="messages per run")
+    args = ap.parse_args()
+    quiet_logging(args.verbose)
+    pairs = args.runs or (3 if args.quick else 7)
+    header("hot path: 100,000 tick and order-status messages", args)
+    print(f"pairs per mix: {pairs}; {args.messages} messages per run, {CHUNK} per read")
+    results = asyncio.run(bench(pairs, ["mixed", "ticks"], args.messages))
+    print()
+    rows = []
+    ratios: dict[str, float] = {}
+    for mix, (bare, managed) in results.items():
+        pair_ratios = [m / b for b, m in zip(bare, managed, strict=True)]
+        ratios[mix] = median(pair_ratios)
+        rows.append([mix, len(bare), median(bare), median(managed),
+                     median(bare) / args.messages * 1e6, median(managed) / args.messages * 1e6,
+                     ratios[mix], min(pair_ratios), max(pair_ratios)])
+    print(table(["mix", "pairs", "bare s", "managed s", "bare us/msg",
+                 "managed us/msg", "median ratio", "min ratio", "max ratio"], rows))
+    print()
+    for mix, ratio in ratios.items():
+        print(f"ratio ({mix}): managed / bare = {ratio:.3f}")
+    ok = verdict("hot-path ratio, mixed ticks and order statuses", ratios["mixed"], 1.05)
+    print(f"overall: {'PASS' if ok else 'MISS'}")
+
+
+if __name__ == "__main__":
+    main()
