@@ -8,6 +8,7 @@ in the client library is a change here. ``ib_async`` stands in for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from typing import Any
@@ -36,11 +37,19 @@ class _SyncTimeoutCatcher(logging.Handler):
             self.timed_out.append(message)
 
 
-def _supports(func: Any, parameter: str) -> bool:
-    try:
-        return parameter in inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False
+_SUPPORTS: dict[tuple[type, str, str], bool] = {}
+
+
+def _supports(cls: type, method: str, parameter: str) -> bool:
+    """Return True if ``cls.method`` takes ``parameter`` (cached per class)."""
+    key = (cls, method, parameter)
+    if key not in _SUPPORTS:
+        try:
+            found = parameter in inspect.signature(getattr(cls, method)).parameters
+        except (AttributeError, TypeError, ValueError):
+            found = False
+        _SUPPORTS[key] = found
+    return _SUPPORTS[key]
 
 
 async def connect_session(
@@ -59,14 +68,38 @@ async def connect_session(
         "host": host, "port": port, "clientId": client_id, "timeout": timeout,
         "readonly": readonly, "account": account,
     }
-    if _supports(ib.connectAsync, "raiseSyncErrors"):
+    if _supports(type(ib), "connectAsync", "raiseSyncErrors"):
         kwargs["raiseSyncErrors"] = True  # ib_async raises on its own
     catcher = _SyncTimeoutCatcher()
     ib_logger = getattr(ib, "_logger", None) or logging.getLogger(type(ib).__module__)
     ib_logger.addHandler(catcher)
+    # ib_insync notices a socket closed by the gateway before the API is ready
+    # (e.g. right after the handshake) only when its connect timeout expires:
+    # watch the socket ourselves and fail at once.
+    conn = ib.client.conn
+    closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def on_closed(message: str = "") -> None:
+        if not closed.done():
+            closed.set_result(message)
+
+    conn.disconnected += on_closed
+    connecting = asyncio.ensure_future(ib.connectAsync(**kwargs))
     try:
-        await ib.connectAsync(**kwargs)
+        await asyncio.wait({connecting, closed}, return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connecting
+            raise ConnectionError(
+                "the gateway closed the socket during the handshake"
+                + (f": {closed.result()}" if closed.result() else "")
+            )
+        connecting.result()
     finally:
+        conn.disconnected -= on_closed
+        if not connecting.done():
+            connecting.cancel()
         ib_logger.removeHandler(catcher)
     if catcher.timed_out:
         safe_disconnect(ib)

@@ -53,7 +53,7 @@ class InputKind(str, Enum):
     RESTORE_TIMEOUT = "restore_timeout"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Input:
     """One input to the machine, with what caused it.
 

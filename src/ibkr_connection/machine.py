@@ -254,6 +254,28 @@ TABLE: tuple[Row, ...] = tuple(
 )
 
 
+def _quiet_rows() -> dict[tuple[ConnectionState, InputKind], Row]:
+    """The (state, input) pairs whose only row neither moves, guards nor acts."""
+    quiet = {}
+    for state in ConnectionState:
+        for kind in InputKind:
+            rows = [r for r in TABLE if r.source is state and r.input is kind]
+            if (len(rows) == 1 and rows[0].dest is None and rows[0].guard is None
+                    and set(rows[0].actions) <= {"note_fact"}):
+                quiet[(state, kind)] = rows[0]
+    return quiet
+
+
+_QUIET_ROWS = _quiet_rows()
+
+
+@dataclass(frozen=True)
+class _Event:
+    """The part of transitions' EventData that the recording callback reads."""
+
+    kwargs: dict[str, Any]
+
+
 class Effects(Protocol):
     """What the machine's actions ask the outside world to do.
 
@@ -292,7 +314,7 @@ class Effects(Protocol):
         """Cancel the running attempt and close the socket."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Transition:
     """One change of state, as recorded in the transcript.
 
@@ -330,7 +352,7 @@ class Transition:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JournalEntry:
     """One handled input: what came in, when, and the state it left."""
 
@@ -357,6 +379,11 @@ class ConnectionMachine:
         port: the gateway's API port for the first attempt.
         client_ids: the client id to use, then the fallbacks for 326, in order.
         policy: backoff, restore patience, reset windows.
+        record_journal: keep every handled input in :attr:`journal` (the
+            manager turns it on only when it writes a journal, and drains it).
+        transcript_limit: the transcript keeps at most this many of the most
+            recent transitions (None: all), so a bot running for months does
+            not grow without limit.
 
     Raises:
         UsageError: if no client id is given.
@@ -370,6 +397,8 @@ class ConnectionMachine:
         port: int,
         client_ids: Sequence[int],
         policy: RecoveryPolicy | None = None,
+        record_journal: bool = True,
+        transcript_limit: int | None = 10_000,
     ) -> None:
         if not client_ids:
             raise UsageError("at least one client id is required")
@@ -388,6 +417,9 @@ class ConnectionMachine:
         self.state: ConnectionState = ConnectionState.DISCONNECTED
         self.transcript: list[Transition] = []
         self.journal: list[JournalEntry] = []
+        self._busy = 0
+        self.record_journal = record_journal
+        self.transcript_limit = transcript_limit
         #: The table row that handled the last input (for tests and logs).
         self.last_row: Row | None = None
         self._listeners: list[Callable[[Transition], None]] = []
@@ -445,7 +477,18 @@ class ConnectionMachine:
         if not isinstance(inp, Input) or not isinstance(inp.kind, InputKind):
             raise UsageError(f"not a machine input: {inp!r}")
         self._absorb(inp)
-        self.trigger(inp.kind.value, inp=inp)  # type: ignore[attr-defined]
+        quiet = _QUIET_ROWS.get((self.state, inp.kind))
+        if quiet is not None and not self._busy:
+            # A row that neither moves, guards nor acts (an ignore, or a fact
+            # already absorbed): same outcome, without a pass through
+            # transitions. Farm notices arrive at every connect.
+            self._record(quiet, _Event({"inp": inp}))
+            return self.state
+        self._busy += 1
+        try:
+            self.trigger(inp.kind.value, inp=inp)  # type: ignore[attr-defined]
+        finally:
+            self._busy -= 1
         return self.state
 
     def fire(self, kind: InputKind, message: str = "", **fields: Any) -> ConnectionState:
@@ -504,12 +547,13 @@ class ConnectionMachine:
 
     # -- transition callbacks -----------------------------------------------------
 
-    def _record(self, row: Row, event: EventData) -> None:
+    def _record(self, row: Row, event: EventData | _Event) -> None:
         inp: Input = event.kwargs["inp"]
         self.last_row = row
         now = self._clock.monotonic()
         dest = row.dest if row.dest is not None else self.state
-        self.journal.append(JournalEntry(now, inp, dest))
+        if self.record_journal:
+            self.journal.append(JournalEntry(now, inp, dest))
         cause = inp.message or row.note
         if row.dest is None:
             logger.log(
@@ -534,6 +578,12 @@ class ConnectionMachine:
             cause=cause, code=inp.code, attempt=self.attempt, delay=delay,
         )
         self.transcript.append(transition)
+        limit = self.transcript_limit
+        if limit is not None and len(self.transcript) > limit:
+            # Trim in chunks so the cost per transition stays constant.
+            del self.transcript[: len(self.transcript) - limit // 2]
+        if not logger.isEnabledFor(logging.INFO):
+            return
         logger.info(
             "connection %s -> %s on %s%s (attempt %d%s): %s",
             transition.source.value, transition.dest.value, transition.trigger.value,

@@ -92,14 +92,15 @@ class ConnectionManager:
         self._machine = ConnectionMachine(
             self._driver, self._clock, port=self.config.port,
             client_ids=self.config.client_ids, policy=self.config.policy,
+            record_journal=journal is not None,
         )
         self._machine.add_listener(self._on_transition)
         self._stopped = False
-        self._changed: asyncio.Event | None = None
+        self._waiters: list[
+            tuple[frozenset[ConnectionState], asyncio.Future[ConnectionState]]] = []
         self._failure: Exception | None = None
         self._journal_file: IO[str] | None = None
         self._journal_owned = False
-        self._journal_pos = 0
         if journal is not None:
             self._open_journal(journal)
         ib.errorEvent += self._on_ib_error
@@ -215,24 +216,22 @@ class ConnectionManager:
         Raises:
             TimeoutError: ``timeout`` seconds passed first.
         """
-        targets = set(states)
-        if self._changed is None:
-            self._changed = asyncio.Event()
-        changed = self._changed
-
-        async def waiter() -> ConnectionState:
-            while self._machine.state not in targets:
-                changed.clear()
-                await changed.wait()
+        targets = frozenset(states)
+        if self._machine.state in targets:
             return self._machine.state
-
+        future: asyncio.Future[ConnectionState] = asyncio.get_running_loop().create_future()
+        waiter = (targets, future)
+        self._waiters.append(waiter)
         try:
-            return await asyncio.wait_for(waiter(), timeout)
+            return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             raise TimeoutError(
                 f"still {self.state.value} after {timeout}s, waiting for "
                 f"{', '.join(sorted(s.value for s in targets))}"
             ) from None
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
     # -- subscriptions ----------------------------------------------------------------
 
@@ -328,8 +327,9 @@ class ConnectionManager:
         if transition.dest is ConnectionState.FAILED and self._failure is None:
             self._failure = self._driver.last_error
         self.stateChangeEvent.emit(transition)
-        if self._changed is not None:
-            self._changed.set()
+        for targets, future in list(self._waiters):
+            if transition.dest in targets and not future.done():
+                future.set_result(transition.dest)
 
     # -- errors ---------------------------------------------------------------------
 
@@ -382,8 +382,8 @@ class ConnectionManager:
     def _flush_journal(self) -> None:
         if self._journal_file is None:
             return
-        entries = self._machine.journal[self._journal_pos:]
-        self._journal_pos = len(self._machine.journal)
+        entries = list(self._machine.journal)
+        self._machine.journal.clear()
         for entry in entries:
             line = {"type": "input", "at": round(entry.at, 6), **entry.input.to_json(),
                     "state": entry.state.value}
