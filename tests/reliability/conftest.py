@@ -1,0 +1,170 @@
+"""Fixtures and helpers for the reliability suite: fast configs, condition waits, log capture."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+from ib_insync import IB
+
+from ibkr_connection import BackoffPolicy, ConnectionConfig, ConnectionManager, RecoveryPolicy
+from ibkr_connection.machine import ConnectionState
+from ibkr_connection.simulator import FakeGateway
+
+ACCOUNT = "DU1234567"
+
+#: The issue's tight policy: same shape as the defaults, short costly delays.
+FAST_POLICY = RecoveryPolicy(backoff=BackoffPolicy(costly_delay=0.05, max_costly_delay=0.2))
+
+#: The issue's tight timeouts, for every manager of this suite unless overridden.
+FAST_SETTINGS: dict[str, Any] = {
+    "client_id": 7,
+    "connect_timeout": 0.5,
+    "heartbeat_idle": 0.2,
+    "heartbeat_timeout": 0.2,
+    "policy": FAST_POLICY,
+}
+
+Predicate = Callable[[], bool]
+
+
+def fast_config(port: int, **overrides: Any) -> ConnectionConfig:
+    """Return the suite's tight config for ``port``, with ``overrides`` applied."""
+    fields = dict(FAST_SETTINGS, port=port)
+    fields.update(overrides)
+    return ConnectionConfig(**fields)
+
+
+async def wait_until(predicate: Predicate, timeout: float = 5.0, what: str = "") -> None:
+    """Poll ``predicate`` on the running loop until it holds; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {what or predicate}")
+        await asyncio.sleep(0.005)
+
+
+async def settle(
+    manager: ConnectionManager, expected: ConnectionState, *, quiet: float = 0.12,
+    timeout: float = 6.0, cycling: frozenset[ConnectionState] = frozenset(),
+) -> None:
+    """Wait until the manager is in ``expected`` and made no other move for ``quiet`` s.
+
+    Args:
+        manager: the manager to watch.
+        expected: the state it must end in.
+        quiet: seconds without a move (other than within ``cycling``) that count as settled.
+        timeout: give up (AssertionError) after this many seconds.
+        cycling: states the manager may pass through while settled (``backoff`` cycles
+            through ``connecting`` while the gateway refuses connections).
+    """
+    allowed = cycling | {expected}
+    deadline = time.monotonic() + timeout
+    seen = len(manager.transcript)
+    calm_since = time.monotonic()
+    while True:
+        now = time.monotonic()
+        moves = manager.transcript[seen:]
+        seen = len(manager.transcript)
+        if any(t.dest not in allowed for t in moves) or manager.state not in allowed:
+            calm_since = now
+        if manager.state is expected and now - calm_since >= quiet:
+            return
+        if now > deadline:
+            path = [t.dest.value for t in manager.transcript[-8:]]
+            raise AssertionError(
+                f"did not settle in {expected.value} within {timeout}s; now "
+                f"{manager.state.value}, last moves {path}"
+            )
+        await asyncio.sleep(0.005)
+
+
+def from_us(record: logging.LogRecord) -> bool:
+    """True if the record is ibkr_connection's, or its traceback passes through its code."""
+    if record.name.startswith("ibkr_connection"):
+        return True
+    exc = record.exc_info[1] if record.exc_info else None
+    tb = exc.__traceback__ if exc is not None else None
+    while tb is not None:
+        if "/ibkr_connection/" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+class TracebackCatcher(logging.Handler):
+    """Collects every log record that carries a traceback (an exception that was caught late).
+
+    ``escaped()`` keeps those of ibkr_connection (its loggers, or a traceback through its
+    code); ``foreign`` holds the rest, e.g. ib_insync's own fire-and-forget request after
+    a 1102 whose future fails when the socket drops ("Future exception was never retrieved").
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.foreign: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:
+            (self.records if from_us(record) else self.foreign).append(record)
+
+    def escaped(self) -> list[str]:
+        """Return ibkr_connection's captured records as text."""
+        return [f"{r.name}: {r.getMessage()}" for r in self.records]
+
+
+@pytest.fixture
+def tracebacks() -> Iterator[TracebackCatcher]:
+    """Capture tracebacks logged anywhere: ibkr_connection, eventkit, asyncio, ib_insync."""
+    catcher = TracebackCatcher()
+    root = logging.getLogger()
+    root.addHandler(catcher)
+    ours = logging.getLogger("ibkr_connection")
+    level = ours.level
+    if ours.getEffectiveLevel() > logging.ERROR:
+        ours.setLevel(logging.ERROR)
+    try:
+        yield catcher
+    finally:
+        root.removeHandler(catcher)
+        ours.setLevel(level)
+
+
+@pytest.fixture
+async def gw() -> AsyncIterator[FakeGateway]:
+    """A running simulator with one account and AAPL at 150."""
+    gateway = FakeGateway(accounts=[ACCOUNT], next_order_id=100, prices={"AAPL": 150.0})
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        gateway.unstall()
+        gateway.release_sync()
+        await gateway.stop()
+
+
+@pytest.fixture
+async def make_manager(gw: FakeGateway) -> AsyncIterator[Callable[..., ConnectionManager]]:
+    """Factory of managers driving a real ``ib_insync.IB`` on ``gw``; all stopped afterwards."""
+    made: list[ConnectionManager] = []
+
+    def make(**overrides: Any) -> ConnectionManager:
+        manager = ConnectionManager(IB(), fast_config(gw.port, **overrides))
+        made.append(manager)
+        return manager
+
+    yield make
+    for manager in made:
+        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+            await asyncio.wait_for(manager.stop(), 2.0)
+
+
+def handler_counts(ib: Any) -> tuple[int, int, int]:
+    """Handlers on the three events the manager may touch."""
+    return len(ib.errorEvent), len(ib.disconnectedEvent), len(ib.newOrderEvent)

@@ -1,0 +1,282 @@
+"""Fault matrix: every simulator fault, in every reachable state, against a real ib_insync IB.
+
+The expected end states are written out by hand below (read off the README's
+machine and the simulator's behaviour), never derived from the code under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+from ib_insync import IB, LimitOrder, MarketOrder, Stock
+
+from ibkr_connection import (
+    BackoffPolicy,
+    Config,
+    ConnectFailedError,
+    ConnectionManager,
+    ConnectionState,
+    IBKRIBInsyncApi,
+    RecoveryPolicy,
+)
+from ibkr_connection.inputs import Input, InputKind
+from ibkr_connection.simulator import FakeGateway
+
+from .conftest import (
+    FAST_POLICY,
+    TracebackCatcher,
+    handler_counts,
+    settle,
+    wait_until,
+)
+
+S = ConnectionState
+C, D, L, B, X, F = S.CONNECTED, S.DEGRADED, S.LOST, S.BACKOFF, S.DISCONNECTED, S.FAILED
+Make = Callable[..., ConnectionManager]
+
+#: Start states, in the column order of EXPECTED.
+#:   connected     session up, every farm OK
+#:   degraded      the gateway's usfarm is broken (2103, and again at every reconnect)
+#:   lost          1100 received
+#:   backoff       had a session; the gateway stopped listening and dropped it
+#:   connecting_hs an attempt waits on a 0.3 s handshake delay (cleared after the fault)
+#:   connecting_sy an attempt waits on a held reqPositions end (released after the fault)
+#:   disconnected  a manager that was never started
+#:   failed        max_attempts=1 exhausted against a closed port (the port reopens)
+STATES = ("connected", "degraded", "lost", "backoff", "connecting_hs", "connecting_sy",
+          "disconnected", "failed")
+
+#: The end state per (fault, start state), once the fault played out (persistent
+#: faults are held, then healed) and the manager made no move for a while.
+EXPECTED: dict[str, tuple[ConnectionState, ...]] = {
+    #                 conn  degr  lost  back  c_hs  c_sy  disc  fail
+    "code_1100":     (L,    L,    L,    B,    C,    L,    X,    F),
+    "code_1101":     (C,    D,    C,    B,    C,    C,    X,    F),
+    "code_1102":     (C,    D,    C,    B,    C,    C,    X,    F),
+    "code_2103":     (D,    D,    L,    B,    C,    D,    X,    F),
+    "code_2104":     (C,    C,    L,    B,    C,    C,    X,    F),
+    "code_2105":     (D,    D,    L,    B,    C,    D,    X,    F),
+    "code_2106":     (C,    D,    L,    B,    C,    C,    X,    F),
+    "code_2157":     (D,    D,    L,    B,    C,    D,    X,    F),
+    "code_2158":     (C,    D,    L,    B,    C,    C,    X,    F),
+    "code_2110":     (D,    D,    L,    B,    C,    D,    X,    F),
+    "code_1300":     (C,    D,    C,    B,    C,    C,    X,    F),
+    "code_10182":    (C,    D,    L,    B,    C,    C,    X,    F),
+    "code_9999":     (C,    D,    L,    B,    C,    C,    X,    F),
+    "drop_clients":  (C,    D,    C,    B,    C,    C,    X,    F),
+    "stop_listening": (C,   D,    L,    B,    C,    C,    X,    F),
+    "restart":       (C,    D,    C,    C,    C,    C,    X,    F),
+    "stall":         (C,    D,    C,    B,    C,    C,    X,    F),
+    "handshake_delay": (C,  D,    L,    B,    C,    C,    X,    F),
+    "held_sync":     (C,    D,    L,    B,    C,    C,    X,    F),
+}
+
+CASES = [(state, fault) for fault in EXPECTED for state in STATES]
+
+#: Seconds a persistent fault is held when the manager does not react to it sooner.
+HOLD = {"stop_listening": 0.25, "stall": 1.0, "handshake_delay": 0.25, "held_sync": 0.25}
+
+#: Attempts in the connecting columns get more time than 0.5 s so that the fault,
+#: not a timeout on a loaded machine, decides the outcome.
+CONNECTING_TIMEOUT = 1.5
+
+
+async def _enter(state: str, make: Make, gw: FakeGateway) -> ConnectionManager:
+    """Build a manager and drive it, through the real simulator, into ``state``."""
+    if state == "disconnected":
+        return make()
+    if state == "failed":
+        port = gw.port
+        await gw.stop_listening()
+        manager = make(policy=RecoveryPolicy(backoff=BackoffPolicy(max_attempts=1)))
+        with pytest.raises(ConnectFailedError):
+            await manager.start(timeout=3)
+        assert gw.port == port
+        await gw.start_listening()
+        return manager
+    if state.startswith("connecting"):
+        manager = make(connect_timeout=CONNECTING_TIMEOUT)
+        if state == "connecting_hs":
+            gw.handshake_delay = 0.3
+            accepted = gw.accepted_connections
+            manager.feed(Input(InputKind.CONNECT, message="matrix"))
+            await wait_until(lambda: gw.accepted_connections > accepted, what="TCP accepted")
+        else:
+            gw.hold_sync("reqPositions")
+            manager.feed(Input(InputKind.CONNECT, message="matrix"))
+            await wait_until(lambda: bool(gw.requests_named("reqPositions")),
+                             what="startup sync under way")
+        assert manager.state is S.CONNECTING
+        return manager
+    manager = make()
+    await manager.start(timeout=3)
+    if state == "degraded":
+        await gw.farm_broken("usfarm")
+        await manager.wait_for(S.DEGRADED, timeout=2)
+    elif state == "lost":
+        await gw.send_error(1100)
+        await manager.wait_for(S.LOST, timeout=2)
+    elif state == "backoff":
+        await gw.stop_listening()
+        await gw.drop_clients()
+        await manager.wait_for(S.BACKOFF, timeout=2)
+    return manager
+
+
+async def _leave_connecting(state: str, gw: FakeGateway) -> None:
+    """Heal the condition that held the attempt in ``connecting``."""
+    if state == "connecting_hs":
+        gw.handshake_delay = 0.0
+    elif state == "connecting_sy":
+        gw.release_sync("reqPositions")
+
+
+async def _hold(manager: ConnectionManager, seconds: float) -> None:
+    """Keep a persistent fault in force until the manager reacts, or ``seconds`` pass."""
+    moves = len(manager.transcript)
+    deadline = time.monotonic() + seconds
+    while len(manager.transcript) == moves and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+
+
+async def _inject(fault: str, manager: ConnectionManager, gw: FakeGateway) -> None:
+    """Inject ``fault``; a persistent one is held, then healed to what it was before."""
+    if fault.startswith("code_"):
+        await gw.send_error(int(fault.removeprefix("code_")))
+    elif fault == "drop_clients":
+        await gw.drop_clients()
+    elif fault == "restart":
+        await gw.restart(outage=0.1)
+    elif fault == "stop_listening":
+        was_listening = gw.listening
+        await gw.stop_listening()
+        await _hold(manager, HOLD[fault])
+        if was_listening:
+            await gw.start_listening()
+    elif fault == "stall":
+        gw.stall()
+        await _hold(manager, HOLD[fault])
+        gw.unstall()
+    elif fault == "handshake_delay":
+        before = gw.handshake_delay
+        gw.handshake_delay = 3.0
+        await _hold(manager, HOLD[fault])
+        gw.handshake_delay = before
+    elif fault == "held_sync":
+        gw.hold_sync("reqExecutions")
+        await _hold(manager, HOLD[fault])
+        gw.release_sync("reqExecutions")
+    else:  # pragma: no cover - a typo in the table
+        raise AssertionError(f"unknown fault {fault}")
+
+
+@pytest.mark.parametrize(("state", "fault"), CASES, ids=[f"{s}-{f}" for s, f in CASES])
+async def test_fault_in_state(
+    state: str, fault: str, make_manager: Make, gw: FakeGateway,
+    tracebacks: TracebackCatcher,
+) -> None:
+    """The fault leaves the manager in its declared state, with no leak and no escape."""
+    expected = EXPECTED[fault][STATES.index(state)]
+    # An execution booked before the session and one booked during the fault.
+    gw.fill_mode = "manual"
+    booked = gw.create_order("AAPL", "BUY", 10, client_id=7)
+    gw.fill_order(booked.order_id)
+    working = gw.create_order("AAPL", "BUY", 5, client_id=7)
+    manager = await _enter(state, make_manager, gw)
+    ib = manager.ib
+    counts = handler_counts(ib)
+
+    await _inject(fault, manager, gw)
+    gw.fill_order(working.order_id)
+    await _leave_connecting(state, gw)
+    cycling = frozenset({S.CONNECTING}) if expected is B else frozenset()
+    await settle(manager, expected, cycling=cycling)
+
+    assert handler_counts(ib) == counts, "handlers were added or removed"
+    if expected in (C, D, L):
+        wanted = sorted(ex.exec_id for ex in gw.executions)
+        await wait_until(lambda: sorted(f.execution.execId for f in ib.fills()) == wanted,
+                         timeout=3, what="every execution known to the client once")
+    assert tracebacks.escaped() == []
+
+
+def test_matrix_covers_every_reachable_state() -> None:
+    """Every state of the machine is the start of a column of the matrix."""
+    starts = {"connected": C, "degraded": D, "lost": L, "backoff": B,
+              "connecting_hs": S.CONNECTING, "connecting_sy": S.CONNECTING,
+              "disconnected": X, "failed": F}
+    assert set(starts) == set(STATES)
+    assert set(starts.values()) == set(ConnectionState)
+    assert all(len(row) == len(STATES) for row in EXPECTED.values())
+
+
+# -- fills across drops and restarts ----------------------------------------------------------
+
+AAPL = Stock("AAPL", "SMART", "USD")
+
+
+def _pump_until(api: IBKRIBInsyncApi, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s; state {api.state.value}")
+        api.handle_callbacks(0.01)
+
+
+def test_no_fill_lost_or_doubled_across_drops_and_restarts() -> None:
+    """Fills booked while disconnected are in the book exactly once after every reconnect."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    gw = FakeGateway(accounts=["DU1234567"], next_order_id=100, prices={"AAPL": 150.0},
+                     fill_mode="manual")
+    loop.run_until_complete(gw.start())
+    api = IBKRIBInsyncApi(
+        Config(IBKR_PORT=gw.port, IBKR_CLIENT_ID=7), IB(), connect_timeout=0.5,
+        policy=FAST_POLICY,
+    )
+    try:
+        assert api.connect() is True
+        trades = [api.place_order(AAPL, LimitOrder("BUY", 30, 151.0)) for _ in range(3)]
+        trades.append(api.place_order(AAPL, MarketOrder("SELL", 20)))
+        _pump_until(api, lambda: len(gw.orders) == 4)
+        order_ids = [t.order.orderId for t in trades]
+        episodes: list[str] = ["drop", "restart", "drop", "drop", "restart", "drop"]
+        for n, episode in enumerate(episodes):
+            sessions = sum(1 for t in api.manager.transcript if t.dest is S.CONNECTED)
+            live = order_ids[n % len(order_ids)]
+            gw.fill_order(live, quantity=1)  # booked while connected
+            if episode == "drop":
+                loop.run_until_complete(gw.stop_listening())
+                loop.run_until_complete(gw.drop_clients())
+            else:
+                loop.run_until_complete(gw.restart(outage=0.05))
+            for oid in order_ids:  # booked while the bot is disconnected
+                if not gw.orders[oid].is_done:
+                    gw.fill_order(oid, quantity=2)
+            if episode == "drop":
+                loop.run_until_complete(gw.start_listening())
+            _pump_until(api, lambda s=sessions: sum(
+                1 for t in api.manager.transcript if t.dest is S.CONNECTED) > s)
+        wanted = sorted(ex.exec_id for ex in gw.executions)
+        assert len(wanted) > 20
+
+        def booked() -> list[str]:
+            book = api.snapshot()["orders"]
+            return sorted(e["execution_id"] for o in book.values() for e in o["executions"])
+
+        _pump_until(api, lambda: booked() == wanted)
+        book = api.snapshot()["orders"]
+        for oid in order_ids:
+            entry = book[str(oid)]
+            assert entry["filled"] == gw.orders[oid].filled
+            commissions = [c["execution_id"] for c in entry["commissions"]]
+            assert len(commissions) == len(set(commissions))
+        assert booked() == wanted  # each execution id exactly once
+    finally:
+        api.disconnect()
+        loop.run_until_complete(gw.stop())
+        asyncio.set_event_loop(None)
+        loop.close()

@@ -1,0 +1,222 @@
+"""Fault storms: seeded random faults at random times, on the simulator and the pure machine."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections.abc import Callable
+
+import pytest
+
+from ibkr_connection import ConnectionManager, ConnectionState
+from ibkr_connection.clock import ManualClock, TimerHandle
+from ibkr_connection.inputs import Input, InputKind
+from ibkr_connection.machine import ConnectionMachine
+from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
+from ibkr_connection.simulator import FakeGateway
+
+from .conftest import FAST_SETTINGS, TracebackCatcher, handler_counts
+
+S = ConnectionState
+Make = Callable[..., ConnectionManager]
+
+#: Codes a storm sends: the table's connection codes, a log-only one and an unknown one.
+STORM_CODES = (1100, 1101, 1102, 2103, 2104, 2105, 2106, 2157, 2158, 2110, 1300,
+               326, 502, 504, 10182, 9999)
+#: Startup requests whose end a storm may withhold.
+HELD = ("reqPositions", "reqExecutions", "reqOpenOrders", "reqAccountUpdates")
+#: Fault kinds and their weights.
+KINDS = {"code": 8, "drop": 2, "listening": 1, "restart": 1, "stall": 1,
+         "handshake_delay": 1, "held_sync": 1}
+
+
+async def _storm(gw: FakeGateway, rng: random.Random, faults: int) -> dict[str, int]:
+    """Inject ``faults`` random faults with random gaps; return how many of each kind."""
+    done = dict.fromkeys(KINDS, 0)
+    kinds, weights = list(KINDS), list(KINDS.values())
+    for _ in range(faults):
+        kind = rng.choices(kinds, weights)[0]
+        done[kind] += 1
+        if kind == "code":
+            await gw.send_error(rng.choice(STORM_CODES))
+        elif kind == "drop":
+            await gw.drop_clients()
+        elif kind == "listening":
+            if gw.listening:
+                await gw.stop_listening()
+            else:
+                await gw.start_listening()
+        elif kind == "restart":
+            await gw.restart(outage=rng.uniform(0.0, 0.08))
+        elif kind == "stall":
+            if gw.stalled:
+                gw.unstall()
+            else:
+                gw.stall()
+        elif kind == "handshake_delay":
+            gw.handshake_delay = rng.choice((0.0, 0.05, 0.2, 1.0))
+        else:
+            name = rng.choice(HELD)
+            if rng.random() < 0.5:
+                gw.hold_sync(name)
+            else:
+                gw.release_sync(name)
+        await asyncio.sleep(rng.uniform(0.0, 0.03))
+    return done
+
+
+async def _heal(gw: FakeGateway) -> None:
+    """Undo every persistent fault: the gateway is healthy again."""
+    gw.unstall()
+    gw.release_sync()
+    gw.handshake_delay = 0.0
+    await gw.start_listening()
+    await gw.send_error(1102)
+    for farm in list(gw.farms):
+        await gw.farm_ok(farm)
+
+
+def _recovery_bound() -> float:
+    """Worst case after healing: a running attempt times out, one backoff, a new attempt.
+
+    Plus one heartbeat cycle (a session opened on a stalled socket) and a second
+    of slack for a loaded 2-core CI machine.
+    """
+    backoff = FAST_SETTINGS["policy"].backoff
+    delay = max(backoff.max_delay, backoff.max_costly_delay)
+    attempt = FAST_SETTINGS["connect_timeout"]
+    heartbeat = FAST_SETTINGS["heartbeat_idle"] + FAST_SETTINGS["heartbeat_timeout"]
+    return attempt + delay + attempt + heartbeat + 1.0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_storm_against_real_client_recovers(
+    seed: int, make_manager: Make, gw: FakeGateway, tracebacks: TracebackCatcher,
+) -> None:
+    """After 120 random faults and a heal, the manager is connected within the bound."""
+    manager = make_manager()
+    await manager.start(timeout=3)
+    counts = handler_counts(manager.ib)
+    done = await _storm(gw, random.Random(seed), faults=120)
+    assert sum(done.values()) == 120
+    await _heal(gw)
+    healed = time.monotonic()
+    bound = _recovery_bound()
+    await manager.wait_for(S.CONNECTED, timeout=bound)
+    assert time.monotonic() - healed <= bound
+    await asyncio.sleep(0.1)
+    assert manager.state is S.CONNECTED
+    assert handler_counts(manager.ib) == counts
+    assert sum(t.dest is S.BACKOFF for t in manager.transcript) >= 5, "the storm did no harm"
+    for before, after in itertools.pairwise(manager.transcript):
+        assert before.dest is after.source
+    assert tracebacks.escaped() == []
+
+
+# -- the pure machine ---------------------------------------------------------------------------
+
+
+class TimerEffects:
+    """Effects that record every call and run the machine's timers on a ManualClock."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.machine: ConnectionMachine | None = None
+        self.calls: list[str] = []
+        self._retry: TimerHandle | None = None
+        self._restore: TimerHandle | None = None
+
+    def _feed(self, kind: InputKind) -> None:
+        assert self.machine is not None
+        self.machine.handle(Input(kind))
+
+    def start_attempt(self, attempt: int, client_id: int, port: int) -> None:
+        self.calls.append(f"start_attempt {attempt} {client_id} {port}")
+
+    def schedule_retry(self, delay: float) -> None:
+        self.calls.append(f"schedule_retry {delay:.6f}")
+        self._retry = self.clock.call_later(delay, lambda: self._feed(InputKind.RETRY_DUE))
+
+    def cancel_retry(self) -> None:
+        self.calls.append("cancel_retry")
+        if self._retry is not None:
+            self._retry.cancel()
+
+    def start_restore_timer(self, timeout: float) -> None:
+        self.calls.append(f"start_restore_timer {timeout}")
+        self._restore = self.clock.call_later(
+            timeout, lambda: self._feed(InputKind.RESTORE_TIMEOUT))
+
+    def cancel_restore_timer(self) -> None:
+        self.calls.append("cancel_restore_timer")
+        if self._restore is not None:
+            self._restore.cancel()
+
+    def select_account(self) -> None:
+        self.calls.append("select_account")
+
+    def restore_subscriptions(self) -> None:
+        self.calls.append("restore_subscriptions")
+
+    def start_heartbeat(self) -> None:
+        self.calls.append("start_heartbeat")
+
+    def stop_heartbeat(self) -> None:
+        self.calls.append("stop_heartbeat")
+
+    def tear_down(self) -> None:
+        self.calls.append("tear_down")
+
+
+#: Inputs a pure storm draws from, with the payloads the real codes would carry.
+_FARMS = ("usfarm", "ushmds", "secdefil", "eufarm")
+
+
+def _random_input(rng: random.Random) -> Input:
+    kind = rng.choice(list(InputKind))
+    farm = rng.choice(_FARMS) if kind in (InputKind.FARM_BROKEN, InputKind.FARM_OK) else None
+    port = rng.choice((None, 4002, 4003)) if kind is InputKind.PORT_RESET else None
+    return Input(kind, code=rng.choice((None, 1100, 2103, 9999)), farm=farm, port=port,
+                 costly=rng.random() < 0.5, message=f"storm {kind.value}")
+
+
+def _machine_storm(seed: int, inputs: int) -> tuple[list[dict[str, object]], list[str]]:
+    """Run ``inputs`` random inputs at random times; return (transcript JSON, effect calls)."""
+    rng = random.Random(seed)
+    clock = ManualClock()
+    effects = TimerEffects(clock)
+    policy = RecoveryPolicy(backoff=BackoffPolicy(max_attempts=rng.choice((None, 50))),
+                            restore_timeout=30.0, seed=seed)
+    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7, 8], policy=policy)
+    effects.machine = machine
+    for _ in range(inputs):
+        clock.advance(rng.expovariate(2.0))
+        machine.handle(_random_input(rng))
+    return [t.to_json() for t in machine.transcript], effects.calls
+
+
+def test_same_seed_same_transcript_other_seed_differs() -> None:
+    """Thousands of random inputs: one seed gives one transcript; another seed another."""
+    started = time.monotonic()
+    first, first_calls = _machine_storm(seed=11, inputs=3000)
+    again, again_calls = _machine_storm(seed=11, inputs=3000)
+    other, _ = _machine_storm(seed=12, inputs=3000)
+    elapsed = time.monotonic() - started
+    assert len(first) > 500, "the storm must actually move the machine"
+    assert first == again and first_calls == again_calls
+    assert first != other
+    assert elapsed < 10.0, f"9000 inputs took {elapsed:.1f}s"
+
+
+def test_machine_storm_keeps_its_invariants() -> None:
+    """Each transition starts where the last one ended; backoff delays stay under the caps."""
+    transcript, calls = _machine_storm(seed=5, inputs=3000)
+    for before, after in itertools.pairwise(transcript):
+        assert before["dest"] == after["source"]
+        assert float(str(before["at"])) <= float(str(after["at"]))
+    cap = max(BackoffPolicy().max_delay, BackoffPolicy().max_costly_delay)
+    delays = [t["delay"] for t in transcript if t["dest"] == "backoff"]
+    assert delays and all(d is not None and 0.0 <= float(str(d)) <= cap for d in delays)
+    assert any(c.startswith("start_restore_timer") for c in calls)

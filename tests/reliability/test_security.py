@@ -1,0 +1,175 @@
+"""Security: loopback binding by default, masked account ids in logs, read-only enforced."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+
+import pytest
+from ib_insync import IB, LimitOrder, MarketOrder, Stock
+
+from ibkr_connection import (
+    Config,
+    ConnectionManager,
+    ConnectionState,
+    IBKRIBInsyncApi,
+    OrderRejectedError,
+)
+from ibkr_connection.metrics import ConnectionMetrics, HealthServer
+from ibkr_connection.simulator import FakeGateway
+
+from .conftest import ACCOUNT, FAST_POLICY, fast_config
+
+S = ConnectionState
+Make = Callable[..., ConnectionManager]
+
+
+def _bound_host(server: object) -> str:
+    """The address the server's listening socket is bound to."""
+    sockets = server._server.sockets  # type: ignore[attr-defined]
+    return str(sockets[0].getsockname()[0])
+
+
+async def test_simulator_binds_loopback_by_default() -> None:
+    """FakeGateway listens on 127.0.0.1 unless given another host."""
+    async with FakeGateway() as gw:
+        assert _bound_host(gw) == "127.0.0.1"
+        port = await gw.reset_port()
+        assert gw.port == port and _bound_host(gw) == "127.0.0.1"
+
+
+async def test_simulator_binds_elsewhere_only_when_told() -> None:
+    """An explicit host is honoured (the default is a choice, not a hard-coded address)."""
+    async with FakeGateway(host="0.0.0.0") as gw:
+        assert _bound_host(gw) == "0.0.0.0"
+
+
+async def test_health_server_binds_loopback_by_default() -> None:
+    """HealthServer listens on 127.0.0.1 unless given another host."""
+    server = HealthServer(ConnectionMetrics(), lambda: S.CONNECTED)
+    await server.start()
+    try:
+        assert _bound_host(server) == "127.0.0.1"
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    """Every log record of ``ibkr_connection.*``, down to DEBUG."""
+    caught: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = caught.append  # type: ignore[method-assign]
+    ours = logging.getLogger("ibkr_connection")
+    level = ours.level
+    ours.setLevel(logging.DEBUG)
+    ours.addHandler(handler)
+    yield caught
+    ours.removeHandler(handler)
+    ours.setLevel(level)
+
+
+def _rendered(records: list[logging.LogRecord]) -> str:
+    """Everything a log formatter could print: messages and the structured extras."""
+    parts = []
+    for record in records:
+        parts.append(record.getMessage())
+        parts.append(repr(getattr(record, "ibkr", "")))
+    return "\n".join(parts)
+
+
+async def _connect_and_fail(manager: ConnectionManager, gw: FakeGateway) -> None:
+    """A connect, a drop and a reconnect: the log lines that name the account."""
+    await manager.start(timeout=3)
+    since = len(manager.transcript)
+    await gw.drop_clients()
+    while not (manager.state is S.CONNECTED and len(manager.transcript) > since + 2):
+        await asyncio.sleep(0.01)
+    await manager.stop()
+
+
+async def test_account_masked_in_manager_logs(
+    gw: FakeGateway, records: list[logging.LogRecord]
+) -> None:
+    """By default the full account id never appears in ibkr_connection logs; DU***567 does."""
+    manager = ConnectionManager(IB(), fast_config(gw.port))
+    await _connect_and_fail(manager, gw)
+    text = _rendered(records)
+    assert "DU***567" in text
+    assert ACCOUNT not in text
+    assert all(ACCOUNT not in t.cause for t in manager.transcript)
+
+
+async def test_account_shown_when_masking_is_off(
+    gw: FakeGateway, records: list[logging.LogRecord]
+) -> None:
+    """With mask_accounts=False the full account id is logged (the mask is what hides it)."""
+    manager = ConnectionManager(IB(), fast_config(gw.port, mask_accounts=False))
+    await _connect_and_fail(manager, gw)
+    assert ACCOUNT in _rendered(records)
+
+
+async def test_configured_unknown_account_masked(
+    gw: FakeGateway, records: list[logging.LogRecord]
+) -> None:
+    """A configured account the login lacks is masked in the error and the logs."""
+    manager = ConnectionManager(IB(), fast_config(gw.port, account="U7654321"))
+    with pytest.raises(Exception, match=r"U\*\*\*321"):
+        await manager.start(timeout=3)
+    await manager.stop()
+    text = _rendered(records)
+    assert "U7654321" not in text and ACCOUNT not in text
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """A fresh event loop set as current, for the sync wrapper."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield loop
+    asyncio.set_event_loop(None)
+    loop.close()
+
+
+@pytest.fixture
+def sync_gw(loop: asyncio.AbstractEventLoop) -> Iterator[FakeGateway]:
+    """A simulator served by the sync wrapper's loop."""
+    gateway = FakeGateway(accounts=[ACCOUNT], next_order_id=100, prices={"AAPL": 150.0})
+    loop.run_until_complete(gateway.start())
+    yield gateway
+    loop.run_until_complete(gateway.stop())
+
+
+def test_account_masked_in_sync_wrapper_logs(
+    sync_gw: FakeGateway, records: list[logging.LogRecord]
+) -> None:
+    """The sync wrapper's log lines never carry the full account id either."""
+    api = IBKRIBInsyncApi(Config(IBKR_PORT=sync_gw.port, IBKR_CLIENT_ID=3), IB(),
+                          connect_timeout=1.0, policy=FAST_POLICY)
+    try:
+        assert api.connect() is True
+    finally:
+        api.disconnect()
+    assert ACCOUNT not in _rendered(records)
+
+
+def test_read_only_refuses_orders_and_sends_none(sync_gw: FakeGateway) -> None:
+    """IBKR_READONLY=True: place_order and cancel_order raise; the gateway sees no placeOrder."""
+    api = IBKRIBInsyncApi(Config(IBKR_PORT=sync_gw.port, IBKR_CLIENT_ID=4, IBKR_READONLY=True),
+                          IB(), connect_timeout=1.0, policy=FAST_POLICY)
+    try:
+        assert api.connect() is True
+        assert api.state is S.CONNECTED
+        contract = Stock("AAPL", "SMART", "USD")
+        for order in (MarketOrder("BUY", 1), LimitOrder("SELL", 5, 151.0)):
+            with pytest.raises(OrderRejectedError, match="read-only"):
+                api.place_order(contract, order)
+        with pytest.raises(OrderRejectedError, match="read-only"):
+            api.cancel_order(100)
+        api.handle_callbacks(0.1)
+        assert sync_gw.requests_named("placeOrder") == []
+        assert sync_gw.requests_named("cancelOrder") == []
+        assert sync_gw.orders == {} and api.orders == {}
+    finally:
+        api.disconnect()
