@@ -8,7 +8,6 @@ in the client library is a change here. ``ib_async`` stands in for
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from typing import Any
@@ -75,31 +74,28 @@ async def connect_session(
     ib_logger.addHandler(catcher)
     # ib_insync notices a socket closed by the gateway before the API is ready
     # (e.g. right after the handshake) only when its connect timeout expires:
-    # watch the socket ourselves and fail at once.
+    # watch the socket ourselves and cut the connect short at once.
     conn = ib.client.conn
-    closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.current_task()
+    closed: list[str] = []
 
     def on_closed(message: str = "") -> None:
-        if not closed.done():
-            closed.set_result(message)
+        if not closed and task is not None:
+            closed.append(message)
+            task.cancel()
 
     conn.disconnected += on_closed
-    connecting = asyncio.ensure_future(ib.connectAsync(**kwargs))
     try:
-        await asyncio.wait({connecting, closed}, return_when=asyncio.FIRST_COMPLETED)
-        if not connecting.done():
-            connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await connecting
-            raise ConnectionError(
-                "the gateway closed the socket during the handshake"
-                + (f": {closed.result()}" if closed.result() else "")
-            )
-        connecting.result()
+        await ib.connectAsync(**kwargs)
+    except asyncio.CancelledError:
+        if not closed:
+            raise
+        raise ConnectionError(
+            "the gateway closed the socket during the handshake"
+            + (f": {closed[0]}" if closed[0] else "")
+        ) from None
     finally:
         conn.disconnected -= on_closed
-        if not connecting.done():
-            connecting.cancel()
         ib_logger.removeHandler(catcher)
     if catcher.timed_out:
         safe_disconnect(ib)
