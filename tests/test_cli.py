@@ -95,3 +95,38 @@ async def test_demo_serves_metrics_and_health() -> None:
     status, _ = await _get(port, "/healthz")
     assert status.endswith("503 Service Unavailable")
     assert await demo == 0
+
+
+async def test_watch_live_view_and_endpoints() -> None:
+    """watch prints transitions and serves /metrics and /healthz until told to stop."""
+    from ib_insync import IB
+
+    from ibkr_connection import ConnectionConfig
+    from ibkr_connection.demo import run_watch
+    from ibkr_connection.simulator import FakeGateway
+
+    async with FakeGateway() as gw:
+        lines: list[str] = []
+        stop = asyncio.Event()
+        watch = asyncio.ensure_future(run_watch(
+            lines.append, ConnectionConfig(port=gw.port, client_id=5), metrics_port=0,
+            degraded_ok=True, stop=stop, ib=IB()))
+        port = 0
+        for _ in range(300):
+            text = "".join(lines)
+            match = re.search(r"127\.0\.0\.1:(\d+)/metrics", text)
+            if match and "connecting -> connected" in text:
+                port = int(match.group(1))
+                break
+            await asyncio.sleep(0.01)
+        assert port, lines
+        await gw.farm_broken("usfarm")
+        await asyncio.sleep(0.05)
+        status, body = await _get(port, "/healthz")
+        assert status.endswith("200 OK") and "degraded" in body  # degraded_ok
+        status, body = await _get(port, "/metrics")
+        assert 'ibkr_connection_state{state="degraded"} 1.0' in body
+        stop.set()
+        assert await watch == 0
+        assert "connected -> degraded" in "".join(lines)
+        assert "time in each state" in "".join(lines)

@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="jitter seed")
     demo.add_argument("--metrics-port", type=int, default=None,
                       help="serve /metrics and /healthz on 127.0.0.1:PORT")
+    demo.add_argument("--healthz-degraded-ok", action="store_true",
+                      help="/healthz answers 200 while degraded too")
     demo.set_defaults(func=_demo)
 
     watch = sub.add_parser("watch", help="live view of the connection to a real gateway")
@@ -44,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="client id (default IBKR_CLIENT_ID)")
     watch.add_argument("--metrics-port", type=int, default=None,
                        help="serve /metrics and /healthz on 127.0.0.1:PORT")
+    watch.add_argument("--healthz-degraded-ok", action="store_true",
+                       help="/healthz answers 200 while degraded too")
     watch.set_defaults(func=_watch)
 
     replay = sub.add_parser("replay", help="re-feed a journal and check the transitions match")
@@ -67,7 +71,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     _quiet_client_logs(args)
     return asyncio.run(run_demo(sys.stdout.write, seed=args.seed,
-                                metrics_port=args.metrics_port))
+                                metrics_port=args.metrics_port,
+                                degraded_ok=args.healthz_degraded_ok))
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -83,7 +88,8 @@ def _watch(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"ibkr-connection watch: {exc}\n")
         return 2
-    return asyncio.run(run_watch(sys.stdout.write, config, metrics_port=args.metrics_port))
+    return asyncio.run(run_watch(sys.stdout.write, config, metrics_port=args.metrics_port,
+                                 degraded_ok=args.healthz_degraded_ok))
 
 
 def _replay(args: argparse.Namespace) -> int:

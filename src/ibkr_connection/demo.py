@@ -74,14 +74,14 @@ class LiveView:
 
 
 async def _serve_metrics(manager: ConnectionManager, port: int | None,
-                         write: Write) -> Any:
+                         write: Write, degraded_ok: bool = False) -> Any:
     if port is None:
         return None
     from ibkr_connection.metrics import ConnectionMetrics, HealthServer
 
     metrics = ConnectionMetrics()
     metrics.bind(manager)
-    server = HealthServer(metrics, lambda: manager.state, port=port)
+    server = HealthServer(metrics, lambda: manager.state, port=port, degraded_ok=degraded_ok)
     await server.start()
     write(f"metrics on http://127.0.0.1:{server.port}/metrics, "
           f"health on http://127.0.0.1:{server.port}/healthz\n")
@@ -89,7 +89,7 @@ async def _serve_metrics(manager: ConnectionManager, port: int | None,
 
 
 async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = None,
-                   pause: float = 1.0) -> int:
+                   pause: float = 1.0, degraded_ok: bool = False) -> int:
     """Tell the recovery story against the embedded simulator; return an exit status."""
     from ib_insync import IB, Stock
 
@@ -102,7 +102,7 @@ async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = No
         loop = asyncio.get_running_loop()
         view = LiveView(write, started=loop.time())
         manager.stateChangeEvent += view.on_transition
-        server = await _serve_metrics(manager, metrics_port, write)
+        server = await _serve_metrics(manager, metrics_port, write, degraded_ok)
         write(f"simulated gateway on 127.0.0.1:{gw.port}; defaults: backoff 50-250 ms, "
               f"heartbeat after {config.heartbeat_idle:g}s idle + "
               f"{config.heartbeat_timeout:g}s probe\n\n")
@@ -156,23 +156,39 @@ async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = No
 
 
 async def run_watch(write: Write, config: ConnectionConfig,
-                    metrics_port: int | None = None) -> int:
-    """Connect to a real gateway and print transitions until Ctrl-C."""
-    from ib_insync import IB
+                    metrics_port: int | None = None, degraded_ok: bool = False,
+                    stop: asyncio.Event | None = None, ib: Any = None) -> int:
+    """Connect to a gateway and print transitions until Ctrl-C (or ``stop`` is set).
 
-    manager = ConnectionManager(IB(), config)  # type: ignore[no-untyped-call]
+    Args:
+        write: where the live view goes.
+        config: the connection settings.
+        metrics_port: serve ``/metrics`` and ``/healthz`` on this port.
+        degraded_ok: ``/healthz`` reports ``degraded`` as healthy.
+        stop: an event that ends the watch (SIGINT and SIGTERM set it too).
+        ib: the IB object (a new ``ib_insync.IB`` by default).
+    """
+    if ib is None:
+        from ib_insync import IB
+
+        ib = IB()  # type: ignore[no-untyped-call]
+    manager = ConnectionManager(ib, config)
     loop = asyncio.get_running_loop()
     view = LiveView(write, started=loop.time())
     manager.stateChangeEvent += view.on_transition
-    server = await _serve_metrics(manager, metrics_port, write)
-    stop = asyncio.Event()
-    with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    server = await _serve_metrics(manager, metrics_port, write, degraded_ok)
+    done = stop or asyncio.Event()
+    signals = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, done.set)
+            signals.append(sig)
     connecting = asyncio.ensure_future(manager.start())
     try:
-        await stop.wait()
+        await done.wait()
     finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
         connecting.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await connecting
