@@ -38,3 +38,13 @@ def test_drift_detected(tmp_path: Path) -> None:
     diagram.write_all(tmp_path, with_svg=False)
     (tmp_path / "codes.md").write_text("stale\n")
     assert diagram.drift(tmp_path) == ["codes.md", "connection.svg"]
+
+
+def test_readme_shows_the_generated_diagram(tmp_path: Path) -> None:
+    """The README's Mermaid block is the generated one, and an edit to it is drift."""
+    readme = (DIAGRAMS.parent / "README.md").read_text()
+    assert f"```mermaid\n{diagram.mermaid()}```" in readme
+    out = tmp_path / "diagrams"
+    diagram.write_all(out, with_svg=False)
+    (tmp_path / "README.md").write_text(readme.replace("attempt_succeeded", "edited", 1))
+    assert "README.md" in diagram.drift(out)

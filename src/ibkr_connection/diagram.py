@@ -167,6 +167,23 @@ def texts() -> dict[str, str]:
     }
 
 
+README_BEGIN = "<!-- BEGIN generated: diagrams/connection.mmd -->"
+README_END = "<!-- END generated -->"
+
+
+def readme_with_diagram(readme: str) -> str:
+    """Return ``readme`` with the Mermaid diagram between the generated markers.
+
+    Raises:
+        UsageError: if the README lacks the markers.
+    """
+    head, begin, rest = readme.partition(README_BEGIN)
+    _, end, tail = rest.partition(README_END)
+    if not begin or not end:
+        raise UsageError(f"README needs the markers {README_BEGIN!r} and {README_END!r}")
+    return f"{head}{README_BEGIN}\n```mermaid\n{mermaid()}```\n{README_END}{tail}"
+
+
 def write_all(directory: Path, *, with_svg: bool = True) -> list[Path]:
     """Write every diagram and table into ``directory``; return the paths written."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -180,6 +197,10 @@ def write_all(directory: Path, *, with_svg: bool = True) -> list[Path]:
         path = directory / "connection.svg"
         path.write_text(svg(generated["connection.dot"]))
         written.append(path)
+    readme = directory.parent / "README.md"
+    if readme.exists() and README_BEGIN in readme.read_text():
+        readme.write_text(readme_with_diagram(readme.read_text()))
+        written.append(readme)
     return written
 
 
@@ -196,4 +217,9 @@ def drift(directory: Path) -> list[str]:
         generated["connection.dot"]
     ):
         stale.append("connection.svg")
+    readme = directory.parent / "README.md"
+    if readme.exists() and README_BEGIN in readme.read_text():
+        text = readme.read_text()
+        if readme_with_diagram(text) != text:
+            stale.append("README.md")
     return stale
