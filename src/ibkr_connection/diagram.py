@@ -65,7 +65,7 @@ class _Model:
 
 def _graph(engine: Literal["graphviz", "mermaid"]) -> Any:
     model = _Model()
-    GraphMachine(
+    machine = GraphMachine(
         model=model,
         states=[state.value for state in ConnectionState],
         transitions=_graph_rows(),
@@ -76,6 +76,9 @@ def _graph(engine: Literal["graphviz", "mermaid"]) -> Any:
         show_state_attributes=False,
         title=TITLE,
     )
+    # Top to bottom reads better than transitions' default left to right for
+    # seven states with many edges.
+    machine.machine_attributes = {**machine.machine_attributes, "rankdir": "TB"}
     return model.get_graph()  # type: ignore[attr-defined]
 
 
