@@ -320,3 +320,23 @@ async def test_journal_replays(make_manager: Make, gw: FakeGateway) -> None:
     recorded, replayed = replay_journal(journal.getvalue().splitlines())
     assert len(recorded) > 8
     assert recorded == replayed
+
+
+@pytest.mark.parametrize(("utc", "maintenance"), [("2026-01-06 04:50:00", True),
+                                                   ("2026-01-06 16:00:00", False)])
+async def test_1100_in_nightly_reset_window_is_expected_maintenance(
+    make_manager: Make, gw: FakeGateway, caplog: pytest.LogCaptureFixture,
+    utc: str, maintenance: bool,
+) -> None:
+    """A 1100 at 23:50 New York is logged as maintenance and gets the longer patience."""
+    from freezegun import freeze_time
+
+    with freeze_time(utc, real_asyncio=True, tick=True):
+        manager = make_manager()
+        await manager.start()
+        caplog.set_level("WARNING", logger="ibkr_connection.machine")
+        await gw.send_error(1100)
+        await manager.wait_for(S.LOST, timeout=2)
+    text = caplog.text
+    assert ("scheduled reset window" in text) is maintenance
+    assert ("900s" in text) is maintenance and ("120s" in text) is not maintenance
