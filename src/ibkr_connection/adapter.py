@@ -15,6 +15,20 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
+def new_ib() -> Any:
+    """Return a new ``ib_insync.IB`` (the library's default client)."""
+    from ib_insync import IB
+
+    return IB()  # type: ignore[no-untyped-call]
+
+
+def stock(symbol: str, exchange: str = "SMART", currency: str = "USD") -> Any:
+    """Return an ib_insync ``Stock`` contract."""
+    from ib_insync import Stock
+
+    return Stock(symbol, exchange, currency)
+
+
 class SyncIncompleteError(ConnectionError):
     """The startup sync did not complete (a request timed out)."""
 

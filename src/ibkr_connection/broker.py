@@ -204,11 +204,7 @@ class IBKRIBInsyncApi:
             raise ConfigError("max_completed_orders",
                               f"must not be negative, got {max_completed_orders}")
         host, port, client_id, account, readonly = _settings_of(config)
-        if ib is None:
-            from ib_insync import IB
-
-            ib = IB()  # type: ignore[no-untyped-call]
-        self.ib: Any = ib
+        self.ib: Any = ib if ib is not None else adapter.new_ib()
         self.config = ConnectionConfig(
             host=host, port=port, client_id=client_id, account=account,
             account_fallback="first", readonly=readonly,
@@ -230,7 +226,7 @@ class IBKRIBInsyncApi:
         self._sessions = 0
         self._connect_outcome: asyncio.Future[bool] | None = None
         self._failed_attempts = 0
-        self.manager = ConnectionManager(ib, self.config)
+        self.manager = ConnectionManager(self.ib, self.config)
         self.manager.stateChangeEvent += self._on_state_change
         self._setup_event_handlers()
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ibkr_connection import adapter
 from ibkr_connection.config import ConnectionConfig
 from ibkr_connection.machine import ConnectionState, Transition
 from ibkr_connection.manager import USABLE_STATES, ConnectionManager
@@ -91,14 +92,12 @@ async def _serve_metrics(manager: ConnectionManager, port: int | None,
 async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = None,
                    pause: float = 1.0, degraded_ok: bool = False) -> int:
     """Tell the recovery story against the embedded simulator; return an exit status."""
-    from ib_insync import IB, Stock
-
     from ibkr_connection.policy import RecoveryPolicy
     from ibkr_connection.simulator import FakeGateway
 
     async with FakeGateway(accounts=["DU1234567"], prices={"AAPL": 150.0}) as gw:
         config = ConnectionConfig(port=gw.port, client_id=7, policy=RecoveryPolicy(seed=seed))
-        manager = ConnectionManager(IB(), config)  # type: ignore[no-untyped-call]
+        manager = ConnectionManager(adapter.new_ib(), config)
         loop = asyncio.get_running_loop()
         view = LiveView(write, started=loop.time())
         manager.stateChangeEvent += view.on_transition
@@ -113,7 +112,7 @@ async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = No
         try:
             chapter("connect")
             await manager.start(timeout=10)
-            contract = Stock("AAPL", "SMART", "USD")
+            contract = adapter.stock("AAPL")
             handle = manager.subscribe_market_data(contract)
             await asyncio.sleep(pause / 2)
 
@@ -168,11 +167,7 @@ async def run_watch(write: Write, config: ConnectionConfig,
         stop: an event that ends the watch (SIGINT and SIGTERM set it too).
         ib: the IB object (a new ``ib_insync.IB`` by default).
     """
-    if ib is None:
-        from ib_insync import IB
-
-        ib = IB()  # type: ignore[no-untyped-call]
-    manager = ConnectionManager(ib, config)
+    manager = ConnectionManager(ib if ib is not None else adapter.new_ib(), config)
     loop = asyncio.get_running_loop()
     view = LiveView(write, started=loop.time())
     manager.stateChangeEvent += view.on_transition
