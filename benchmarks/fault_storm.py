@@ -35,83 +35,18 @@ from ibkr_connection import (
     RecoveryPolicy,
 )
 from ibkr_connection.simulator import FakeGateway
+from ibkr_connection.simulator.storm import TracebackCatcher, heal, random_fault
 
 S = ConnectionState
 
-CODES = (1100, 1101, 1102, 2103, 2104, 2105, 2106, 2157, 2158, 2110, 1300,
-         326, 502, 504, 10182, 9999)
-HELD = ("reqPositions", "reqExecutions", "reqOpenOrders", "reqAccountUpdates")
-KINDS = {"code": 8, "drop": 2, "listening": 1, "restart": 1, "stall": 1,
-         "handshake_delay": 1, "held_sync": 1}
 CONFIG = {"client_id": 7, "connect_timeout": 0.5, "heartbeat_idle": 0.2, "heartbeat_timeout": 0.2}
 POLICY = RecoveryPolicy(backoff=BackoffPolicy(costly_delay=0.05, max_costly_delay=0.2))
-
-
-class _Tracebacks(logging.Handler):
-    """Counts log records that carry a traceback (an exception caught late)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.seen: list[str] = []
-        self.foreign: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not record.exc_info:
-            return
-        text = f"{record.name}: {record.getMessage().splitlines()[0]}"
-        (self.seen if _from_us(record) else self.foreign).append(text)
-
-
-def _from_us(record: logging.LogRecord) -> bool:
-    """True if the record is ibkr_connection's, or its traceback passes through its code."""
-    if record.name.startswith("ibkr_connection"):
-        return True
-    exc = record.exc_info[1] if record.exc_info else None
-    tb = exc.__traceback__ if exc is not None else None
-    while tb is not None:
-        if "/ibkr_connection/" in tb.tb_frame.f_code.co_filename:
-            return True
-        tb = tb.tb_next
-    return False
-
-
-async def _fault(gw: FakeGateway, rng: random.Random, tally: collections.Counter[str]) -> None:
-    kind = rng.choices(list(KINDS), list(KINDS.values()))[0]
-    if kind == "code":
-        code = rng.choice(CODES)
-        tally[f"code {code}"] += 1
-        await gw.send_error(code)
-        return
-    tally[kind] += 1
-    if kind == "drop":
-        await gw.drop_clients()
-    elif kind == "listening":
-        await (gw.stop_listening() if gw.listening else gw.start_listening())
-    elif kind == "restart":
-        await gw.restart(outage=rng.uniform(0.0, 0.08))
-    elif kind == "stall":
-        gw.unstall() if gw.stalled else gw.stall()
-    elif kind == "handshake_delay":
-        gw.handshake_delay = rng.choice((0.0, 0.05, 0.2, 1.0))
-    else:
-        name = rng.choice(HELD)
-        gw.hold_sync(name) if rng.random() < 0.5 else gw.release_sync(name)
-
-
-async def _heal(gw: FakeGateway) -> None:
-    gw.unstall()
-    gw.release_sync()
-    gw.handshake_delay = 0.0
-    await gw.start_listening()
-    await gw.send_error(1102)
-    for farm in list(gw.farms):
-        await gw.farm_ok(farm)
 
 
 async def storm(faults: int, seed: int, per_round: int, gap: float) -> int:
     """Run the storm and print its summary; return the exit status."""
     rng = random.Random(seed)
-    catcher = _Tracebacks()
+    catcher = TracebackCatcher()
     logging.getLogger().addHandler(catcher)
     tally: collections.Counter[str] = collections.Counter()
     recoveries: list[float] = []
@@ -129,10 +64,10 @@ async def storm(faults: int, seed: int, per_round: int, gap: float) -> int:
         while done < faults:
             round_no += 1
             for _ in range(min(per_round, faults - done)):
-                await _fault(gw, rng, tally)
+                tally[await random_fault(gw, rng)] += 1
                 await asyncio.sleep(rng.uniform(0.0, gap))
                 done += 1
-            await _heal(gw)
+            await heal(gw)
             healed = time.monotonic()
             try:
                 await manager.wait_for(S.CONNECTED, timeout=bound * 4)
@@ -170,14 +105,16 @@ async def storm(faults: int, seed: int, per_round: int, gap: float) -> int:
         print(f"  time to recover    median {statistics.median(recoveries) * 1000:.0f} ms, "
               f"max {max(recoveries) * 1000:.0f} ms (bound {bound * 1000:.0f} ms)")
     print(f"  handlers on IB     {handlers} -> {handlers_after}")
-    print(f"  tracebacks, ours   {len(catcher.seen)}")
-    for line in catcher.seen[:5]:
+    ours = catcher.escaped()
+    foreign = [f"{r.name}: {r.getMessage().splitlines()[0]}" for r in catcher.foreign]
+    print(f"  tracebacks, ours   {len(ours)}")
+    for line in ours[:5]:
         print(f"    {line}")
-    print(f"  tracebacks, other  {len(catcher.foreign)} (ib_insync internals, e.g. its own "
+    print(f"  tracebacks, other  {len(foreign)} (ib_insync internals, e.g. its own "
           "reqAccountSummary after a 1102)")
-    for line in sorted(set(catcher.foreign))[:3]:
+    for line in sorted(set(foreign))[:3]:
         print(f"    {line}")
-    ok = not late and not catcher.seen and handlers == handlers_after and final is S.CONNECTED
+    ok = not late and not ours and handlers == handlers_after and final is S.CONNECTED
     print(f"  verdict            {'PASS' if ok else 'FAIL'}"
           + (f" (rounds late or unrecovered: {late[:10]})" if late else ""))
     return 0 if ok else 1

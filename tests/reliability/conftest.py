@@ -15,6 +15,7 @@ from ib_insync import IB
 from ibkr_connection import BackoffPolicy, ConnectionConfig, ConnectionManager, RecoveryPolicy
 from ibkr_connection.machine import ConnectionState
 from ibkr_connection.simulator import FakeGateway
+from ibkr_connection.simulator.storm import TracebackCatcher
 
 ACCOUNT = "DU1234567"
 
@@ -82,41 +83,6 @@ async def settle(
                 f"{manager.state.value}, last moves {path}"
             )
         await asyncio.sleep(0.005)
-
-
-def from_us(record: logging.LogRecord) -> bool:
-    """True if the record is ibkr_connection's, or its traceback passes through its code."""
-    if record.name.startswith("ibkr_connection"):
-        return True
-    exc = record.exc_info[1] if record.exc_info else None
-    tb = exc.__traceback__ if exc is not None else None
-    while tb is not None:
-        if "/ibkr_connection/" in tb.tb_frame.f_code.co_filename:
-            return True
-        tb = tb.tb_next
-    return False
-
-
-class TracebackCatcher(logging.Handler):
-    """Collects every log record that carries a traceback (an exception that was caught late).
-
-    ``escaped()`` keeps those of ibkr_connection (its loggers, or a traceback through its
-    code); ``foreign`` holds the rest, e.g. ib_insync's own fire-and-forget request after
-    a 1102 whose future fails when the socket drops ("Future exception was never retrieved").
-    """
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.foreign: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info:
-            (self.records if from_us(record) else self.foreign).append(record)
-
-    def escaped(self) -> list[str]:
-        """Return ibkr_connection's captured records as text."""
-        return [f"{r.name}: {r.getMessage()}" for r in self.records]
 
 
 @pytest.fixture

@@ -15,67 +15,22 @@ from ibkr_connection.clock import ManualClock, TimerHandle
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.machine import ConnectionMachine
 from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
-from ibkr_connection.simulator import FakeGateway
+from ibkr_connection.simulator import FakeGateway, storm
 
 from .conftest import FAST_SETTINGS, TracebackCatcher, handler_counts
 
 S = ConnectionState
 Make = Callable[..., ConnectionManager]
 
-#: Codes a storm sends: the table's connection codes, a log-only one and an unknown one.
-STORM_CODES = (1100, 1101, 1102, 2103, 2104, 2105, 2106, 2157, 2158, 2110, 1300,
-               326, 502, 504, 10182, 9999)
-#: Startup requests whose end a storm may withhold.
-HELD = ("reqPositions", "reqExecutions", "reqOpenOrders", "reqAccountUpdates")
-#: Fault kinds and their weights.
-KINDS = {"code": 8, "drop": 2, "listening": 1, "restart": 1, "stall": 1,
-         "handshake_delay": 1, "held_sync": 1}
-
 
 async def _storm(gw: FakeGateway, rng: random.Random, faults: int) -> dict[str, int]:
     """Inject ``faults`` random faults with random gaps; return how many of each kind."""
-    done = dict.fromkeys(KINDS, 0)
-    kinds, weights = list(KINDS), list(KINDS.values())
+    done = dict.fromkeys(storm.KINDS, 0)
     for _ in range(faults):
-        kind = rng.choices(kinds, weights)[0]
-        done[kind] += 1
-        if kind == "code":
-            await gw.send_error(rng.choice(STORM_CODES))
-        elif kind == "drop":
-            await gw.drop_clients()
-        elif kind == "listening":
-            if gw.listening:
-                await gw.stop_listening()
-            else:
-                await gw.start_listening()
-        elif kind == "restart":
-            await gw.restart(outage=rng.uniform(0.0, 0.08))
-        elif kind == "stall":
-            if gw.stalled:
-                gw.unstall()
-            else:
-                gw.stall()
-        elif kind == "handshake_delay":
-            gw.handshake_delay = rng.choice((0.0, 0.05, 0.2, 1.0))
-        else:
-            name = rng.choice(HELD)
-            if rng.random() < 0.5:
-                gw.hold_sync(name)
-            else:
-                gw.release_sync(name)
+        label = await storm.random_fault(gw, rng)
+        done[label.split()[0]] += 1
         await asyncio.sleep(rng.uniform(0.0, 0.03))
     return done
-
-
-async def _heal(gw: FakeGateway) -> None:
-    """Undo every persistent fault: the gateway is healthy again."""
-    gw.unstall()
-    gw.release_sync()
-    gw.handshake_delay = 0.0
-    await gw.start_listening()
-    await gw.send_error(1102)
-    for farm in list(gw.farms):
-        await gw.farm_ok(farm)
 
 
 def _recovery_bound() -> float:
@@ -101,7 +56,7 @@ async def test_storm_against_real_client_recovers(
     counts = handler_counts(manager.ib)
     done = await _storm(gw, random.Random(seed), faults=120)
     assert sum(done.values()) == 120
-    await _heal(gw)
+    await storm.heal(gw)
     healed = time.monotonic()
     bound = _recovery_bound()
     await manager.wait_for(S.CONNECTED, timeout=bound)
