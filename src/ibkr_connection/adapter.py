@@ -33,11 +33,12 @@ class SyncIncompleteError(ConnectionError):
     """The startup sync did not complete (a request timed out)."""
 
 
-class _SyncTimeoutCatcher(logging.Handler):
+class SyncTimeoutCatcher(logging.Handler):
     """Catches ib_insync's "<name> request timed out" log lines during a connect.
 
     ib_insync 0.9.86 only logs a startup request that timed out and reports
     the connection as up anyway; we refuse to call such a session connected.
+    A manager keeps one and hands it to every :func:`connect_session`.
     """
 
     def __init__(self) -> None:
@@ -67,9 +68,11 @@ def _supports(cls: type, method: str, parameter: str) -> bool:
 
 async def connect_session(
     ib: Any, *, host: str, port: int, client_id: int, timeout: float,
-    readonly: bool, account: str,
+    readonly: bool, account: str, catcher: SyncTimeoutCatcher | None = None,
 ) -> None:
     """Connect ``ib`` and complete the startup sync, or raise.
+
+    ``catcher`` is reused across attempts when given (a new one otherwise).
 
     Raises:
         SyncIncompleteError: a startup request timed out.
@@ -83,7 +86,9 @@ async def connect_session(
     }
     if _supports(type(ib), "connectAsync", "raiseSyncErrors"):
         kwargs["raiseSyncErrors"] = True  # ib_async raises on its own
-    catcher = _SyncTimeoutCatcher()
+    if catcher is None:
+        catcher = SyncTimeoutCatcher()
+    catcher.timed_out.clear()
     ib_logger = getattr(ib, "_logger", None) or logging.getLogger(type(ib).__module__)
     ib_logger.addHandler(catcher)
     # ib_insync notices a socket closed by the gateway before the API is ready
@@ -132,6 +137,11 @@ def safe_disconnect(ib: Any) -> None:
     if transport is not None and not transport.is_closing():
         # IB.disconnect() does nothing while the handshake is still running.
         transport.close()
+
+
+def transport_open(ib: Any) -> bool:
+    """Return True while ``ib``'s socket (open or still closing) exists."""
+    return getattr(getattr(ib.client, "conn", None), "transport", None) is not None
 
 
 async def wait_transport_closed(ib: Any, timeout: float = 1.0) -> None:

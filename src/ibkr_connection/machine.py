@@ -254,19 +254,25 @@ TABLE: tuple[Row, ...] = tuple(
 )
 
 
-def _quiet_rows() -> dict[tuple[ConnectionState, InputKind], Row]:
-    """The (state, input) pairs whose only row neither moves, guards nor acts."""
+def _quiet_rows() -> dict[tuple[str, str], Row]:
+    """The (state, input) pairs whose only row neither moves, guards nor acts.
+
+    Keyed by the members' values: plain strings hash and compare at C speed.
+    """
     quiet = {}
     for state in ConnectionState:
         for kind in InputKind:
             rows = [r for r in TABLE if r.source is state and r.input is kind]
             if (len(rows) == 1 and rows[0].dest is None and rows[0].guard is None
                     and set(rows[0].actions) <= {"note_fact"}):
-                quiet[(state, kind)] = rows[0]
+                quiet[(state.value, kind.value)] = rows[0]
     return quiet
 
 
 _QUIET_ROWS = _quiet_rows()
+
+#: A state's value (what the ``transitions`` machine holds) to the state.
+_STATE_BY_VALUE = {state.value: state for state in ConnectionState}
 
 
 @dataclass(frozen=True)
@@ -414,7 +420,9 @@ class ConnectionMachine:
         self._failures = 0
         self._session = _Session()
         self._last_delay: float | None = None
-        self.state: ConnectionState = ConnectionState.DISCONNECTED
+        #: The ``transitions`` machine's state: the value of a ConnectionState.
+        #: Plain strings keep transitions off Enum's slow ``name`` property.
+        self.fsm_state: str = ConnectionState.DISCONNECTED.value
         self.transcript: list[Transition] = []
         self.journal: list[JournalEntry] = []
         self._busy = 0
@@ -425,22 +433,27 @@ class ConnectionMachine:
         self._listeners: list[Callable[[Transition], None]] = []
         self._fsm = Machine(
             model=self,
-            states=list(ConnectionState),
-            initial=ConnectionState.DISCONNECTED,
+            states=[state.value for state in ConnectionState],
+            initial=ConnectionState.DISCONNECTED.value,
             transitions=[self._spec(row) for row in TABLE],
             auto_transitions=False,
             queued=True,
             send_event=True,
             ignore_invalid_triggers=False,
-            model_attribute="state",
+            model_attribute="fsm_state",
         )
         for state in ConnectionState:
             entry = getattr(self, f"_enter_{state.value}", None)
             if entry is not None:
-                self._fsm.get_state(state).add_callback("enter", entry)
+                self._fsm.get_state(state.value).add_callback("enter", entry)
             leave = getattr(self, f"_exit_{state.value}", None)
             if leave is not None:
-                self._fsm.get_state(state).add_callback("exit", leave)
+                self._fsm.get_state(state.value).add_callback("exit", leave)
+
+    @property
+    def state(self) -> ConnectionState:
+        """The current state."""
+        return _STATE_BY_VALUE[self.fsm_state]
 
     # -- public ------------------------------------------------------------------
 
@@ -477,7 +490,8 @@ class ConnectionMachine:
         if not isinstance(inp, Input) or not isinstance(inp.kind, InputKind):
             raise UsageError(f"not a machine input: {inp!r}")
         self._absorb(inp)
-        quiet = _QUIET_ROWS.get((self.state, inp.kind))
+        trigger = inp.kind._value_
+        quiet = _QUIET_ROWS.get((self.fsm_state, trigger))
         if quiet is not None and not self._busy:
             # A row that neither moves, guards nor acts (an ignore, or a fact
             # already absorbed): same outcome, without a pass through
@@ -486,7 +500,7 @@ class ConnectionMachine:
             return self.state
         self._busy += 1
         try:
-            self.trigger(inp.kind.value, inp=inp)  # type: ignore[attr-defined]
+            self.trigger(trigger, inp=inp)  # type: ignore[attr-defined]
         finally:
             self._busy -= 1
         return self.state
@@ -498,12 +512,13 @@ class ConnectionMachine:
     # -- derived from the table ---------------------------------------------------
 
     def _spec(self, row: Row) -> dict[str, Any]:
+        actions = tuple(getattr(self, f"_do_{action}") for action in row.actions)
         spec: dict[str, Any] = {
             "trigger": row.input.value,
-            "source": row.source,
-            "dest": row.dest,
+            "source": row.source.value,
+            "dest": None if row.dest is None else row.dest.value,
             "before": [partial(self._record, row)],
-            "after": [partial(self._act, row)],
+            "after": [partial(self._act, row, actions)],
         }
         if row.guard is not None:
             name = row.guard.lstrip("!")
@@ -594,9 +609,9 @@ class ConnectionMachine:
             extra={"ibkr": transition.to_json()},
         )
 
-    def _act(self, row: Row, event: EventData) -> None:
-        for action in row.actions:
-            getattr(self, f"_do_{action}")()
+    def _act(self, row: Row, actions: tuple[Callable[[], None], ...], event: EventData) -> None:
+        for action in actions:
+            action()
         if row.dest is not None and self.transcript:
             transition = self.transcript[-1]
             for listener in list(self._listeners):

@@ -219,19 +219,31 @@ class ConnectionManager:
         targets = frozenset(states)
         if self._machine.state in targets:
             return self._machine.state
-        future: asyncio.Future[ConnectionState] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ConnectionState] = loop.create_future()
         waiter = (targets, future)
         self._waiters.append(waiter)
+        # A timer rather than asyncio.wait_for: the listener's set_result then
+        # wakes this task in one loop turn instead of two.
+        timer = None if timeout is None else loop.call_later(
+            timeout, self._expire_waiter, future, targets, timeout)
         try:
-            return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            raise TimeoutError(
-                f"still {self.state.value} after {timeout}s, waiting for "
-                f"{', '.join(sorted(s.value for s in targets))}"
-            ) from None
+            return await future
         finally:
+            if timer is not None:
+                timer.cancel()
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+
+    def _expire_waiter(
+        self, future: asyncio.Future[ConnectionState],
+        targets: frozenset[ConnectionState], timeout: float,
+    ) -> None:
+        if not future.done():
+            future.set_exception(TimeoutError(
+                f"still {self.state.value} after {timeout}s, waiting for "
+                f"{', '.join(sorted(s.value for s in targets))}"
+            ))
 
     # -- subscriptions ----------------------------------------------------------------
 
@@ -297,7 +309,8 @@ class ConnectionManager:
             self._machine.handle(inp)
         except Exception:
             logger.exception("the machine failed to handle %s", inp)
-        self._flush_journal()
+        if self._journal_file is not None:
+            self._flush_journal()
         return self._machine.state
 
     def _on_ib_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
@@ -398,6 +411,7 @@ class _Driver:
     def __init__(self, manager: ConnectionManager) -> None:
         self._m = manager
         self._attempt_task: asyncio.Task[None] | None = None
+        self._sync_catcher = adapter.SyncTimeoutCatcher()
         self._retry: TimerHandle | None = None
         self._restore: TimerHandle | None = None
         self._heartbeat: TimerHandle | None = None
@@ -428,11 +442,12 @@ class _Driver:
         logger.info("attempt %d: connecting to %s:%d with client id %d",
                     attempt, config.host, port, client_id)
         try:
-            await adapter.wait_transport_closed(ib)
+            if adapter.transport_open(ib):
+                await adapter.wait_transport_closed(ib)
             await adapter.connect_session(
                 ib, host=config.host, port=port, client_id=client_id,
                 timeout=config.connect_timeout, readonly=config.readonly,
-                account=config.account,
+                account=config.account, catcher=self._sync_catcher,
             )
             account = self._choose_account()
         except asyncio.CancelledError:

@@ -1,0 +1,124 @@
+"""Where a managed connect spends its time beyond bare ``IB.connectAsync``.
+
+A diagnostic companion to ``connect_latency.py`` (no target, no verdict). It
+stamps ``time.perf_counter()`` at the points where the manager adds work: each
+input fed to the machine (in and out), the attempt task's first step, and the
+call into and return from ``IB.connectAsync``. It wraps private methods of the
+manager, so it is a tool for whoever works on connect latency, not an API.
+
+Run::
+
+    uv run python benchmarks/connect_phases.py            # 200 connects
+    uv run python benchmarks/connect_phases.py --quick    # 50 connects
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from _common import header, manager_config, parser, quiet_logging, settle, table
+from ib_insync import IB
+
+from ibkr_connection import ConnectionManager
+from ibkr_connection import manager as manager_module
+from ibkr_connection.simulator.gateway import FakeGateway
+
+STAMPS: dict[str, float] = {}
+
+
+def _stamp(name: str) -> None:
+    STAMPS.setdefault(name, time.perf_counter())
+
+
+def _instrument() -> None:
+    feed = ConnectionManager._feed
+
+    @functools.wraps(feed)
+    def timed_feed(self: ConnectionManager, inp: Any) -> Any:
+        _stamp(f"feed {inp.kind.value}: in")
+        try:
+            return feed(self, inp)
+        finally:
+            _stamp(f"feed {inp.kind.value}: out")
+
+    attempt = manager_module._Driver._attempt
+
+    @functools.wraps(attempt)
+    async def timed_attempt(self: Any, *args: Any) -> None:
+        _stamp("attempt task: first step")
+        await attempt(self, *args)
+
+    connect = IB.connectAsync
+
+    @functools.wraps(connect)
+    async def timed_connect(self: IB, *args: Any, **kwargs: Any) -> Any:
+        _stamp("IB.connectAsync: called")
+        try:
+            return await connect(self, *args, **kwargs)
+        finally:
+            _stamp("IB.connectAsync: returned")
+
+    setattr(ConnectionManager, "_feed", timed_feed)  # noqa: B010
+    setattr(manager_module._Driver, "_attempt", timed_attempt)  # noqa: B010
+    setattr(IB, "connectAsync", timed_connect)  # noqa: B010
+
+
+async def bench(connects: int) -> dict[str, list[float]]:
+    ids = itertools.count(100)
+    offsets: dict[str, list[float]] = {}
+
+    async def one(record: Callable[[str, float], None] | None) -> None:
+        ib = IB()
+        manager = ConnectionManager(ib, manager_config(gw, next(ids)))
+        STAMPS.clear()
+        t0 = time.perf_counter()
+        STAMPS["start() called"] = t0
+        await manager.start(timeout=10)
+        STAMPS["start() returned"] = time.perf_counter()
+        stamps = dict(STAMPS)
+        await manager.stop()
+        if record is not None:
+            for name, at in stamps.items():
+                record(name, (at - t0) * 1e6)
+
+    async with FakeGateway() as gw:
+        for _ in range(5):
+            await settle(gw, 0)
+            await one(None)
+        for _ in range(connects):
+            await settle(gw, 0)
+            await asyncio.sleep(0.02)
+            await one(lambda name, us: offsets.setdefault(name, []).append(us))
+    return offsets
+
+
+def main() -> None:
+    ap = parser(__doc__.splitlines()[0], default_runs=200)
+    args = ap.parse_args()
+    quiet_logging(args.verbose)
+    connects = args.runs or (50 if args.quick else 200)
+    header("connect phases", args)
+    _instrument()
+    offsets = asyncio.run(bench(connects))
+    rows = sorted(((name, statistics.median(v)) for name, v in offsets.items()),
+                  key=lambda row: row[1])
+    out: list[list[object]] = []
+    previous = 0.0
+    for name, median in rows:
+        out.append([name, len(offsets[name]), median, median - previous])
+        previous = median
+    print(table(["point", "connects", "median us since start()", "us since the line above"],
+                out))
+    print()
+    print("The stamps themselves cost about 1 us each. Lines between 'IB.connectAsync: called'")
+    print("and 'returned' are the farm notices ib_insync passes on during the startup sync.")
+
+
+if __name__ == "__main__":
+    main()
