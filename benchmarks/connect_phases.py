@@ -6,10 +6,16 @@ input fed to the machine (in and out), the attempt task's first step, and the
 call into and return from ``IB.connectAsync``. It wraps private methods of the
 manager, so it is a tool for whoever works on connect latency, not an API.
 
+With ``--bypass-transitions`` the machine's table is run by a plain
+dictionary dispatcher instead of the ``transitions`` package (same rows,
+guards, callbacks, entry and exit actions). That is an experiment to size what
+``transitions`` costs on the connect path, not how the library runs.
+
 Run::
 
     uv run python benchmarks/connect_phases.py            # 200 connects
     uv run python benchmarks/connect_phases.py --quick    # 50 connects
+    uv run python benchmarks/connect_phases.py --bypass-transitions
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from _common import header, manager_config, parser, quiet_logging, settle, table
 from ib_insync import IB
 
 from ibkr_connection import ConnectionManager
+from ibkr_connection import machine as machine_module
 from ibkr_connection import manager as manager_module
 from ibkr_connection.simulator.gateway import FakeGateway
 
@@ -69,6 +76,38 @@ def _instrument() -> None:
     setattr(IB, "connectAsync", timed_connect)  # noqa: B010
 
 
+def _bypass_transitions() -> None:
+    """Run the table with a dictionary dispatcher (the experiment; see the docstring)."""
+    cls = machine_module.ConnectionMachine
+    rows: dict[tuple[str, str], list[machine_module.Row]] = {}
+    for row in machine_module.TABLE:
+        rows.setdefault((row.source.value, row.input.value), []).append(row)
+
+    def handle(self: Any, inp: Any) -> Any:
+        self._absorb(inp)
+        event = machine_module._Event({"inp": inp})
+        source = self.fsm_state
+        for row in rows[(source, inp.kind.value)]:
+            if row.guard is not None:
+                held = getattr(self, f"_guard_{row.guard.lstrip('!')}")(event)
+                if held == row.guard.startswith("!"):
+                    continue
+            self._record(row, event)
+            if row.dest is not None:
+                leave = getattr(self, f"_exit_{source}", None)
+                if leave is not None:
+                    leave(event)
+                self.fsm_state = row.dest.value
+                enter = getattr(self, f"_enter_{row.dest.value}", None)
+                if enter is not None:
+                    enter(event)
+            self._act(row, tuple(getattr(self, f"_do_{a}") for a in row.actions), event)
+            break
+        return self.state
+
+    setattr(cls, "handle", handle)  # noqa: B010
+
+
 async def bench(connects: int) -> dict[str, list[float]]:
     ids = itertools.count(100)
     offsets: dict[str, list[float]] = {}
@@ -100,11 +139,17 @@ async def bench(connects: int) -> dict[str, list[float]]:
 
 def main() -> None:
     ap = parser(__doc__.splitlines()[0], default_runs=200)
+    ap.add_argument("--bypass-transitions", action="store_true",
+                    help="experiment: run the table without the transitions package")
     args = ap.parse_args()
     quiet_logging(args.verbose)
     connects = args.runs or (50 if args.quick else 200)
     header("connect phases", args)
     _instrument()
+    if args.bypass_transitions:
+        _bypass_transitions()
+        print("EXPERIMENT: the table runs on a dictionary dispatcher, not transitions")
+        print()
     offsets = asyncio.run(bench(connects))
     rows = sorted(((name, statistics.median(v)) for name, v in offsets.items()),
                   key=lambda row: row[1])

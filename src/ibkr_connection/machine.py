@@ -566,17 +566,17 @@ class ConnectionMachine:
         inp: Input = event.kwargs["inp"]
         self.last_row = row
         now = self._clock.monotonic()
-        dest = row.dest if row.dest is not None else self.state
         if self.record_journal:
+            dest = row.dest if row.dest is not None else self.state
             self.journal.append(JournalEntry(now, inp, dest))
-        cause = inp.message or row.note
         if row.dest is None:
-            logger.log(
-                logging.DEBUG,
-                "%s in %s: %s%s", inp.kind.value, self.state.value,
-                "ignored, " if row.ignored else "", row.note,
-            )
+            # Farm notices take this path at every connect: build nothing
+            # unless the line is wanted.
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("%s in %s: %s%s", inp.kind.value, self.fsm_state,
+                             "ignored, " if row.ignored else "", row.note)
             return
+        cause = inp.message or row.note
         if row.dest is ConnectionState.CONNECTING:
             # The attempt counter moves when the attempt starts, so it is
             # visible in the transition that starts it. A user's connect
