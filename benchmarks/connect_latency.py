@@ -8,18 +8,25 @@ returning once the state is ``connected``), then disconnects. Runs alternate
 per-pair ratios manager / bare. A connect takes a few ms and this shared
 machine is noisy (30 pairs gave anything from 1.07 to 1.30 in one hour), so
 the default is 200 pairs; the median per-pair difference is printed too.
-``connect_phases.py`` shows where the difference goes.
+Then, as a figure that does not move with the machine's load, it counts the
+Python function calls (cProfile) each kind of connect makes, over 20 each.
+``connect_phases.py`` shows where the difference goes. ``--bypass-transitions``
+is the experiment described there (the table run without ``transitions``).
 
 Run::
 
     uv run python benchmarks/connect_latency.py --quick   # 50 pairs
     uv run python benchmarks/connect_latency.py           # 200 pairs
+    uv run python benchmarks/connect_latency.py --bypass-transitions
 """
 
 from __future__ import annotations
 
 import asyncio
+import cProfile
+import io
 import itertools
+import pstats
 import time
 
 from _common import header, manager_config, median, parser, quiet_logging, settle, table, verdict
@@ -29,23 +36,48 @@ from ibkr_connection import ConnectionManager
 from ibkr_connection.simulator.gateway import FakeGateway
 
 
-async def bare(gw: FakeGateway, client_id: int) -> float:
+async def bare(gw: FakeGateway, client_id: int, profiler: cProfile.Profile | None = None) -> float:
     ib = IB()
+    if profiler is not None:
+        profiler.enable()
     t0 = time.perf_counter()
     await ib.connectAsync("127.0.0.1", gw.port, client_id, timeout=10)
     elapsed = time.perf_counter() - t0
+    if profiler is not None:
+        profiler.disable()
     ib.disconnect()
     return elapsed
 
 
-async def managed(gw: FakeGateway, client_id: int) -> float:
+async def managed(gw: FakeGateway, client_id: int,
+                  profiler: cProfile.Profile | None = None) -> float:
     ib = IB()
     manager = ConnectionManager(ib, manager_config(gw, client_id))
+    if profiler is not None:
+        profiler.enable()
     t0 = time.perf_counter()
     await manager.start(timeout=10)
     elapsed = time.perf_counter() - t0
+    if profiler is not None:
+        profiler.disable()
     await manager.stop()
     return elapsed
+
+
+async def count_calls(connects: int = 20) -> tuple[float, float]:
+    """Return the Python function calls per connect: (bare, manager)."""
+    ids = itertools.count(5000)
+    calls: list[float] = []
+    async with FakeGateway() as gw:
+        for run in (bare, managed):
+            await run(gw, next(ids))  # warm-up
+            profiler = cProfile.Profile()
+            for _ in range(connects):
+                await settle(gw, 0)
+                await run(gw, next(ids), profiler)
+            stats = pstats.Stats(profiler, stream=io.StringIO())
+            calls.append(stats.total_calls / connects)  # type: ignore[attr-defined]
+    return calls[0], calls[1]
 
 
 async def bench(pairs: int) -> tuple[list[float], list[float]]:
@@ -70,8 +102,15 @@ async def bench(pairs: int) -> tuple[list[float], list[float]]:
 
 def main() -> None:
     ap = parser(__doc__.splitlines()[0], default_runs=200)
+    ap.add_argument("--bypass-transitions", action="store_true",
+                    help="experiment: run the table without the transitions package")
     args = ap.parse_args()
     quiet_logging(args.verbose)
+    if args.bypass_transitions:
+        from connect_phases import bypass_transitions
+
+        bypass_transitions()
+        print("EXPERIMENT: the table runs on a dictionary dispatcher, not transitions")
     pairs = args.runs or (50 if args.quick else 200)
     header("connect latency", args)
     b, m = asyncio.run(bench(pairs))
@@ -88,6 +127,14 @@ def main() -> None:
           f"(ratio of medians {median(m) / median(b):.3f}, "
           f"difference of medians {(median(m) - median(b)) * ms:.2f} ms)")
     print(f"median per-pair difference manager - bare: {median(differences) * ms:.3f} ms")
+    calls_bare, calls_managed = asyncio.run(count_calls())
+    print()
+    print(table(["contender", "Python function calls per connect"], [
+        ["bare IB.connectAsync", f"{calls_bare:.0f}"],
+        ["ConnectionManager.start", f"{calls_managed:.0f}"],
+    ]))
+    print(f"calls: manager / bare = {calls_managed / calls_bare:.3f} "
+          f"(+{calls_managed - calls_bare:.0f} calls per connect)")
     ok = verdict("connect latency ratio", median(ratios), 1.05)
     print(f"overall: {'PASS' if ok else 'MISS'}")
 

@@ -76,7 +76,7 @@ def _instrument() -> None:
     setattr(IB, "connectAsync", timed_connect)  # noqa: B010
 
 
-def _bypass_transitions() -> None:
+def bypass_transitions() -> None:
     """Run the table with a dictionary dispatcher (the experiment; see the docstring)."""
     cls = machine_module.ConnectionMachine
     rows: dict[tuple[str, str], list[machine_module.Row]] = {}
@@ -147,7 +147,7 @@ def main() -> None:
     header("connect phases", args)
     _instrument()
     if args.bypass_transitions:
-        _bypass_transitions()
+        bypass_transitions()
         print("EXPERIMENT: the table runs on a dictionary dispatcher, not transitions")
         print()
     offsets = asyncio.run(bench(connects))
