@@ -30,6 +30,7 @@ import pstats
 import time
 
 from _common import header, manager_config, median, parser, quiet_logging, settle, table, verdict
+from connect_phases import add_bypass_option, apply_bypass_option
 from ib_insync import IB
 
 from ibkr_connection import ConnectionManager
@@ -102,15 +103,10 @@ async def bench(pairs: int) -> tuple[list[float], list[float]]:
 
 def main() -> None:
     ap = parser(__doc__.splitlines()[0], default_runs=200)
-    ap.add_argument("--bypass-transitions", action="store_true",
-                    help="experiment: run the table without the transitions package")
+    add_bypass_option(ap)
     args = ap.parse_args()
     quiet_logging(args.verbose)
-    if args.bypass_transitions:
-        from connect_phases import bypass_transitions
-
-        bypass_transitions()
-        print("EXPERIMENT: the table runs on a dictionary dispatcher, not transitions")
+    apply_bypass_option(args)
     pairs = args.runs or (50 if args.quick else 200)
     header("connect latency", args)
     b, m = asyncio.run(bench(pairs))

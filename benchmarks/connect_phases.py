@@ -20,6 +20,7 @@ Run::
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import functools
 import itertools
@@ -108,6 +109,20 @@ def bypass_transitions() -> None:
     setattr(cls, "handle", handle)  # noqa: B010
 
 
+def add_bypass_option(ap: argparse.ArgumentParser) -> None:
+    """Add ``--bypass-transitions`` to a benchmark's arguments."""
+    ap.add_argument("--bypass-transitions", action="store_true",
+                    help="experiment: run the table without the transitions package")
+
+
+def apply_bypass_option(args: argparse.Namespace) -> None:
+    """Run the experiment if ``--bypass-transitions`` was given, and say so."""
+    if args.bypass_transitions:
+        bypass_transitions()
+        print("EXPERIMENT: the table runs on a dictionary dispatcher, not transitions")
+        print()
+
+
 async def bench(connects: int) -> dict[str, list[float]]:
     ids = itertools.count(100)
     offsets: dict[str, list[float]] = {}
@@ -139,17 +154,13 @@ async def bench(connects: int) -> dict[str, list[float]]:
 
 def main() -> None:
     ap = parser(__doc__.splitlines()[0], default_runs=200)
-    ap.add_argument("--bypass-transitions", action="store_true",
-                    help="experiment: run the table without the transitions package")
+    add_bypass_option(ap)
     args = ap.parse_args()
     quiet_logging(args.verbose)
     connects = args.runs or (50 if args.quick else 200)
     header("connect phases", args)
     _instrument()
-    if args.bypass_transitions:
-        bypass_transitions()
-        print("EXPERIMENT: the table runs on a dictionary dispatcher, not transitions")
-        print()
+    apply_bypass_option(args)
     offsets = asyncio.run(bench(connects))
     rows = sorted(((name, statistics.median(v)) for name, v in offsets.items()),
                   key=lambda row: row[1])
