@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
+
+from ibkr_connection.errors import OrderRejectedError
 
 logger = logging.getLogger(__name__)
 
@@ -184,3 +187,33 @@ def managed_accounts(ib: Any) -> list[str]:
 def request_account_updates(ib: Any, account: str) -> None:
     """Subscribe to account and portfolio updates for ``account`` (no waiting)."""
     ib.client.reqAccountUpdates(True, account)
+
+
+#: The ``IB`` methods that send orders or change them at the gateway.
+ORDER_METHODS = ("placeOrder", "cancelOrder", "reqGlobalCancel", "exerciseOptions")
+
+
+def refuse_orders(ib: Any, why: str) -> Callable[[], None]:
+    """Make ``ib``'s order methods raise :class:`OrderRejectedError`; return the undo.
+
+    TWS enforces its own "Read-Only API" setting, and ib_insync's ``readonly``
+    only skips the open-orders sync; this makes the library refuse too. The
+    guards are instance attributes shadowing the class's methods, so nothing
+    else about the client changes and the undo simply removes them.
+    """
+
+    def guard(name: str) -> Callable[..., None]:
+        def refuse(*args: Any, **kwargs: Any) -> None:
+            raise OrderRejectedError(f"IB.{name} refused: {why}")
+
+        refuse.__name__ = name
+        return refuse
+
+    for name in ORDER_METHODS:
+        setattr(ib, name, guard(name))
+
+    def undo() -> None:
+        for name in ORDER_METHODS:
+            vars(ib).pop(name, None)
+
+    return undo

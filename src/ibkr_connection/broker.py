@@ -97,6 +97,10 @@ class Config:
         Returns:
             The config; unset variables keep the defaults.
 
+        The other ``IBKR_*`` variables of :meth:`ConnectionConfig.from_env` are
+        validated but not used here: pass ``connect_timeout=`` or ``policy=``
+        to :class:`IBKRIBInsyncApi` instead.
+
         Raises:
             ConfigError: naming the variable, if a value is invalid.
         """

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--port", type=int, default=None,
                        help="API port (default IBKR_PORT or 4002)")
     watch.add_argument("--client-id", type=int, default=None,
-                       help="client id (default IBKR_CLIENT_ID)")
+                       help="client id (default IBKR_CLIENT_ID or 1)")
     watch.add_argument("--metrics-port", type=int, default=None,
                        help="serve /metrics and /healthz on 127.0.0.1:PORT")
     watch.add_argument("--healthz-degraded-ok", action="store_true",

@@ -130,7 +130,8 @@ def markdown_table() -> str:
         "",
         "Generated from `ibkr_connection.codes.CODES` by `ibkr-connection diagram`; "
         "do not edit by hand.",
-        "Codes not listed are logged at WARNING and change nothing.",
+        "System codes (request id -1) not listed are logged at WARNING and change "
+        "nothing; codes tied to a request are left to ib_insync's own log.",
         "",
         "| code | meaning | machine input | log level | subscriptions lost | payload |",
         "|---:|---|---|---|---|---|",

@@ -47,7 +47,11 @@ class ConnectionConfig:
             accounts. Empty: the only managed account, see ``account_fallback``.
         account_fallback: with no ``account`` and several managed accounts,
             ``"error"`` fails with a clear error, ``"first"`` takes the first.
-        readonly: read-only session: the library refuses to send orders.
+        readonly: read-only session. The manager makes ``IB.placeOrder``,
+            ``cancelOrder``, ``reqGlobalCancel`` and ``exerciseOptions`` raise
+            :class:`~ibkr_connection.errors.OrderRejectedError` until it is
+            stopped, and ib_insync skips its order sync. (TWS's own
+            "Read-Only API" setting is the gateway's guard.)
         connect_timeout: seconds for one attempt (socket, handshake, sync).
         heartbeat_idle: seconds without any message before a probe is sent.
         heartbeat_timeout: seconds a probe may take before the gateway is
@@ -127,6 +131,8 @@ class ConnectionConfig:
                 raise ConfigError(var, f"must be an integer, got {raw!r}") from None
 
         if (host := text("IBKR_HOST")) is not None:
+            if not host:
+                raise ConfigError("IBKR_HOST", "must not be empty")
             values["host"] = host
         if (port := integer("IBKR_PORT")) is not None:
             values["port"] = _check_port("IBKR_PORT", port)

@@ -66,7 +66,8 @@ class ConnectionState(str, Enum):
     #: delay (immediately after a 1300 port reset); exit: cancel the retry.
     BACKOFF = "backoff"
     #: Gave up: attempts exhausted or a fatal error (e.g. unknown account).
-    #: Entry: as for ``disconnected``. Only a new connect request leaves it.
+    #: Entry: as for ``disconnected``. Only a connect request (to ``connecting``)
+    #: or a disconnect (to ``disconnected``) leaves it.
     FAILED = "failed"
 
 

@@ -103,6 +103,10 @@ class ConnectionManager:
         self._journal_owned = False
         if journal is not None:
             self._open_journal(journal)
+        self._allow_orders: Callable[[], None] | None = None
+        if self.config.readonly:
+            self._allow_orders = adapter.refuse_orders(
+                ib, "the session is read-only (readonly=True / IBKR_READONLY)")
         ib.errorEvent += self._on_ib_error
         ib.disconnectedEvent += self._on_ib_disconnected
         ib.newOrderEvent += self._on_new_order
@@ -116,7 +120,7 @@ class ConnectionManager:
 
     @property
     def transcript(self) -> list[Transition]:
-        """Every change of state so far."""
+        """The changes of state so far (the most recent ``transcript_limit``, 10,000)."""
         return self._machine.transcript
 
     @property
@@ -174,6 +178,9 @@ class ConnectionManager:
         self.ib.errorEvent -= self._on_ib_error
         self.ib.disconnectedEvent -= self._on_ib_disconnected
         self.ib.newOrderEvent -= self._on_new_order
+        if self._allow_orders is not None:
+            self._allow_orders()
+            self._allow_orders = None
         self._flush_journal()
         if self._journal_file is not None and self._journal_owned:
             self._journal_file.close()

@@ -75,7 +75,8 @@ def test_bad_connection_config_names_the_field(fields: dict[str, Any], field: st
         ({"IBKR_CONNECT_TIMEOUT": "-1"}, "IBKR_CONNECT_TIMEOUT"),
         ({"IBKR_MAX_ATTEMPTS": "0"}, "IBKR_MAX_ATTEMPTS"),
         ({"IBKR_MAX_ATTEMPTS": "many"}, "IBKR_MAX_ATTEMPTS"),
-        ({"IBKR_HOST": ""}, "host"),
+        ({"IBKR_HOST": ""}, "IBKR_HOST"),
+        ({"IBKR_HOST": "   "}, "IBKR_HOST"),
     ],
 )
 def test_bad_environment_names_the_variable(env: dict[str, str], field: str) -> None:

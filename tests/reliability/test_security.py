@@ -173,3 +173,38 @@ def test_read_only_refuses_orders_and_sends_none(sync_gw: FakeGateway) -> None:
         assert sync_gw.orders == {} and api.orders == {}
     finally:
         api.disconnect()
+
+
+async def test_read_only_manager_refuses_orders_on_the_client(
+    gw: FakeGateway, make_manager: Make
+) -> None:
+    """readonly=True: the manager's IB raises on every order method; nothing reaches the gateway.
+
+    ib_insync's own ``readonly`` only skips the order sync, so a bot using
+    ``manager.ib`` directly would otherwise still send orders.
+    """
+    manager = make_manager(readonly=True, client_id=31)
+    await manager.start(timeout=5)
+    ib = manager.ib
+    order = LimitOrder("BUY", 1, 150.0)
+    with pytest.raises(OrderRejectedError, match=r"IB\.placeOrder refused: .*read-only"):
+        ib.placeOrder(Stock("AAPL", "SMART", "USD"), order)
+    with pytest.raises(OrderRejectedError, match=r"IB\.cancelOrder refused"):
+        ib.cancelOrder(order)
+    with pytest.raises(OrderRejectedError, match=r"IB\.reqGlobalCancel refused"):
+        ib.reqGlobalCancel()
+    await asyncio.sleep(0.05)
+    for name in ("placeOrder", "cancelOrder", "reqGlobalCancel"):
+        assert gw.requests_named(name) == [], name
+    assert ib.trades() == []
+    await manager.stop()
+    # Stopped: the IB object is the caller's again, with its own methods.
+    assert ib.placeOrder.__func__ is IB.placeOrder  # type: ignore[attr-defined]
+
+
+async def test_trading_manager_leaves_order_methods_alone(make_manager: Make) -> None:
+    """readonly=False (the default) shadows nothing on the IB object."""
+    manager = make_manager(client_id=32)
+    await manager.start(timeout=5)
+    assert not {"placeOrder", "cancelOrder", "reqGlobalCancel", "exerciseOptions"} & set(
+        vars(manager.ib))
