@@ -41,7 +41,6 @@ class SyncTimeoutCatcher(logging.Handler):
 
     ib_insync 0.9.86 only logs a startup request that timed out and reports
     the connection as up anyway; we refuse to call such a session connected.
-    A manager keeps one and hands it to every :func:`connect_session`.
     """
 
     def __init__(self) -> None:
@@ -71,11 +70,9 @@ def _supports(cls: type, method: str, parameter: str) -> bool:
 
 async def connect_session(
     ib: Any, *, host: str, port: int, client_id: int, timeout: float,
-    readonly: bool, account: str, catcher: SyncTimeoutCatcher | None = None,
+    readonly: bool, account: str,
 ) -> None:
     """Connect ``ib`` and complete the startup sync, or raise.
-
-    ``catcher`` is reused across attempts when given (a new one otherwise).
 
     Raises:
         SyncIncompleteError: a startup request timed out.
@@ -89,9 +86,9 @@ async def connect_session(
     }
     if _supports(type(ib), "connectAsync", "raiseSyncErrors"):
         kwargs["raiseSyncErrors"] = True  # ib_async raises on its own
-    if catcher is None:
-        catcher = SyncTimeoutCatcher()
-    catcher.timed_out.clear()
+    # One catcher per call: a cancelled attempt still unwinding removes its
+    # own handler, never the one of the attempt that replaced it.
+    catcher = SyncTimeoutCatcher()
     ib_logger = getattr(ib, "_logger", None) or logging.getLogger(type(ib).__module__)
     ib_logger.addHandler(catcher)
     # ib_insync notices a socket closed by the gateway before the API is ready
@@ -193,27 +190,61 @@ def request_account_updates(ib: Any, account: str) -> None:
 ORDER_METHODS = ("placeOrder", "cancelOrder", "reqGlobalCancel", "exerciseOptions")
 
 
+#: Where the guard's bookkeeping lives on a guarded ``IB`` object.
+_GUARD_ATTRIBUTE = "_ibkr_connection_order_guard"
+
+
+class _OrderGuard:
+    """How many read-only managers hold an ``IB``, and what the guards shadowed."""
+
+    def __init__(self, saved: dict[str, Any]) -> None:
+        self.owners = 0
+        self.saved = saved
+
+
 def refuse_orders(ib: Any, why: str) -> Callable[[], None]:
     """Make ``ib``'s order methods raise :class:`OrderRejectedError`; return the undo.
 
     TWS enforces its own "Read-Only API" setting, and ib_insync's ``readonly``
     only skips the open-orders sync; this makes the library refuse too. The
     guards are instance attributes shadowing the class's methods, so nothing
-    else about the client changes and the undo simply removes them.
+    else about the client changes. They sit on the ``IB`` object: while any
+    holder has not called its undo, every order through that object is
+    refused. The last undo puts back whatever the object had before (its class
+    methods, or instance attributes the application had set). Each undo
+    counts once.
     """
-
-    def guard(name: str) -> Callable[..., None]:
-        def refuse(*args: Any, **kwargs: Any) -> None:
-            raise OrderRejectedError(f"IB.{name} refused: {why}")
-
-        refuse.__name__ = name
-        return refuse
-
-    for name in ORDER_METHODS:
-        setattr(ib, name, guard(name))
+    guard: _OrderGuard | None = vars(ib).get(_GUARD_ATTRIBUTE)
+    if guard is None:
+        guard = _OrderGuard({name: vars(ib)[name] for name in ORDER_METHODS if name in vars(ib)})
+        for name in ORDER_METHODS:
+            setattr(ib, name, _refusal(name, why))
+        setattr(ib, _GUARD_ATTRIBUTE, guard)
+    guard.owners += 1
+    undone = False
 
     def undo() -> None:
+        nonlocal undone
+        if undone:
+            return
+        undone = True
+        assert guard is not None
+        guard.owners -= 1
+        if guard.owners > 0:
+            return
+        vars(ib).pop(_GUARD_ATTRIBUTE, None)
         for name in ORDER_METHODS:
-            vars(ib).pop(name, None)
+            if name in guard.saved:
+                setattr(ib, name, guard.saved[name])
+            else:
+                vars(ib).pop(name, None)
 
     return undo
+
+
+def _refusal(name: str, why: str) -> Callable[..., None]:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise OrderRejectedError(f"IB.{name} refused: {why}")
+
+    refuse.__name__ = name
+    return refuse

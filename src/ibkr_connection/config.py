@@ -49,8 +49,9 @@ class ConnectionConfig:
             ``"error"`` fails with a clear error, ``"first"`` takes the first.
         readonly: read-only session. The manager makes ``IB.placeOrder``,
             ``cancelOrder``, ``reqGlobalCancel`` and ``exerciseOptions`` raise
-            :class:`~ibkr_connection.errors.OrderRejectedError` until it is
-            stopped, and ib_insync skips its order sync. (TWS's own
+            :class:`~ibkr_connection.errors.OrderRejectedError` on its ``IB``
+            object until it is stopped (until the last read-only manager
+            on that object is), and ib_insync skips its order sync. (TWS's own
             "Read-Only API" setting is the gateway's guard.)
         connect_timeout: seconds for one attempt (socket, handshake, sync).
         heartbeat_idle: seconds without any message before a probe is sent.

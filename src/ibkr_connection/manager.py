@@ -174,7 +174,15 @@ class ConnectionManager:
             return
         self._feed(Input(InputKind.DISCONNECT, message="stop() called"))
         self._stopped = True
-        await adapter.wait_transport_closed(self.ib)
+        try:
+            await adapter.wait_transport_closed(self.ib)
+        finally:
+            # Even when the wait is cancelled or cut short (ib.run raises on a
+            # closing socket): a second stop() returns at once, so the
+            # clean-up must happen here.
+            self._release()
+
+    def _release(self) -> None:
         self.ib.errorEvent -= self._on_ib_error
         self.ib.disconnectedEvent -= self._on_ib_disconnected
         self.ib.newOrderEvent -= self._on_new_order
@@ -236,6 +244,11 @@ class ConnectionManager:
             timeout, self._expire_waiter, future, targets, timeout)
         try:
             return await future
+        except TimeoutError:
+            # The state may have arrived in the same loop turn as the timer.
+            if self._machine.state in targets:
+                return self._machine.state
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
@@ -418,7 +431,6 @@ class _Driver:
     def __init__(self, manager: ConnectionManager) -> None:
         self._m = manager
         self._attempt_task: asyncio.Task[None] | None = None
-        self._sync_catcher = adapter.SyncTimeoutCatcher()
         self._retry: TimerHandle | None = None
         self._restore: TimerHandle | None = None
         self._heartbeat: TimerHandle | None = None
@@ -454,7 +466,7 @@ class _Driver:
             await adapter.connect_session(
                 ib, host=config.host, port=port, client_id=client_id,
                 timeout=config.connect_timeout, readonly=config.readonly,
-                account=config.account, catcher=self._sync_catcher,
+                account=config.account,
             )
             account = self._choose_account()
         except asyncio.CancelledError:

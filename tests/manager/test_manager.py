@@ -21,6 +21,7 @@ from ibkr_connection import (
     RecoveryPolicy,
     Transition,
 )
+from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.manager import replay_journal
 from ibkr_connection.simulator import FakeGateway
 
@@ -113,6 +114,39 @@ async def test_incomplete_sync_is_not_connected(make_manager: Make, gw: FakeGate
     assert failures and "sync" in failures[0].cause + failures[0].cause.lower()
     gw.release_sync()
     await manager.wait_for(S.CONNECTED, timeout=5)
+
+
+async def test_incomplete_sync_caught_after_a_cancelled_attempt(
+    make_manager: Make, gw: FakeGateway
+) -> None:
+    """Disconnect and connect again while the first TCP connect is still pending.
+
+    The cancelled attempt unwinds a few loop turns later; the attempt that
+    replaced it must still see its own sync time-out (it once lost its log
+    catcher to the cancelled one and called the session connected).
+    """
+    gw.hold_sync("reqPositions")
+    manager = make_manager(connect_timeout=0.3)
+    conn = manager.ib.client.conn
+    real_connect = conn.connectAsync
+    calls: list[int] = []
+
+    async def first_connect_hangs(host: str, port: int) -> Any:
+        calls.append(port)
+        if len(calls) == 1:
+            await asyncio.sleep(30)  # a SYN nobody answers: no transport yet
+        return await real_connect(host, port)
+
+    conn.connectAsync = first_connect_hangs
+    manager.feed(Input(InputKind.CONNECT, message="first"))
+    await asyncio.sleep(0.05)
+    manager.feed(Input(InputKind.DISCONNECT, message="user disconnect"))
+    manager.feed(Input(InputKind.CONNECT, message="again"))
+    await manager.wait_for(S.BACKOFF, timeout=3)
+    assert len(calls) == 2
+    assert S.CONNECTED not in [t.dest for t in manager.transcript]
+    failure = [t for t in manager.transcript if t.trigger is InputKind.ATTEMPT_FAILED][-1]
+    assert "sync" in failure.cause.lower() or "timed out" in failure.cause
 
 
 async def test_client_id_clash_fails_fast_then_falls_back(

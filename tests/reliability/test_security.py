@@ -208,3 +208,53 @@ async def test_trading_manager_leaves_order_methods_alone(make_manager: Make) ->
     await manager.start(timeout=5)
     assert not {"placeOrder", "cancelOrder", "reqGlobalCancel", "exerciseOptions"} & set(
         vars(manager.ib))
+
+
+def _refused(ib: IB) -> bool:
+    """True if the library refuses ``reqGlobalCancel`` (not connected is not refused)."""
+    try:
+        ib.reqGlobalCancel()
+    except OrderRejectedError:
+        return True
+    except ConnectionError:
+        return False
+    return False
+
+
+async def test_read_only_guard_lasts_until_the_last_read_only_manager_stops() -> None:
+    """Two read-only managers on one IB: the first stop() leaves the guard for the second.
+
+    The last stop() puts back what the IB had before, an application's own
+    wrapper included. (Nothing connects here: the guard is set at construction.)
+    """
+    ib = IB()
+
+    def own_wrapper(*args: object) -> str:
+        return "the application's wrapper"
+
+    ib.reqGlobalCancel = own_wrapper  # type: ignore[method-assign]
+    first = ConnectionManager(ib, fast_config(1, client_id=1, readonly=True))
+    second = ConnectionManager(ib, fast_config(1, client_id=2, readonly=True))
+    assert _refused(ib)
+    await first.stop()
+    await first.stop()  # idempotent: counts once
+    assert _refused(ib)
+    await second.stop()
+    assert ib.reqGlobalCancel() == "the application's wrapper"
+    assert ib.placeOrder.__func__ is IB.placeOrder  # type: ignore[attr-defined]
+
+
+async def test_cancelled_stop_still_lifts_the_guard(gw: FakeGateway, make_manager: Make) -> None:
+    """stop() cancelled while the socket closes: the clean-up has happened anyway."""
+    manager = make_manager(readonly=True, client_id=33)
+    await manager.start(timeout=5)
+    errors_before = len(manager.ib.errorEvent)
+    stopping = asyncio.ensure_future(manager.stop())
+    await asyncio.sleep(0)  # stop() is now waiting for the transport to close
+    assert not stopping.done()
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert manager.stopped
+    assert not _refused(manager.ib)
+    assert len(manager.ib.errorEvent) == errors_before - 1
