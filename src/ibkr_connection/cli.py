@@ -31,10 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="tell a recovery story against the embedded simulator")
     demo.add_argument("--seed", type=int, default=0, help="jitter seed")
-    demo.add_argument("--metrics-port", type=int, default=None,
-                      help="serve /metrics and /healthz on 127.0.0.1:PORT")
-    demo.add_argument("--healthz-degraded-ok", action="store_true",
-                      help="/healthz answers 200 while degraded too")
+    _add_metrics_options(demo)
     demo.set_defaults(func=_demo)
 
     watch = sub.add_parser("watch", help="live view of the connection to a real gateway")
@@ -44,10 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="API port (default IBKR_PORT or 4002)")
     watch.add_argument("--client-id", type=int, default=None,
                        help="client id (default IBKR_CLIENT_ID or 1)")
-    watch.add_argument("--metrics-port", type=int, default=None,
-                       help="serve /metrics and /healthz on 127.0.0.1:PORT")
-    watch.add_argument("--healthz-degraded-ok", action="store_true",
-                       help="/healthz answers 200 while degraded too")
+    _add_metrics_options(watch)
     watch.set_defaults(func=_watch)
 
     replay = sub.add_parser("replay", help="re-feed a journal and check the transitions match")
@@ -58,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim_cli.add_parser(sub)
     return parser
+
+
+def _add_metrics_options(command: argparse.ArgumentParser) -> None:
+    """The metrics endpoint's options, shared by ``demo`` and ``watch``."""
+    command.add_argument("--metrics-port", type=int, default=None,
+                         help="serve /metrics and /healthz on 127.0.0.1:PORT")
+    command.add_argument("--healthz-degraded-ok", action="store_true",
+                         help="/healthz answers 200 while degraded too")
 
 
 def _quiet_client_logs(args: argparse.Namespace) -> None:
