@@ -17,6 +17,7 @@ from ibkr_connection.errors import (
     IBKRConnectionError,
     ManagerStoppedError,
     OrderRejectedError,
+    SubscriptionError,
     UsageError,
 )
 from ibkr_connection.inputs import Input, InputKind
@@ -61,6 +62,7 @@ __all__ = [
     "RecoveryPolicy",
     "ResetWindow",
     "Subscription",
+    "SubscriptionError",
     "SystemClock",
     "Transition",
     "UsageError",

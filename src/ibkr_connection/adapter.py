@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,31 @@ def stock(symbol: str, exchange: str = "SMART", currency: str = "USD") -> Any:
     from ib_insync import Stock
 
     return Stock(symbol, exchange, currency)
+
+
+def needs_qualified_contract(ib: Any, contract: Any) -> bool:
+    """Return True if ``ib`` cannot stream market data for ``contract`` as it is.
+
+    ib_async keys its tickers by the contract's hash, which needs a ``conId``
+    (``reqMktData`` raises ``ValueError: ... no 'conId'`` otherwise); ib_insync
+    keys them by the object's identity and takes any contract.
+    """
+    if getattr(contract, "conId", 0) or getattr(contract, "secType", "") == "BAG":
+        return False
+    return type(ib).__module__.split(".")[0] != "ib_insync"
+
+
+async def qualify_contract(ib: Any, contract: Any) -> bool:
+    """Fill in ``contract``'s ``conId`` (and the rest) from the gateway, in place.
+
+    Returns:
+        True if the gateway knew exactly one matching contract.
+
+    Raises:
+        ConnectionError: the session went away during the request.
+    """
+    await ib.qualifyContractsAsync(contract)
+    return bool(getattr(contract, "conId", 0))
 
 
 class SyncIncompleteError(ConnectionError):
@@ -171,6 +197,34 @@ def next_request_id(ib: Any) -> int:
     return int(getattr(ib.client, "_reqIdSeq", 0))
 
 
+def watch_request_ids(ib: Any, on_reset: Callable[[int], None]) -> Callable[[], None]:
+    """Call ``on_reset(next_id)`` with the client's id counter just before it is zeroed.
+
+    ib_insync and ib_async zero the request / order id counter in
+    ``Client.reset()``, which a dropped socket runs before ``disconnectedEvent``
+    fires: sampling the counter from that event (or on a timer) misses the ids
+    drawn last. The hook shadows ``reset`` on this client only (an instance
+    attribute), so nothing else changes and nothing on the hot path pays.
+
+    Returns:
+        The undo, which puts the client's own ``reset`` back.
+    """
+    client = ib.client
+    original = client.reset
+
+    def reset() -> None:
+        on_reset(int(getattr(client, "_reqIdSeq", 0)))
+        original()
+
+    client.reset = reset
+
+    def undo() -> None:
+        if vars(client).get("reset") is reset:
+            del client.reset
+
+    return undo
+
+
 def raise_request_id(ib: Any, minimum: int) -> None:
     """Make the client's next request / order id at least ``minimum``."""
     ib.client.updateReqId(minimum)
@@ -184,6 +238,79 @@ def managed_accounts(ib: Any) -> list[str]:
 def request_account_updates(ib: Any, account: str) -> None:
     """Subscribe to account and portfolio updates for ``account`` (no waiting)."""
     ib.client.reqAccountUpdates(True, account)
+
+
+#: The client's per-attempt error lines, which the manager's transitions say better.
+_ATTEMPT_NOISE = ("API connection failed", "Make sure API port on TWS/IBG is open",
+                  "Peer closed connection")
+#: The client's copy of an IB message: ``Error 1100, reqId -1: ...``.
+_CODE_LINE = re.compile(r"(?:Error|Warning) (\d+), reqId (-?\d+):")
+
+
+class _ManagedClientLogs(logging.Filter):
+    """Demotes, on a managed client's loggers, what the manager reports itself.
+
+    It changes the level of a record and drops it if the logger is not
+    enabled for the new level; it never drops anything else.
+    """
+
+    def __init__(self, known_code: Callable[[int], bool]) -> None:
+        super().__init__()
+        self.known_code = known_code
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        message = record.getMessage()
+        level: int | None = None
+        if message.startswith(_ATTEMPT_NOISE):
+            level = logging.INFO
+        else:
+            match = _CODE_LINE.match(message)
+            if match and int(match.group(2)) < 0 and self.known_code(int(match.group(1))):
+                level = logging.DEBUG
+        if level is None:
+            return True
+        record.levelno = level
+        record.levelname = logging.getLevelName(level)
+        return logging.getLogger(record.name).isEnabledFor(level)
+
+
+def manage_client_logs(ib: Any, known_code: Callable[[int], bool]) -> Callable[[], None]:
+    """Route ``ib``'s own log lines through ``<logger>.managed``, demoting the noise.
+
+    ib_insync and ib_async keep their logger as an instance attribute
+    (``_logger``) of the ``IB``, its client and its wrapper; only this
+    object's are swapped, for a child logger that propagates to the original
+    (so its handlers and levels still apply). The application's logging
+    configuration is never changed.
+
+    Args:
+        ib: the managed ``IB`` object.
+        known_code: True for the IB codes the manager logs itself.
+
+    Returns:
+        The undo, which puts the original loggers back.
+    """
+    swapped: list[tuple[Any, logging.Logger, logging.Logger]] = []
+    owners: tuple[Any, ...] = (ib, getattr(ib, "client", None), getattr(ib, "wrapper", None))
+    for owner in owners:
+        original = getattr(owner, "_logger", None)
+        if not isinstance(original, logging.Logger) or original.name.endswith(".managed"):
+            continue
+        managed = logging.getLogger(original.name + ".managed")
+        if not any(isinstance(f, _ManagedClientLogs) for f in managed.filters):
+            managed.addFilter(_ManagedClientLogs(known_code))
+        owner._logger = managed
+        swapped.append((owner, original, managed))
+
+    def undo() -> None:
+        for owner, original, managed in swapped:
+            if getattr(owner, "_logger", None) is managed:
+                owner._logger = original
+        swapped.clear()
+
+    return undo
 
 
 #: The ``IB`` methods that send orders or change them at the gateway.

@@ -59,6 +59,14 @@ class ConnectionConfig:
             declared hung.
         policy: backoff, restore patience, reset windows, jitter seed.
         mask_accounts: mask account ids in logs (``DU***567``).
+        quiet_client_logs: while the manager owns the retries, log the
+            client library's own per-attempt errors ("API connection failed",
+            "Make sure API port on TWS/IBG is open", "Peer closed
+            connection") at INFO and its copy of the IB codes the manager
+            logs itself ("Error 1100, reqId -1") at DEBUG, under the logger
+            ``<client logger>.managed`` (e.g. ``ib_insync.client.managed``).
+            Only this manager's ``IB`` object is affected. False leaves the
+            client's logging untouched.
     """
 
     host: str = "127.0.0.1"
@@ -73,6 +81,7 @@ class ConnectionConfig:
     heartbeat_timeout: float = 2.0
     policy: RecoveryPolicy = field(default_factory=RecoveryPolicy)
     mask_accounts: bool = True
+    quiet_client_logs: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():

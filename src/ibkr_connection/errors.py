@@ -12,8 +12,10 @@ gateway, so a bot can tell "my code is wrong" from "the gateway is down"::
     │   ├── ConnectFailedError     retries exhausted (retryable failures only)
     │   └── FatalConnectError      a failure retrying cannot fix (e.g. unknown account)
     │       └── AccountError       the configured account is not managed by this login
-    └── OrderRejectedError         the library refused to send an order (read-only,
-                                   or the connection is not usable)
+    ├── OrderRejectedError         the library refused to send an order (read-only,
+    │                              or the connection is not usable)
+    └── SubscriptionError          a subscription could not be issued (e.g. a
+                                   contract the gateway does not know)
 """
 
 from __future__ import annotations
@@ -61,3 +63,11 @@ class AccountError(FatalConnectError):
 
 class OrderRejectedError(IBKRConnectionError):
     """The library refused to send an order or a cancel to the gateway."""
+
+
+class SubscriptionError(IBKRConnectionError):
+    """A subscription could not be issued (e.g. a contract that does not qualify).
+
+    The handle keeps it as ``handle.error``; ``handle.errorEvent`` and the
+    manager's ``subscriptionFailedEvent`` fire with it.
+    """

@@ -15,6 +15,9 @@ from enum import Enum
 class InputKind(str, Enum):
     """Every input the machine declares an outcome for, in every state."""
 
+    def __str__(self) -> str:
+        return self.value
+
     #: The user asked for a connection (``start()`` / ``connect()``).
     CONNECT = "connect"
     #: The user asked to disconnect (``stop()`` / ``disconnect()``).

@@ -43,6 +43,9 @@ if _transitions_logger.level == logging.NOTSET:
 class ConnectionState(str, Enum):
     """The states of a connection to TWS / IB Gateway."""
 
+    def __str__(self) -> str:
+        return self.value
+
     #: Nobody wants a connection. No socket, no timers. Entry: cancel every
     #: timer and the running attempt, stop the heartbeat, tear the socket down.
     DISCONNECTED = "disconnected"
@@ -344,6 +347,11 @@ class Transition:
     code: int | None = None
     attempt: int = 0
     delay: float | None = None
+
+    def __str__(self) -> str:
+        """``connected -> lost (connectivity_lost, 1100)``: how a bot prints it."""
+        why = self.trigger.value if self.code is None else f"{self.trigger.value}, {self.code}"
+        return f"{self.source.value} -> {self.dest.value} ({why})"
 
     def to_json(self) -> dict[str, object]:
         """Return the transition as a JSON-ready dict."""

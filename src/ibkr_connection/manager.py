@@ -28,6 +28,7 @@ from ibkr_connection.errors import (
     ConnectFailedError,
     FatalConnectError,
     ManagerStoppedError,
+    UsageError,
 )
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.machine import (
@@ -66,10 +67,14 @@ class ConnectionManager:
         stateChangeEvent (transition: Transition): one per change of state.
         subscriptionRestoredEvent (subscription: Subscription): a subscription
             was re-issued after a reconnect or a 1101.
+        subscriptionFailedEvent (subscription: Subscription, error:
+            SubscriptionError): a subscription could not be issued (also on
+            the handle: ``handle.error``, ``handle.errorEvent``).
         heartbeatEvent (rtt: float): a heartbeat probe was answered.
     """
 
-    events = ("stateChangeEvent", "subscriptionRestoredEvent", "heartbeatEvent")
+    events = ("stateChangeEvent", "subscriptionRestoredEvent", "subscriptionFailedEvent",
+              "heartbeatEvent")
 
     def __init__(
         self,
@@ -85,7 +90,9 @@ class ConnectionManager:
         self.stateChangeEvent = Event("stateChangeEvent")
         self.subscriptionRestoredEvent = Event("subscriptionRestoredEvent")
         self.heartbeatEvent = Event("heartbeatEvent")
-        self.subscriptions = SubscriptionRegistry()
+        self.subscriptionFailedEvent = Event("subscriptionFailedEvent")
+        self.subscriptions = SubscriptionRegistry(
+            on_failed=self.subscriptionFailedEvent.emit, on_restored=self._on_restored)
         #: The account selected for this session.
         self.account = ""
         self._driver = _Driver(self)
@@ -110,6 +117,11 @@ class ConnectionManager:
         ib.errorEvent += self._on_ib_error
         ib.disconnectedEvent += self._on_ib_disconnected
         ib.newOrderEvent += self._on_new_order
+        self._unwatch_ids = adapter.watch_request_ids(ib, self._driver.note_request_id)
+        self._unquiet_logs: Callable[[], None] | None = None
+        if self.config.quiet_client_logs:
+            self._unquiet_logs = adapter.manage_client_logs(
+                ib, lambda code: codes.lookup(code) is not None)
 
     # -- state ----------------------------------------------------------------------
 
@@ -174,6 +186,11 @@ class ConnectionManager:
             return
         self._feed(Input(InputKind.DISCONNECT, message="stop() called"))
         self._stopped = True
+        # Nothing will ever move the machine again: wake whoever still waits.
+        for _, future in list(self._waiters):
+            if not future.done():
+                future.set_exception(ManagerStoppedError(
+                    "the ConnectionManager was stopped while waiting"))
         try:
             await adapter.wait_transport_closed(self.ib)
         finally:
@@ -186,6 +203,10 @@ class ConnectionManager:
         self.ib.errorEvent -= self._on_ib_error
         self.ib.disconnectedEvent -= self._on_ib_disconnected
         self.ib.newOrderEvent -= self._on_new_order
+        self._unwatch_ids()
+        if self._unquiet_logs is not None:
+            self._unquiet_logs()
+            self._unquiet_logs = None
         if self._allow_orders is not None:
             self._allow_orders()
             self._allow_orders = None
@@ -195,7 +216,15 @@ class ConnectionManager:
             self._journal_file = None
 
     def connect(self, timeout: float | None = None) -> None:
-        """Blocking twin of :meth:`start`, for scripts (runs the event loop)."""
+        """Blocking twin of :meth:`start`, for scripts (runs the event loop).
+
+        Raises:
+            UsageError: called while an event loop runs (use ``await start()``).
+            ManagerStoppedError, FatalConnectError, ConnectFailedError,
+            TimeoutError: as :meth:`start`.
+        """
+        refuse_inside_loop("ConnectionManager.connect()", "await manager.start()")
+        self._check_not_stopped()
         while True:
             try:
                 self.ib.run(self.start(timeout))
@@ -210,7 +239,12 @@ class ConnectionManager:
                 logger.debug("connect() interrupted by a closing socket; waiting on")
 
     def disconnect(self) -> None:
-        """Blocking twin of :meth:`stop`."""
+        """Blocking twin of :meth:`stop`.
+
+        Raises:
+            UsageError: called while an event loop runs (use ``await stop()``).
+        """
+        refuse_inside_loop("ConnectionManager.disconnect()", "await manager.stop()")
         self.ib.run(self.stop())
 
     async def __aenter__(self) -> ConnectionManager:
@@ -229,11 +263,14 @@ class ConnectionManager:
         """Wait until the machine is in one of ``states``; return that state.
 
         Raises:
+            ManagerStoppedError: the manager is stopped (at once), or was
+                stopped while waiting.
             TimeoutError: ``timeout`` seconds passed first.
         """
         targets = frozenset(states)
         if self._machine.state in targets:
             return self._machine.state
+        self._check_not_stopped()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ConnectionState] = loop.create_future()
         waiter = (targets, future)
@@ -308,12 +345,13 @@ class ConnectionManager:
         self._check_not_stopped()
         self.subscriptions.add(sub)
         if self.usable or self._machine.state is ConnectionState.LOST:
-            try:
-                sub.issue(self.ib, fresh_session=True)
-                sub.issued += 1
-            except Exception:
-                logger.exception("issuing %s failed; it will be retried on reconnect", sub.name)
+            self.subscriptions.issue_one(self.ib, sub, fresh_session=True)
         return sub
+
+    def _on_restored(self, sub: Subscription) -> None:
+        logger.info("restored %s", sub.name)
+        sub.restoredEvent.emit(sub)
+        self.subscriptionRestoredEvent.emit(sub)
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -474,8 +512,12 @@ class _Driver:
         except AccountError as exc:
             self.last_error = exc
             self._attempt_task = None
-            adapter.safe_disconnect(ib)
+            logger.error("attempt %d: %s; not retrying", attempt, exc)
+            # The fatal error goes in before the socket is closed: the close
+            # that follows must meet ``failed`` (where it is ignored), never
+            # ``connecting`` (where it would read as a dead gateway).
             manager._feed(Input(InputKind.FATAL_ERROR, message=str(exc)))
+            adapter.safe_disconnect(ib)
             return
         except Exception as exc:
             self._attempt_task = None
@@ -507,8 +549,9 @@ class _Driver:
             costly, what = True, "unexpected error"
             logger.error("connection attempt raised %r", exc, exc_info=exc)
         self.last_error = exc
-        adapter.safe_disconnect(self._m.ib)
+        # Classified failure first, then the close (which ``backoff`` ignores).
         self._m._feed(Input(InputKind.ATTEMPT_FAILED, message=f"{what}: {exc!r}", costly=costly))
+        adapter.safe_disconnect(self._m.ib)
 
     def _choose_account(self) -> str:
         config = self._m.config
@@ -540,6 +583,11 @@ class _Driver:
         self._attempt_task = None
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
+
+    def note_request_id(self, next_id: int) -> None:
+        """Raise the high-water mark to the client's counter (read as it is zeroed)."""
+        if next_id > self.high_water:
+            self.high_water = next_id
 
     def _apply_high_water(self) -> None:
         ib = self._m.ib
@@ -598,14 +646,7 @@ class _Driver:
         manager = self._m
         fresh = self._fresh_session
         self._fresh_session = False
-
-        def issued(sub: Subscription) -> None:
-            if sub.issued > 1:
-                logger.info("restored %s", sub.name)
-                sub.restoredEvent.emit(sub)
-                manager.subscriptionRestoredEvent.emit(sub)
-
-        count = manager.subscriptions.issue_all(manager.ib, fresh, issued)
+        count = manager.subscriptions.issue_all(manager.ib, fresh)
         if count:
             logger.info("issued %d subscription(s) %s", count,
                         "on the new session" if fresh else "again after data loss")
@@ -629,7 +670,6 @@ class _Driver:
         manager = self._m
         now = manager._clock.monotonic()
         count = adapter.received_messages(manager.ib)
-        self.high_water = max(self.high_water, adapter.next_request_id(manager.ib))
         if count != self._last_count:
             self._last_count = count
             self._last_activity = now
@@ -680,6 +720,23 @@ class _Driver:
         ib = self._m.ib
         self.high_water = max(self.high_water, adapter.next_request_id(ib))
         adapter.safe_disconnect(ib)
+
+
+def refuse_inside_loop(what: str, instead: str) -> None:
+    """Raise :class:`UsageError` if an event loop runs in this thread.
+
+    The blocking twins run the event loop themselves; inside a running loop
+    they would fail half-way (``This event loop is already running``) after
+    starting work that then carries on unseen.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise UsageError(
+        f"{what} runs the event loop and cannot be called while it runs (from an "
+        f"event handler or a coroutine); use {instead}"
+    )
 
 
 def replay_journal(lines: Iterable[str]) -> tuple[list[dict[str, object]], list[dict[str, object]]]:

@@ -7,11 +7,15 @@ a :class:`Subscription` handle that stays valid across reconnects.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from eventkit import Event
+
+from ibkr_connection import adapter
+from ibkr_connection.errors import SubscriptionError
 
 logger = logging.getLogger(__name__)
 
@@ -21,12 +25,15 @@ class Subscription:
 
     Events:
         restoredEvent (handle): emitted after each re-issue.
+        errorEvent (handle, error: SubscriptionError): the subscription could
+            not be issued; ``handle.error`` says why.
 
     Attributes:
         name: a readable name for logs.
         restored: how many times it was re-issued after the first.
         issued: how many times it was issued in all.
         active: False once cancelled.
+        error: why the latest issue failed (None once it succeeds).
     """
 
     def __init__(self, name: str) -> None:
@@ -34,8 +41,61 @@ class Subscription:
         self.restored = 0
         self.issued = 0
         self.active = True
+        self.error: SubscriptionError | None = None
         self.restoredEvent = Event("restoredEvent")
+        self.errorEvent = Event("errorEvent")
         self._registry: SubscriptionRegistry | None = None
+        self._ready: asyncio.Future[None] | None = None
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the subscription is issued on the current session.
+
+        Most requests are sent at once; a market-data subscription whose
+        contract must first be qualified through the gateway (ib_async needs a
+        ``conId``) is sent one round trip later.
+
+        Raises:
+            SubscriptionError: the subscription could not be issued.
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        if self._ready is None:
+            self._ready = asyncio.get_running_loop().create_future()
+            if self.error is not None:
+                self._ready.set_exception(self.error)
+            elif self.issued:
+                self._ready.set_result(None)
+        await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+
+    @property
+    def pending(self) -> bool:
+        """True while the request waits for something (e.g. a contract's qualification)."""
+        return False
+
+    def _sent(self) -> None:
+        """Count a request that went out, and tell whoever waits for it."""
+        self.issued += 1
+        if self.issued > 1:
+            self.restored += 1
+        self.error = None
+        if self._ready is not None and self._ready.done():
+            self._ready = None
+        if self._ready is not None:
+            self._ready.set_result(None)
+        if self._registry is not None:
+            self._registry.sent(self)
+
+    def _mark_failed(self, error: SubscriptionError) -> None:
+        self.error = error
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(error)
+            # Retrieved by whoever waits; nobody may be waiting.
+            self._ready.exception()
+        elif self._ready is not None:
+            self._ready = None
+        logger.error("%s", error)
+        self.errorEvent.emit(self, error)
+        if self._registry is not None:
+            self._registry.failed(self, error)
 
     def issue(self, ib: Any, fresh_session: bool) -> None:
         """Send the request on ``ib``.
@@ -73,12 +133,49 @@ class MarketDataSubscription(Subscription):
         self.contract = contract
         self.generic_ticks = generic_ticks
         self.ticker: Any = None
+        self._qualifying: asyncio.Future[None] | None = None
 
     def issue(self, ib: Any, fresh_session: bool) -> None:
-        """Request the market data (cancelling the dead stream first after a 1101)."""
+        """Request the market data (cancelling the dead stream first after a 1101).
+
+        A contract without a ``conId`` on a backend that needs one (ib_async)
+        is qualified through the gateway first; the request follows when the
+        answer comes (``await handle.wait_ready()``), or the handle fails.
+        """
         if not fresh_session and self.ticker is not None:
             self.withdraw(ib)
+        if adapter.needs_qualified_contract(ib, self.contract):
+            self._qualifying = asyncio.ensure_future(self._qualify_then_request(ib))
+            return
         self.ticker = ib.reqMktData(self.contract, self.generic_ticks, False, False)
+
+    @property
+    def pending(self) -> bool:
+        """True while the contract is being qualified."""
+        task = self._qualifying
+        return task is not None and not task.done()
+
+    async def _qualify_then_request(self, ib: Any) -> None:
+        try:
+            known = await adapter.qualify_contract(ib, self.contract)
+        except (ConnectionError, OSError) as exc:
+            # The session went away; the next session issues it again.
+            logger.debug("qualifying %s: %r; retried on the next session", self.name, exc)
+            return
+        if not self.active:
+            return
+        if not known:
+            self._mark_failed(SubscriptionError(
+                f"{self.name}: the gateway does not know this contract, or it is "
+                "ambiguous; give a conId or more fields (exchange, currency, "
+                "primaryExchange)"))
+            return
+        try:
+            self.ticker = ib.reqMktData(self.contract, self.generic_ticks, False, False)
+        except Exception as exc:
+            self._mark_failed(SubscriptionError(f"{self.name}: reqMktData failed: {exc!r}"))
+            return
+        self._sent()
 
     def withdraw(self, ib: Any) -> None:
         """Cancel the market data stream."""
@@ -148,10 +245,30 @@ class CallableSubscription(Subscription):
 
 
 class SubscriptionRegistry:
-    """The subscriptions the bot asked for, in the order it asked."""
+    """The subscriptions the bot asked for, in the order it asked.
 
-    def __init__(self) -> None:
+    Args:
+        on_failed: called with (subscription, error) when one cannot be issued.
+    """
+
+    def __init__(
+        self,
+        on_failed: Callable[[Subscription, SubscriptionError], None] | None = None,
+        on_restored: Callable[[Subscription], None] | None = None,
+    ) -> None:
         self._subscriptions: list[Subscription] = []
+        self._on_failed = on_failed
+        self._on_restored = on_restored
+
+    def failed(self, subscription: Subscription, error: SubscriptionError) -> None:
+        """Report a subscription that could not be issued."""
+        if self._on_failed is not None:
+            self._on_failed(subscription, error)
+
+    def sent(self, subscription: Subscription) -> None:
+        """Report a request that went out (a re-issue is a restoration)."""
+        if subscription.issued > 1 and self._on_restored is not None:
+            self._on_restored(subscription)
 
     def __iter__(self) -> Any:
         return iter(list(self._subscriptions))
@@ -171,23 +288,27 @@ class SubscriptionRegistry:
         if subscription in self._subscriptions:
             self._subscriptions.remove(subscription)
 
-    def issue_all(self, ib: Any, fresh_session: bool,
-                  on_issued: Callable[[Subscription], None]) -> int:
-        """Issue every subscription; a failing one is logged, the rest go on.
+    def issue_all(self, ib: Any, fresh_session: bool) -> int:
+        """Issue every subscription; a failing one is reported, the rest go on.
 
         Returns:
-            How many were issued.
+            How many were issued (or are on their way).
         """
-        count = 0
-        for subscription in list(self._subscriptions):
-            try:
-                subscription.issue(ib, fresh_session)
-            except Exception:
-                logger.exception("re-issuing %s failed", subscription.name)
-                continue
-            subscription.issued += 1
-            if subscription.issued > 1:
-                subscription.restored += 1
-            count += 1
-            on_issued(subscription)
-        return count
+        return sum(self.issue_one(ib, sub, fresh_session) for sub in list(self._subscriptions))
+
+    def issue_one(self, ib: Any, subscription: Subscription, fresh_session: bool) -> bool:
+        """Issue one subscription; a failure is reported on the handle, never raised.
+
+        Returns:
+            True if the request went out (or, for a contract being qualified,
+            is on its way).
+        """
+        try:
+            subscription.issue(ib, fresh_session)
+        except Exception as exc:
+            subscription._mark_failed(SubscriptionError(
+                f"{subscription.name}: could not be issued: {exc!r}"))
+            return False
+        if not subscription.pending:
+            subscription._sent()
+        return True

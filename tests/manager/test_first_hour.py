@@ -1,0 +1,214 @@
+"""Defects a new user met in the first hour, each over real sockets on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from typing import Any
+
+import pytest
+
+from ibkr_connection import (
+    AccountError,
+    ConnectionState,
+    ManagerStoppedError,
+    SubscriptionError,
+    Transition,
+    UsageError,
+)
+from ibkr_connection.inputs import InputKind
+from ibkr_connection.simulator import FakeGateway
+
+S = ConnectionState
+
+
+def _stock(ib: Any, symbol: str) -> Any:
+    """``Stock(symbol, "SMART", "USD")`` from the IB object's own library, no conId."""
+    module = importlib.import_module(type(ib).__module__.split(".")[0])
+    return module.Stock(symbol, "SMART", "USD")
+
+
+# -- wait_for after stop ---------------------------------------------------------------
+
+
+async def test_wait_for_after_stop_raises_at_once(make_manager: Any) -> None:
+    """wait_for() on a stopped manager raises ManagerStoppedError instead of waiting."""
+    manager = make_manager()
+    await manager.start()
+    await manager.stop()
+    with pytest.raises(ManagerStoppedError):
+        await manager.wait_for(S.CONNECTED)
+    with pytest.raises(ManagerStoppedError):
+        await manager.wait_for(S.CONNECTED, timeout=30.0)
+    # A state it is in is still answered.
+    assert await manager.wait_for(S.DISCONNECTED) is S.DISCONNECTED
+
+
+async def test_waiter_pending_at_stop_is_woken(make_manager: Any, gw: FakeGateway) -> None:
+    """A wait_for() pending when stop() runs raises ManagerStoppedError."""
+    manager = make_manager()
+    await manager.start()
+    waiter = asyncio.ensure_future(manager.wait_for(S.LOST))
+    await asyncio.sleep(0)
+    await manager.stop()
+    with pytest.raises(ManagerStoppedError):
+        await waiter
+
+
+# -- the blocking twins inside a running loop -------------------------------------------
+
+
+async def test_blocking_connect_inside_a_loop_is_refused(make_manager: Any,
+                                                          gw: FakeGateway) -> None:
+    """manager.connect() in a coroutine raises UsageError and starts nothing."""
+    manager = make_manager()
+    with pytest.raises(UsageError, match=r"await manager\.start"):
+        manager.connect()
+    with pytest.raises(UsageError, match=r"await manager\.stop"):
+        manager.disconnect()
+    await asyncio.sleep(0.3)
+    assert manager.state is S.DISCONNECTED
+    assert manager.transcript == []
+    assert gw.requests_named("startApi") == []
+
+
+# -- an account the login does not manage ---------------------------------------------
+
+
+async def test_unknown_account_fails_in_one_handshake(
+    make_manager: Any, gw: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The account error wins over the socket close: connecting -> failed, one handshake."""
+    caplog.set_level(logging.INFO)
+    manager = make_manager(account="DU0000001")
+    with pytest.raises(AccountError, match="not managed"):
+        await manager.start()
+    await asyncio.sleep(0.1)
+    assert [(t.source, t.dest, t.trigger) for t in manager.transcript] == [
+        (S.DISCONNECTED, S.CONNECTING, InputKind.CONNECT),
+        (S.CONNECTING, S.FAILED, InputKind.FATAL_ERROR),
+    ]
+    assert len(gw.requests_named("startApi")) == 1
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR
+              and r.name.startswith("ibkr_connection")]
+    assert any("not managed" in r.getMessage() for r in errors)
+
+
+# -- request ids across a drop ---------------------------------------------------------
+
+
+async def test_request_ids_drawn_just_before_a_drop_are_not_reused(
+    make_manager: Any, gw: FakeGateway
+) -> None:
+    """Ids drawn right before a gateway-side drop are never handed out again."""
+    manager = make_manager()
+    await manager.start()
+    drawn = [manager.ib.client.getReqId() for _ in range(20)]
+    gw.set_next_valid_id(100)   # the gateway's next id is below what was drawn
+    since = len(manager.transcript)
+    await gw.drop_clients()
+    while not (manager.state is S.CONNECTED and len(manager.transcript) > since + 1):
+        await manager.wait_for(S.CONNECTED, S.BACKOFF, S.CONNECTING)
+        await asyncio.sleep(0.01)
+    after = manager.ib.client.getReqId()
+    assert after > max(drawn), (after, drawn)
+
+
+# -- market data on both backends ------------------------------------------------------
+
+
+async def test_quick_start_market_data_without_con_id(make_manager: Any,
+                                                       gw: FakeGateway) -> None:
+    """subscribe_market_data(Stock(...)) with no conId streams on both backends."""
+    manager = make_manager()
+    await manager.start()
+    handle = manager.subscribe_market_data(_stock(manager.ib, "AAPL"))
+    await handle.wait_ready(timeout=5.0)
+    assert handle.error is None
+    assert handle.ticker is not None
+    while not gw.requests_named("reqMktData"):
+        await asyncio.sleep(0.01)
+    ticked = asyncio.Event()
+    handle.ticker.updateEvent += lambda ticker: ticked.set()
+    assert gw.push_tick("AAPL", 151.25) == 1
+    await asyncio.wait_for(ticked.wait(), 5.0)
+    assert handle.ticker.last == 151.25
+
+
+async def test_unknown_contract_is_reported_on_the_handle(make_manager: Any,
+                                                           gw: FakeGateway) -> None:
+    """A subscription that cannot be issued carries the error and fires events."""
+    manager = make_manager()
+    await manager.start()
+    failed: list[tuple[Any, Exception]] = []
+    manager.subscriptionFailedEvent += lambda sub, error: failed.append((sub, error))
+    contract = _stock(manager.ib, "NOSUCH")
+    module = type(manager.ib).__module__.split(".")[0]
+    if module == "ib_insync":
+        # ib_insync streams unqualified contracts as they are; give it one it
+        # cannot even send, to see the same reporting path.
+        contract = None
+    handle = manager.subscribe_market_data(contract)
+    with pytest.raises(SubscriptionError):
+        await handle.wait_ready(timeout=5.0)
+    assert isinstance(handle.error, SubscriptionError)
+    assert failed and failed[0][0] is handle
+    assert manager.state is S.CONNECTED
+
+
+# -- logs --------------------------------------------------------------------------------
+
+
+async def test_client_attempt_errors_are_not_errors(
+    make_manager: Any, gw: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the manager retries, the client's per-attempt errors and code copies are not ERROR."""
+    caplog.set_level(logging.DEBUG)
+    manager = make_manager()
+    await manager.start()
+    await gw.send_error(1100)
+    await manager.wait_for(S.LOST)
+    await gw.restart(outage=0.3)
+    await manager.wait_for(S.BACKOFF)
+    await manager.wait_for(S.CONNECTED, timeout=10.0)
+    client_errors = [r for r in caplog.records
+                     if r.name.startswith(("ib_insync", "ib_async")) and r.levelno >= logging.ERROR]
+    assert client_errors == [], [r.getMessage() for r in client_errors]
+    demoted = [r for r in caplog.records if r.name.endswith(".managed")
+               and r.getMessage().startswith(("API connection failed", "Error 1100"))]
+    assert demoted, "the client's lines are kept at a lower level, not dropped"
+
+
+async def test_quiet_client_logs_off_leaves_the_client_alone(
+    make_manager: Any, gw: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """quiet_client_logs=False: the client's 1100 line stays at ERROR, under its own logger."""
+    caplog.set_level(logging.INFO)
+    manager = make_manager(quiet_client_logs=False)
+    await manager.start()
+    await gw.send_error(1100)
+    await manager.wait_for(S.LOST)
+    lines = [r for r in caplog.records if r.getMessage().startswith("Error 1100")]
+    assert lines and all(r.levelno == logging.ERROR and not r.name.endswith(".managed")
+                         for r in lines)
+
+
+async def test_stop_gives_the_client_its_loggers_back(make_manager: Any) -> None:
+    """After stop() the IB object logs under its own loggers again."""
+    manager = make_manager()
+    await manager.start()
+    assert manager.ib.client._logger.name.endswith(".managed")
+    await manager.stop()
+    for owner in (manager.ib, manager.ib.client, manager.ib.wrapper):
+        assert not owner._logger.name.endswith(".managed")
+
+
+def test_transition_prints_readably() -> None:
+    """A Transition prints as a trader reads it, not as enum reprs."""
+    t = Transition(S.CONNECTED, S.LOST, InputKind.CONNECTIVITY_LOST, 1.0, "link lost", 1100)
+    assert str(t) == "connected -> lost (connectivity_lost, 1100)"
+    assert f"{t.source} -> {t.dest}" == "connected -> lost"
+    assert str(Transition(S.DISCONNECTED, S.CONNECTING, InputKind.CONNECT, 0.0)) == (
+        "disconnected -> connecting (connect)")
+
