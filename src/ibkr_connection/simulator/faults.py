@@ -1,0 +1,289 @@
+"""Fault injection: the failures a connection manager must survive, on demand.
+
+:class:`FaultInjection` adds to the transport everything that makes a gateway
+misbehave: IB error and system messages, data farms going down and up,
+dropped sockets, restarts, a moved API port, a hung gateway, a slow or
+incomplete startup sync (held or delayed "end" messages), a slow handshake
+and IB's nightly reset. It also sends the replies of the sync requests,
+since those are what the holds and delays act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+
+from ibkr_connection.simulator import messages
+from ibkr_connection.simulator import protocol as p
+from ibkr_connection.simulator.transport import ApiClient, GatewayTransport
+
+logger = logging.getLogger(__name__)
+
+#: Requests whose replies end with an "end" message that :meth:`FakeGateway.hold_sync`
+#: can withhold, and that :attr:`FakeGateway.sync_delays` can delay.
+SYNC_REQUESTS = (
+    "reqPositions",
+    "reqOpenOrders",
+    "reqAllOpenOrders",
+    "reqCompletedOrders",
+    "reqAccountUpdates",
+    "reqAccountUpdatesMulti",
+    "reqExecutions",
+    "reqAccountSummary",
+    "reqPositionsMulti",
+    "reqCurrentTime",
+    "reqContractDetails",
+)
+
+
+class FaultInjection(GatewayTransport):
+    """A gateway transport whose faults can be injected at any time.
+
+    Args:
+        host: Interface to bind.
+        port: TCP port; 0 picks a free one.
+        server_version: Protocol version announced in the handshake.
+        farms: Data farms, all OK at first.
+
+    Attributes:
+        farms: Data farm name -> OK (True) or broken (False).
+        sync_delays: Request name -> seconds its reply is delayed.
+    """
+
+    def __init__(self, host: str, port: int, server_version: int, farms: Sequence[str]) -> None:
+        super().__init__(host, port, server_version)
+        self.farms: dict[str, bool] = {farm: True for farm in farms}
+        self.sync_delays: dict[str, float] = {}
+        self._held: set[str] = set()
+
+    def send_reply(
+        self, conn: ApiClient, name: str, body: Iterable[bytes], end: bytes | None
+    ) -> None:
+        """Send a request's reply, honouring sync delays and held ends.
+
+        Args:
+            conn: The client that asked.
+            name: Request name, e.g. ``"reqPositions"``.
+            body: The reply's messages, sent in one write.
+            end: The closing "end" message, if the reply has one.
+        """
+        data = b"".join(body)
+
+        def deliver() -> None:
+            conn.send_raw(data)
+            if end is None:
+                return
+            if name in self._held:
+                conn.held.setdefault(name, []).append(end)
+                logger.info("holding end of %s for client %s", name, conn.client_id)
+            else:
+                conn.send_raw(end)
+
+        self._later(conn, self.sync_delays.get(name, 0.0), deliver)
+
+    async def send_error(
+        self,
+        code: int,
+        client_id: int | None = None,
+        message: str | None = None,
+        req_id: int = -1,
+    ) -> int:
+        """Send an IB error / system message (sent even while stalled).
+
+        Args:
+            code: IB message code, e.g. 1100.
+            client_id: Target client id; ``None`` for every connected client.
+            message: Text; IB's wording for ``code`` if omitted.
+            req_id: Request id; -1 for system messages, as TWS uses.
+
+        Returns:
+            Number of clients the message was sent to.
+        """
+        text = message if message is not None else p.default_message(code, port=self._port)
+        targets = self._client(client_id)
+        for conn in targets:
+            conn.send_raw(messages.error(req_id, code, text))
+        logger.info("fault: sent %d %r to %d client(s)", code, text, len(targets))
+        await asyncio.sleep(0)
+        return len(targets)
+
+    async def farm_broken(
+        self, farm: str = "usfarm", client_id: int | None = None, code: int | None = None
+    ) -> None:
+        """Mark a data farm broken and send 2103 / 2105 / 2157 (by farm kind).
+
+        Args:
+            farm: Farm name (``usfarm``, ``ushmds``, ``secdefil`` ...).
+            client_id: Target client; ``None`` for all.
+            code: Explicit code instead of the one derived from the name.
+        """
+        self.farms[farm] = False
+        broken, _ = p.farm_codes(farm)
+        use = code if code is not None else broken
+        await self.send_error(use, client_id, p.default_message(use, farm=farm))
+
+    async def farm_ok(
+        self, farm: str = "usfarm", client_id: int | None = None, code: int | None = None
+    ) -> None:
+        """Mark a data farm OK and send 2104 / 2106 / 2158 (by farm kind).
+
+        Args:
+            farm: Farm name.
+            client_id: Target client; ``None`` for all.
+            code: Explicit code instead of the one derived from the name.
+        """
+        self.farms[farm] = True
+        _, ok = p.farm_codes(farm)
+        use = code if code is not None else ok
+        await self.send_error(use, client_id, p.default_message(use, farm=farm))
+
+    def farm_notices(self) -> list[bytes]:
+        """The farm status messages TWS sends a client right after ``startApi``.
+
+        Returns:
+            One 2104/2106/2158 (OK) or 2103/2105/2157 (broken) per farm.
+        """
+        notices: list[bytes] = []
+        for farm, ok in self.farms.items():
+            broken_code, ok_code = p.farm_codes(farm)
+            code = ok_code if ok else broken_code
+            notices.append(messages.error(-1, code, p.default_message(code, farm=farm)))
+        return notices
+
+    async def drop_clients(self, client_id: int | None = None) -> int:
+        """Abort client sockets abruptly (no goodbye), including handshaking ones.
+
+        Args:
+            client_id: Only this client (``None``: every connection).
+
+        Returns:
+            Number of connections aborted.
+        """
+        victims = [c for c in self._conns.values() if client_id is None or c.client_id == client_id]
+        for conn in victims:
+            conn.transport.abort()
+        logger.info("fault: dropped %d connection(s)", len(victims))
+        await asyncio.sleep(0)
+        return len(victims)
+
+    async def restart(self, outage: float = 1.0) -> None:
+        """Simulate a gateway restart: drop everyone, refuse for ``outage`` s, listen again.
+
+        Args:
+            outage: Seconds during which connections are refused.
+        """
+        logger.info("fault: gateway restart, outage %.2fs", outage)
+        await self.stop_listening()
+        await self.drop_clients()
+        await asyncio.sleep(outage)
+        await self.start_listening()
+
+    async def reset_port(self, new_port: int = 0) -> int:
+        """Move to a new port: send 1300 naming it, drop clients, listen there only.
+
+        Args:
+            new_port: Port to move to (0 = any free port).
+
+        Returns:
+            The new port.
+        """
+        new_server, port = await self._create_server(new_port)
+        await self.send_error(1300, message=p.default_message(1300, port=port))
+        await self.drop_clients()
+        await self.stop_listening()
+        self._server = new_server
+        self._port = port
+        logger.info("fault: socket port reset, now listening on %d", port)
+        return port
+
+    def stall(self) -> None:
+        """Hang: sockets stay open but requests (and handshakes) get no answer.
+
+        Incoming bytes are buffered and processed on :meth:`unstall`; ticks
+        are not streamed. :meth:`send_error` still goes through.
+        """
+        self._stalled = True
+        logger.info("fault: gateway stalled")
+
+    def unstall(self) -> None:
+        """Resume after :meth:`stall`, processing everything received meanwhile."""
+        self._stalled = False
+        logger.info("fault: gateway unstalled")
+        for conn in list(self._conns.values()):
+            data, conn.backlog = bytes(conn.backlog), bytearray()
+            if data:
+                self._on_data(conn, data)
+
+    def hold_sync(self, name: str) -> None:
+        """Withhold the end message of a request type (e.g. ``execDetailsEnd``).
+
+        Args:
+            name: Request name from :data:`SYNC_REQUESTS`, e.g. ``"reqExecutions"``.
+
+        Raises:
+            ValueError: For a request without an end message.
+        """
+        if name not in SYNC_REQUESTS:
+            raise ValueError(f"cannot hold {name!r}; choose from {', '.join(SYNC_REQUESTS)}")
+        self._held.add(name)
+        logger.info("fault: holding the end of %s", name)
+
+    def release_sync(self, name: str | None = None) -> None:
+        """Stop holding and deliver the withheld end messages.
+
+        Args:
+            name: Request name, or ``None`` for all.
+        """
+        names = set(self._held) if name is None else {name}
+        self._held -= names
+        for conn in self._conns.values():
+            for n in names:
+                for msg in conn.held.pop(n, []):
+                    conn.send_raw(msg)
+        logger.info("fault: released %s", ", ".join(sorted(names)) or "nothing")
+
+    def delay_sync(self, name: str, seconds: float) -> None:
+        """Answer a request type only after ``seconds`` (a slow startup sync).
+
+        Args:
+            name: Request name from :data:`SYNC_REQUESTS`.
+            seconds: Delay; 0 removes it.
+        """
+        if seconds > 0:
+            self.sync_delays[name] = seconds
+        else:
+            self.sync_delays.pop(name, None)
+
+    async def nightly_reset(
+        self,
+        silence: float = 2.0,
+        restore_code: int = 1101,
+        farms: Sequence[str] | None = None,
+        stall: bool = False,
+    ) -> None:
+        """Play the nightly server reset story.
+
+        Sends 1100, marks the farms broken (2103/2105/2157), stays silent for
+        ``silence`` seconds (optionally hung), then sends ``restore_code``
+        (1101 data lost or 1102 data maintained) and the farms OK messages.
+
+        Args:
+            silence: Seconds between the loss and the restore.
+            restore_code: 1101 or 1102.
+            farms: Farms to break (default: all known farms).
+            stall: Also hang requests during the silence.
+        """
+        names = list(farms) if farms is not None else list(self.farms) or ["usfarm"]
+        logger.info("fault: nightly reset, silence %.2fs, restore %d", silence, restore_code)
+        await self.send_error(1100)
+        for farm in names:
+            await self.farm_broken(farm)
+        if stall:
+            self.stall()
+        await asyncio.sleep(silence)
+        if stall:
+            self.unstall()
+        await self.send_error(restore_code)
+        for farm in names:
+            await self.farm_ok(farm)

@@ -1,0 +1,318 @@
+"""Request handlers: what the gateway does with each incoming message.
+
+One function per incoming message, each taking the gateway, the client's
+connection and the message's fields (the message id first), and the
+:data:`HANDLERS` table mapping request names to them. :func:`dispatch` runs
+the right one for a logged request; messages without a handler are logged and
+ignored, as are requests sent before ``startApi``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ibkr_connection.simulator import messages
+from ibkr_connection.simulator import protocol as p
+from ibkr_connection.simulator.brokerage import SimOrder
+from ibkr_connection.simulator.transport import ApiClient, Request
+
+if TYPE_CHECKING:
+    # Only for annotations: the gateway imports this module to dispatch.
+    from ibkr_connection.simulator.gateway import FakeGateway
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[["FakeGateway", ApiClient, list[str]], None]
+
+#: Message id of ``startApi``, the one request accepted before the API is started.
+START_API = 71
+
+
+def dispatch(gw: FakeGateway, conn: ApiClient, request: Request) -> None:
+    """Run the handler of a request, if it has one and the client may send it.
+
+    A malformed request (a missing or unparsable field) is logged and
+    ignored: a real gateway does not answer it either.
+
+    Args:
+        gw: The gateway.
+        conn: The connection the request came on.
+        request: The request, already logged.
+    """
+    handler = HANDLERS.get(request.name)
+    if handler is None:
+        logger.info(
+            "client %s sent %s %s; ignored", conn.client_id, request.name, request.fields[1:]
+        )
+        return
+    if request.msg_id != START_API and not conn.ready:
+        logger.warning("client sent %s before startApi; ignored", request.name)
+        return
+    try:
+        handler(gw, conn, request.fields)
+    except (ValueError, IndexError) as exc:
+        logger.warning("malformed %s from client %s: %s", request.name, conn.client_id, exc)
+
+
+# ------------------------------------------------------------ session
+def start_api(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``startApi``: accept the client id, then greet as TWS does."""
+    if not gw.accept_client(conn, int(fields[2])):
+        return
+    conn.send_raw(messages.managed_accounts(gw.accounts))
+    conn.send_raw(messages.next_valid_id(gw.next_valid_id))
+    for notice in gw.farm_notices():
+        conn.send_raw(notice)
+
+
+def req_current_time(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``reqCurrentTime``: the gateway's clock, in whole seconds."""
+    gw.send_reply(conn, "reqCurrentTime", [], messages.current_time(int(time.time())))
+
+
+def req_ids(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``reqIds``: the next valid order id."""
+    conn.send_raw(messages.next_valid_id(gw.next_valid_id))
+
+
+def req_managed_accts(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``reqManagedAccts``: the managed accounts."""
+    conn.send_raw(messages.managed_accounts(gw.accounts))
+
+
+# ------------------------------------------------------------ positions, account
+def req_positions(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``reqPositions``: every position, then live updates on fills."""
+    conn.positions_subscribed = True
+    body = [messages.position(pos) for pos in gw.positions.values()]
+    gw.send_reply(conn, "reqPositions", body, messages.position_end())
+
+
+def cancel_positions(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``cancelPositions``: stop the live position updates."""
+    conn.positions_subscribed = False
+
+
+def req_account_updates(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``reqAccountUpdates``: (un)subscribe to one account's values and portfolio."""
+    subscribe = fields[2] == "1"
+    account = fields[3] if len(fields) > 3 and fields[3] else gw.accounts[0]
+    if not subscribe:
+        conn.account_subscription = None
+        return
+    conn.account_subscription = account
+    body = [
+        messages.account_value(key, value, currency, account)
+        for key, (value, currency) in gw.account_values.items()
+    ]
+    body += [messages.portfolio(pos) for pos in gw.positions.values() if pos.account == account]
+    body.append(messages.account_update_time(time.strftime("%H:%M")))
+    end = messages.account_download_end(account)
+    gw.send_reply(conn, "reqAccountUpdates", body, end)
+
+
+def req_account_updates_multi(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``reqAccountUpdatesMulti``: the account values (one snapshot)."""
+    req_id, account, model = int(fields[2]), fields[3], fields[4]
+    body = [
+        messages.account_update_multi(req_id, account, model, key, value, cur)
+        for key, (value, cur) in gw.account_values.items()
+    ]
+    end = messages.account_update_multi_end(req_id)
+    gw.send_reply(conn, "reqAccountUpdatesMulti", body, end)
+
+
+def req_positions_multi(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``reqPositionsMulti``: no positions, only the end message."""
+    req_id = int(fields[2])
+    gw.send_reply(conn, "reqPositionsMulti", [], messages.position_multi_end(req_id))
+
+
+def req_account_summary(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``reqAccountSummary``: the requested tags of every account."""
+    req_id = int(fields[2])
+    tags = {t for t in fields[4].split(",") if t} if len(fields) > 4 else set()
+    body = [
+        messages.account_summary(req_id, account, key, value, cur)
+        for account in gw.accounts
+        for key, (value, cur) in gw.account_values.items()
+        if not tags or key in tags or "All" in tags
+    ]
+    end = messages.account_summary_end(req_id)
+    gw.send_reply(conn, "reqAccountSummary", body, end)
+
+
+# ------------------------------------------------------------ orders
+def req_open_orders(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``reqOpenOrders`` (own working orders) and ``reqAllOpenOrders`` (everyone's)."""
+    everyone = fields[0] == "16"
+    body: list[bytes] = []
+    for order in gw.orders.values():
+        if order.is_done or not (everyone or order.client_id == conn.client_id):
+            continue
+        body += [messages.open_order(order), messages.order_status(order)]
+    name = "reqAllOpenOrders" if everyone else "reqOpenOrders"
+    gw.send_reply(conn, name, body, messages.open_order_end())
+
+
+def req_completed_orders(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``reqCompletedOrders``: every filled or cancelled order."""
+    body = [messages.completed_order(o) for o in gw.orders.values() if o.is_done]
+    gw.send_reply(conn, "reqCompletedOrders", body, messages.completed_orders_end())
+
+
+def place_order(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``placeOrder``: a new order (filled per the fill mode) or a modification."""
+    assert conn.client_id is not None
+    book = gw.book
+    order_id = int(fields[1])
+    existing = book.orders.get(order_id)
+    if existing is not None:
+        if existing.client_id != conn.client_id or existing.is_done:
+            conn.send_raw(messages.error(order_id, 103, p.default_message(103)))
+            return
+        # modification of a working order
+        existing.total_quantity = float(fields[17] or existing.total_quantity)
+        existing.lmt_price = float(fields[19] or 0)
+        existing.aux_price = float(fields[20] or 0)
+        conn.send_raw(messages.open_order(existing))
+        conn.send_raw(messages.order_status(existing))
+        return
+    inst = book.get_or_create(int(fields[2] or 0), fields[3], fields[4], fields[11])
+    order = SimOrder(
+        order_id=order_id,
+        client_id=conn.client_id,
+        perm_id=book.next_perm_id(),
+        account=fields[23] or book.accounts[0],
+        instrument=inst,
+        action=fields[16],
+        total_quantity=float(fields[17] or 0),
+        order_type=fields[18],
+        lmt_price=float(fields[19] or 0),
+        aux_price=float(fields[20] or 0),
+        tif=fields[21] or "DAY",
+        order_ref=fields[26],
+    )
+    book.add_order(order)
+    logger.info(
+        "client %s placed order %d: %s %s %s %s",
+        conn.client_id,
+        order_id,
+        order.action,
+        order.total_quantity,
+        inst.symbol,
+        order.order_type,
+    )
+    conn.send_raw(messages.open_order(order))
+    conn.send_raw(messages.order_status(order))
+    for quantity in book.fill_plan(order):
+        gw.fill_order(order_id, quantity=quantity)
+
+
+def cancel_order(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``cancelOrder``: cancel a working order, or 10147 if there is none."""
+    order_id = int(fields[2])
+    order = gw.orders.get(order_id)
+    if order is None or order.is_done:
+        text = p.DEFAULT_MESSAGES[10147].format(order_id=order_id)
+        conn.send_raw(messages.error(order_id, 10147, text))
+        return
+    gw.cancel_order(order_id)
+
+
+def global_cancel(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``reqGlobalCancel``: cancel every working order, whoever placed it."""
+    for order in list(gw.orders.values()):
+        if not order.is_done:
+            gw.cancel_order(order.order_id)
+
+
+# ------------------------------------------------------------ executions, contracts
+def req_executions(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``reqExecutions``: the executions matching the filter, with commissions."""
+    req_id = int(fields[2])
+    f_client = int(fields[3] or 0) if len(fields) > 3 else 0
+    f_account = fields[4] if len(fields) > 4 else ""
+    f_symbol = fields[6] if len(fields) > 6 else ""
+    f_sectype = fields[7] if len(fields) > 7 else ""
+    f_side = fields[9] if len(fields) > 9 else ""
+    body: list[bytes] = []
+    for ex in gw.executions:
+        order = ex.order
+        if f_client and order.client_id != f_client:
+            continue
+        if f_account and order.account != f_account:
+            continue
+        if f_symbol and order.instrument.symbol != f_symbol:
+            continue
+        if f_sectype and order.instrument.sec_type != f_sectype:
+            continue
+        if f_side and not messages.exec_side(order.action).startswith(f_side[:1].upper()):
+            continue
+        body += [messages.exec_details(ex, req_id), messages.commission_report(ex)]
+    gw.send_reply(conn, "reqExecutions", body, messages.exec_details_end(req_id))
+
+
+def req_contract_details(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``reqContractDetails``: a known instrument's details, or 200."""
+    req_id = int(fields[2])
+    con_id = int(fields[3] or 0)
+    symbol = fields[4]
+    inst = gw.book.lookup(con_id, symbol, create=False)
+    if inst is None:
+        conn.send_raw(messages.error(req_id, 200, p.default_message(200)))
+        return
+    body = [messages.contract_details(inst, req_id)]
+    end = messages.contract_details_end(req_id)
+    gw.send_reply(conn, "reqContractDetails", body, end)
+
+
+# ------------------------------------------------------------ market data
+def req_mkt_data(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``reqMktData``: subscribe (or snapshot) and send the current quote."""
+    req_id = int(fields[2])
+    inst = gw.book.get_or_create(int(fields[3] or 0), fields[4], fields[5], fields[12])
+    snapshot = len(fields) > 17 and fields[17] == "1"
+    if not snapshot:
+        conn.mkt_data[req_id] = inst
+    if gw.stalled:
+        return
+    conn.send_raw(messages.market_data_type(req_id, 1))
+    for msg in messages.tick_burst(req_id, inst):
+        conn.send_raw(msg)
+    if snapshot:
+        conn.send_raw(messages.tick_snapshot_end(req_id))
+
+
+def cancel_mkt_data(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+    """``cancelMktData``: stop streaming a subscription."""
+    conn.mkt_data.pop(int(fields[2]), None)
+
+
+#: Request name -> handler. ``reqOpenOrders`` and ``reqAllOpenOrders`` share
+#: one handler: the replies differ only in whose orders they list.
+HANDLERS: dict[str, Handler] = {
+    "startApi": start_api,
+    "reqCurrentTime": req_current_time,
+    "reqIds": req_ids,
+    "reqManagedAccts": req_managed_accts,
+    "reqPositions": req_positions,
+    "cancelPositions": cancel_positions,
+    "reqOpenOrders": req_open_orders,
+    "reqAllOpenOrders": req_open_orders,
+    "reqCompletedOrders": req_completed_orders,
+    "reqAccountUpdates": req_account_updates,
+    "reqAccountUpdatesMulti": req_account_updates_multi,
+    "reqPositionsMulti": req_positions_multi,
+    "reqAccountSummary": req_account_summary,
+    "reqExecutions": req_executions,
+    "reqContractDetails": req_contract_details,
+    "reqMktData": req_mkt_data,
+    "cancelMktData": cancel_mkt_data,
+    "placeOrder": place_order,
+    "cancelOrder": cancel_order,
+    "reqGlobalCancel": global_cancel,
+}

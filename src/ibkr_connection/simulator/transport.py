@@ -1,0 +1,401 @@
+"""The gateway's socket side: listening, connections, framing and the handshake.
+
+:class:`GatewayTransport` accepts TCP connections on the caller's event loop,
+gives each one an :class:`ApiClient`, reads the ``API\\0`` prefix and the
+client's version range, answers with the server version, accepts
+``startApi`` (refusing a client id already in use with 326), and turns every
+later frame into a logged :class:`Request` handed to :meth:`_handle_request`,
+which the gateway overrides to dispatch it. It knows nothing of orders or
+accounts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from ibkr_connection.simulator import messages
+from ibkr_connection.simulator import protocol as p
+from ibkr_connection.simulator.protocol import Field
+
+if TYPE_CHECKING:
+    # Only for annotations: the transport carries instruments, never reads them.
+    from ibkr_connection.simulator.brokerage import Instrument
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Request:
+    """One request received from a client.
+
+    Attributes:
+        client_id: API client id (``None`` before ``startApi``).
+        msg_id: Numeric message id.
+        name: Readable name such as ``"reqMktData"``.
+        fields: All fields of the message, the message id first.
+        at: ``time.monotonic()`` when it was received.
+        conn_id: Sequence number of the TCP connection.
+    """
+
+    client_id: int | None
+    msg_id: int
+    name: str
+    fields: list[str]
+    at: float
+    conn_id: int
+
+
+@dataclass
+class ApiClient:
+    """One TCP connection to the gateway.
+
+    Attributes:
+        conn_id: Connection sequence number.
+        peer: Remote address.
+        client_id: API client id once ``startApi`` was accepted.
+        connected_at: ``time.monotonic()`` of the accept.
+        ready: True once ``startApi`` was accepted (in ``FakeGateway.clients``).
+        client_versions: The ``(min, max)`` range the client offered.
+        connect_options: Connect options the client sent.
+        positions_subscribed: True after ``reqPositions``.
+        account_subscription: Account of the active ``reqAccountUpdates``.
+        mkt_data: Active market data subscriptions, reqId -> instrument.
+    """
+
+    conn_id: int
+    peer: str
+    transport: asyncio.Transport = field(repr=False)
+    client_id: int | None = None
+    connected_at: float = 0.0
+    ready: bool = False
+    client_versions: tuple[int, int] = (0, 0)
+    connect_options: str = ""
+    positions_subscribed: bool = False
+    account_subscription: str | None = None
+    mkt_data: dict[int, Instrument] = field(default_factory=dict)
+    held: dict[str, list[bytes]] = field(default_factory=dict, repr=False)
+    backlog: bytearray = field(default_factory=bytearray, repr=False)
+    handles: list[asyncio.TimerHandle] = field(default_factory=list, repr=False)
+    greeted: bool = False
+    reader: p.FrameReader = field(default_factory=p.FrameReader, repr=False)
+
+    def send(self, *fields: Field) -> None:
+        """Send one message to this client (ignored once closing).
+
+        Args:
+            *fields: Message fields, the message id first.
+        """
+        self.send_raw(p.encode_message(fields))
+
+    def send_raw(self, data: bytes) -> None:
+        """Write pre-encoded frames to the socket (ignored once closing).
+
+        Args:
+            data: Framed bytes.
+        """
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+
+class ClientProtocol(asyncio.Protocol):
+    """asyncio protocol bridging one socket to the gateway."""
+
+    def __init__(self, gateway: GatewayTransport) -> None:
+        self.gateway = gateway
+        self.client: ApiClient | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.client = self.gateway._on_connect(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.client is not None:
+            self.gateway._on_data(self.client, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.client is not None:
+            self.gateway._on_disconnect(self.client, exc)
+
+
+class GatewayTransport:
+    """The TCP server and per-client connections of a simulated gateway.
+
+    Args:
+        host: Interface to bind.
+        port: TCP port; 0 picks a free one (see :attr:`port`).
+        server_version: Protocol version announced in the handshake.
+
+    Attributes:
+        host: Interface bound.
+        server_version: Protocol version announced in the handshake.
+        handshake_delay: Seconds before the server version is sent.
+        requests: Every request received, oldest first.
+        accepted_connections: TCP connections accepted so far.
+        handshakes: ``startApi`` requests accepted so far.
+    """
+
+    def __init__(self, host: str, port: int, server_version: int) -> None:
+        self.host = host
+        self._port = port
+        self.server_version = server_version
+        self.handshake_delay: float = 0.0
+        self.requests: list[Request] = []
+        self.accepted_connections = 0
+        self.handshakes = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: dict[int, ApiClient] = {}
+        self._conn_seq = itertools.count(1)
+        # Set by the fault layer; while True incoming bytes wait in each backlog.
+        self._stalled = False
+        self._request_waiters: list[tuple[str, int | None, asyncio.Future[Request]]] = []
+
+    # ------------------------------------------------------------ state
+    @property
+    def port(self) -> int:
+        """The TCP port the gateway listens (or last listened) on."""
+        return self._port
+
+    @property
+    def listening(self) -> bool:
+        """True while the gateway accepts connections."""
+        return self._server is not None
+
+    @property
+    def clients(self) -> list[ApiClient]:
+        """Connected clients whose ``startApi`` was accepted."""
+        return [c for c in self._conns.values() if c.ready]
+
+    @property
+    def connections(self) -> list[ApiClient]:
+        """All open TCP connections, including those still handshaking."""
+        return list(self._conns.values())
+
+    @property
+    def stalled(self) -> bool:
+        """True while the gateway is hung (see ``stall``)."""
+        return self._stalled
+
+    def _client(self, client_id: int | None) -> list[ApiClient]:
+        return [c for c in self.clients if client_id is None or c.client_id == client_id]
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Start listening on :attr:`host` / :attr:`port`."""
+        await self.start_listening()
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection."""
+        await self.stop_listening()
+        for conn in list(self._conns.values()):
+            conn.transport.abort()
+        await asyncio.sleep(0)
+
+    async def start_listening(self) -> None:
+        """Listen again on the same port (no-op if already listening)."""
+        if self._server is not None:
+            return
+        self._server, self._port = await self._create_server(self._port)
+        logger.info("gateway listening on %s:%d", self.host, self._port)
+
+    async def stop_listening(self) -> None:
+        """Stop accepting connections (new ones are refused); existing stay."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            logger.info("gateway stopped listening on port %d", self._port)
+        await asyncio.sleep(0)
+
+    async def _create_server(self, port: int) -> tuple[asyncio.base_events.Server, int]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: ClientProtocol(self), self.host, port, reuse_address=True
+        )
+        return server, int(server.sockets[0].getsockname()[1])
+
+    # ------------------------------------------------------------ connections
+    def _on_connect(self, transport: asyncio.Transport) -> ApiClient:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        conn = ApiClient(
+            conn_id=next(self._conn_seq),
+            peer=f"{peer[0]}:{peer[1]}" if peer else "?",
+            transport=transport,
+            connected_at=time.monotonic(),
+        )
+        self._conns[conn.conn_id] = conn
+        self.accepted_connections += 1
+        logger.info("connection %d accepted from %s", conn.conn_id, conn.peer)
+        return conn
+
+    def _on_disconnect(self, conn: ApiClient, exc: Exception | None) -> None:
+        self._conns.pop(conn.conn_id, None)
+        for handle in conn.handles:
+            handle.cancel()
+        logger.info(
+            "client %s (connection %d) disconnected%s",
+            conn.client_id,
+            conn.conn_id,
+            f": {exc}" if exc else "",
+        )
+
+    def _close_broken(self, conn: ApiClient, reason: str) -> None:
+        logger.warning(
+            "closing connection %d (client %s): %s", conn.conn_id, conn.client_id, reason
+        )
+        conn.transport.abort()
+
+    def _on_data(self, conn: ApiClient, data: bytes) -> None:
+        if self._stalled:
+            conn.backlog += data
+            return
+        try:
+            if not conn.greeted:
+                conn.reader._buffer += data
+                prefix = conn.reader.take_prefix(len(p.API_PREFIX))
+                if prefix is None:
+                    return
+                if prefix != p.API_PREFIX:
+                    self._close_broken(conn, f"bad API prefix {prefix!r}")
+                    return
+                conn.greeted = True
+                data = b""
+            for payload in conn.reader.feed(data):
+                if conn.transport.is_closing():
+                    return
+                self._on_frame(conn, payload)
+        except p.ProtocolError as exc:
+            self._close_broken(conn, str(exc))
+
+    def _on_frame(self, conn: ApiClient, payload: bytes) -> None:
+        if conn.client_versions == (0, 0):
+            low, high, options = p.parse_version_range(payload)
+            conn.client_versions = (low, high)
+            conn.connect_options = options
+            if not low <= self.server_version <= high:
+                self._close_broken(
+                    conn, f"client versions {low}..{high} exclude {self.server_version}"
+                )
+                return
+            self._later(conn, self.handshake_delay, self._send_server_version, conn)
+            return
+        fields = p.split_fields(payload)
+        if not fields:
+            return
+        try:
+            msg_id = int(fields[0])
+        except ValueError:
+            logger.warning("connection %d sent garbage %r; ignored", conn.conn_id, fields[:3])
+            return
+        name = p.INCOMING.get(msg_id, f"unknown{msg_id}")
+        request = Request(conn.client_id, msg_id, name, fields, time.monotonic(), conn.conn_id)
+        self.requests.append(request)
+        self._notify_waiters(request)
+        self._handle_request(conn, request)
+
+    def _handle_request(self, conn: ApiClient, request: Request) -> None:
+        """Act on a logged request; the transport alone answers none.
+
+        Args:
+            conn: The connection it came on.
+            request: The request.
+        """
+        logger.info(
+            "client %s sent %s %s; ignored", conn.client_id, request.name, request.fields[1:]
+        )
+
+    def _later(
+        self, conn: ApiClient, delay: float, func: Callable[..., None], *args: object
+    ) -> None:
+        # Timers belong to the connection so that a disconnect cancels them.
+        if delay <= 0:
+            func(*args)
+            return
+        handle = asyncio.get_running_loop().call_later(delay, func, *args)
+        conn.handles.append(handle)
+
+    def _send_server_version(self, conn: ApiClient) -> None:
+        conn.send_raw(messages.server_version(self.server_version, datetime.now(timezone.utc)))
+
+    def accept_client(self, conn: ApiClient, client_id: int) -> bool:
+        """Accept a ``startApi``, or refuse a client id already in use (326).
+
+        Args:
+            conn: The connection that sent ``startApi``.
+            client_id: The client id it asked for.
+
+        Returns:
+            True if accepted (the connection is ready), False if refused (the
+            connection is closing).
+        """
+        conn.client_id = client_id
+        if any(c.client_id == client_id for c in self.clients):
+            logger.warning(
+                "client id %d already in use; rejecting connection %d", client_id, conn.conn_id
+            )
+            conn.send_raw(messages.error(-1, 326, p.default_message(326)))
+            conn.transport.close()
+            return False
+        conn.ready = True
+        self.handshakes += 1
+        logger.info("client %d connected (connection %d)", client_id, conn.conn_id)
+        return True
+
+    # ------------------------------------------------------------ requests log
+    def requests_named(self, name: str, client_id: int | None = None) -> list[Request]:
+        """Return logged requests with the given name.
+
+        Args:
+            name: Readable request name, e.g. ``"reqMktData"``.
+            client_id: Only this client's requests (``None`` = any).
+
+        Returns:
+            The matching requests, oldest first.
+        """
+        return [
+            r
+            for r in self.requests
+            if r.name == name and (client_id is None or r.client_id == client_id)
+        ]
+
+    async def wait_for_request(
+        self, name: str, client_id: int | None = None, timeout: float = 5.0
+    ) -> Request:
+        """Wait until a request with this name arrives (after the call).
+
+        Args:
+            name: Readable request name.
+            client_id: Only this client's requests (``None`` = any).
+            timeout: Seconds before ``asyncio.TimeoutError``.
+
+        Returns:
+            The request.
+        """
+        fut: asyncio.Future[Request] = asyncio.get_running_loop().create_future()
+        entry = (name, client_id, fut)
+        self._request_waiters.append(entry)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            if entry in self._request_waiters:
+                self._request_waiters.remove(entry)
+
+    def _notify_waiters(self, request: Request) -> None:
+        for name, client_id, fut in list(self._request_waiters):
+            if name == request.name and client_id in (None, request.client_id) and not fut.done():
+                fut.set_result(request)
+
+    def clear_requests(self) -> None:
+        """Forget the request log."""
+        self.requests.clear()

@@ -1,0 +1,118 @@
+"""The simulated brokerage on its own: no socket, no event loop."""
+
+from __future__ import annotations
+
+import pytest
+
+from ibkr_connection.simulator.brokerage import Brokerage, FillMode, SimOrder
+
+
+def make_book(fill_mode: FillMode = "manual") -> Brokerage:
+    """A book with two accounts, AAPL at 100 and order ids from 10."""
+    return Brokerage(
+        ["DU1", "DU2"], 10, fill_mode=fill_mode, commission=1.25, prices={"AAPL": 100.0}
+    )
+
+
+def place(book: Brokerage, action: str, quantity: float, order_id: int | None = None) -> SimOrder:
+    """Record a market order for AAPL in the first account."""
+    order = SimOrder(
+        order_id=book.next_valid_id if order_id is None else order_id,
+        client_id=1,
+        perm_id=book.next_perm_id(),
+        account="DU1",
+        instrument=book.find_instrument("AAPL"),
+        action=action,
+        total_quantity=quantity,
+        order_type="MKT",
+    )
+    return book.add_order(order)
+
+
+def test_position_average_cost_and_realized_pnl() -> None:
+    """Buys average in; a sale through zero realizes PnL and flips the position."""
+    book = make_book()
+    book.fill(place(book, "BUY", 10).order_id, price=100.0)
+    book.fill(place(book, "BUY", 10).order_id, price=110.0)
+    pos = book.positions[("DU1", book.instruments["AAPL"].con_id)]
+    assert (pos.quantity, pos.avg_cost, pos.realized_pnl) == (20, 105, 0)
+    ex = book.fill(place(book, "SELL", 25).order_id, price=120.0)
+    assert ex.realized_pnl == 300  # (120 - 105) * 20 closed
+    assert (pos.quantity, pos.avg_cost) == (-5, 120)
+    book.fill(place(book, "BUY", 5).order_id, price=100.0)
+    assert (pos.quantity, pos.avg_cost, pos.realized_pnl) == (0, 0, 400)
+
+
+def test_fill_books_execution_and_completes_order() -> None:
+    """Partial fills accumulate; the last one marks the order Filled with a time."""
+    book = make_book()
+    order = place(book, "BUY", 10)
+    first = book.fill(order.order_id, 4, price=100.0)
+    second = book.fill(order.order_id, price=101.0)
+    assert (first.cum_qty, second.cum_qty, second.shares) == (4, 10, 6)
+    assert second.avg_price == pytest.approx(100.6)
+    assert second.commission == 1.25
+    assert first.exec_id != second.exec_id
+    assert order.status == "Filled" and order.completed_time.endswith(" UTC")
+    assert book.executions == [first, second]
+    with pytest.raises(ValueError, match="Filled"):
+        book.fill(order.order_id)
+    with pytest.raises(KeyError):
+        book.fill(999)
+
+
+@pytest.mark.parametrize(
+    ("mode", "quantity", "fills"),
+    [
+        ("immediate", 10, [10]),
+        ("manual", 10, []),
+        (("parts", 3), 10, [3, 3, 4]),
+        (("parts", 4), 2, [2]),  # parts of 0 are skipped; the last takes what remains
+        (("parts", 0), 5, [5]),
+    ],
+)
+def test_fill_plan(mode: FillMode, quantity: float, fills: list[float]) -> None:
+    """The fill mode decides the fills made right after an order is placed."""
+    book = make_book(mode)
+    order = place(book, "BUY", quantity)
+    made = []
+    for qty in book.fill_plan(order):
+        made.append(qty)
+        book.fill(order.order_id, qty)
+    assert made == fills
+
+
+def test_cancel_only_working_orders() -> None:
+    """cancel reports whether it changed anything; unknown ids raise KeyError."""
+    book = make_book()
+    order = place(book, "BUY", 1)
+    assert book.cancel(order.order_id) is True
+    assert order.status == "Cancelled" and order.completed_time
+    assert book.cancel(order.order_id) is False
+    with pytest.raises(KeyError):
+        book.cancel(999)
+
+
+def test_next_valid_id_never_goes_back_on_orders() -> None:
+    """Recording an order moves the next valid id past it, never backwards."""
+    book = make_book()
+    place(book, "BUY", 1, order_id=50)
+    assert book.next_valid_id == 51
+    place(book, "BUY", 1, order_id=20)
+    assert book.next_valid_id == 51
+
+
+def test_instrument_lookup() -> None:
+    """By conId first, then symbol; unknown symbols are created unless told not to."""
+    book = make_book()
+    aapl = book.instruments["AAPL"]
+    assert book.lookup(aapl.con_id, "") is aapl
+    assert book.lookup(0, "MSFT", create=False) is None
+    msft = book.get_or_create(0, "MSFT", "STK", "USD")
+    assert (msft.last, msft.bid, msft.ask) == (100.0, 99.99, 100.01)
+    with pytest.raises(ValueError, match="no symbol"):
+        book.get_or_create(0, "", "STK", "USD")
+    with pytest.raises(KeyError):
+        book.find_instrument(123)
+    moved = book.set_prices("AAPL", 150.0, bid=149.5)
+    assert (moved.last, moved.bid, moved.ask) == (150.0, 149.5, 100.01)
