@@ -78,7 +78,8 @@ async def _serve_metrics(manager: ConnectionManager, port: int | None,
                          write: Write, degraded_ok: bool = False) -> Any:
     if port is None:
         return None
-    from ibkr_connection.metrics import ConnectionMetrics, HealthServer
+    from ibkr_connection.health import HealthServer
+    from ibkr_connection.metrics import ConnectionMetrics
 
     metrics = ConnectionMetrics()
     metrics.bind(manager)
