@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="API port (default IBKR_PORT or 4002)")
     watch.add_argument("--client-id", type=int, default=None,
                        help="client id (default IBKR_CLIENT_ID or 1)")
+    watch.add_argument("-q", "--quiet", action="store_true",
+                       help="print the transition lines only (no endpoint notice, no summary)")
     _add_metrics_options(watch)
     watch.set_defaults(func=_watch)
 
@@ -56,8 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_metrics_options(command: argparse.ArgumentParser) -> None:
     """The metrics endpoint's options, shared by ``demo`` and ``watch``."""
+    from ibkr_connection.health import DEFAULT_HOST
+
     command.add_argument("--metrics-port", type=int, default=None,
-                         help="serve /metrics and /healthz on 127.0.0.1:PORT")
+                         help="serve /metrics and /healthz on HOST:PORT (needs the metrics "
+                              "extra)")
+    command.add_argument("--metrics-host", default=DEFAULT_HOST,
+                         help=f"address the endpoint binds (default {DEFAULT_HOST}; "
+                              "0.0.0.0 in a container)")
     command.add_argument("--healthz-degraded-ok", action="store_true",
                          help="/healthz answers 200 while degraded too")
 
@@ -68,18 +76,29 @@ def _quiet_client_logs(args: argparse.Namespace) -> None:
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+def _write(text: str) -> None:
+    """Write to stdout at once: a pipe (a container's log, ``tee``) must not sit on lines."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
 def _demo(args: argparse.Namespace) -> int:
-    from ibkr_connection.demo import run_demo
+    from ibkr_connection.demo import EndpointUnavailable, run_demo
 
     _quiet_client_logs(args)
-    return asyncio.run(run_demo(sys.stdout.write, seed=args.seed,
-                                metrics_port=args.metrics_port,
-                                degraded_ok=args.healthz_degraded_ok))
+    try:
+        return asyncio.run(run_demo(_write, seed=args.seed,
+                                    metrics_port=args.metrics_port,
+                                    degraded_ok=args.healthz_degraded_ok,
+                                    metrics_host=args.metrics_host))
+    except EndpointUnavailable as exc:
+        sys.stderr.write(f"ibkr-connection demo: {exc}\n")
+        return 2
 
 
 def _watch(args: argparse.Namespace) -> int:
     from ibkr_connection.config import ConnectionConfig
-    from ibkr_connection.demo import run_watch
+    from ibkr_connection.demo import EndpointUnavailable, run_watch
     from ibkr_connection.errors import ConfigError
 
     overrides = {name: value for name, value in (
@@ -90,8 +109,13 @@ def _watch(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"ibkr-connection watch: {exc}\n")
         return 2
-    return asyncio.run(run_watch(sys.stdout.write, config, metrics_port=args.metrics_port,
-                                 degraded_ok=args.healthz_degraded_ok))
+    try:
+        return asyncio.run(run_watch(_write, config, metrics_port=args.metrics_port,
+                                     degraded_ok=args.healthz_degraded_ok,
+                                     metrics_host=args.metrics_host, quiet=args.quiet))
+    except EndpointUnavailable as exc:
+        sys.stderr.write(f"ibkr-connection watch: {exc}\n")
+        return 2
 
 
 def _replay(args: argparse.Namespace) -> int:

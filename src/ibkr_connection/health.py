@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 #: States in which the bot has a usable session (orders and, mostly, data).
 USABLE_STATES = frozenset({ConnectionState.CONNECTED, ConnectionState.DEGRADED})
 
+#: The default bind address: loopback, so nothing is exposed beyond the
+#: machine unless asked for (in a container, 0.0.0.0).
+DEFAULT_HOST = "127.0.0.1"
+
 #: The Prometheus text format version 0.0.4, which ``generate_latest`` writes.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -93,7 +97,7 @@ class HealthServer:
         metrics: MetricsSource | None,
         state: Callable[[], ConnectionState],
         *,
-        host: str = "127.0.0.1",
+        host: str = DEFAULT_HOST,
         port: int = 0,
         degraded_ok: bool = False,
         read_timeout: float = 5.0,
