@@ -20,12 +20,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     diagram = sub.add_parser(
-        "diagram", help="write the state diagrams and tables into diagrams/"
+        "diagram", help="write the state diagrams and tables into diagrams/, and the "
+                        "scenario reference into docs/"
     )
     diagram.add_argument("--out", type=Path, default=Path("diagrams"), help="output folder")
     diagram.add_argument(
         "--check", action="store_true", help="only report files that drifted from the code"
     )
+    diagram.add_argument("--docs", type=Path, default=None,
+                         help="folder of the generated reference pages (default: docs/ next "
+                              "to the output folder)")
     diagram.add_argument("--no-svg", action="store_true", help="skip the Graphviz SVG")
     diagram.set_defaults(func=_diagram)
 
@@ -139,12 +143,13 @@ def _replay(args: argparse.Namespace) -> int:
 def _diagram(args: argparse.Namespace) -> int:
     from ibkr_connection import diagram
 
+    docs = args.docs if args.docs is not None else args.out.parent / "docs"
     if args.check:
-        stale = diagram.drift(args.out)
-        for name in stale:
-            sys.stderr.write(f"{args.out / name} is out of date: run 'ibkr-connection diagram'\n")
+        stale = diagram.stale_paths(args.out, docs)
+        for path in stale:
+            sys.stderr.write(f"{path} is out of date: run 'ibkr-connection diagram'\n")
         return 1 if stale else 0
-    for path in diagram.write_all(args.out, with_svg=not args.no_svg):
+    for path in diagram.write_all(args.out, with_svg=not args.no_svg, docs=docs):
         sys.stdout.write(f"wrote {path}\n")
     return 0
 
