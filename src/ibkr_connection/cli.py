@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metrics_options(watch)
     watch.set_defaults(func=_watch)
 
-    replay = sub.add_parser("replay", help="re-feed a journal and check the transitions match")
+    replay = sub.add_parser(
+        "replay", help="re-feed a journal and check the transitions match (exit 0 if all do, "
+                       "1 if some differ, 2 if the file is not a journal)")
     replay.add_argument("journal", type=Path, help="a JSON Lines journal written by the manager")
     replay.set_defaults(func=_replay)
 
@@ -123,21 +125,31 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from ibkr_connection.manager import replay_journal
+    from ibkr_connection.errors import JournalError
+    from ibkr_connection.journal import replay_file
 
     try:
-        recorded, replayed = replay_journal(args.journal.read_text().splitlines())
-    except (OSError, ValueError, KeyError) as exc:
+        result = replay_file(args.journal)
+    except OSError as exc:
         sys.stderr.write(f"ibkr-connection replay: cannot read {args.journal}: {exc}\n")
         return 2
-    mismatches = [(i, r, p) for i, (r, p) in enumerate(zip(recorded, replayed, strict=True))
-                  if r != p]
-    for index, rec, rep in mismatches:
-        sys.stdout.write(f"input {index}: {rec['input']}: journal says {rec['state']}, "
-                         f"the machine now says {rep['state']}\n")
-    verdict = f"{len(mismatches)} differ" if mismatches else "all transitions match"
-    sys.stdout.write(f"{len(recorded)} inputs replayed: {verdict}\n")
-    return 0 if not mismatches else 1
+    except JournalError as exc:
+        sys.stderr.write(f"ibkr-connection replay: {args.journal}: {exc}\n")
+        return 2
+    for index, step in enumerate(result.inputs):
+        if not step.matches:
+            sys.stdout.write(f"input {index}: {step.input} (line {step.line}): journal says "
+                             f"{step.recorded}, the machine now says {step.replayed}\n")
+    for line in result.cut_lines:
+        # A crash mid-write cuts the last line; the lines before it are whole.
+        sys.stdout.write(f"line {line}: cut mid-write (the bot stopped while writing it), "
+                         f"not replayed\n")
+    mismatches = len(result.mismatches)
+    verdict = f"{mismatches} differ" if mismatches else "all transitions match"
+    complete = "complete inputs" if result.cut_lines else "inputs"
+    sessions = f" in {result.sessions} sessions" if result.sessions > 1 else ""
+    sys.stdout.write(f"{len(result.inputs)} {complete}{sessions} replayed: {verdict}\n")
+    return 1 if mismatches else 0
 
 
 def _diagram(args: argparse.Namespace) -> int:

@@ -12,8 +12,9 @@ gateway, so a bot can tell "my code is wrong" from "the gateway is down"::
     │   ├── ConnectFailedError     retries exhausted (retryable failures only)
     │   └── FatalConnectError      a failure retrying cannot fix (e.g. unknown account)
     │       └── AccountError       the configured account is not managed by this login
-    └── OrderRejectedError         the library refused to send an order (read-only,
-                                   or the connection is not usable)
+    ├── OrderRejectedError         the library refused to send an order (read-only,
+    │                              or the connection is not usable)
+    └── JournalError               a journal cannot be replayed (names the line)
 """
 
 from __future__ import annotations
@@ -61,3 +62,15 @@ class AccountError(FatalConnectError):
 
 class OrderRejectedError(IBKRConnectionError):
     """The library refused to send an order or a cancel to the gateway."""
+
+
+class JournalError(IBKRConnectionError, ValueError):
+    """A journal cannot be replayed: a line is not a record, or none is a header.
+
+    Attributes:
+        line: the offending line's number (from 1), or None for the file as a whole.
+    """
+
+    def __init__(self, line: int | None, message: str) -> None:
+        super().__init__(f"line {line}: {message}" if line is not None else message)
+        self.line = line
