@@ -103,8 +103,12 @@ async def test_a_restarted_bot_appends_a_new_session_after_a_cut_line(
     """After a crash, the next manager's header starts a new line; each session replays afresh."""
     path = tmp_path / "conn.jsonl"
     async with FakeGateway() as gw:
-        await _record_session(path, gw)
-        # The crash cut the line of the stop: the first session ends connected.
+        first = await _record_session(path, gw, stop=False)
+        at_crash = path.read_bytes()
+        await first.stop()
+        # The bot died while connected, writing the line of the farm's recovery:
+        # its session ends degraded, where a connect would change nothing.
+        path.write_bytes(at_crash)
         cut = _cut_last_line(path)
         await _record_session(path, gw)
     lines = path.read_text().splitlines()
