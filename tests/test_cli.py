@@ -1,10 +1,16 @@
-"""The command line: demo, diagram check, replay."""
+"""The command line: demo, watch, diagram check, replay."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -130,3 +136,105 @@ async def test_watch_live_view_and_endpoints() -> None:
         assert await watch == 0
         assert "connected -> degraded" in "".join(lines)
         assert "time in each state" in "".join(lines)
+
+
+# -- the command line as an operator runs it: a real process, real sockets -------------------
+
+#: Runs the CLI in a child process; the first argument says whether to hide prometheus_client
+#: (an import of a module set to None in sys.modules fails, as if it were not installed).
+_CHILD = """
+import sys
+if sys.argv[1] == "hide":
+    sys.modules["prometheus_client"] = None
+from ibkr_connection.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+#: The child's environment: stdout a pipe, block-buffered, as under a process supervisor.
+_CHILD_ENV = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+
+
+def _cli(*args: str, hide_prometheus: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``ibkr-connection ARGS`` in a child process and wait for it to exit."""
+    return subprocess.run(
+        [sys.executable, "-c", _CHILD, "hide" if hide_prometheus else "show", *args],
+        capture_output=True, text=True, timeout=120, check=False, env=_CHILD_ENV,
+    )
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that another socket is listening on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", ["watch", "demo"])
+def test_metrics_port_taken_is_one_line_and_status_2(command: str, taken_port: int) -> None:
+    """A taken --metrics-port gives one line naming the port and the reason, and exit 2."""
+    done = _cli(command, "--port", str(taken_port), "--metrics-port", str(taken_port)
+                ) if command == "watch" else _cli(command, "--metrics-port", str(taken_port))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"ibkr-connection {command}: cannot serve /metrics and /healthz on "
+        f"127.0.0.1:{taken_port}: Address already in use"]
+
+
+@pytest.mark.parametrize("command", ["watch", "demo"])
+def test_metrics_port_without_the_extra_says_how_to_install_it(command: str) -> None:
+    """Without prometheus_client, --metrics-port gives one line on how to install it, exit 2."""
+    done = _cli(command, "--metrics-port", "0", hide_prometheus=True)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"ibkr-connection {command}: --metrics-port needs prometheus_client")
+    assert "pip install 'ibkr-connection[metrics]'" in lines[0]
+    assert "uv sync --extra metrics" in lines[0]
+
+
+def test_metrics_host_is_the_address_bound() -> None:
+    """--metrics-host reaches the bind: an address not on this machine is refused by name."""
+    done = _cli("watch", "--metrics-host", "203.0.113.1", "--metrics-port", "0")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "ibkr-connection watch: cannot serve /metrics and /healthz on 203.0.113.1:0: "
+        "Cannot assign requested address"]
+
+
+_TRANSITION_LINE = re.compile(r"^ *\d+\.\d{3}s +[a-z]+ -> [a-z]+ +[a-z_]+.*: .+$")
+
+
+async def test_watch_quiet_prints_transition_lines_only() -> None:
+    """watch -q writes each transition line as it happens and nothing else, and exits 0."""
+    from ibkr_connection.simulator import FakeGateway
+
+    async with FakeGateway() as gw:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _CHILD, "show", "watch", "-q", "--port", str(gw.port),
+            "--client-id", "3", "--metrics-port", "0", env=_CHILD_ENV,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert child.stdout is not None
+        lines: list[str] = []
+        try:
+            # The child writes into a pipe: lines arrive only if it flushes each one.
+            while not any("connecting -> connected" in line for line in lines):
+                line = await asyncio.wait_for(child.stdout.readline(), 60)
+                assert line, "watch exited early"
+                lines.append(line.decode())
+            await gw.farm_broken("usfarm")
+            lines.append((await asyncio.wait_for(child.stdout.readline(), 60)).decode())
+            child.send_signal(signal.SIGINT)
+            rest, err = await asyncio.wait_for(child.communicate(), 60)
+        finally:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+    lines += rest.decode().splitlines(keepends=True)
+    assert child.returncode == 0, err.decode()
+    assert "connected -> degraded" in "".join(lines)
+    assert [line for line in lines if not _TRANSITION_LINE.match(line.rstrip("\n"))] == []
+    assert len(lines) >= 4  # connect, connected, degraded, disconnect

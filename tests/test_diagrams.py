@@ -9,11 +9,12 @@ from ibkr_connection.inputs import InputKind
 from ibkr_connection.machine import ConnectionState
 
 DIAGRAMS = Path(__file__).resolve().parent.parent / "diagrams"
+DOCS = DIAGRAMS.parent / "docs"
 
 
 def test_no_drift() -> None:
-    """diagrams/ is what `ibkr-connection diagram` would write now."""
-    assert diagram.drift(DIAGRAMS) == [], "run: uv run ibkr-connection diagram"
+    """diagrams/, the README's diagram and docs/scenarios.md are what `diagram` would write."""
+    assert diagram.drift(DIAGRAMS, docs=DOCS) == [], "run: uv run ibkr-connection diagram"
 
 
 def test_mermaid_names_every_state_and_move() -> None:
@@ -48,3 +49,14 @@ def test_readme_shows_the_generated_diagram(tmp_path: Path) -> None:
     diagram.write_all(out, with_svg=False)
     (tmp_path / "README.md").write_text(readme.replace("attempt_succeeded", "edited", 1))
     assert "README.md" in diagram.drift(out)
+
+
+def test_scenario_reference_drift_detected(tmp_path: Path) -> None:
+    """An edit to the generated scenario reference is drift, reported with its path."""
+    diagram.write_all(tmp_path / "diagrams", with_svg=False, docs=tmp_path / "docs")
+    page = tmp_path / "docs" / "scenarios.md"
+    assert "### `nightly_reset`" in page.read_text()
+    page.write_text(page.read_text().replace("`outage`", "`pause`"))
+    assert page in diagram.stale_paths(tmp_path / "diagrams", tmp_path / "docs")
+    assert diagram.drift(tmp_path / "diagrams", tmp_path / "docs") == [
+        "connection.svg", "scenarios.md"]

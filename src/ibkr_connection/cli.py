@@ -20,12 +20,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     diagram = sub.add_parser(
-        "diagram", help="write the state diagrams and tables into diagrams/"
+        "diagram", help="write the state diagrams and tables into diagrams/, and the "
+                        "scenario reference into docs/"
     )
     diagram.add_argument("--out", type=Path, default=Path("diagrams"), help="output folder")
     diagram.add_argument(
         "--check", action="store_true", help="only report files that drifted from the code"
     )
+    diagram.add_argument("--docs", type=Path, default=None,
+                         help="folder of the generated reference pages (default: docs/ next "
+                              "to the output folder)")
     diagram.add_argument("--no-svg", action="store_true", help="skip the Graphviz SVG")
     diagram.set_defaults(func=_diagram)
 
@@ -41,10 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="API port (default IBKR_PORT or 4002)")
     watch.add_argument("--client-id", type=int, default=None,
                        help="client id (default IBKR_CLIENT_ID or 1)")
+    watch.add_argument("-q", "--quiet", action="store_true",
+                       help="print the transition lines only (no endpoint notice, no summary)")
     _add_metrics_options(watch)
     watch.set_defaults(func=_watch)
 
-    replay = sub.add_parser("replay", help="re-feed a journal and check the transitions match")
+    replay = sub.add_parser(
+        "replay", help="re-feed a journal and check the transitions match (exit 0 if all do, "
+                       "1 if some differ, 2 if the file is not a journal)")
     replay.add_argument("journal", type=Path, help="a JSON Lines journal written by the manager")
     replay.set_defaults(func=_replay)
 
@@ -56,8 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_metrics_options(command: argparse.ArgumentParser) -> None:
     """The metrics endpoint's options, shared by ``demo`` and ``watch``."""
+    from ibkr_connection.health import DEFAULT_HOST
+
     command.add_argument("--metrics-port", type=int, default=None,
-                         help="serve /metrics and /healthz on 127.0.0.1:PORT")
+                         help="serve /metrics and /healthz on HOST:PORT (needs the metrics "
+                              "extra)")
+    command.add_argument("--metrics-host", default=DEFAULT_HOST,
+                         help=f"address the endpoint binds (default {DEFAULT_HOST}; "
+                              "0.0.0.0 in a container)")
     command.add_argument("--healthz-degraded-ok", action="store_true",
                          help="/healthz answers 200 while degraded too")
 
@@ -68,18 +82,29 @@ def _quiet_client_logs(args: argparse.Namespace) -> None:
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+def _write(text: str) -> None:
+    """Write to stdout at once: a pipe (a container's log, ``tee``) must not sit on lines."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
 def _demo(args: argparse.Namespace) -> int:
-    from ibkr_connection.demo import run_demo
+    from ibkr_connection.demo import EndpointUnavailable, run_demo
 
     _quiet_client_logs(args)
-    return asyncio.run(run_demo(sys.stdout.write, seed=args.seed,
-                                metrics_port=args.metrics_port,
-                                degraded_ok=args.healthz_degraded_ok))
+    try:
+        return asyncio.run(run_demo(_write, seed=args.seed,
+                                    metrics_port=args.metrics_port,
+                                    degraded_ok=args.healthz_degraded_ok,
+                                    metrics_host=args.metrics_host))
+    except EndpointUnavailable as exc:
+        sys.stderr.write(f"ibkr-connection demo: {exc}\n")
+        return 2
 
 
 def _watch(args: argparse.Namespace) -> int:
     from ibkr_connection.config import ConnectionConfig
-    from ibkr_connection.demo import run_watch
+    from ibkr_connection.demo import EndpointUnavailable, run_watch
     from ibkr_connection.errors import ConfigError
 
     overrides = {name: value for name, value in (
@@ -90,37 +115,53 @@ def _watch(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"ibkr-connection watch: {exc}\n")
         return 2
-    return asyncio.run(run_watch(sys.stdout.write, config, metrics_port=args.metrics_port,
-                                 degraded_ok=args.healthz_degraded_ok))
+    try:
+        return asyncio.run(run_watch(_write, config, metrics_port=args.metrics_port,
+                                     degraded_ok=args.healthz_degraded_ok,
+                                     metrics_host=args.metrics_host, quiet=args.quiet))
+    except EndpointUnavailable as exc:
+        sys.stderr.write(f"ibkr-connection watch: {exc}\n")
+        return 2
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from ibkr_connection.manager import replay_journal
+    from ibkr_connection.errors import JournalError
+    from ibkr_connection.journal import replay_file
 
     try:
-        recorded, replayed = replay_journal(args.journal.read_text().splitlines())
-    except (OSError, ValueError, KeyError) as exc:
+        result = replay_file(args.journal)
+    except OSError as exc:
         sys.stderr.write(f"ibkr-connection replay: cannot read {args.journal}: {exc}\n")
         return 2
-    mismatches = [(i, r, p) for i, (r, p) in enumerate(zip(recorded, replayed, strict=True))
-                  if r != p]
-    for index, rec, rep in mismatches:
-        sys.stdout.write(f"input {index}: {rec['input']}: journal says {rec['state']}, "
-                         f"the machine now says {rep['state']}\n")
-    verdict = f"{len(mismatches)} differ" if mismatches else "all transitions match"
-    sys.stdout.write(f"{len(recorded)} inputs replayed: {verdict}\n")
-    return 0 if not mismatches else 1
+    except JournalError as exc:
+        sys.stderr.write(f"ibkr-connection replay: {args.journal}: {exc}\n")
+        return 2
+    for index, step in enumerate(result.inputs):
+        if not step.matches:
+            sys.stdout.write(f"input {index}: {step.input} (line {step.line}): journal says "
+                             f"{step.recorded}, the machine now says {step.replayed}\n")
+    for line in result.cut_lines:
+        # A crash mid-write cuts the last line; the lines before it are whole.
+        sys.stdout.write(f"line {line}: cut mid-write (the bot stopped while writing it), "
+                         f"not replayed\n")
+    mismatches = len(result.mismatches)
+    verdict = f"{mismatches} differ" if mismatches else "all transitions match"
+    complete = "complete inputs" if result.cut_lines else "inputs"
+    sessions = f" in {result.sessions} sessions" if result.sessions > 1 else ""
+    sys.stdout.write(f"{len(result.inputs)} {complete}{sessions} replayed: {verdict}\n")
+    return 1 if mismatches else 0
 
 
 def _diagram(args: argparse.Namespace) -> int:
     from ibkr_connection import diagram
 
+    docs = args.docs if args.docs is not None else args.out.parent / "docs"
     if args.check:
-        stale = diagram.drift(args.out)
-        for name in stale:
-            sys.stderr.write(f"{args.out / name} is out of date: run 'ibkr-connection diagram'\n")
+        stale = diagram.stale_paths(args.out, docs)
+        for path in stale:
+            sys.stderr.write(f"{path} is out of date: run 'ibkr-connection diagram'\n")
         return 1 if stale else 0
-    for path in diagram.write_all(args.out, with_svg=not args.no_svg):
+    for path in diagram.write_all(args.out, with_svg=not args.no_svg, docs=docs):
         sys.stdout.write(f"wrote {path}\n")
     return 0
 

@@ -5,12 +5,17 @@ client through a farm outage, a nightly-reset style 1100/1101, a gateway
 restart and a hung gateway, printing every transition with its elapsed time
 and cause, then a summary. ``watch`` prints the same live view against a real
 gateway until Ctrl-C.
+
+Both can serve ``/metrics`` and ``/healthz`` (``metrics_port``); an endpoint
+that cannot be served (the ``metrics`` extra is missing, the port is taken)
+raises :class:`EndpointUnavailable` before anything connects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,10 +23,29 @@ from typing import Any
 
 from ibkr_connection import adapter
 from ibkr_connection.config import ConnectionConfig
+from ibkr_connection.errors import UsageError
+from ibkr_connection.health import DEFAULT_HOST
 from ibkr_connection.machine import ConnectionState, Transition
 from ibkr_connection.manager import USABLE_STATES, ConnectionManager
 
 Write = Callable[[str], Any]
+
+#: How to get the optional ``prometheus_client``, for error messages.
+METRICS_EXTRA_HINT = ("pip install 'ibkr-connection[metrics]' "
+                      "(in a checkout: uv sync --extra metrics)")
+
+
+class EndpointUnavailable(UsageError):
+    """``/metrics`` and ``/healthz`` cannot be served as asked.
+
+    The ``metrics`` extra (``prometheus_client``) is not installed, or the
+    address cannot be bound (the port is taken, the host is not local). The
+    message says which, in one line.
+    """
+
+
+def _ignore(text: str) -> None:
+    """A writer that drops what it is given (the quiet mode's chatter)."""
 
 
 @dataclass
@@ -74,24 +98,50 @@ class LiveView:
         return "\n".join(lines) + "\n"
 
 
-async def _serve_metrics(manager: ConnectionManager, port: int | None,
-                         write: Write, degraded_ok: bool = False) -> Any:
+async def _serve_metrics(manager: ConnectionManager, port: int | None, write: Write,
+                         degraded_ok: bool = False,
+                         host: str = DEFAULT_HOST) -> Any:
+    """Start the endpoint for ``manager`` (None when ``port`` is None).
+
+    Raises:
+        EndpointUnavailable: the metrics extra is missing or ``host:port``
+            cannot be bound.
+    """
     if port is None:
         return None
-    from ibkr_connection.metrics import ConnectionMetrics, HealthServer
+    try:
+        from ibkr_connection.metrics import ConnectionMetrics
+    except ImportError as exc:
+        raise EndpointUnavailable(
+            f"--metrics-port needs prometheus_client, which is not installed: "
+            f"{METRICS_EXTRA_HINT}") from exc
+    from ibkr_connection.health import HealthServer
 
     metrics = ConnectionMetrics()
     metrics.bind(manager)
-    server = HealthServer(metrics, lambda: manager.state, port=port, degraded_ok=degraded_ok)
-    await server.start()
-    write(f"metrics on http://127.0.0.1:{server.port}/metrics, "
-          f"health on http://127.0.0.1:{server.port}/healthz\n")
+    server = HealthServer(metrics, lambda: manager.state, host=host, port=port,
+                          degraded_ok=degraded_ok)
+    try:
+        await server.start()
+    except OSError as exc:
+        # asyncio rewords the error ("error while attempting to bind on address
+        # ...: address already in use"); the errno's own text is the reason.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise EndpointUnavailable(
+            f"cannot serve /metrics and /healthz on {host}:{port}: {reason}") from exc
+    write(f"metrics on http://{host}:{server.port}/metrics, "
+          f"health on http://{host}:{server.port}/healthz\n")
     return server
 
 
 async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = None,
-                   pause: float = 1.0, degraded_ok: bool = False) -> int:
-    """Tell the recovery story against the embedded simulator; return an exit status."""
+                   pause: float = 1.0, degraded_ok: bool = False,
+                   metrics_host: str = DEFAULT_HOST) -> int:
+    """Tell the recovery story against the embedded simulator; return an exit status.
+
+    Raises:
+        EndpointUnavailable: ``metrics_port`` cannot be served.
+    """
     from ibkr_connection.policy import RecoveryPolicy
     from ibkr_connection.simulator import FakeGateway
 
@@ -101,7 +151,12 @@ async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = No
         loop = asyncio.get_running_loop()
         view = LiveView(write, started=loop.time())
         manager.stateChangeEvent += view.on_transition
-        server = await _serve_metrics(manager, metrics_port, write, degraded_ok)
+        try:
+            server = await _serve_metrics(manager, metrics_port, write, degraded_ok,
+                                          metrics_host)
+        except EndpointUnavailable:
+            await manager.stop()
+            raise
         write(f"simulated gateway on 127.0.0.1:{gw.port}; defaults: backoff 50-250 ms, "
               f"heartbeat after {config.heartbeat_idle:g}s idle + "
               f"{config.heartbeat_timeout:g}s probe\n\n")
@@ -156,7 +211,8 @@ async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = No
 
 async def run_watch(write: Write, config: ConnectionConfig,
                     metrics_port: int | None = None, degraded_ok: bool = False,
-                    stop: asyncio.Event | None = None, ib: Any = None) -> int:
+                    stop: asyncio.Event | None = None, ib: Any = None, *,
+                    metrics_host: str = DEFAULT_HOST, quiet: bool = False) -> int:
     """Connect to a gateway and print transitions until Ctrl-C (or ``stop`` is set).
 
     Args:
@@ -166,12 +222,23 @@ async def run_watch(write: Write, config: ConnectionConfig,
         degraded_ok: ``/healthz`` reports ``degraded`` as healthy.
         stop: an event that ends the watch (SIGINT and SIGTERM set it too).
         ib: the IB object (a new ``ib_insync.IB`` by default).
+        metrics_host: the address the endpoint binds.
+        quiet: write the transition lines only (no endpoint notice, no summary).
+
+    Raises:
+        EndpointUnavailable: ``metrics_port`` cannot be served; raised before
+            any connection attempt.
     """
+    chatter = _ignore if quiet else write
     manager = ConnectionManager(ib if ib is not None else adapter.new_ib(), config)
     loop = asyncio.get_running_loop()
     view = LiveView(write, started=loop.time())
     manager.stateChangeEvent += view.on_transition
-    server = await _serve_metrics(manager, metrics_port, write, degraded_ok)
+    try:
+        server = await _serve_metrics(manager, metrics_port, chatter, degraded_ok, metrics_host)
+    except EndpointUnavailable:
+        await manager.stop()  # releases its handlers on the IB object
+        raise
     done = stop or asyncio.Event()
     signals = []
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -190,5 +257,5 @@ async def run_watch(write: Write, config: ConnectionConfig,
         await manager.stop()
         if server is not None:
             await server.stop()
-    write(view.summary(loop.time()))
+    chatter(view.summary(loop.time()))
     return 0

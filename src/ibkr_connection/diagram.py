@@ -8,7 +8,10 @@
   needs the ``dot`` binary; it carries the SHA-256 of the DOT source it was
   rendered from, so a drift check needs no binary),
 * ``transitions.md``: every row of the table, ignores included,
-* ``codes.md``: the IB code table.
+* ``codes.md``: the IB code table,
+
+and, into ``docs/``, ``scenarios.md``: the simulator's scenario reference,
+generated from :data:`ibkr_connection.simulator.scenario.ACTIONS`.
 
 The diagrams show moves and stays that act; rows that only ignore an input are
 listed in ``transitions.md``.
@@ -187,8 +190,26 @@ def readme_with_diagram(readme: str) -> str:
     return f"{head}{README_BEGIN}\n```mermaid\n{mermaid()}```\n{README_END}{tail}"
 
 
-def write_all(directory: Path, *, with_svg: bool = True) -> list[Path]:
-    """Write every diagram and table into ``directory``; return the paths written."""
+SCENARIOS_DOC = "scenarios.md"
+
+
+def docs_texts() -> dict[str, str]:
+    """Return every generated page of ``docs/``, by file name."""
+    from ibkr_connection.simulator.scenario import reference_markdown
+
+    return {SCENARIOS_DOC: reference_markdown()}
+
+
+def write_all(directory: Path, *, with_svg: bool = True,
+              docs: Path | None = None) -> list[Path]:
+    """Write every diagram and table into ``directory``; return the paths written.
+
+    Args:
+        directory: the diagrams folder; the README next to it (in its
+            parent) gets the Mermaid diagram if it has the markers.
+        with_svg: also render the SVG (needs Graphviz).
+        docs: the docs folder for the generated pages; None writes none.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     generated = texts()
@@ -204,25 +225,51 @@ def write_all(directory: Path, *, with_svg: bool = True) -> list[Path]:
     if readme.exists() and README_BEGIN in readme.read_text():
         readme.write_text(readme_with_diagram(readme.read_text()))
         written.append(readme)
+    if docs is not None:
+        docs.mkdir(parents=True, exist_ok=True)
+        for name, text in docs_texts().items():
+            path = docs / name
+            path.write_text(text)
+            written.append(path)
     return written
 
 
-def drift(directory: Path) -> list[str]:
-    """Return the names of files in ``directory`` that differ from the code."""
+def stale_paths(directory: Path, docs: Path | None = None) -> list[Path]:
+    """Return the generated files that differ from the code, as paths.
+
+    Args:
+        directory: the diagrams folder (and the README in its parent).
+        docs: the docs folder to check too; None checks no page there.
+    """
     stale = []
     generated = texts()
     for name, text in generated.items():
         path = directory / name
         if not path.exists() or path.read_text() != text:
-            stale.append(name)
+            stale.append(path)
     svg_path = directory / "connection.svg"
     if not svg_path.exists() or svg_stamp(svg_path.read_text()) != source_hash(
         generated["connection.dot"]
     ):
-        stale.append("connection.svg")
+        stale.append(svg_path)
     readme = directory.parent / "README.md"
     if readme.exists() and README_BEGIN in readme.read_text():
         text = readme.read_text()
         if readme_with_diagram(text) != text:
-            stale.append("README.md")
+            stale.append(readme)
+    if docs is not None:
+        for name, text in docs_texts().items():
+            path = docs / name
+            if not path.exists() or path.read_text() != text:
+                stale.append(path)
     return stale
+
+
+def drift(directory: Path, docs: Path | None = None) -> list[str]:
+    """Return the names of the generated files that differ from the code.
+
+    Args:
+        directory: the diagrams folder (and the README in its parent).
+        docs: the docs folder to check too; None checks no page there.
+    """
+    return [path.name for path in stale_paths(directory, docs)]

@@ -14,8 +14,9 @@ gateway, so a bot can tell "my code is wrong" from "the gateway is down"::
     │       └── AccountError       the configured account is not managed by this login
     ├── OrderRejectedError         the library refused to send an order (read-only,
     │                              or the connection is not usable)
-    └── SubscriptionError          a subscription could not be issued (e.g. a
-                                   contract the gateway does not know)
+    ├── SubscriptionError          a subscription could not be issued (e.g. a
+    │                              contract the gateway does not know)
+    └── JournalError               a journal cannot be replayed (names the line)
 """
 
 from __future__ import annotations
@@ -71,3 +72,15 @@ class SubscriptionError(IBKRConnectionError):
     The handle keeps it as ``handle.error``; ``handle.errorEvent`` and the
     manager's ``subscriptionFailedEvent`` fire with it.
     """
+
+
+class JournalError(IBKRConnectionError, ValueError):
+    """A journal cannot be replayed: a line is not a record, or none is a header.
+
+    Attributes:
+        line: the offending line's number (from 1), or None for the file as a whole.
+    """
+
+    def __init__(self, line: int | None, message: str) -> None:
+        super().__init__(f"line {line}: {message}" if line is not None else message)
+        self.line = line

@@ -11,9 +11,8 @@ new orders (to keep the order-id high-water mark).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
@@ -31,6 +30,7 @@ from ibkr_connection.errors import (
     UsageError,
 )
 from ibkr_connection.inputs import Input, InputKind
+from ibkr_connection.journal import JournalWriter, replay_journal
 from ibkr_connection.machine import (
     ConnectionMachine,
     ConnectionState,
@@ -106,8 +106,7 @@ class ConnectionManager:
         self._waiters: list[
             tuple[frozenset[ConnectionState], asyncio.Future[ConnectionState]]] = []
         self._failure: Exception | None = None
-        self._journal_file: IO[str] | None = None
-        self._journal_owned = False
+        self._journal: JournalWriter | None = None
         if journal is not None:
             self._open_journal(journal)
         self._allow_orders: Callable[[], None] | None = None
@@ -211,9 +210,8 @@ class ConnectionManager:
             self._allow_orders()
             self._allow_orders = None
         self._flush_journal()
-        if self._journal_file is not None and self._journal_owned:
-            self._journal_file.close()
-            self._journal_file = None
+        if self._journal is not None:
+            self._journal.close()
 
     def connect(self, timeout: float | None = None) -> None:
         """Blocking twin of :meth:`start`, for scripts (runs the event loop).
@@ -367,7 +365,7 @@ class ConnectionManager:
             self._machine.handle(inp)
         except Exception:
             logger.exception("the machine failed to handle %s", inp)
-        if self._journal_file is not None:
+        if self._journal is not None:
             self._flush_journal()
         return self._machine.state
 
@@ -426,41 +424,13 @@ class ConnectionManager:
     # -- journal --------------------------------------------------------------------
 
     def _open_journal(self, journal: str | Path | IO[str]) -> None:
-        if isinstance(journal, (str, Path)):
-            self._journal_file = open(journal, "a", encoding="utf-8")  # noqa: SIM115
-            self._journal_owned = True
-        else:
-            self._journal_file = journal
-        policy = self.config.policy
-        backoff = policy.backoff
-        header = {
-            "type": "header",
-            "port": self.config.port,
-            "client_ids": list(self.config.client_ids),
-            "seed": policy.seed,
-            "backoff": {
-                "initial_delay": backoff.initial_delay, "factor": backoff.factor,
-                "max_delay": backoff.max_delay, "costly_delay": backoff.costly_delay,
-                "max_costly_delay": backoff.max_costly_delay, "jitter": backoff.jitter,
-                "max_attempts": backoff.max_attempts,
-            },
-            "restore_timeout": policy.restore_timeout,
-            "maintenance_restore_timeout": policy.maintenance_restore_timeout,
-            "same_client_id_retries": policy.same_client_id_retries,
-        }
-        self._journal_file.write(json.dumps(header) + "\n")
+        self._journal = JournalWriter(journal, self.config, self._clock)
 
     def _flush_journal(self) -> None:
-        if self._journal_file is None:
+        if self._journal is None:
             return
-        entries = list(self._machine.journal)
+        self._journal.write(self._machine.journal)
         self._machine.journal.clear()
-        for entry in entries:
-            line = {"type": "input", "at": round(entry.at, 6), **entry.input.to_json(),
-                    "state": entry.state.value}
-            self._journal_file.write(json.dumps(line) + "\n")
-        if entries:
-            self._journal_file.flush()
 
 
 class _Driver:
@@ -737,55 +707,6 @@ def refuse_inside_loop(what: str, instead: str) -> None:
         f"{what} runs the event loop and cannot be called while it runs (from an "
         f"event handler or a coroutine); use {instead}"
     )
-
-
-def replay_journal(lines: Iterable[str]) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    """Re-feed a journal into a fresh machine.
-
-    Args:
-        lines: the journal's lines (JSON objects).
-
-    Returns:
-        (recorded, replayed): the state after each input, as recorded and as
-        the fresh machine computed it; equal lists mean the replay matches.
-    """
-    from ibkr_connection.clock import ManualClock
-    from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
-
-    records = [json.loads(line) for line in lines if line.strip()]
-    headers = [r for r in records if r.get("type") == "header"]
-    if not headers:
-        raise ValueError("not a journal: no header line")
-    header = headers[0]
-    backoff = BackoffPolicy(**header["backoff"])
-    policy = RecoveryPolicy(
-        backoff=backoff, seed=header["seed"], restore_timeout=header["restore_timeout"],
-        maintenance_restore_timeout=header["maintenance_restore_timeout"],
-        same_client_id_retries=header["same_client_id_retries"],
-    )
-    clock = ManualClock()
-    machine = ConnectionMachine(_NullEffects(), clock, port=header["port"],
-                                client_ids=header["client_ids"], policy=policy)
-    recorded: list[dict[str, object]] = []
-    replayed: list[dict[str, object]] = []
-    for record in records:
-        if record.get("type") != "input":
-            continue
-        at = float(record["at"])
-        if at > clock.monotonic():
-            clock.advance(at - clock.monotonic())
-        inp = Input.from_json(record)
-        machine.handle(inp)
-        recorded.append({"input": inp.kind.value, "state": record["state"]})
-        replayed.append({"input": inp.kind.value, "state": machine.journal[-1].state.value})
-    return recorded, replayed
-
-
-class _NullEffects:
-    """Effects that do nothing: a replay only recomputes the decisions."""
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        return lambda *args: None
 
 
 __all__ = ["USABLE_STATES", "ConnectionManager", "replay_journal"]

@@ -16,7 +16,8 @@ from ibkr_connection import (
     IBKRIBInsyncApi,
     OrderRejectedError,
 )
-from ibkr_connection.metrics import ConnectionMetrics, HealthServer
+from ibkr_connection.health import HealthServer
+from ibkr_connection.metrics import ConnectionMetrics
 from ibkr_connection.simulator import FakeGateway
 
 from .conftest import ACCOUNT, FAST_POLICY, fast_config

@@ -6,10 +6,16 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import sys
 from typing import Any
 
 from ibkr_connection.simulator.gateway import FakeGateway
-from ibkr_connection.simulator.scenario import ScenarioError, load_scenario, run_scenario
+from ibkr_connection.simulator.scenario import (
+    ScenarioError,
+    resolve_scenario,
+    run_scenario,
+    shipped_scenarios,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +40,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--accounts", default=None, help="comma separated managed accounts (default DU1234567)"
     )
     parser.add_argument("--next-order-id", type=int, default=1, help="first nextValidId")
-    parser.add_argument("--scenario", default=None, metavar="FILE", help="TOML fault timeline")
+    parser.add_argument(
+        "--scenario",
+        default=None,
+        metavar="NAME|FILE",
+        help="TOML fault timeline: a file, or the name of a shipped one (see --list-scenarios)",
+    )
+    parser.add_argument(
+        "--list-scenarios",
+        action="store_true",
+        help="list the shipped scenarios with what each does, and exit",
+    )
     parser.add_argument(
         "--fill-mode", choices=("immediate", "manual"), default="immediate", help="order fills"
     )
@@ -57,7 +73,7 @@ async def serve(args: argparse.Namespace) -> int:
     Returns:
         Exit status.
     """
-    scenario = load_scenario(args.scenario) if args.scenario else None
+    scenario = resolve_scenario(args.scenario) if args.scenario else None
     accounts_opt: str | None = args.accounts
     if accounts_opt:
         accounts = [a.strip() for a in accounts_opt.split(",") if a.strip()]
@@ -97,8 +113,11 @@ def run(args: argparse.Namespace) -> int:
         args: Parsed arguments.
 
     Returns:
-        0 on a clean exit, 2 for a bad scenario file, 1 if the port is unusable.
+        0 on a clean exit (or after listing the scenarios), 2 for a bad or
+        unknown scenario, 1 if the port is unusable.
     """
+    if args.list_scenarios:
+        return list_scenarios()
     try:
         return asyncio.run(serve(args))
     except KeyboardInterrupt:
@@ -110,3 +129,20 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         logger.error("cannot listen on %s:%s: %s", args.host, args.port, exc)
         return 1
+
+
+def list_scenarios() -> int:
+    """Print each shipped scenario's name and description, one per line.
+
+    Returns:
+        0, or 2 if a shipped scenario is invalid.
+    """
+    try:
+        shipped = shipped_scenarios()
+    except ScenarioError as exc:
+        logger.error("%s", exc)
+        return 2
+    width = max((len(name) for name in shipped), default=0)
+    for name, scenario in shipped.items():
+        sys.stdout.write(f"{name:<{width}}  {scenario.description}\n")
+    return 0

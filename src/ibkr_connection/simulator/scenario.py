@@ -1,7 +1,10 @@
 """Scripted fault timelines loaded from TOML.
 
-A scenario file is a list of ``[[step]]`` tables, each with ``at`` (seconds
-after the scenario starts) and ``action`` plus the action's parameters::
+A scenario file is an optional ``description``, an optional ``[gateway]``
+table and a list of ``[[step]]`` tables, each with ``at`` (seconds from the
+simulator's start) and ``action`` plus the action's fields::
+
+    description = "TWS loses IB for a second"
 
     [gateway]                 # optional defaults for the CLI
     accounts = ["DU1234567"]
@@ -11,22 +14,10 @@ after the scenario starts) and ``action`` plus the action's parameters::
     action = "error"
     code = 1100
 
-Actions and their parameters (``*`` = required):
-
-* ``error``: ``code``\\*, ``message``, ``client_id``, ``req_id``
-* ``farm_broken`` / ``farm_ok``: ``farm``\\*, ``client_id``, ``code``
-* ``drop_clients``: ``client_id``
-* ``stop_listening`` / ``start_listening`` / ``stall`` / ``unstall``: none
-* ``restart``: ``outage``
-* ``reset_port``: ``new_port``
-* ``handshake_delay``: ``seconds``\\*
-* ``hold_sync`` / ``release_sync``: ``request`` (required for hold_sync)
-* ``delay_sync``: ``request``\\*, ``seconds``\\*
-* ``nightly_reset``: ``silence``, ``restore_code``, ``stall``
-* ``fill_order``: ``order_id``\\*, ``quantity``, ``price``
-* ``push_tick``: ``symbol``\\*, ``price``\\*
-* ``set_next_valid_id``: ``value``\\*
-* ``fill_mode``: ``mode``\\* (``immediate``, ``manual`` or ``parts``), ``parts``
+Every action and its fields are in :data:`ACTIONS` and :data:`ACTION_DOCS`,
+from which ``docs/scenarios.md`` is generated (``ibkr-connection diagram``).
+Example scenarios ship inside the package (``scenarios/*.toml``); the ``sim``
+command takes one by name (:func:`resolve_scenario`).
 """
 
 from __future__ import annotations
@@ -36,6 +27,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +63,114 @@ ACTIONS: dict[str, tuple[dict[str, tuple[type, ...]], dict[str, tuple[type, ...]
     "fill_mode": ({"mode": (str,)}, {"parts": (int,)}),
 }
 
+#: Fields every step has, before the action's own.
+STEP_FIELDS = ("at", "action")
+
+#: The keys a scenario file may have at its top level.
+TOP_LEVEL_KEYS = ("description", "gateway", "step")
+
+#: The keys of the ``[gateway]`` table (read by ``ibkr-connection sim``).
+GATEWAY_KEYS = ("accounts",)
+
+_CLIENT = "only the client with this id; every connected client if omitted"
+_SYNC = ", ".join(f"`{name}`" for name in SYNC_REQUESTS)
+
+#: action -> (what it does, {field: what it means}), for ``docs/scenarios.md``.
+#: Every action and field of :data:`ACTIONS` needs its line here (a test checks).
+ACTION_DOCS: dict[str, tuple[str, dict[str, str]]] = {
+    "error": (
+        "Send an IB error or system message (also while the gateway is stalled).",
+        {"code": "the IB message code, e.g. 1100, 1101, 1102, 2110, 326",
+         "message": "the text; IB's own wording for the code if omitted",
+         "client_id": _CLIENT,
+         "req_id": "the request id the message refers to; -1 (a system message) if omitted"},
+    ),
+    "farm_broken": (
+        "Mark a data farm broken and send its code: 2103 (market data), 2105 (historical "
+        "data) or 2157 (security definitions), chosen by the farm's name.",
+        {"farm": "the farm's name, e.g. `usfarm`, `ushmds`, `secdefil`",
+         "client_id": _CLIENT,
+         "code": "send this code instead of the one chosen by the farm's name"},
+    ),
+    "farm_ok": (
+        "Mark a data farm OK and send its code: 2104, 2106 or 2158, chosen by the farm's name.",
+        {"farm": "the farm's name",
+         "client_id": _CLIENT,
+         "code": "send this code instead of the one chosen by the farm's name"},
+    ),
+    "drop_clients": (
+        "Abort client sockets abruptly, with no goodbye (as when a gateway crashes).",
+        {"client_id": "only the connection of this client; every connection if omitted"},
+    ),
+    "stop_listening": (
+        "Stop accepting connections (new ones are refused); open ones stay.", {},
+    ),
+    "start_listening": ("Accept connections again on the same port.", {}),
+    "restart": (
+        "Restart the gateway: stop listening, drop every client, refuse connections for "
+        "`outage` seconds, listen again. Later steps wait until it is done.",
+        {"outage": "seconds during which connections are refused; 1.0 if omitted"},
+    ),
+    "reset_port": (
+        "Move the API to a new port: send 1300 naming it, drop every client, listen on the "
+        "new port only.",
+        {"new_port": "the port to move to; any free port if omitted or 0"},
+    ),
+    "stall": (
+        "Hang: sockets stay open but requests and handshakes get no answer (messages sent "
+        "by `error` still go out). What is received meanwhile is answered on `unstall`.",
+        {},
+    ),
+    "unstall": ("Resume after `stall`, answering everything received meanwhile.", {}),
+    "handshake_delay": (
+        "Answer each new API handshake only after a delay (a slow gateway).",
+        {"seconds": "the delay; 0 removes it"},
+    ),
+    "hold_sync": (
+        "Withhold the end message of one startup request (e.g. `execDetailsEnd` of "
+        "`reqExecutions`) from now on, so that the client's startup sync never completes.",
+        {"request": f"the request, one of {_SYNC}"},
+    ),
+    "release_sync": (
+        "Stop withholding, and deliver the end messages withheld so far.",
+        {"request": "the request to release; every held request if omitted"},
+    ),
+    "delay_sync": (
+        "Answer one request type only after a delay (a slow startup sync).",
+        {"request": f"the request, one of {_SYNC}",
+         "seconds": "the delay; 0 removes it"},
+    ),
+    "nightly_reset": (
+        "Play IB's nightly server reset: 1100, every data farm broken, `silence` seconds of "
+        "quiet, then `restore_code` and every farm OK. Later steps wait until it is done.",
+        {"silence": "seconds between the loss and the restore; 2.0 if omitted",
+         "restore_code": "1101 (restored, data lost) or 1102 (data kept); 1101 if omitted",
+         "stall": "also hang requests during the silence; false if omitted"},
+    ),
+    "fill_order": (
+        "Fill (part of) a working order. An unknown or finished order is logged and skipped.",
+        {"order_id": "the order's id",
+         "quantity": "how much to fill; the remaining quantity if omitted",
+         "price": "the fill price; the limit price of a limit order, else the last price, "
+                  "if omitted"},
+    ),
+    "push_tick": (
+        "Set an instrument's last price and stream it to subscribed clients.",
+        {"symbol": "the symbol (e.g. `AAPL`) or the contract id",
+         "price": "the new last price"},
+    ),
+    "set_next_valid_id": (
+        "Set the order id the gateway announces next (`nextValidId`).",
+        {"value": "the next valid order id"},
+    ),
+    "fill_mode": (
+        "Choose how new orders are filled.",
+        {"mode": "`immediate` (in full once submitted), `manual` (only by `fill_order`) or "
+                 "`parts` (in `parts` executions)",
+         "parts": "the number of executions in `parts` mode; 2 if omitted"},
+    ),
+}
+
 
 class ScenarioError(ValueError):
     """A scenario file is malformed; the message names the file and step."""
@@ -99,11 +199,13 @@ class Scenario:
         steps: Steps sorted by ``at``.
         gateway: Optional ``[gateway]`` table (e.g. ``accounts``).
         source: File the scenario came from, if any.
+        description: The file's one-line ``description``, if any.
     """
 
     steps: list[Step]
     gateway: dict[str, Any] = field(default_factory=dict)
     source: str = "<string>"
+    description: str = ""
 
 
 def _check_type(where: str, name: str, value: Any, types: tuple[type, ...]) -> None:
@@ -126,15 +228,23 @@ def parse_scenario(data: dict[str, Any], source: str = "<string>") -> Scenario:
     Raises:
         ScenarioError: For unknown actions, missing or mistyped fields.
     """
-    unknown_top = set(data) - {"step", "gateway"}
+    unknown_top = set(data) - set(TOP_LEVEL_KEYS)
     if unknown_top:
-        raise ScenarioError(f"{source}: unknown top-level key(s) {sorted(unknown_top)}")
+        raise ScenarioError(f"{source}: unknown top-level key(s) {sorted(unknown_top)}; "
+                            f"valid keys: {', '.join(TOP_LEVEL_KEYS)}")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ScenarioError(f"{source}: 'description' must be a string")
     raw_steps = data.get("step", [])
     if not isinstance(raw_steps, list):
         raise ScenarioError(f"{source}: 'step' must be an array of tables ([[step]])")
     gateway = data.get("gateway", {})
     if not isinstance(gateway, dict):
         raise ScenarioError(f"{source}: [gateway] must be a table")
+    unknown_gateway = set(gateway) - set(GATEWAY_KEYS)
+    if unknown_gateway:
+        raise ScenarioError(f"{source}: unknown [gateway] key(s) {sorted(unknown_gateway)}; "
+                            f"valid keys: {', '.join(GATEWAY_KEYS)}")
     steps: list[Step] = []
     for index, raw in enumerate(raw_steps, start=1):
         where = f"{source}: step {index}"
@@ -162,7 +272,9 @@ def parse_scenario(data: dict[str, Any], source: str = "<string>") -> Scenario:
             if name in required:
                 continue
             if name not in optional:
-                raise ScenarioError(f"{where} ({action}): unknown field {name!r}")
+                valid = ", ".join([*STEP_FIELDS, *required, *optional])
+                raise ScenarioError(
+                    f"{where} ({action}): unknown field {name!r}; valid fields: {valid}")
             _check_type(f"{where} ({action})", name, value, optional[name])
         if action in ("hold_sync", "delay_sync") and params["request"] not in SYNC_REQUESTS:
             raise ScenarioError(f"{where} ({action}): unknown request {params['request']!r}")
@@ -170,7 +282,15 @@ def parse_scenario(data: dict[str, Any], source: str = "<string>") -> Scenario:
             raise ScenarioError(f"{where} (fill_mode): mode must be immediate, manual or parts")
         steps.append(Step(float(at), action, params))
     steps.sort(key=lambda s: s.at)
-    return Scenario(steps, gateway, source)
+    return Scenario(steps, gateway, source, description.strip())
+
+
+def _parse_toml(text: str, source: str) -> Scenario:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{source}: invalid TOML: {exc}") from exc
+    return parse_scenario(data, source)
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -187,13 +307,57 @@ def load_scenario(path: str | Path) -> Scenario:
     """
     path = Path(path)
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"{path}: cannot read: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: invalid TOML: {exc}") from exc
-    return parse_scenario(data, str(path))
+    return _parse_toml(text, str(path))
+
+
+def _shipped_dir() -> Any:
+    # A Traversable: files on disk from a wheel or a checkout, but it could be
+    # a zip, so it is read through importlib.resources, never as a Path.
+    return resources.files("ibkr_connection.simulator").joinpath("scenarios")
+
+
+def shipped_scenarios() -> dict[str, Scenario]:
+    """Return the scenarios shipped in the package, by name, sorted by name.
+
+    Raises:
+        ScenarioError: A shipped file is invalid (a packaging bug).
+    """
+    found = {}
+    for entry in _shipped_dir().iterdir():
+        name = str(entry.name)
+        if name.endswith(".toml"):
+            found[name.removesuffix(".toml")] = entry
+    return {name: _parse_toml(found[name].read_text(encoding="utf-8"), f"{name} (shipped)")
+            for name in sorted(found)}
+
+
+def resolve_scenario(name_or_path: str) -> Scenario:
+    """Load a scenario from a file, or a shipped one by name (``nightly_reset``).
+
+    A file that exists wins over a shipped scenario of the same name.
+
+    Args:
+        name_or_path: A path to a TOML file, or a shipped scenario's name
+            (with or without ``.toml``).
+
+    Returns:
+        The scenario.
+
+    Raises:
+        ScenarioError: Neither a readable file nor a shipped scenario (the
+            message lists the shipped ones), or the file is invalid.
+    """
+    if Path(name_or_path).is_file():
+        return load_scenario(name_or_path)
+    shipped = shipped_scenarios()
+    name = name_or_path.removesuffix(".toml")
+    if name in shipped:
+        return shipped[name]
+    raise ScenarioError(f"{name_or_path}: no such file, and no shipped scenario of that name "
+                        f"(shipped: {', '.join(shipped)})")
 
 
 async def apply_step(gw: FakeGateway, step: Step) -> None:
@@ -272,3 +436,81 @@ async def run_scenario(gw: FakeGateway, scenario: Scenario) -> None:
             await asyncio.sleep(wait)
         await apply_step(gw, step)
     logger.info("scenario %s finished", scenario.source)
+
+
+_TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    if set(types) == {int, float}:
+        return "number"
+    return " or ".join(_TYPE_NAMES[t] for t in types)
+
+
+def reference_markdown() -> str:
+    """Return ``docs/scenarios.md``: every action and field, and the shipped scenarios.
+
+    Raises:
+        KeyError: An action or field of :data:`ACTIONS` has no line in
+            :data:`ACTION_DOCS` (so the page cannot silently miss one).
+    """
+    lines = [
+        "# Simulator scenarios",
+        "",
+        "Generated from `ibkr_connection.simulator.scenario.ACTIONS` and `ACTION_DOCS` by "
+        "`ibkr-connection diagram`; do not edit by hand.",
+        "",
+        "A scenario is a TOML file that tells the gateway simulator which faults to inject "
+        "and when. Run one with `ibkr-connection sim --scenario FILE` (a path) or "
+        "`--scenario NAME` (a shipped scenario); `ibkr-connection sim --list-scenarios` "
+        "lists the shipped ones.",
+        "",
+        "```toml",
+        'description = "TWS loses IB for ten seconds"   # optional, one line',
+        "",
+        "[gateway]                  # optional",
+        'accounts = ["DU1234567"]   # the managed accounts (--accounts overrides them)',
+        "",
+        "[[step]]",
+        "at = 5.0",
+        'action = "error"',
+        "code = 1100",
+        "",
+        "[[step]]",
+        "at = 15.0",
+        'action = "error"',
+        "code = 1101",
+        "```",
+        "",
+        "Every step has two fields, then the fields of its action:",
+        "",
+        "- `at` (number, required): when the step runs, in seconds from the simulator's "
+        "start (the moment it begins listening), not from the previous step. Steps run "
+        "in order of `at`; a step that takes time (`restart`, `nightly_reset`) delays the "
+        "steps whose time comes meanwhile.",
+        "- `action` (string, required): one of the actions below.",
+        "",
+        "A field the action does not have, an unknown action or a missing required field "
+        "is an error that names the step and lists what is valid.",
+        "",
+        "## Shipped scenarios",
+        "",
+        "| name | what happens |",
+        "|---|---|",
+    ]
+    for name, scenario in shipped_scenarios().items():
+        lines.append(f"| `{name}` | {scenario.description} |")
+    lines += ["", "## Actions", ""]
+    for action, (required, optional) in ACTIONS.items():
+        what, fields = ACTION_DOCS[action]
+        lines += [f"### `{action}`", "", what, ""]
+        if not required and not optional:
+            lines += ["No fields besides `at` and `action`.", ""]
+            continue
+        lines += ["| field | type | required | meaning |", "|---|---|---|---|"]
+        for name, types in required.items():
+            lines.append(f"| `{name}` | {_type_name(types)} | yes | {fields[name]} |")
+        for name, types in optional.items():
+            lines.append(f"| `{name}` | {_type_name(types)} | no | {fields[name]} |")
+        lines.append("")
+    return "\n".join(lines)
