@@ -250,22 +250,36 @@ class OrderBook:
     def on_order_status(self, trade: Any) -> str | None:
         """Book an order's status; return its key (None if it cannot be booked whole)."""
         status = trade.orderStatus
-        ids = trade_ids(trade)
         with self.lock:
-            key = self._find(ids)
+            # The hot path (statuses stream while orders work): an order IB
+            # has acknowledged is found by its permId alone.
+            key = self._by_perm.get(status.permId) if status.permId else None
             if key is None:
-                if ids.perm_id in self._pruned_perms or not _has_details(trade):
-                    return None
-                key = self._create(self._new_key(ids), ids, trade)
+                key = self._status_of_new_order(trade)
                 if key is None:
                     return None
             entry = self.orders[key]
-            self._learn_perm(key, entry, ids.perm_id)
-            entry["filled"] = max(entry["filled"], number(status.filled))
+            filled = number(status.filled)
+            if filled > entry["filled"]:
+                entry["filled"] = filled
             entry["remaining"] = number(status.remaining)
             self._set_status(key, status.status)
-            self._release_held_fills()
+            if self._held_fills:
+                self._release_held_fills()
         logger.debug("Order %s status: %s", key, status.status)
+        return key
+
+    def _status_of_new_order(self, trade: Any) -> str | None:
+        """Find or create the entry of a status whose permId is not indexed. Lock held."""
+        ids = trade_ids(trade)
+        key = self._find(ids)
+        if key is None:
+            if ids.perm_id in self._pruned_perms or not _has_details(trade):
+                return None
+            key = self._create(self._new_key(ids), ids, trade)
+            if key is None:
+                return None
+        self._learn_perm(key, self.orders[key], ids.perm_id)
         return key
 
     def on_order_error(self, order_id: int, code: int, message: str) -> str | None:
@@ -421,8 +435,6 @@ class OrderBook:
 
     def _release_held_fills(self) -> None:
         """Book the held executions whose order is now known. Lock held."""
-        if not self._held_fills:
-            return
         for trade, fill, how in list(self._held_fills.values()):
             if self._find(execution_ids(fill.execution)) is not None:
                 self._book_execution(trade, fill, how)
