@@ -228,14 +228,16 @@ def test_new_order_reusing_an_id_moves_the_earlier_one_to_its_perm_key() -> None
     assert exec_ids(book.orders["100"]) == ["e9"]
 
 
-def test_placing_the_same_order_again_modifies_its_entry() -> None:
-    """ib_insync's modify (placeOrder with the acknowledged order) keeps one entry."""
+@pytest.mark.parametrize("perm_id", [9001, 0], ids=["same order object", "new Order object"])
+def test_placing_a_working_order_again_modifies_its_entry(perm_id: int) -> None:
+    """A placement under the id of a working order is a modification: one entry."""
     book = OrderBook(client_id=1)
     book.on_order_placed(trade(100))
     book.on_order_status(trade(100, perm_id=9001))
-    assert book.on_order_placed(trade(100, perm_id=9001, quantity=15)) == "100"
+    assert book.on_order_placed(trade(100, perm_id=perm_id, quantity=15)) == "100"
     assert list(book.orders) == ["100"]
     assert (book.orders["100"]["quantity"], book.orders["100"]["remaining"]) == (15, 15)
+    assert book.orders["100"]["perm_id"] == 9001
 
 
 def test_completed_orders_are_pruned_oldest_first_and_stay_gone() -> None:

@@ -229,10 +229,10 @@ class OrderBook:
         ids = OrderIds(self.client_id, _int(order.orderId), _int(order.permId))
         with self.lock:
             key = self._find(ids)
-            if key is not None and self.orders[key]["perm_id"] and not ids.perm_id:
-                # IB acknowledged the booked order with a permId, and this one
-                # has none: a new order reusing the id (TWS reset its sequence),
-                # not a modification (which sends the acknowledged order again).
+            if key is not None and self.orders[key]["status"] in DONE_STATUSES:
+                # A done order cannot be modified: this is a new order reusing
+                # the id (TWS reset its id sequence). Like ib_insync, any other
+                # placement under a known id is a modification.
                 key = None
             if key is None:
                 key = str(ids.order_id)
@@ -423,8 +423,8 @@ class OrderBook:
             logger.warning("Order %s fill recovered after reconnect: %s shares at %.2f "
                            "(execution %s)", key, execution.shares, number(execution.price),
                            exec_id)
-        else:
-            logger.info("Order %s fill booked at start-up: %s shares at %.2f (execution %s)",
+        else:  # the day's record of a fresh book: summed up by the caller, detail here
+            logger.debug("Order %s fill booked at start-up: %s shares at %.2f (execution %s)",
                         key, execution.shares, number(execution.price), exec_id)
         return True
 
