@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from ib_insync import MarketOrder, Stock
+from ib_insync import LimitOrder, MarketOrder, Stock
 
 import broker_support
 from broker_support import pump, pump_until, run, sessions
@@ -48,3 +48,24 @@ def test_master_session_keeps_another_clients_order_apart(
     assert [e["execution_id"] for e in other["executions"]] == [other_exec.exec_id]
     assert [c["execution_id"] for c in other["commissions"]] == [other_exec.exec_id]
     assert sorted(orders) == sorted([key, f"2:{own.order.orderId}"])
+
+
+def test_order_cancelled_while_away_shows_cancelled_after_the_reconnect(
+    make_api: Callable[..., IBKRIBInsyncApi], gw: FakeGateway,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """The gateway's completed orders give the final status of an order done while away."""
+    gw.fill_mode = "manual"
+    api = make_api()
+    assert api.connect() is True
+    working = api.place_order(AAPL, LimitOrder("BUY", 5, 140.0))
+    key = str(working.order.orderId)
+    assert pump_until(api, lambda: api.orders[key]["status"] == "Submitted")
+    run(loop, gw.stop_listening())
+    run(loop, gw.drop_clients())
+    assert pump_until(api, lambda: not api.connected)
+    gw.cancel_order(working.order.orderId)
+    run(loop, gw.start_listening())
+    assert pump_until(api, lambda: api.connected and sessions(api) == 2)
+    pump(api, 0.05)
+    assert api.orders[key]["status"] == "Cancelled"

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from unittest.mock import MagicMock
 
 import pytest
-from ib_insync import IB
+from ib_insync import IB, MarketOrder, Stock
 
 import broker_support
 from ibkr_connection import (
@@ -17,6 +17,7 @@ from ibkr_connection import (
     ConfigError,
     ConnectionConfig,
     IBKRIBInsyncApi,
+    OrderRejectedError,
     RecoveryPolicy,
 )
 from ibkr_connection.simulator import FakeGateway
@@ -150,7 +151,10 @@ def test_connection_config_fallback_ids_and_readonly_are_used(
         api_cleanup.append(api)
         assert api.connect() is True
         assert sorted(c.client_id for c in gw.clients) == [32, 33]
-        assert api.readonly is True
+        with pytest.raises(OrderRejectedError, match="read-only"):
+            api.place_order(Stock("AAPL", "SMART", "USD"), MarketOrder("BUY", 1))
+        api.handle_callbacks(0.05)
+        assert gw.requests_named("placeOrder") == []
     finally:
         squatter.disconnect()
 
