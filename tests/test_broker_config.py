@@ -1,12 +1,34 @@
-"""The seed's Config: environment reading, validation naming the field, translation."""
+"""The wrapper's configs: the seed's Config, a ConnectionConfig, and nothing else."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+from types import SimpleNamespace
 from unittest.mock import MagicMock
 
 import pytest
+from ib_insync import IB, MarketOrder, Stock
 
-from ibkr_connection import Config, ConfigError, IBKRIBInsyncApi
+import broker_support
+from ibkr_connection import (
+    BackoffPolicy,
+    Config,
+    ConfigError,
+    ConnectionConfig,
+    IBKRIBInsyncApi,
+    OrderRejectedError,
+    RecoveryPolicy,
+)
+from ibkr_connection.simulator import FakeGateway
+
+# The shared fixtures, taken into this module so pytest finds them.
+gw = broker_support.gw
+loop = broker_support.loop
+
+#: Quick retries, so a 326 moves on to the fallback id at once.
+QUICK = RecoveryPolicy(backoff=BackoffPolicy(costly_delay=0.05, max_costly_delay=0.2),
+                       same_client_id_retries=0)
 
 
 @pytest.mark.parametrize(
@@ -66,7 +88,7 @@ def test_seed_mock_config_defaults_account_and_readonly() -> None:
     config.IBKR_PORT = 7497
     config.IBKR_CLIENT_ID = 1
     api = IBKRIBInsyncApi(config, ib=MagicMock())
-    assert api.read_only is False and api.account_id == ""
+    assert api.readonly is False and api.account_id == ""
     assert (api.config.host, api.config.port, api.config.client_id) == ("127.0.0.1", 7497, 1)
     assert api.config.account_fallback == "first"
 
@@ -85,4 +107,91 @@ def test_readonly_and_account_are_carried_over() -> None:
     """IBKR_READONLY and IBKR_ACCOUNT reach the manager's ConnectionConfig."""
     api = IBKRIBInsyncApi(Config(IBKR_ACCOUNT="DU1", IBKR_READONLY=True), ib=MagicMock())
     assert api.config.readonly is True and api.config.account == "DU1"
-    assert api.read_only is True and api.account_id == "DU1"
+    assert api.readonly is True and api.account_id == "DU1"
+
+
+def test_read_only_is_an_alias_of_readonly() -> None:
+    """The seed's name read_only reads the same setting as readonly."""
+    for readonly in (True, False):
+        api = IBKRIBInsyncApi(Config(IBKR_READONLY=readonly), ib=MagicMock())
+        assert api.readonly is readonly and api.read_only is readonly
+
+
+@pytest.fixture
+def api_cleanup(loop: asyncio.AbstractEventLoop) -> Iterator[list[IBKRIBInsyncApi]]:
+    """Wrappers appended here are disconnected after the test."""
+    made: list[IBKRIBInsyncApi] = []
+    yield made
+    for api in made:
+        api.disconnect()
+
+
+def test_connection_config_connects_where_it_says(
+    gw: FakeGateway, api_cleanup: list[IBKRIBInsyncApi],
+) -> None:
+    """A ConnectionConfig's port and client id are the ones the gateway sees."""
+    api = IBKRIBInsyncApi(ConnectionConfig(port=gw.port, client_id=32, connect_timeout=2.0),
+                          IB())
+    api_cleanup.append(api)
+    assert api.connect() is True
+    assert [c.client_id for c in gw.clients] == [32]
+    assert (api.host, api.port, api.client_id) == ("127.0.0.1", gw.port, 32)
+
+
+def test_connection_config_fallback_ids_and_readonly_are_used(
+    gw: FakeGateway, loop: asyncio.AbstractEventLoop, api_cleanup: list[IBKRIBInsyncApi],
+) -> None:
+    """With client id 32 taken, the config's fallback id 33 is used; readonly holds."""
+    squatter = IB()
+    loop.run_until_complete(squatter.connectAsync("127.0.0.1", gw.port, clientId=32))
+    try:
+        config = ConnectionConfig(port=gw.port, client_id=32, fallback_client_ids=(33,),
+                                  readonly=True, connect_timeout=2.0, policy=QUICK)
+        api = IBKRIBInsyncApi(config, IB())
+        api_cleanup.append(api)
+        assert api.connect() is True
+        assert sorted(c.client_id for c in gw.clients) == [32, 33]
+        with pytest.raises(OrderRejectedError, match="read-only"):
+            api.place_order(Stock("AAPL", "SMART", "USD"), MarketOrder("BUY", 1))
+        api.handle_callbacks(0.05)
+        assert gw.requests_named("placeOrder") == []
+    finally:
+        squatter.disconnect()
+
+
+def test_connection_config_fields_are_kept_as_given() -> None:
+    """Every field of a ConnectionConfig reaches the manager unchanged."""
+    config = ConnectionConfig(
+        host="10.0.0.5", port=4001, client_id=9, fallback_client_ids=(10, 11),
+        account="DU7654321", account_fallback="error", readonly=True, connect_timeout=3.5,
+        heartbeat_idle=4.0, heartbeat_timeout=1.5, policy=QUICK, mask_accounts=False,
+    )
+    api = IBKRIBInsyncApi(config, ib=MagicMock())
+    assert api.config == config and api.manager.config == config
+    assert api.account_id == "DU7654321"
+
+
+def test_connection_config_with_explicit_overrides() -> None:
+    """connect_timeout= and policy= given to the wrapper replace the config's fields."""
+    config = ConnectionConfig(port=4001, connect_timeout=3.5)
+    api = IBKRIBInsyncApi(config, ib=MagicMock(), connect_timeout=1.25, policy=QUICK)
+    assert api.config == config.replace(connect_timeout=1.25, policy=QUICK)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        object(),
+        {"IBKR_PORT": 4002},
+        "127.0.0.1:4002",
+        None,
+        SimpleNamespace(host="127.0.0.1", port=4002),
+    ],
+    ids=["object", "dict", "string", "None", "look-alike"],
+)
+def test_an_unrecognised_config_is_refused(config: object) -> None:
+    """An object with neither ConnectionConfig's type nor any IBKR_* attribute is refused."""
+    with pytest.raises(ConfigError) as caught:
+        IBKRIBInsyncApi(config, ib=MagicMock())
+    assert caught.value.field == "config"
+    assert "ConnectionConfig" in str(caught.value) and "IBKR_PORT" in str(caught.value)

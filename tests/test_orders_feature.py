@@ -276,6 +276,75 @@ def _pnl(api: IBKRIBInsyncApi, unrealized: float, realized: float) -> None:
 
 
 
+@given(parsers.parse("my earlier run bought {quantity:d} AAPL at market in {parts:d} fills"))
+def _earlier_bought(make_api: Callable[..., IBKRIBInsyncApi], gw: FakeGateway, ctx: Context,
+                    quantity: int, parts: int) -> None:
+    """A first bot (client 1) buys at market, filled in parts, and logs off."""
+    earlier = make_api()
+    assert earlier.connect() is True
+    gw.fill_mode = ("parts", parts)
+    trade = earlier.place_order(AAPL, MarketOrder("BUY", quantity))
+    key = str(trade.order.orderId)
+    assert pump_until(earlier, lambda: len(earlier.orders[key]["commissions"]) == parts)
+    earlier.disconnect()
+    assert pump_until(earlier, lambda: not gw.connections)
+    ctx.extra["bought"] = key
+
+
+@given(parsers.parse(
+    "my earlier run left an order to buy {quantity:d} AAPL with {filled:d} filled"))
+def _earlier_working(make_api: Callable[..., IBKRIBInsyncApi], gw: FakeGateway, ctx: Context,
+                     quantity: int, filled: int) -> None:
+    """A first bot (client 1) leaves a partly filled limit order working, and logs off."""
+    earlier = make_api()
+    assert earlier.connect() is True
+    gw.fill_mode = "manual"
+    trade = earlier.place_order(AAPL, LimitOrder("BUY", quantity, 152.0))
+    key = str(trade.order.orderId)
+    assert pump_until(earlier, lambda: earlier.orders[key]["status"] == "Submitted")
+    gw.fill_order(trade.order.orderId, filled)
+    assert pump_until(earlier, lambda: len(earlier.orders[key]["commissions"]) == 1)
+    earlier.disconnect()
+    assert pump_until(earlier, lambda: not gw.connections)
+    ctx.extra["working"] = key
+
+
+@when("I start the bot again and connect to IBKR", target_fixture="api")
+def _restart(make_api: Callable[..., IBKRIBInsyncApi]) -> IBKRIBInsyncApi:
+    """A fresh wrapper with the same client id connects."""
+    api = make_api()
+    assert api.connect() is True
+    pump(api, 0.05)
+    return api
+
+
+@then(parsers.re(
+    r"the (?P<which>bought|working) order should show (?P<action>BUY|SELL) (?P<quantity>\d+) "
+    r"AAPL, (?P<status>\w+), (?P<filled>\d+) filled, with (?P<fills>\d+) fills?"))
+def _whole(api: IBKRIBInsyncApi, ctx: Context, which: str, action: str, quantity: str,
+           status: str, filled: str, fills: str) -> None:
+    """The entry carries the order's details, its status, its fills and their commissions."""
+    entry = api.snapshot()["orders"][ctx.extra[which]]
+    assert (entry["symbol"], entry["action"], entry["quantity"]) == ("AAPL", action,
+                                                                     int(quantity))
+    assert (entry["status"], entry["filled"]) == (status, int(filled))
+    assert entry["remaining"] == int(quantity) - int(filled)
+    assert len(entry["executions"]) == int(fills)
+    assert sorted(c["execution_id"] for c in entry["commissions"]) == sorted(
+        e["execution_id"] for e in entry["executions"])
+
+
+@then("every order in my book should have its details and a commission for each fill")
+def _all_whole(api: IBKRIBInsyncApi, gw: FakeGateway) -> None:
+    """No half-booked entry: each has an action, a quantity, a status and matching fills."""
+    orders = api.snapshot()["orders"]
+    assert sorted(orders) == sorted(str(o) for o in gw.orders)
+    for entry in orders.values():
+        assert entry["action"] and entry["quantity"] and entry["status"]
+        assert entry["executions"]
+        assert len(entry["commissions"]) == len(entry["executions"])
+
+
 # -- plain tests of the wrapper's contract ------------------------------------------------
 
 

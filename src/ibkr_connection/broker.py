@@ -8,22 +8,36 @@ from the machine's state, and once a session was up the manager recovers it in
 the background for as long as it takes.
 
 Initial connect versus recovery:
-    The manager is built with an unbounded backoff (``max_attempts=None``, the
-    default :class:`~ibkr_connection.policy.RecoveryPolicy`), so a session that
-    was once up is recovered after any outage. ``connect()`` bounds only its
+    With a seed-style config the manager is built with an unbounded backoff
+    (``max_attempts=None``, the default
+    :class:`~ibkr_connection.policy.RecoveryPolicy`), so a session that was
+    once up is recovered after any outage (a ConnectionConfig's policy is used
+    as given: with ``max_attempts`` set, recovery gives up in ``failed``
+    too). ``connect()`` bounds only its
     own call: it counts the failed attempts it sees on ``stateChangeEvent``
     (moves into ``backoff`` or ``failed``) and, after ``max_attempts`` of them
     (3, as in the seed), feeds a ``disconnect`` to the manager, logs "Failed to
     connect to IBKR" and returns False. The machine's table is untouched.
 
+Configs:
+    ``config`` is either a :class:`~ibkr_connection.config.ConnectionConfig`,
+    used as given (host, port, client id, fallback ids, account and
+    ``account_fallback``, readonly, timeouts, policy; ``connect_timeout=``
+    and ``policy=`` passed to the wrapper replace the config's), or the
+    seed's :class:`Config` (any object with ``IBKR_*`` attributes), which the
+    wrapper completes as the seed did: the first managed account when none
+    is configured (``account_fallback="first"``), a 10 s attempt timeout and
+    an unbounded recovery policy. Anything else is refused with
+    :class:`~ibkr_connection.errors.ConfigError` at construction.
+
 The book:
-    ``orders`` is keyed by ``str(orderId)`` as in the seed; every fill and
-    commission is unique by execution id, keyed by the execution's own order
-    id (the trade ib_insync hands over after a gateway-side drop is rebuilt
-    with order id 0). ib_insync emits no ``execDetailsEvent`` for executions it
-    learns during the startup sync, so after every reconnect the book is
-    reconciled against ``ib.fills()``. ``positions`` is keyed by
-    ``(account, conId)``.
+    :class:`~ibkr_connection.book.OrderBook` keeps ``orders`` (the bot's own
+    orders keyed by ``str(orderId)`` as in the seed, other clients' by
+    ``"clientId:orderId"``), their fills and commissions, and ``positions``;
+    see :mod:`ibkr_connection.book` for its rules. After every session's
+    startup sync, the first one included, the book is reconciled against
+    ``ib.trades()`` and ``ib.fills()``: ib_insync emits no
+    ``execDetailsEvent`` for executions it learns then.
 
 Threads:
     Handlers run on the event loop's thread holding :attr:`IBKRIBInsyncApi.lock`;
@@ -33,34 +47,28 @@ Threads:
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
-import math
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ibkr_connection import adapter
+from ibkr_connection.book import DONE_STATUSES, OrderBook
 from ibkr_connection.config import ConnectionConfig, mask_account
 from ibkr_connection.errors import ConfigError, OrderRejectedError, UsageError
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.machine import ConnectionState, Transition
+from ibkr_connection.machine import SESSION_STATES, ConnectionState, Transition
 from ibkr_connection.manager import USABLE_STATES, ConnectionManager
 from ibkr_connection.policy import RecoveryPolicy
 
 logger = logging.getLogger(__name__)
 
-#: Order statuses after which IB sends nothing more for the order.
-DONE_STATUSES = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
-
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
-#: States in which the API socket is up: a move into one of them from
-#: ``connecting`` is a new session.
-_SESSION_UP = (ConnectionState.CONNECTED, ConnectionState.DEGRADED, ConnectionState.LOST)
+#: The seed's attribute names; an object carrying any of them is a seed-style config.
+_SEED_NAMES = ("IBKR_HOST", "IBKR_PORT", "IBKR_CLIENT_ID", "IBKR_ACCOUNT", "IBKR_READONLY")
 
 
 @dataclass(frozen=True)
@@ -98,8 +106,8 @@ class Config:
             The config; unset variables keep the defaults.
 
         The other ``IBKR_*`` variables of :meth:`ConnectionConfig.from_env` are
-        validated but not used here: pass ``connect_timeout=`` or ``policy=``
-        to :class:`IBKRIBInsyncApi` instead.
+        validated but not used here: give :class:`IBKRIBInsyncApi` a
+        ``ConnectionConfig.from_env()`` to use them all.
 
         Raises:
             ConfigError: naming the variable, if a value is invalid.
@@ -139,7 +147,7 @@ def _readonly(value: object) -> bool:
 
 
 def _settings_of(config: object) -> tuple[str, int, int, str, bool]:
-    """Read and validate the seed's attributes from any object carrying them."""
+    """Read and validate the seed's attributes from an object carrying some of them."""
     host = getattr(config, "IBKR_HOST", "127.0.0.1")
     if not isinstance(host, str) or not host.strip():
         raise ConfigError("IBKR_HOST", f"must be a non-empty host name, got {host!r}")
@@ -156,40 +164,74 @@ def _settings_of(config: object) -> tuple[str, int, int, str, bool]:
     return host.strip(), port, client_id, account.strip(), readonly
 
 
-def _number(value: Any) -> float:
-    """Return ``value`` as a float, 0.0 for IB's unset values (NaN, None)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return 0.0 if math.isnan(number) or abs(number) >= 1e300 else number
+def _connection_config(config: object, *, connect_timeout: float | None = None,
+                      policy: RecoveryPolicy | None = None) -> ConnectionConfig:
+    """Return the :class:`ConnectionConfig` the wrapper runs on.
+
+    Args:
+        config: a ``ConnectionConfig`` (used as given) or a seed-style config
+            (an object with any of the ``IBKR_*`` attributes of :class:`Config`;
+            the ones it lacks take the seed's defaults).
+        connect_timeout: seconds for one attempt; replaces a ConnectionConfig's
+            when given (a seed-style config: 10 s when not given).
+        policy: the background recovery policy; replaces a ConnectionConfig's
+            when given (a seed-style config: unbounded when not given).
+
+    Raises:
+        ConfigError: ``config`` is neither kind (field ``config``), or a
+            setting is invalid (naming it).
+    """
+    if isinstance(config, ConnectionConfig):
+        changes: dict[str, object] = {}
+        if connect_timeout is not None:
+            changes["connect_timeout"] = connect_timeout
+        if policy is not None:
+            changes["policy"] = policy
+        return config.replace(**changes) if changes else config
+    if not any(hasattr(config, name) for name in _SEED_NAMES):
+        raise ConfigError("config", (
+            "expected a ConnectionConfig, or an object with the seed's attributes "
+            f"({', '.join(_SEED_NAMES)}) such as Config; got {type(config).__name__}"
+        ))
+    host, port, client_id, account, readonly = _settings_of(config)
+    return ConnectionConfig(
+        host=host, port=port, client_id=client_id, account=account,
+        # The seed took the first managed account when none was configured.
+        account_fallback="first", readonly=readonly,
+        connect_timeout=10.0 if connect_timeout is None else connect_timeout,
+        policy=policy or RecoveryPolicy(),
+    )
 
 
 class IBKRIBInsyncApi:
     """The seed's broker wrapper, kept connected by a :class:`ConnectionManager`.
 
     Args:
-        config: a :class:`Config`, or any object with ``IBKR_HOST``,
-            ``IBKR_PORT``, ``IBKR_CLIENT_ID`` (and optionally ``IBKR_ACCOUNT``,
-            ``IBKR_READONLY``).
+        config: a :class:`~ibkr_connection.config.ConnectionConfig` (used as
+            given), or the seed's :class:`Config` (any object with some of
+            ``IBKR_HOST``, ``IBKR_PORT``, ``IBKR_CLIENT_ID``, ``IBKR_ACCOUNT``,
+            ``IBKR_READONLY``; the first managed account is used when none
+            is configured).
         ib: the ``ib_insync.IB`` to use (a new one by default).
         max_attempts: failed attempts after which :meth:`connect` gives up.
         max_completed_orders: completed orders kept in :attr:`orders`; older
             ones are pruned first.
-        policy: the background recovery policy (unbounded by default).
-        connect_timeout: seconds for one attempt.
+        policy: the background recovery policy (default: a ConnectionConfig's,
+            else unbounded); replaces a ConnectionConfig's when given.
+        connect_timeout: seconds for one attempt (default: a
+            ConnectionConfig's, else 10); replaces a ConnectionConfig's when given.
 
     Raises:
-        ConfigError: naming the field, if a setting is invalid.
+        ConfigError: ``config`` is neither kind (field ``config``), or a
+            setting is invalid (naming it).
 
     Attributes:
         ib: the ``IB`` object.
+        config: the :class:`ConnectionConfig` the manager runs on.
         manager: the connection manager driving ``ib``.
+        book: the :class:`~ibkr_connection.book.OrderBook` behind
+            :attr:`orders`, :attr:`positions` and :attr:`lock`.
         account_id: the account in use (learnt at connect if not configured).
-        orders: ``str(orderId)`` -> order entry (status, filled, remaining,
-            executions, commissions, errors, ...).
-        positions: ``(account, conId)`` -> position entry.
-        lock: held by every handler; hold it to read the book from another thread.
     """
 
     def __init__(
@@ -200,33 +242,20 @@ class IBKRIBInsyncApi:
         max_attempts: int = 3,
         max_completed_orders: int = 1000,
         policy: RecoveryPolicy | None = None,
-        connect_timeout: float = 10.0,
+        connect_timeout: float | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ConfigError("max_attempts", f"must be at least 1, got {max_attempts}")
         if max_completed_orders < 0:
             raise ConfigError("max_completed_orders",
                               f"must not be negative, got {max_completed_orders}")
-        host, port, client_id, account, readonly = _settings_of(config)
+        self.config = _connection_config(config, connect_timeout=connect_timeout,
+                                         policy=policy)
         self.ib: Any = ib if ib is not None else adapter.new_ib()
-        self.config = ConnectionConfig(
-            host=host, port=port, client_id=client_id, account=account,
-            account_fallback="first", readonly=readonly,
-            connect_timeout=connect_timeout, policy=policy or RecoveryPolicy(),
-        )
-        self.host, self.port, self.client_id, self.read_only = host, port, client_id, readonly
-        self.account_id = account
+        self.account_id = self.config.account
         self.max_attempts = max_attempts
-        self.max_completed_orders = max_completed_orders
-        self.orders: dict[str, dict[str, Any]] = {}
-        self.positions: dict[tuple[str, int], dict[str, Any]] = {}
-        self.lock = threading.RLock()
-        self._completed: OrderedDict[str, None] = OrderedDict()
-        # Execution ids outlive pruned orders, so a replay cannot resurrect one.
-        self._seen_execs: OrderedDict[str, None] = OrderedDict()
-        self._seen_commissions: OrderedDict[str, None] = OrderedDict()
-        self._max_seen = max(10 * max_completed_orders, 10_000)
-        self._perm_keys: dict[int, str] = {}
+        self.book = OrderBook(client_id=self.config.client_id,
+                              max_completed_orders=max_completed_orders)
         self._sessions = 0
         self._connect_outcome: asyncio.Future[bool] | None = None
         self._failed_attempts = 0
@@ -234,7 +263,52 @@ class IBKRIBInsyncApi:
         self.manager.stateChangeEvent += self._on_state_change
         self._setup_event_handlers()
 
-    # -- state ------------------------------------------------------------------------
+    # -- settings and state -----------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        """The gateway's host."""
+        return self.config.host
+
+    @property
+    def port(self) -> int:
+        """The gateway's API port (as configured; a 1300 may move the session)."""
+        return self.config.port
+
+    @property
+    def client_id(self) -> int:
+        """The configured API client id (a fallback id may be in use: ``book.client_id``)."""
+        return self.config.client_id
+
+    @property
+    def readonly(self) -> bool:
+        """True for a read-only session: orders and cancels are refused."""
+        return self.config.readonly
+
+    @property
+    def read_only(self) -> bool:
+        """The seed's name for :attr:`readonly` (an alias, kept for the seed's code)."""
+        return self.config.readonly
+
+    @property
+    def max_completed_orders(self) -> int:
+        """Completed orders kept in :attr:`orders`; older ones are pruned first."""
+        return self.book.max_completed_orders
+
+    @property
+    def orders(self) -> dict[str, dict[str, Any]]:
+        """The book's orders, the bot's own keyed by ``str(orderId)`` (see the book module)."""
+        return self.book.orders
+
+    @property
+    def positions(self) -> dict[tuple[str, int], dict[str, Any]]:
+        """The book's positions, keyed by ``(account, conId)``."""
+        return self.book.positions
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by every handler; hold it to read the book from another thread."""
+        return self.book.lock
 
     @property
     def state(self) -> ConnectionState:
@@ -381,10 +455,13 @@ class IBKRIBInsyncApi:
 
     def _on_state_change(self, transition: Transition) -> None:
         dest = transition.dest
-        if transition.source is ConnectionState.CONNECTING and dest in _SESSION_UP:
+        if dest is ConnectionState.CONNECTING:
+            # The machine picked this attempt's client id (a fallback after a
+            # 326); the startup sync's events are booked against it.
+            self.book.client_id = self.manager.machine.client_id
+        elif transition.source is ConnectionState.CONNECTING and dest in SESSION_STATES:
             self.account_id = self.manager.account or self.account_id
-            if self._sessions:
-                self._reconcile()
+            self._reconcile(after_reconnect=self._sessions > 0)
             self._sessions += 1
         outcome = self._connect_outcome
         if outcome is None or outcome.done():
@@ -407,10 +484,21 @@ class IBKRIBInsyncApi:
         elif dest is ConnectionState.DISCONNECTED:
             outcome.set_result(False)
 
+    def _reconcile(self, *, after_reconnect: bool) -> None:
+        """Book what this session's startup sync learnt and the book misses."""
+        done = self.book.reconcile(self.ib.trades(), self.ib.fills(),
+                                   after_reconnect=after_reconnect)
+        when = "after reconnect" if after_reconnect else "at start-up"
+        if done.fills or done.commissions or done.statuses:
+            logger.info("reconciled %s: %d fill(s), %d commission(s) and %d final "
+                        "status(es) booked", when, done.fills, done.commissions, done.statuses)
+        else:
+            logger.info("reconciled %s: nothing was missing", when)
+
     # -- orders -----------------------------------------------------------------------
 
     def place_order(self, contract: Any, order: Any) -> Any:
-        """Send an order and record it in :attr:`orders`.
+        """Send an order and record it in :attr:`orders` under ``str(orderId)``.
 
         Args:
             contract: the ib_insync ``Contract``.
@@ -425,19 +513,13 @@ class IBKRIBInsyncApi:
         """
         self._check_can_send("order")
         trade = self.ib.placeOrder(contract, order)
-        order_id = int(trade.order.orderId)
-        key = str(order_id)
-        with self.lock:
-            entry = self._entry(key, order_id, trade.contract, trade.order)
-            entry["status"] = trade.orderStatus.status
-            if trade.order.permId:
-                self._perm_keys[int(trade.order.permId)] = key
+        key = self.book.on_order_placed(trade)
         logger.info("Order %s placed: %s %s %s", key, trade.order.action,
                     trade.order.totalQuantity, getattr(contract, "symbol", ""))
         return trade
 
     def cancel_order(self, order_id: int | str) -> Any:
-        """Cancel a working order.
+        """Cancel a working order of this client.
 
         Args:
             order_id: the order's id (as in :attr:`orders`).
@@ -451,16 +533,20 @@ class IBKRIBInsyncApi:
         """
         self._check_can_send("cancel")
         wanted = int(order_id)
+        own = self.book.client_id
         for trade in self.ib.openTrades():
-            if int(trade.order.orderId) == wanted:
+            # A master session's open trades include other clients' orders,
+            # whose order ids may equal ours.
+            if int(trade.order.orderId) == wanted and int(trade.order.clientId) == own:
                 self.ib.cancelOrder(trade.order)
                 logger.info("Order %s: cancel requested", wanted)
                 return trade
         raise OrderRejectedError(f"order {wanted} is not a working order of this client")
 
     def _check_can_send(self, what: str) -> None:
-        if self.read_only:
-            raise OrderRejectedError(f"{what} refused: the session is read-only (IBKR_READONLY)")
+        if self.readonly:
+            raise OrderRejectedError(
+                f"{what} refused: the session is read-only (readonly / IBKR_READONLY)")
         state = self.manager.state
         if state not in USABLE_STATES:
             raise OrderRejectedError(
@@ -475,197 +561,25 @@ class IBKRIBInsyncApi:
         Returns:
             ``{"orders": ..., "positions": ...}``.
         """
-        with self.lock:
-            return copy.deepcopy({"orders": self.orders, "positions": self.positions})
+        return self.book.snapshot()
 
     def _setup_event_handlers(self) -> None:
         ib = self.ib
-        ib.orderStatusEvent += self._on_order_status
-        ib.execDetailsEvent += self._on_execution
+        book = self.book
+        ib.orderStatusEvent += book.on_order_status
+        ib.execDetailsEvent += book.on_execution
         ib.commissionReportEvent += self._on_commission_report
-        ib.positionEvent += self._on_position
-        ib.updatePortfolioEvent += self._on_portfolio
+        ib.positionEvent += book.on_position
+        ib.updatePortfolioEvent += book.on_portfolio
         ib.errorEvent += self._on_error
 
-    def _key(self, order_id: int, perm_id: int) -> str:
-        if order_id:
-            key = str(order_id)
-            if perm_id:
-                self._perm_keys[perm_id] = key
-            return key
-        # Manual TWS orders and rebuilt trades carry order id 0.
-        return self._perm_keys.get(perm_id, str(order_id))
-
-    def _entry(self, key: str, order_id: int, contract: Any, order: Any) -> dict[str, Any]:
-        entry = self.orders.get(key)
-        if entry is None:
-            entry = self.orders[key] = {
-                "order_id": order_id,
-                "perm_id": int(getattr(order, "permId", 0) or 0),
-                "symbol": getattr(contract, "symbol", ""),
-                "action": getattr(order, "action", ""),
-                "quantity": _number(getattr(order, "totalQuantity", 0)),
-                "order_type": getattr(order, "orderType", ""),
-                "status": "",
-                "filled": 0.0,
-                "remaining": _number(getattr(order, "totalQuantity", 0)),
-                "executions": [],
-                "commissions": [],
-                "errors": [],
-            }
-        return entry
-
-    def _set_status(self, key: str, entry: dict[str, Any], status: str) -> None:
-        entry["status"] = status
-        if status in DONE_STATUSES and key not in self._completed:
-            self._completed[key] = None
-            while len(self._completed) > self.max_completed_orders:
-                old, _ = self._completed.popitem(last=False)
-                pruned = self.orders.pop(old, None)
-                if pruned is not None:
-                    self._perm_keys.pop(pruned["perm_id"], None)
-
-    def _on_order_status(self, trade: Any) -> None:
-        status = trade.orderStatus
-        with self.lock:
-            key = self._key(int(trade.order.orderId), int(status.permId or trade.order.permId))
-            entry = self._entry(key, int(trade.order.orderId), trade.contract, trade.order)
-            entry["perm_id"] = int(status.permId or entry["perm_id"])
-            entry["filled"] = max(entry["filled"], _number(status.filled))
-            entry["remaining"] = _number(status.remaining)
-            self._set_status(key, entry, status.status)
-        logger.debug("Order %s status: %s", key, status.status)
-
-    def _on_execution(self, trade: Any, fill: Any) -> None:
-        with self.lock:
-            self._apply_fill(trade, fill, recovered=False)
-
-    def _apply_fill(self, trade: Any, fill: Any, *, recovered: bool) -> bool:
-        """Book one execution once; return True if it was new. Caller holds the lock."""
-        execution = fill.execution
-        exec_id = execution.execId
-        if exec_id in self._seen_execs:
-            return False
-        self._remember(self._seen_execs, exec_id)
-        order_id = int(execution.orderId or 0)
-        key = self._key(order_id, int(execution.permId or 0))
-        order = trade.order if trade is not None else None
-        entry = self._entry(key, order_id, fill.contract, order)
-        entry["executions"].append({
-            "time": execution.time,
-            "shares": _number(execution.shares),
-            "price": _number(execution.price),
-            "execution_id": exec_id,
-        })
-        filled = sum(e["shares"] for e in entry["executions"])
-        if filled > entry["filled"]:
-            entry["filled"] = filled
-            if entry["quantity"]:
-                entry["remaining"] = max(entry["quantity"] - filled, 0.0)
-        if trade is not None and int(trade.order.orderId or 0) == order_id and not recovered:
-            self._set_status(key, entry, trade.orderStatus.status)
-        elif entry["quantity"] and entry["remaining"] <= 0:
-            self._set_status(key, entry, "Filled")
-        logger.log(logging.WARNING if recovered else logging.INFO,
-                   "Order %s fill%s: %s shares at %.2f (execution %s)",
-                   key, " recovered after reconnect" if recovered else "",
-                   execution.shares, execution.price, exec_id)
-        return True
-
     def _on_commission_report(self, trade: Any, fill: Any, report: Any) -> None:
-        with self.lock:
-            self._apply_commission(fill, report)
-
-    def _apply_commission(self, fill: Any, report: Any) -> bool:
-        """Book one commission report once; return True if it was new. Caller holds the lock."""
-        exec_id = report.execId or fill.execution.execId
-        if not exec_id or exec_id in self._seen_commissions:
-            return False
-        self._remember(self._seen_commissions, exec_id)
-        execution = fill.execution
-        order_id = int(execution.orderId or 0)
-        key = self._key(order_id, int(execution.permId or 0))
-        entry = self._entry(key, order_id, fill.contract, None)
-        entry["commissions"].append({
-            "execution_id": exec_id,
-            "commission": _number(report.commission),
-            "currency": report.currency,
-            "realized_pnl": _number(report.realizedPNL),
-        })
-        return True
-
-    def _remember(self, seen: OrderedDict[str, None], exec_id: str) -> None:
-        seen[exec_id] = None
-        if len(seen) > self._max_seen:
-            seen.popitem(last=False)
-
-    def _reconcile(self) -> None:
-        """Book every execution the startup sync learnt that the book misses."""
-        trades = {int(t.order.permId): t for t in self.ib.trades() if t.order.permId}
-        fills = 0
-        commissions = 0
-        with self.lock:
-            for fill in self.ib.fills():
-                trade = trades.get(int(fill.execution.permId or 0))
-                if self._apply_fill(trade, fill, recovered=True):
-                    fills += 1
-                report = fill.commissionReport
-                if report is not None and report.execId and self._apply_commission(fill, report):
-                    commissions += 1
-        if fills or commissions:
-            logger.info("reconciled after reconnect: %d fill(s) and %d commission(s) "
-                        "recovered", fills, commissions)
-        else:
-            logger.info("reconciled after reconnect: no fill was missed")
-
-    def _position(self, account: str, contract: Any) -> dict[str, Any]:
-        key = (account, int(contract.conId))
-        entry = self.positions.get(key)
-        if entry is None:
-            entry = self.positions[key] = {
-                "symbol": contract.symbol,
-                "quantity": 0.0,
-                "avg_price": 0.0,
-                "market_price": 0.0,
-                "market_value": 0.0,
-                "unrealized_pnl": 0.0,
-                "realized_pnl": 0.0,
-                "account": account,
-            }
-        return entry
-
-    def _on_position(self, position: Any) -> None:
-        with self.lock:
-            entry = self._position(position.account, position.contract)
-            entry["quantity"] = _number(position.position)
-            entry["avg_price"] = _number(position.avgCost)
-        logger.debug("Position update: %s %s, avg cost %.2f", position.contract.symbol,
-                     position.position, _number(position.avgCost))
-
-    def _on_portfolio(self, item: Any) -> None:
-        with self.lock:
-            new = (item.account, int(item.contract.conId)) not in self.positions
-            entry = self._position(item.account, item.contract)
-            if new:
-                # positionEvent owns these; until it speaks, the portfolio's are right.
-                entry["quantity"] = _number(item.position)
-                entry["avg_price"] = _number(item.averageCost)
-            entry["market_price"] = _number(item.marketPrice)
-            entry["market_value"] = _number(item.marketValue)
-            entry["unrealized_pnl"] = _number(item.unrealizedPNL)
-            entry["realized_pnl"] = _number(item.realizedPNL)
+        self.book.on_commission(fill, report)
 
     def _on_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
         # System codes (req_id -1) are the manager's: it logs and classifies them.
-        if req_id < 0:
-            return
-        key = str(req_id)
-        with self.lock:
-            entry = self.orders.get(key)
-            if entry is None:
-                return
-            entry["errors"].append({"code": code, "message": message})
-        logger.warning("Order %s: IB error %d: %s", key, code, message)
+        if req_id >= 0:
+            self.book.on_order_error(req_id, code, message)
 
 
 __all__ = ["DONE_STATUSES", "Config", "IBKRIBInsyncApi"]

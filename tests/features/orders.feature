@@ -68,3 +68,11 @@ Feature: Orders, fills and positions survive a dropped connection
     Then my AAPL position should be 6 shares at an average price of 150
     And my AAPL position should show a market price of 155 and a market value of 930
     And my AAPL position should show an unrealized profit of 30 and a realized profit of 40
+
+  Scenario: Orders of an earlier run are booked whole after a restart
+    Given my earlier run bought 5 AAPL at market in 2 fills
+    And my earlier run left an order to buy 10 AAPL with 4 filled
+    When I start the bot again and connect to IBKR
+    Then the bought order should show BUY 5 AAPL, Filled, 5 filled, with 2 fills
+    And the working order should show BUY 10 AAPL, Submitted, 4 filled, with 1 fill
+    And every order in my book should have its details and a commission for each fill
