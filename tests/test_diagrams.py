@@ -47,7 +47,10 @@ def test_readme_shows_the_generated_diagram(tmp_path: Path) -> None:
     assert f"```mermaid\n{diagram.mermaid()}```" in readme
     out = tmp_path / "diagrams"
     diagram.write_all(out, with_svg=False)
-    (tmp_path / "README.md").write_text(readme.replace("attempt_succeeded", "edited", 1))
+    edited = readme.replace("connecting --> connected: attempt_succeeded",
+                            "connecting --> connected: edited", 1)
+    assert edited != readme
+    (tmp_path / "README.md").write_text(edited)
     assert "README.md" in diagram.drift(out)
 
 

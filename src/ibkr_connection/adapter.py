@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ibkr_connection.errors import OrderRejectedError
+from ibkr_connection.errors import OrderRejectedError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,30 @@ def new_ib() -> Any:
     from ib_insync import IB
 
     return IB()  # type: ignore[no-untyped-call]
+
+
+def backend_of(obj: Any) -> str:
+    """Return the top-level package an object's class comes from (``ib_insync``, ...)."""
+    return type(obj).__module__.split(".")[0]
+
+
+def check_same_backend(ib: Any, *objects: Any) -> None:
+    """Raise :class:`UsageError` if an object comes from another client library than ``ib``.
+
+    ib_insync's encoder writes an ib_async ``Contract`` (and vice versa) as
+    garbage fields that the gateway rejects, so the mix is refused here, with
+    the reason, before anything is sent.
+    """
+    backend = backend_of(ib)
+    if backend not in ("ib_insync", "ib_async"):
+        return
+    for obj in objects:
+        other = backend_of(obj)
+        if other in ("ib_insync", "ib_async") and other != backend:
+            raise UsageError(
+                f"{type(obj).__name__} comes from {other} but the IB object is {backend}'s: "
+                f"import contracts and orders from {backend}, or pass {other}'s IB()"
+            )
 
 
 def stock(symbol: str, exchange: str = "SMART", currency: str = "USD") -> Any:

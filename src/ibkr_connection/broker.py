@@ -510,8 +510,11 @@ class IBKRIBInsyncApi:
         Raises:
             OrderRejectedError: read-only session, or the state is not
                 ``connected`` / ``degraded``.
+            UsageError: the contract or order comes from another client
+                library than :attr:`ib` (ib_async's with ib_insync's ``IB``).
         """
         self._check_can_send("order")
+        adapter.check_same_backend(self.ib, contract, order)
         trade = self.ib.placeOrder(contract, order)
         key = self.book.on_order_placed(trade)
         logger.info("Order %s placed: %s %s %s", key, trade.order.action,
