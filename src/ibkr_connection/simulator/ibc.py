@@ -1,0 +1,169 @@
+"""IBC's command server, simulated: restart a (possibly wedged) simulator on command.
+
+It answers the way IBC's command server does (IbcAlpha/IBC:
+``CommandChannel.java``, ``CommandDispatcher.java``, ``RestartTask.java``):
+one command per line, answers ``OK <text>`` or ``ERROR <text>``;
+``RESTART`` answers ``OK RESTART in progress`` and closes the channel (a
+second one while the first runs: ``ERROR RESTART already in progress``);
+``RECONNECTDATA`` and ``RECONNECTACCOUNT`` answer ``OK`` with no text;
+``STOP`` answers ``OK Shutting down``; ``EXIT`` answers ``OK Goodbye`` and closes
+the channel; anything else answers ``ERROR Command invalid``; blank lines are
+skipped.
+
+What the commands do to the simulator: ``RESTART`` drops every client, refuses
+connections for ``restart_outage`` seconds and comes back healthy (every
+fault cleared: stall, held or delayed sync, slow handshake, broken farms);
+``RECONNECTDATA`` marks every farm OK and sends the farm-OK notices;
+``RECONNECTACCOUNT`` sends 1102 (connectivity restored, data kept); ``STOP``
+stops listening. Binds 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ibkr_connection.simulator.gateway import FakeGateway
+
+logger = logging.getLogger(__name__)
+
+
+class IbcCommandServer:
+    """IBC's command server in front of a :class:`FakeGateway`.
+
+    Args:
+        gateway: the simulator it controls.
+        host: interface to bind (127.0.0.1).
+        port: TCP port; 0 picks a free one.
+        restart_outage: seconds the gateway refuses connections during RESTART.
+        silent: accept commands and never answer (a hung IBC, for tests).
+
+    Attributes:
+        commands: every command received, in order (upper-cased).
+        restarts: how many restarts were carried out.
+    """
+
+    def __init__(self, gateway: FakeGateway, host: str = "127.0.0.1", port: int = 0,
+                 *, restart_outage: float = 1.0, silent: bool = False) -> None:
+        self.gateway = gateway
+        self.host = host
+        self.restart_outage = restart_outage
+        self.silent = silent
+        self.commands: list[str] = []
+        self.restarts = 0
+        self._port = port
+        self._server: asyncio.Server | None = None
+        self._restart_task: asyncio.Task[None] | None = None
+        self._channels: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        """The port it listens on."""
+        return self._port
+
+    @property
+    def restarting(self) -> bool:
+        """True while a RESTART runs."""
+        task = self._restart_task
+        return task is not None and not task.done()
+
+    async def start(self) -> None:
+        """Listen for commands."""
+        self._server = await asyncio.start_server(self._channel, self.host, self._port)
+        self._port = self._server.sockets[0].getsockname()[1]
+        logger.info("IBC command server on %s:%d", self.host, self._port)
+
+    async def stop(self) -> None:
+        """Stop listening, end the channels and any restart in progress."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for task in [*self._channels, self._restart_task]:
+            if task is not None and not task.done():
+                task.cancel()
+        tasks = [t for t in [*self._channels, self._restart_task] if t is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> IbcCommandServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def _channel(self, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._channels.add(task)
+        try:
+            while True:
+                raw = await reader.readline()
+                if not raw:
+                    break
+                command = raw.decode("utf-8", "replace").strip()
+                if not command:
+                    continue
+                self.commands.append(command.upper())
+                logger.info("IBC command server received command: %s", command)
+                if self.silent:
+                    continue
+                answer, close = await self._dispatch(command.upper())
+                writer.write((answer + "\n").encode())
+                await writer.drain()
+                if close:
+                    break
+        except (ConnectionError, OSError) as exc:
+            logger.debug("IBC channel broke: %r", exc)
+        finally:
+            writer.close()
+            if task is not None:
+                self._channels.discard(task)
+
+    async def _dispatch(self, command: str) -> tuple[str, bool]:
+        """Return (answer line, close the channel after it)."""
+        gateway = self.gateway
+        if command == "RESTART":
+            if self.restarting:
+                return "ERROR RESTART already in progress", True
+            self._restart_task = asyncio.ensure_future(self._restart())
+            return "OK RESTART in progress", True
+        if command == "RECONNECTDATA":
+            for farm in list(gateway.farms):
+                await gateway.farm_ok(farm)
+            return "OK ", False
+        if command == "RECONNECTACCOUNT":
+            await gateway.send_error(1102)
+            return "OK ", False
+        if command == "STOP":
+            await gateway.stop_listening()
+            await gateway.drop_clients()
+            return "OK Shutting down", True
+        if command == "EXIT":
+            return "OK Goodbye", True
+        return "ERROR Command invalid", False
+
+    async def _restart(self) -> None:
+        gateway = self.gateway
+        logger.info("IBC: restarting the gateway (outage %.2fs)", self.restart_outage)
+        await gateway.stop_listening()
+        await gateway.drop_clients()
+        # A restarted gateway remembers none of the faults of the last run.
+        gateway.unstall()
+        gateway.release_sync()
+        gateway.sync_delays.clear()
+        gateway.handshake_delay = 0.0
+        for farm in gateway.farms:
+            gateway.farms[farm] = True
+        await asyncio.sleep(self.restart_outage)
+        await gateway.start_listening()
+        self.restarts += 1
+        logger.info("IBC: gateway restarted (%d so far)", self.restarts)
+
+
+__all__ = ["IbcCommandServer"]
