@@ -176,3 +176,20 @@ def test_controllers_satisfy_the_protocol_and_validate() -> None:
         IBCController(port=0)
     with pytest.raises(ConfigError):
         CommandController([])
+
+
+def test_config_from_env_builds_the_ibc_controller() -> None:
+    """IBKR_IBC_HOST / IBKR_IBC_PORT build an IBCController; without a port there is none."""
+    from ibkr_connection import ConnectionConfig
+
+    config = ConnectionConfig.from_env({"IBKR_IBC_HOST": "10.0.0.5", "IBKR_IBC_PORT": "7462"})
+    controller = config.controller()
+    assert isinstance(controller, IBCController)
+    assert (controller.host, controller.port) == ("10.0.0.5", 7462)
+    assert ConnectionConfig.from_env({}).controller() is None
+    with pytest.raises(ConfigError, match="IBKR_IBC_PORT"):
+        ConnectionConfig.from_env({"IBKR_IBC_PORT": "seventy"})
+    with pytest.raises(ConfigError, match="IBKR_IBC_PORT"):
+        ConnectionConfig.from_env({"IBKR_IBC_PORT": "0"})
+    with pytest.raises(ConfigError, match="IBKR_IBC_HOST"):
+        ConnectionConfig.from_env({"IBKR_IBC_HOST": " ", "IBKR_IBC_PORT": "7462"})

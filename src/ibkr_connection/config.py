@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ibkr_connection.errors import ConfigError
 from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
+
+if TYPE_CHECKING:
+    from ibkr_connection.controller import IBCController
 
 AccountFallback = Literal["error", "first"]
 
@@ -67,6 +70,12 @@ class ConnectionConfig:
             ``<client logger>.managed`` (e.g. ``ib_insync.client.managed``).
             Only this manager's ``IB`` object is affected. False leaves the
             client's logging untouched.
+        ibc_host: where IBC's command server runs (for restarting a wedged
+            gateway); empty: no IBC controller.
+        ibc_port: IBC's ``CommandServerPort``; None: no IBC controller. When
+            set, :meth:`controller` builds an
+            :class:`~ibkr_connection.controller.IBCController` (``watch`` and
+            the sync wrapper use it).
     """
 
     host: str = "127.0.0.1"
@@ -82,6 +91,8 @@ class ConnectionConfig:
     policy: RecoveryPolicy = field(default_factory=RecoveryPolicy)
     mask_accounts: bool = True
     quiet_client_logs: bool = True
+    ibc_host: str = "127.0.0.1"
+    ibc_port: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
@@ -92,10 +103,22 @@ class ConnectionConfig:
             _check_client_id("fallback_client_ids", fallback)
         if self.account_fallback not in ("error", "first"):
             raise ConfigError("account_fallback", "must be 'error' or 'first'")
+        if self.ibc_port is not None:
+            _check_port("ibc_port", self.ibc_port)
+        if not isinstance(self.ibc_host, str):
+            raise ConfigError("ibc_host", f"must be a host name, got {self.ibc_host!r}")
         for name in ("connect_timeout", "heartbeat_idle", "heartbeat_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(name, f"must be a positive number of seconds, got {value!r}")
+
+    def controller(self) -> IBCController | None:
+        """Return the IBC controller these settings name, or None without ``ibc_port``."""
+        if self.ibc_port is None or not self.ibc_host:
+            return None
+        from ibkr_connection.controller import IBCController
+
+        return IBCController(host=self.ibc_host, port=self.ibc_port)
 
     @property
     def client_ids(self) -> tuple[int, ...]:
@@ -115,7 +138,9 @@ class ConnectionConfig:
         ``IBKR_FALLBACK_CLIENT_IDS`` (comma separated), ``IBKR_ACCOUNT``,
         ``IBKR_ACCOUNT_FALLBACK`` (``error`` or ``first``), ``IBKR_READONLY``
         (true/false), ``IBKR_CONNECT_TIMEOUT``, ``IBKR_MAX_ATTEMPTS``
-        (empty or ``none`` for no limit). Unset variables keep the defaults.
+        (empty or ``none`` for no limit), ``IBKR_IBC_HOST`` and
+        ``IBKR_IBC_PORT`` (IBC's command server, optional). Unset variables
+        keep the defaults.
 
         Args:
             environ: the mapping to read (``os.environ`` by default).
@@ -178,6 +203,12 @@ class ConnectionConfig:
             if seconds <= 0:
                 raise ConfigError("IBKR_CONNECT_TIMEOUT", f"must be positive, got {timeout!r}")
             values["connect_timeout"] = seconds
+        if (ibc_host := text("IBKR_IBC_HOST")) is not None:
+            if not ibc_host:
+                raise ConfigError("IBKR_IBC_HOST", "must not be empty")
+            values["ibc_host"] = ibc_host
+        if (ibc_port := integer("IBKR_IBC_PORT")) is not None:
+            values["ibc_port"] = _check_port("IBKR_IBC_PORT", ibc_port)
         if (attempts := text("IBKR_MAX_ATTEMPTS")) is not None:
             if attempts.lower() in ("", "none"):
                 max_attempts = None
