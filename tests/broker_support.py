@@ -25,8 +25,6 @@ ACCOUNT = "DU1234567"
 class Context:
     """What a scenario remembers between steps."""
 
-    started: float = 0.0
-    elapsed: float = 0.0
     result: Any = None
     error: Exception | None = None
     trade: Any = None

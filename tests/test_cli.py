@@ -72,32 +72,33 @@ async def _get(port: int, path: str) -> tuple[str, str]:
     return head.splitlines()[0], body
 
 
+async def _written(lines: list[str], pattern: str, timeout: float = 60.0) -> re.Match[str]:
+    """Wait until ``pattern`` was written to ``lines``; the timeout is a hang guard only."""
+
+    async def found() -> re.Match[str]:
+        while (match := re.search(pattern, "".join(lines))) is None:
+            await asyncio.sleep(0.01)
+        return match
+
+    try:
+        return await asyncio.wait_for(found(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"{pattern!r} never written: {lines}") from None
+
+
 async def test_demo_serves_metrics_and_health() -> None:
     """With --metrics-port, the demo serves /metrics and a /healthz that follows the state."""
     lines: list[str] = []
     demo = asyncio.ensure_future(run_demo(lines.append, metrics_port=0, pause=0.5))
-    port = 0
-    for _ in range(200):
-        found = [re.search(r"127\.0\.0\.1:(\d+)/metrics", line) for line in lines]
-        if any(found):
-            port = int(next(m for m in found if m).group(1))
-            break
-        await asyncio.sleep(0.01)
-    assert port, "the demo did not announce its metrics port"
-    for _ in range(200):
-        if any("connecting -> connected" in line for line in lines):
-            break
-        await asyncio.sleep(0.01)
+    port = int((await _written(lines, r"127\.0\.0\.1:(\d+)/metrics")).group(1))
+    await _written(lines, "connecting -> connected")
     status, body = await _get(port, "/healthz")
     assert status.endswith("200 OK") and "connected" in body
     status, body = await _get(port, "/metrics")
     assert status.endswith("200 OK")
     assert 'ibkr_connection_state{state="connected"} 1.0' in body
     assert "ibkr_connection_transitions_total" in body
-    for _ in range(300):
-        if any("connected -> degraded" in line for line in lines):
-            break
-        await asyncio.sleep(0.01)
+    await _written(lines, "connected -> degraded")
     status, _ = await _get(port, "/healthz")
     assert status.endswith("503 Service Unavailable")
     assert await demo == 0
@@ -117,17 +118,10 @@ async def test_watch_live_view_and_endpoints() -> None:
         watch = asyncio.ensure_future(run_watch(
             lines.append, ConnectionConfig(port=gw.port, client_id=5), metrics_port=0,
             degraded_ok=True, stop=stop, ib=IB()))
-        port = 0
-        for _ in range(300):
-            text = "".join(lines)
-            match = re.search(r"127\.0\.0\.1:(\d+)/metrics", text)
-            if match and "connecting -> connected" in text:
-                port = int(match.group(1))
-                break
-            await asyncio.sleep(0.01)
-        assert port, lines
+        port = int((await _written(lines, r"127\.0\.0\.1:(\d+)/metrics")).group(1))
+        await _written(lines, "connecting -> connected")
         await gw.farm_broken("usfarm")
-        await asyncio.sleep(0.05)
+        await _written(lines, "connected -> degraded")
         status, body = await _get(port, "/healthz")
         assert status.endswith("200 OK") and "degraded" in body  # degraded_ok
         status, body = await _get(port, "/metrics")

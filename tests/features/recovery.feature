@@ -9,7 +9,8 @@ Feature: Recovering the connection to the gateway
 
   Scenario: The gateway restarts
     When the gateway restarts after a 0.5 second outage
-    Then the bot goes through "backoff" and is "connected" again within 2 seconds
+    Then the bot goes through "backoff" and is "connected" again
+    And while the gateway was down the bot tried again at least every 0.25 seconds
     And AAPL market data was requested again
 
   Scenario: Nightly reset, connectivity restored with data lost
@@ -34,7 +35,9 @@ Feature: Recovering the connection to the gateway
 
   Scenario: The gateway hangs
     When the gateway stops answering
-    Then the bot goes through "backoff" and is "connected" again within 3 seconds after the gateway answers again
+    Then the bot drops the session because its heartbeat went unanswered
+    When the gateway answers again
+    Then the bot goes through "backoff" and is "connected" again
 
   Scenario: Another session holds our client id
     Given another program is connected with client id 7
@@ -43,5 +46,6 @@ Feature: Recovering the connection to the gateway
 
   Scenario: The API port is reset
     When the gateway resets its API port
-    Then the bot goes through "backoff" and is "connected" again within 2 seconds
+    Then the bot goes through "backoff" and is "connected" again
+    And the bot tried the new port at once, without a backoff delay
     And the bot is connected on the new port

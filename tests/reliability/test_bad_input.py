@@ -12,12 +12,15 @@ import pytest
 from ib_insync import IB
 
 from ibkr_connection import (
+    BackoffPolicy,
     Config,
     ConfigError,
     ConnectionConfig,
     ConnectionManager,
     ConnectionState,
     IBKRIBInsyncApi,
+    RecoveryPolicy,
+    adapter,
 )
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.simulator import FakeGateway
@@ -193,7 +196,7 @@ GARBAGE: dict[str, Behaviour] = {
 async def test_garbage_gateway_fails_attempts_without_crash_or_hang(
     behaviour: str, tracebacks: TracebackCatcher,
 ) -> None:
-    """Each garbage answer is a failed attempt followed by backoff; stop() returns at once."""
+    """Each garbage answer is a failed attempt followed by backoff; stop() closes the socket."""
     async with _raw_gateway(GARBAGE[behaviour]) as port:
         manager = ConnectionManager(IB(), fast_config(port))
         manager.feed(Input(InputKind.CONNECT, message="garbage test"))
@@ -205,8 +208,10 @@ async def test_garbage_gateway_fails_attempts_without_crash_or_hang(
         assert all(t.source is S.CONNECTING and t.dest is S.BACKOFF for t in failures())
         assert S.CONNECTED not in [t.dest for t in manager.transcript]
         assert manager.state in (S.BACKOFF, S.CONNECTING)
-        await asyncio.wait_for(manager.stop(), 2.0)
+        await asyncio.wait_for(manager.stop(), 30)  # a hang guard only
         assert manager.state is S.DISCONNECTED
+        # stop() gives the socket up to 1 s to close; here it did close.
+        assert not adapter.transport_open(manager.ib)
     ours = [r for r in tracebacks.escaped() if r.startswith("ibkr_connection")]
     assert ours == []
 
@@ -265,7 +270,10 @@ async def test_gateway_closing_in_the_middle_of_startup_sync(
 ) -> None:
     """A drop while the startup sync is held is a costly failed attempt, then a clean connect."""
     gw.hold_sync("reqExecutions")
-    manager = make_manager(connect_timeout=2.0)
+    # Cheap and costly floors differ, so the delay chosen tells which schedule it came from.
+    policy = RecoveryPolicy(backoff=BackoffPolicy(initial_delay=0.05, costly_delay=0.3,
+                                                  jitter=0.0))
+    manager = make_manager(connect_timeout=2.0, policy=policy)
     manager.feed(Input(InputKind.CONNECT, message="sync cut short"))
     await wait_until(lambda: bool(gw.requests_named("reqExecutions")), what="sync under way")
     await gw.drop_clients()
@@ -273,7 +281,7 @@ async def test_gateway_closing_in_the_middle_of_startup_sync(
     failed = manager.transcript[-1]
     assert failed.trigger is InputKind.ATTEMPT_FAILED
     assert "sync" in failed.cause or "socket" in failed.cause
-    assert failed.delay is not None and failed.delay >= 0.05 * 0.9  # costly schedule
+    assert failed.delay == 0.3  # the costly floor; a cheap failure would wait 0.05
     gw.release_sync()
     await manager.wait_for(S.CONNECTED, timeout=3)
     assert tracebacks.escaped() == []
@@ -289,4 +297,8 @@ async def test_socket_closed_during_handshake_fails_the_attempt_at_once(
     manager.feed(Input(InputKind.CONNECT, message="handshake cut short"))
     await wait_until(lambda: gw.accepted_connections > accepted, what="TCP accepted")
     await gw.drop_clients()
-    await manager.wait_for(S.BACKOFF, timeout=1.0)
+    await manager.wait_for(S.BACKOFF, timeout=30)  # a hang guard only
+    failed = manager.transcript[-1]
+    # Left to connect_timeout, the attempt would fail as "timed out".
+    assert (failed.source, failed.trigger) == (S.CONNECTING, InputKind.ATTEMPT_FAILED)
+    assert failed.cause.startswith("socket broke during the handshake"), failed.cause

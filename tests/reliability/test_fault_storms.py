@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import time
 from collections.abc import Callable
 
 import pytest
@@ -33,34 +32,32 @@ async def _storm(gw: FakeGateway, rng: random.Random, faults: int) -> dict[str, 
     return done
 
 
-def _recovery_bound() -> float:
-    """Worst case after healing: a running attempt times out, one backoff, a new attempt.
-
-    Plus one heartbeat cycle (a session opened on a stalled socket) and a second
-    of slack for a loaded 2-core CI machine.
-    """
-    backoff = FAST_SETTINGS["policy"].backoff
-    delay = max(backoff.max_delay, backoff.max_costly_delay)
-    attempt = FAST_SETTINGS["connect_timeout"]
-    heartbeat = FAST_SETTINGS["heartbeat_idle"] + FAST_SETTINGS["heartbeat_timeout"]
-    return attempt + delay + attempt + heartbeat + 1.0
+#: Attempts the manager may start from the heal on until it is connected: one may
+#: still meet the gateway before the heal is complete (a retry falling due while
+#: it heals) and fail; the next one meets the healed gateway. The time this
+#: takes, against a bound built from the same worst case (two attempts, two of
+#: the longest backoffs), is measured by benchmarks/fault_storm.py.
+ATTEMPTS_AFTER_HEAL = 2
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_storm_against_real_client_recovers(
     seed: int, make_manager: Make, gw: FakeGateway, tracebacks: TracebackCatcher,
 ) -> None:
-    """After 120 random faults and a heal, the manager is connected within the bound."""
+    """After 120 random faults and a heal, the manager reconnects in two attempts, delays capped."""
     manager = make_manager()
     await manager.start(timeout=3)
     counts = handler_counts(manager.ib)
     done = await _storm(gw, random.Random(seed), faults=120)
     assert sum(done.values()) == 120
+    since = len(manager.transcript)
     await storm.heal(gw)
-    healed = time.monotonic()
-    bound = _recovery_bound()
-    await manager.wait_for(S.CONNECTED, timeout=bound)
-    assert time.monotonic() - healed <= bound
+    await manager.wait_for(S.CONNECTED, timeout=60)  # a hang guard only
+    after_heal = manager.transcript[since:]
+    assert sum(t.dest is S.CONNECTING for t in after_heal) <= ATTEMPTS_AFTER_HEAL, after_heal
+    backoff = FAST_SETTINGS["policy"].backoff
+    cap = max(backoff.max_delay, backoff.max_costly_delay)
+    assert all(t.delay <= cap for t in manager.transcript if t.delay is not None)
     await asyncio.sleep(0.1)
     assert manager.state is S.CONNECTED
     assert handler_counts(manager.ib) == counts
@@ -153,16 +150,16 @@ def _machine_storm(seed: int, inputs: int) -> tuple[list[dict[str, object]], lis
 
 
 def test_same_seed_same_transcript_other_seed_differs() -> None:
-    """Thousands of random inputs: one seed gives one transcript; another seed another."""
-    started = time.monotonic()
+    """Thousands of random inputs: one seed gives one transcript; another seed another.
+
+    How fast the machine handles an input is measured by benchmarks/connect_phases.py.
+    """
     first, first_calls = _machine_storm(seed=11, inputs=3000)
     again, again_calls = _machine_storm(seed=11, inputs=3000)
     other, _ = _machine_storm(seed=12, inputs=3000)
-    elapsed = time.monotonic() - started
     assert len(first) > 500, "the storm must actually move the machine"
     assert first == again and first_calls == again_calls
     assert first != other
-    assert elapsed < 10.0, f"9000 inputs took {elapsed:.1f}s"
 
 
 def test_machine_storm_keeps_its_invariants() -> None:

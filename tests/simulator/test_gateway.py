@@ -19,17 +19,22 @@ Connect = Callable[..., Coroutine[Any, Any, IB]]
 AAPL = Stock("AAPL", "SMART", "USD")
 
 
-async def test_connect_shows_accounts_and_next_id(gw: FakeGateway, connect: Connect) -> None:
-    """connectAsync completes fast with the configured accounts and order id sequence."""
-    t0 = time.perf_counter()
+async def test_connect_shows_accounts_and_next_id(
+    gw: FakeGateway, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    """connectAsync completes with every startup request answered, the accounts and order ids.
+
+    An unanswered startup request would not fail the connect: ib_insync waits
+    its timeout out and logs "<name> request timed out". How long a connect
+    takes is measured by benchmarks/connect_latency.py.
+    """
     ib = await connect(1)
-    elapsed = time.perf_counter() - t0
     assert ib.isConnected()
     assert ib.managedAccounts() == [ACCOUNT]
     assert ib.client.getReqId() >= 100
     first_multi = gw.requests_named("reqAccountUpdatesMulti", client_id=1)[0]
     assert first_multi.fields[2] == "100"  # ib_insync takes request ids from nextValidId
-    assert elapsed < 0.5
+    assert [r.getMessage() for r in caplog.records if "timed out" in r.getMessage()] == []
     assert gw.accepted_connections == 1 and gw.handshakes == 1
     assert [c.client_id for c in gw.clients] == [1]
 
@@ -193,16 +198,23 @@ async def test_duplicate_client_id_326(gw: FakeGateway, connect: Connect) -> Non
 
 
 async def test_current_time_and_stall(gw: FakeGateway, connect: Connect) -> None:
-    """reqCurrentTime round-trips, times out while stalled and recovers after unstall."""
+    """reqCurrentTime round-trips, goes unanswered while stalled and is answered after unstall."""
     ib = await connect(1)
-    now = await asyncio.wait_for(ib.reqCurrentTimeAsync(), 1)
-    assert abs(now.timestamp() - time.time()) < 5
+    asked = int(time.time())  # the gateway answers in whole seconds
+    now = await asyncio.wait_for(ib.reqCurrentTimeAsync(), 5)
+    assert asked <= now.timestamp() <= time.time()
     gw.stall()
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(ib.reqCurrentTimeAsync(), 0.2)
-    assert ib.isConnected()
+    pending = asyncio.ensure_future(ib.reqCurrentTimeAsync())
+    [conn] = gw.connections
+
+    async def held() -> None:  # the request reached the gateway, which sits on it
+        while not conn.backlog:
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(held(), 5)
+    assert not pending.done() and ib.isConnected()
     gw.unstall()
-    await asyncio.wait_for(ib.reqCurrentTimeAsync(), 1)
+    assert (await asyncio.wait_for(pending, 5)).timestamp() >= asked
 
 
 async def test_order_filled_with_commission(gw: FakeGateway, connect: Connect) -> None:
@@ -376,13 +388,20 @@ async def test_held_sync_times_out(gw: FakeGateway) -> None:
     ib2.disconnect()
 
 
-async def test_delayed_sync(gw: FakeGateway) -> None:
-    """delay_sync slows one startup reply down without breaking it."""
+async def test_delayed_sync(gw: FakeGateway, caplog: pytest.LogCaptureFixture) -> None:
+    """delay_sync slows one startup reply down without breaking it.
+
+    ib_insync sends reqExecutions only once the other startup replies are in,
+    so in the gateway's request log it follows reqPositions by the delay; and
+    the slowed reply still came before ib_insync gave up on it.
+    """
     gw.delay_sync("reqPositions", 0.2)
     ib = IB()
-    t0 = time.perf_counter()
-    await ib.connectAsync("127.0.0.1", gw.port, clientId=1, timeout=2)
-    assert time.perf_counter() - t0 >= 0.2
+    await ib.connectAsync("127.0.0.1", gw.port, clientId=1, timeout=5)
+    [positions] = gw.requests_named("reqPositions")
+    [executions] = gw.requests_named("reqExecutions")
+    assert executions.at - positions.at >= 0.2 - 1e-3
+    assert [r.getMessage() for r in caplog.records if "timed out" in r.getMessage()] == []
     ib.disconnect()
 
 
