@@ -438,6 +438,7 @@ class ConnectionManager:
     def _orders_session_ended(self) -> None:
         trades = self.in_flight.session_ended()
         if trades:
+            adapter.forget_trades(self.ib, trades)
             self.ordersUncertainEvent.emit(trades)
 
     def _resolve_orders(self) -> None:

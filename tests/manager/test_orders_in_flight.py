@@ -306,3 +306,40 @@ async def test_session_of_another_client_id_cannot_conclude_not_received(
     finally:
         squatter.disconnect()
     assert _received(gw, "placeOrder", trade.order.orderId) == 1
+
+
+async def test_order_sent_into_a_hang_the_client_gives_up_on_is_not_received(
+    make_manager: Make, gw: FakeGateway,
+) -> None:
+    """The client closes a hung session itself: its stale trade is no stand-in for the gateway."""
+    manager, events = await _connected(make_manager, gw, heartbeat_idle=0.2,
+                                       heartbeat_timeout=0.2)
+    gw.stall()  # the order's bytes wait unread, and go nowhere once the socket closes
+    trade = manager.ib.placeOrder(*_limit(manager, ref="into-a-hang"))
+    await _until(lambda: events.uncertain, what="ordersUncertainEvent")
+    assert [t.trigger.value for t in manager.transcript][-1] == "heartbeat_missed"
+    gw.unstall()
+    await _sessions(manager, 2)
+    [(resolved, outcome)] = events.resolved
+    assert resolved is trade and outcome.status == "NotReceived"
+    assert gw.requests_named("placeOrder") == [] and gw.orders == {}
+
+
+async def test_order_filled_as_the_bot_disconnects_is_found_filled(
+    make_manager: Make, gw: FakeGateway,
+) -> None:
+    """The bot closes the socket right after sending: the gateway filled it; that is the outcome."""
+    manager, events = await _connected(make_manager, gw)
+    gw.fill_mode = "immediate"
+    trade = manager.ib.placeOrder(*_limit(manager, ref="as-we-leave"))
+    manager.feed(Input(InputKind.DISCONNECT, message="test: log off at once"))
+    assert events.uncertain == [[trade]]
+    await _until(lambda: trade.order.orderId in gw.orders and not gw.connections,
+                 what="the gateway booked it")
+    manager.feed(Input(InputKind.CONNECT, message="test: log on again"))
+    await _sessions(manager, 2)
+    [(resolved, outcome)] = events.resolved
+    assert resolved is trade
+    assert (outcome.status, outcome.found_by, len(outcome.fills)) == ("Filled", "orderId", 1)
+    assert outcome.trade is not trade
+    assert _received(gw, "placeOrder", trade.order.orderId) == 1
