@@ -1,18 +1,23 @@
 """Fault storm: thousands of seeded random faults against the simulator, then a summary.
 
 A real ``ib_insync.IB`` is driven by a :class:`~ibkr_connection.ConnectionManager`
-with tight timeouts. The storm injects faults in rounds of ``--round`` faults
-(IB codes, drops, stop/start listening, restarts, stalls, handshake delays, held
-startup replies) with random gaps; after each round the gateway is healed and
-the time until the manager is connected again is measured. The same seed gives
-the same fault sequence.
+with tight timeouts, under an :class:`~ibkr_connection.IBKRIBInsyncApi` whose
+bot places and cancels orders all along (re-placing only what IB never got).
+The storm injects faults in rounds of ``--round`` faults (IB codes, drops,
+stop/start listening, restarts, stalls, handshake delays, held startup replies,
+order requests lost on their way in or their answers lost, drops right after
+an order, fills and cancels at the gateway) with random gaps; after each round
+the gateway is healed and the time until the manager is connected again is
+measured. At the end the gateway's record is checked against the bot's book:
+no order left Uncertain, none sent twice, no fill lost or doubled. The same
+seed gives the same fault sequence.
 
 Run::
 
     uv run python benchmarks/fault_storm.py --faults 5000 --seed 1
 
-Exit status 0 when every round recovered within the bound and no exception
-escaped (no traceback was logged), else 1.
+Exit status 0 when every round recovered within the bound, no exception
+escaped (no traceback was logged) and the order audit is clean, else 1.
 """
 
 from __future__ import annotations
@@ -25,17 +30,23 @@ import random
 import statistics
 import time
 
-from ib_insync import IB
+from ib_insync import IB, LimitOrder, Stock
 
 from ibkr_connection import (
     BackoffPolicy,
     ConnectionConfig,
-    ConnectionManager,
     ConnectionState,
+    IBKRIBInsyncApi,
     RecoveryPolicy,
 )
 from ibkr_connection.simulator import FakeGateway
-from ibkr_connection.simulator.storm import TracebackCatcher, heal, random_fault
+from ibkr_connection.simulator.storm import (
+    StormBot,
+    TracebackCatcher,
+    audit_orders,
+    heal,
+    random_fault,
+)
 
 S = ConnectionState
 
@@ -54,19 +65,29 @@ async def storm(faults: int, seed: int, per_round: int, gap: float) -> int:
     bound = 2 * (CONFIG["connect_timeout"] + POLICY.backoff.max_costly_delay) + 0.4 + 1.0
     started = time.monotonic()
     async with FakeGateway(accounts=["DU1234567"], next_order_id=100) as gw:
-        manager = ConnectionManager(
-            IB(), ConnectionConfig(port=gw.port, policy=POLICY, **CONFIG))  # type: ignore[arg-type]
+        gw.fill_mode = "manual"  # orders work until the storm fills or cancels them
+        api = IBKRIBInsyncApi(ConnectionConfig(port=gw.port, policy=POLICY, **CONFIG),  # type: ignore[arg-type]
+                              IB(), max_completed_orders=1_000_000)
+        manager = api.manager
+        bot = StormBot(api, Stock("AAPL", "SMART", "USD"),
+                       lambda ref: LimitOrder("BUY", 1, 150.0, orderRef=ref),
+                       random.Random(seed))
         await manager.start(timeout=5)
+        trading = asyncio.ensure_future(bot.run(interval=0.003))
         handlers = (len(manager.ib.errorEvent), len(manager.ib.disconnectedEvent),
                     len(manager.ib.newOrderEvent))
         done = 0
         round_no = 0
         while done < faults:
             round_no += 1
+            if trading.done():
+                trading = asyncio.ensure_future(bot.run(interval=0.003))
             for _ in range(min(per_round, faults - done)):
                 tally[await random_fault(gw, rng)] += 1
                 await asyncio.sleep(rng.uniform(0.0, gap))
                 done += 1
+            if done >= faults:
+                trading.cancel()  # the last round: settle with nothing more sent
             await heal(gw)
             healed = time.monotonic()
             try:
@@ -77,6 +98,9 @@ async def storm(faults: int, seed: int, per_round: int, gap: float) -> int:
             recoveries.append(time.monotonic() - healed)
             if recoveries[-1] > bound:
                 late.append(round_no)
+        await asyncio.sleep(0.2)  # the last answers arrive
+        audit = audit_orders(gw, api.orders, CONFIG["client_id"])  # type: ignore[arg-type]
+        uncertain_left = len(manager.in_flight.uncertain)
         final = manager.state
         transcript = list(manager.transcript)
         handlers_after = (len(manager.ib.errorEvent), len(manager.ib.disconnectedEvent),
@@ -114,7 +138,12 @@ async def storm(faults: int, seed: int, per_round: int, gap: float) -> int:
           "reqAccountSummary after a 1102)")
     for line in sorted(set(foreign))[:3]:
         print(f"    {line}")
-    ok = not late and not ours and handlers == handlers_after and final is S.CONNECTED
+    print(f"  orders             {audit.line()}")
+    print(f"                     bot placed {bot.placed}, placed again {bot.replaced} after "
+          f"NotReceived, cancels {bot.cancels}, refused {bot.refused}; uncertain settled as "
+          + ", ".join(f"{k} {v}" for k, v in sorted(bot.outcomes.items())))
+    ok = (not late and not ours and handlers == handlers_after and final is S.CONNECTED
+          and audit.clean and uncertain_left == 0)
     print(f"  verdict            {'PASS' if ok else 'FAIL'}"
           + (f" (rounds late or unrecovered: {late[:10]})" if late else ""))
     return 0 if ok else 1

@@ -27,8 +27,13 @@ async def test_demo_tells_the_whole_story() -> None:
     assert status == 0
     for expected in ("connected -> degraded", "connected -> lost", "lost -> connected",
                      "socket_closed", "heartbeat_missed", "connected -> disconnected",
-                     "recoveries: 3"):
+                     "recoveries: 4"):
         assert expected in text, expected
+    # The order act: Uncertain after the drop, then filled at the gateway, sent once.
+    assert re.search(r"order \d+ \(demo-1\): Uncertain \(last status PendingSubmit", text)
+    assert re.search(r"order \d+ \(demo-1\): resolved after the reconnect: Filled "
+                     r"\(found by orderId, 1 fill\(s\)\)", text)
+    assert re.search(r"the gateway received order \d+ 1 time\(s\)", text)
 
 
 def test_diagram_check_passes_on_committed_diagrams() -> None:

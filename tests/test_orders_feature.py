@@ -437,3 +437,159 @@ async def test_async_twins_connect_trade_and_disconnect() -> None:
         assert api.orders[str(trade.order.orderId)]["filled"] == 1
         await api.disconnect_async()
         assert api.state is ConnectionState.DISCONNECTED
+
+
+# -- orders caught by a drop --------------------------------------------------------------
+
+#: The orderRef the scenarios' orders carry.
+REF = "feature-order"
+
+
+def _listen_to_order_events(api: IBKRIBInsyncApi, ctx: Context) -> None:
+    """Record what the wrapper's order events tell the bot."""
+    told_uncertain: list[tuple[str, str]] = []
+    told_resolved: list[tuple[str, Any]] = []
+    ctx.extra["uncertain"] = told_uncertain
+    ctx.extra["resolved"] = told_resolved
+    api.orderUncertainEvent += lambda entry, request: told_uncertain.append(
+        (entry["status"], request))
+    api.orderResolvedEvent += lambda entry, outcome: told_resolved.append(
+        (entry["status"], outcome))
+
+
+@given(parsers.re(r"the gateway will go down (?P<when>as it receives|while) my next "
+                  r"(?P<what>order|cancel)(?: is on its way)?, losing (?P<lost>its answer|"
+                  r"the order)"))
+def _order_fault(api: IBKRIBInsyncApi, gw: FakeGateway, ctx: Context,
+                 loop: asyncio.AbstractEventLoop, when: str, what: str, lost: str) -> None:
+    """Arm the fault; the gateway also stops accepting connections until told."""
+    _listen_to_order_events(api, ctx)
+    request = "placeOrder" if what == "order" else "cancelOrder"
+    if lost == "the order":
+        gw.lose_next_order(request)
+    else:
+        gw.lose_next_order_ack(request)
+    ctx.sessions_before = sessions(api)
+    run(loop, gw.stop_listening())
+
+
+@when(parsers.parse("I send an order to buy {quantity:d} AAPL at market"))
+def _send(api: IBKRIBInsyncApi, ctx: Context, quantity: int) -> None:
+    """A market buy with an orderRef; the drop follows."""
+    ctx.trade = api.place_order(AAPL, MarketOrder("BUY", quantity, orderRef=REF))
+    ctx.extra["first_id"] = ctx.trade.order.orderId
+    assert pump_until(api, lambda: not api.connected)
+
+
+@when("I cancel the order")
+def _cancel(api: IBKRIBInsyncApi, ctx: Context) -> None:
+    """Cancel the working order; the drop follows."""
+    api.cancel_order(ctx.trade.order.orderId)
+    assert pump_until(api, lambda: not api.connected)
+
+
+@then("the order should be uncertain")
+def _uncertain(api: IBKRIBInsyncApi, ctx: Context) -> None:
+    """The book says Uncertain."""
+    assert _entry(api, ctx)["status"] == "Uncertain"
+
+
+@then("I should have been told that the order is uncertain")
+def _told_uncertain(ctx: Context) -> None:
+    """One orderUncertainEvent, for the new order."""
+    assert ctx.extra["uncertain"] == [("Uncertain", "place")]
+
+
+@then(parsers.parse("the order should be confirmed as {status} with 1 fill and its commission"))
+def _confirmed_with_fill(api: IBKRIBInsyncApi, ctx: Context, status: str) -> None:
+    """The gateway's status, its one execution and the commission of it."""
+    entry = _entry(api, ctx)
+    assert entry["status"] == status
+    [execution] = entry["executions"]
+    [commission] = entry["commissions"]
+    assert commission["execution_id"] == execution["execution_id"]
+
+
+@then(parsers.parse("the order should be confirmed as {status:w}"))
+def _confirmed(api: IBKRIBInsyncApi, ctx: Context, status: str) -> None:
+    """The gateway's status, told once."""
+    assert _entry(api, ctx)["status"] == status
+    assert [(s, o.status) for s, o in ctx.extra["resolved"]] == [(status, status)]
+
+
+@then(parsers.parse("I should have been told once that the order was confirmed as {status}"))
+def _told_confirmed(ctx: Context, status: str) -> None:
+    """One orderResolvedEvent: found at the gateway, the order took effect."""
+    [(entry_status, outcome)] = ctx.extra["resolved"]
+    assert (entry_status, outcome.status, outcome.received, outcome.applied) == (
+        status, status, True, True)
+
+
+@then("the gateway should have received the order once")
+def _received_once(gw: FakeGateway, ctx: Context) -> None:
+    """One order booked with the orderRef, one placeOrder request for its id."""
+    assert [o.order_ref for o in gw.orders.values()] == [REF]
+    assert [int(r.fields[1]) for r in gw.requests_named("placeOrder")] == [
+        ctx.trade.order.orderId]
+
+
+@then("the order should be reported as not received")
+def _not_received(api: IBKRIBInsyncApi, ctx: Context) -> None:
+    """NotReceived in the book, told once."""
+    assert _entry(api, ctx)["status"] == "NotReceived"
+    [(entry_status, outcome)] = ctx.extra["resolved"]
+    assert (entry_status, outcome.received) == ("NotReceived", False)
+
+
+@then("the gateway should not have the order")
+def _gateway_lacks(gw: FakeGateway, ctx: Context) -> None:
+    """The request was lost on its way: no order, no request logged."""
+    assert gw.orders == {} and gw.requests_named("placeOrder") == []
+    assert [int(r.fields[1]) for r in gw.lost_requests] == [ctx.extra["first_id"]]
+
+
+@then("sending the same order again should be refused")
+def _same_refused(api: IBKRIBInsyncApi, ctx: Context) -> None:
+    """The Order object still carries the id that is never reused."""
+    with pytest.raises(OrderRejectedError, match="not received"):
+        api.place_order(AAPL, ctx.trade.order)
+
+
+@when("I send the order again as a new order")
+def _send_again(api: IBKRIBInsyncApi, ctx: Context) -> None:
+    """The same Order with its id cleared: a new order."""
+    order = ctx.trade.order
+    order.orderId = 0
+    ctx.trade = api.place_order(AAPL, order)
+
+
+@then("it should be filled under a new order id")
+def _filled_new_id(api: IBKRIBInsyncApi, ctx: Context) -> None:
+    """Filled, under an id above the lost one."""
+    assert ctx.trade.order.orderId > ctx.extra["first_id"]
+    assert pump_until(api, lambda: _entry(api, ctx)["status"] == "Filled")
+
+
+@then("cancelling it again should be refused while I am away")
+def _cancel_refused(api: IBKRIBInsyncApi, ctx: Context) -> None:
+    """No cancel is queued for later."""
+    with pytest.raises(OrderRejectedError, match="not connected"):
+        api.cancel_order(ctx.trade.order.orderId)
+
+
+@then("changing it should be refused while I am away")
+def _modify_refused(api: IBKRIBInsyncApi, ctx: Context) -> None:
+    """No modification is queued for later."""
+    order = ctx.trade.order
+    order.totalQuantity = 4
+    with pytest.raises(OrderRejectedError, match="not connected"):
+        api.place_order(AAPL, order)
+
+
+@then("the gateway should have received the order once and the cancel once")
+def _order_and_cancel_once(gw: FakeGateway, ctx: Context) -> None:
+    """One placeOrder and one cancelOrder for the order's id; its quantity unchanged."""
+    order_id = ctx.trade.order.orderId
+    assert [int(r.fields[1]) for r in gw.requests_named("placeOrder")] == [order_id]
+    assert [int(r.fields[2]) for r in gw.requests_named("cancelOrder")] == [order_id]
+    assert gw.orders[order_id].total_quantity == 8

@@ -57,6 +57,13 @@ def stock(symbol: str, exchange: str = "SMART", currency: str = "USD") -> Any:
     return Stock(symbol, exchange, currency)
 
 
+def market_order(action: str, quantity: float, order_ref: str = "") -> Any:
+    """Return an ib_insync ``MarketOrder``."""
+    from ib_insync import MarketOrder
+
+    return MarketOrder(action, quantity, orderRef=order_ref)
+
+
 def needs_qualified_contract(ib: Any, contract: Any) -> bool:
     """Return True if ``ib`` cannot stream market data for ``contract`` as it is.
 
@@ -247,6 +254,27 @@ def watch_request_ids(ib: Any, on_reset: Callable[[int], None]) -> Callable[[], 
             del client.reset
 
     return undo
+
+
+def forget_trades(ib: Any, trades: list[Any]) -> None:
+    """Drop ``trades`` from the client's own record of orders.
+
+    ib_insync 0.9.86 resets its trades when the gateway closes the socket, but
+    not when it closes the socket itself (``IB.disconnect()`` resets the client
+    first, so the wrapper's ``connectionClosed`` is skipped). A trade of the
+    ended session would then stand in the next session's ``ib.trades()`` as if
+    the gateway had listed it, and the next startup sync would update it in
+    place (or, for a completed order, skip it). Dropping the uncertain ones
+    makes the next sync rebuild them from the gateway's word alone, as after a
+    drop. (ib_async resets its wrapper in both cases.)
+    """
+    wrapper = getattr(ib, "wrapper", None)
+    if wrapper is None or not trades:
+        return
+    doomed = {id(trade) for trade in trades}
+    for table in (wrapper.trades, wrapper.permId2Trade):
+        for key in [k for k, trade in table.items() if id(trade) in doomed]:
+            del table[key]
 
 
 def raise_request_id(ib: Any, minimum: int) -> None:

@@ -32,6 +32,15 @@ Whole or not at all:
     held under its execution id and booked with its execution. Both holds are
     bounded, oldest dropped first.
 
+Uncertain orders:
+    An order whose request (place, modify, cancel) had no answer when its
+    session ended is marked ``Uncertain`` (:meth:`OrderBook.mark_uncertain`,
+    told by the connection manager) and keeps that status, whatever arrives
+    meanwhile, until it is resolved (:meth:`OrderBook.resolve`, from the next
+    session's startup sync): it then takes the gateway's status, fills and
+    commissions, or ``NotReceived`` (terminal) if the gateway never had it.
+    See :mod:`ibkr_connection.inflight`.
+
 Counted once:
     Every execution and every commission is booked once per execution id;
     the ids outlive pruned orders, so a replay after a reconnect cannot
@@ -56,8 +65,13 @@ from typing import Any, NamedTuple
 
 logger = logging.getLogger(__name__)
 
-#: Order statuses after which IB sends nothing more for the order.
-DONE_STATUSES = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
+#: The book's status of an order whose request had no answer when its session ended.
+UNCERTAIN = "Uncertain"
+#: The book's status of an uncertain order the gateway never had (terminal).
+NOT_RECEIVED = "NotReceived"
+
+#: Order statuses after which nothing more happens to the order (IB's, and NotReceived).
+DONE_STATUSES = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive", NOT_RECEIVED})
 
 #: An entry of :attr:`OrderBook.orders` (see :meth:`OrderBook.find`).
 Entry = dict[str, Any]
@@ -168,6 +182,8 @@ class OrderBook:
         self._held_fills: OrderedDict[str, tuple[Any, Any, str]] = OrderedDict()
         self._held_commissions: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._pruned_perms: OrderedDict[int, None] = OrderedDict()
+        # Key -> the request left unanswered ("place", "modify", "cancel").
+        self._uncertain: dict[str, str] = {}
 
     # -- finding orders ---------------------------------------------------------------
 
@@ -188,6 +204,12 @@ class OrderBook:
         """Return the keys of the orders carrying ``order_ref``, oldest first."""
         with self.lock:
             return list(self._by_ref.get(order_ref, ()))
+
+    @property
+    def uncertain(self) -> dict[str, str]:
+        """The keys of the ``Uncertain`` orders, each with its unanswered request."""
+        with self.lock:
+            return dict(self._uncertain)
 
     @property
     def held_fills(self) -> tuple[str, ...]:
@@ -292,6 +314,74 @@ class OrderBook:
             logger.warning("Order %s: IB error %d: %s", key, code, message)
         return key
 
+    # -- orders caught by a dropped session -------------------------------------------
+
+    def mark_uncertain(self, trade: Any, request: str) -> str | None:
+        """Mark the order of ``trade`` ``Uncertain``: ``request`` had no answer.
+
+        An order the book does not have yet (placed through the ``IB``
+        object directly) is booked from the trade first.
+
+        Args:
+            trade: the client's ``Trade`` of the order.
+            request: ``place``, ``modify`` or ``cancel``.
+
+        Returns:
+            The order's key, or None if the trade carries no order details.
+        """
+        ids = trade_ids(trade)
+        with self.lock:
+            key = self._find(ids)
+            if key is None:
+                if not _has_details(trade):
+                    return None
+                key = self._create(self._new_key(ids), ids, trade)
+                if key is None:
+                    return None
+            elif self.orders[key]["status"] in DONE_STATUSES:
+                return None
+            self._uncertain[key] = request
+            self.orders[key]["status"] = UNCERTAIN
+            return key
+
+    def resolve(self, trade: Any, resolution: Any) -> str | None:
+        """Settle the ``Uncertain`` order of ``trade`` with the next session's finding.
+
+        Args:
+            trade: the client's ``Trade`` the order was marked with.
+            resolution: an :class:`~ibkr_connection.inflight.Resolution`: the
+                gateway's status (or ``NotReceived``), its ``Trade`` and fills.
+
+        Returns:
+            The order's key, or None if the book does not have the order.
+        """
+        gateway = resolution.trade
+        with self.lock:
+            key = self._find(trade_ids(trade))
+            if key is None and gateway is not None:
+                key = self._find(trade_ids(gateway))
+            if key is None:
+                return None
+            self._uncertain.pop(key, None)
+            entry = self.orders[key]
+            if gateway is None:
+                entry["remaining"] = 0.0
+                self._set_status(key, resolution.status)
+                return key
+            self._learn_perm(key, entry, trade_ids(gateway).perm_id)
+            entry["quantity"] = number(gateway.order.totalQuantity) or entry["quantity"]
+            entry["order_type"] = gateway.order.orderType or entry["order_type"]
+            for fill in resolution.fills:
+                self._book_execution(gateway, fill, "reconnect")
+                report = getattr(fill, "commissionReport", None)
+                if report is not None and report.execId:
+                    self.on_commission(fill, report)
+            self._release_held_fills()
+            entry["filled"] = max(entry["filled"], number(gateway.orderStatus.filled))
+            entry["remaining"] = max(entry["quantity"] - entry["filled"], 0.0)
+            self._set_status(key, resolution.status)
+            return key
+
     # -- fills and commissions --------------------------------------------------------
 
     def on_execution(self, trade: Any, fill: Any) -> bool:
@@ -365,7 +455,9 @@ class OrderBook:
             for trade in trades:
                 status = trade.orderStatus.status
                 key = self._find(trade_ids(trade)) if status in DONE_STATUSES else None
-                if key is not None and self.orders[key]["status"] not in DONE_STATUSES:
+                # An uncertain order's outcome is told by its resolution, not here.
+                if (key is not None and key not in self._uncertain
+                        and self.orders[key]["status"] not in DONE_STATUSES):
                     logger.warning("Order %s: %s while the bot was away", key, status)
                     self._set_status(key, status)
                     statuses += 1
@@ -527,8 +619,12 @@ class OrderBook:
         if key in self._completed:
             self._completed = OrderedDict((new if k == key else k, None)
                                           for k in self._completed)
+        if key in self._uncertain:
+            self._uncertain[new] = self._uncertain.pop(key)
 
     def _set_status(self, key: str, status: str) -> None:
+        if self._uncertain and key in self._uncertain:
+            return  # Uncertain until resolved: one way out, with its event
         self.orders[key]["status"] = status
         if status in DONE_STATUSES and key not in self._completed:
             self._completed[key] = None
@@ -537,6 +633,7 @@ class OrderBook:
                 self._forget(old)
 
     def _forget(self, key: str) -> None:
+        self._uncertain.pop(key, None)
         entry = self.orders.pop(key, None)
         if entry is None:
             return
@@ -604,5 +701,5 @@ def _same_order(trade: OrderIds, execution: OrderIds) -> bool:
     return True
 
 
-__all__ = ["DONE_STATUSES", "Entry", "OrderBook", "OrderIds", "Reconciled", "execution_ids",
-           "number", "trade_ids"]
+__all__ = ["DONE_STATUSES", "NOT_RECEIVED", "UNCERTAIN", "Entry", "OrderBook", "OrderIds",
+           "Reconciled", "execution_ids", "number", "trade_ids"]

@@ -39,6 +39,17 @@ The book:
     ``ib.trades()`` and ``ib.fills()``: ib_insync emits no
     ``execDetailsEvent`` for executions it learns then.
 
+Orders caught by a dropped session:
+    When a session ends with an order's latest request (place, modify,
+    cancel) unanswered, the manager reports it (``ordersUncertainEvent``);
+    the order becomes ``Uncertain`` in the book and
+    :attr:`IBKRIBInsyncApi.orderUncertainEvent` tells the bot. The next
+    session's startup sync settles it (:mod:`ibkr_connection.inflight`): the
+    gateway's status, fills and commissions, or ``NotReceived``
+    (:attr:`IBKRIBInsyncApi.orderResolvedEvent`). Nothing is ever re-sent,
+    and :meth:`IBKRIBInsyncApi.place_order` refuses an order carrying the id
+    of an uncertain or not-received order (placed again, it takes a new id).
+
 Threads:
     Handlers run on the event loop's thread holding :attr:`IBKRIBInsyncApi.lock`;
     other threads read :meth:`IBKRIBInsyncApi.snapshot`.
@@ -53,10 +64,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from eventkit import Event
+
 from ibkr_connection import adapter
-from ibkr_connection.book import DONE_STATUSES, OrderBook
+from ibkr_connection.book import DONE_STATUSES, NOT_RECEIVED, UNCERTAIN, OrderBook
 from ibkr_connection.config import ConnectionConfig, mask_account
 from ibkr_connection.errors import ConfigError, OrderRejectedError, UsageError
+from ibkr_connection.inflight import PLACE, Resolution
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.machine import SESSION_STATES, ConnectionState, Transition
 from ibkr_connection.manager import USABLE_STATES, ConnectionManager
@@ -232,7 +246,21 @@ class IBKRIBInsyncApi:
         book: the :class:`~ibkr_connection.book.OrderBook` behind
             :attr:`orders`, :attr:`positions` and :attr:`lock`.
         account_id: the account in use (learnt at connect if not configured).
+
+    Events:
+        orderUncertainEvent (entry: dict, request: str): a session ended before
+            the gateway answered the order's latest request (``place``,
+            ``modify`` or ``cancel``); its entry's status is now
+            ``Uncertain``. Nothing is re-sent; wait for its resolution.
+        orderResolvedEvent (entry: dict, outcome: Resolution): the next
+            session's startup sync settled an uncertain order: its entry now
+            has the gateway's status, fills and commissions, or the status
+            ``NotReceived`` (the gateway never had it: it may be placed again,
+            under a new order id). ``outcome.applied`` says whether the
+            unanswered request took effect.
     """
+
+    events = ("orderUncertainEvent", "orderResolvedEvent")
 
     def __init__(
         self,
@@ -259,8 +287,12 @@ class IBKRIBInsyncApi:
         self._sessions = 0
         self._connect_outcome: asyncio.Future[bool] | None = None
         self._failed_attempts = 0
+        self.orderUncertainEvent = Event("orderUncertainEvent")
+        self.orderResolvedEvent = Event("orderResolvedEvent")
         self.manager = ConnectionManager(self.ib, self.config)
         self.manager.stateChangeEvent += self._on_state_change
+        self.manager.ordersUncertainEvent += self._on_orders_uncertain
+        self.manager.orderResolvedEvent += self._on_order_resolved
         self._setup_event_handlers()
 
     # -- settings and state -----------------------------------------------------------
@@ -508,14 +540,21 @@ class IBKRIBInsyncApi:
             The ib_insync ``Trade``.
 
         Raises:
-            OrderRejectedError: read-only session, or the state is not
-                ``connected`` / ``degraded``.
+            OrderRejectedError: read-only session, the state is not
+                ``connected`` / ``degraded``, the order carries the id of an
+                ``Uncertain`` or ``NotReceived`` order, or the socket is gone
+                (nothing was sent).
             UsageError: the contract or order comes from another client
                 library than :attr:`ib` (ib_async's with ib_insync's ``IB``).
         """
         self._check_can_send("order")
         adapter.check_same_backend(self.ib, contract, order)
-        trade = self.ib.placeOrder(contract, order)
+        self._check_id_free(order)
+        try:
+            trade = self.ib.placeOrder(contract, order)
+        except ConnectionError as exc:
+            # The client refuses before writing anything: nothing was sent.
+            raise OrderRejectedError(f"order refused: {exc}") from exc
         key = self.book.on_order_placed(trade)
         logger.info("Order %s placed: %s %s %s", key, trade.order.action,
                     trade.order.totalQuantity, getattr(contract, "symbol", ""))
@@ -541,10 +580,30 @@ class IBKRIBInsyncApi:
             # A master session's open trades include other clients' orders,
             # whose order ids may equal ours.
             if int(trade.order.orderId) == wanted and int(trade.order.clientId) == own:
-                self.ib.cancelOrder(trade.order)
+                try:
+                    self.ib.cancelOrder(trade.order)
+                except ConnectionError as exc:
+                    raise OrderRejectedError(f"cancel refused: {exc}") from exc
                 logger.info("Order %s: cancel requested", wanted)
                 return trade
         raise OrderRejectedError(f"order {wanted} is not a working order of this client")
+
+    def _check_id_free(self, order: Any) -> None:
+        """Refuse an order carrying the id of an uncertain or not-received order."""
+        order_id = int(getattr(order, "orderId", 0) or 0)
+        if order_id <= 0:
+            return
+        with self.book.lock:
+            key = self.book.find(order_id=order_id)
+            status = self.book.orders[key]["status"] if key is not None else ""
+        if status == UNCERTAIN:
+            raise OrderRejectedError(
+                f"order {order_id} is Uncertain: the gateway may have it; wait for "
+                "orderResolvedEvent before placing or modifying it (nothing is sent twice)")
+        if status == NOT_RECEIVED:
+            raise OrderRejectedError(
+                f"order {order_id} was not received by IB and its id is never reused; to "
+                "place it again, send it as a new order (order.orderId = 0)")
 
     def _check_can_send(self, what: str) -> None:
         if self.readonly:
@@ -575,6 +634,19 @@ class IBKRIBInsyncApi:
         ib.positionEvent += book.on_position
         ib.updatePortfolioEvent += book.on_portfolio
         ib.errorEvent += self._on_error
+
+    def _on_orders_uncertain(self, trades: list[Any]) -> None:
+        for trade in trades:
+            flight = self.manager.in_flight.flight(trade)
+            request = flight.request if flight is not None else PLACE
+            key = self.book.mark_uncertain(trade, request)
+            if key is not None:
+                self.orderUncertainEvent.emit(self.book.orders[key], request)
+
+    def _on_order_resolved(self, trade: Any, outcome: Resolution) -> None:
+        key = self.book.resolve(trade, outcome)
+        if key is not None:
+            self.orderResolvedEvent.emit(self.book.orders[key], outcome)
 
     def _on_commission_report(self, trade: Any, fill: Any, report: Any) -> None:
         self.book.on_commission(fill, report)

@@ -2,9 +2,10 @@
 
 ``demo`` starts the embedded gateway simulator and walks a real ib_insync
 client through a farm outage, a nightly-reset style 1100/1101, a gateway
-restart and a hung gateway, printing every transition with its elapsed time
-and cause, then a summary. ``watch`` prints the same live view against a real
-gateway until Ctrl-C.
+restart, a hung gateway and an order whose answer is lost in a drop (shown
+``Uncertain``, then resolved by the reconnect's sync), printing every
+transition with its elapsed time and cause, then a summary. ``watch`` prints
+the same live view against a real gateway until Ctrl-C.
 
 Both can serve ``/metrics`` and ``/healthz`` (``metrics_port``); an endpoint
 that cannot be served (the ``metrics`` extra is missing, the port is taken)
@@ -198,6 +199,9 @@ async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = No
             gw.unstall()
             await manager.wait_for(ConnectionState.CONNECTED, timeout=10)
 
+            chapter("an order goes out as the socket drops: the gateway's answer is lost")
+            await _uncertain_order(manager, gw, write)
+
             chapter("clean stop")
             await manager.stop()
         finally:
@@ -207,6 +211,36 @@ async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = No
         write(view.summary(loop.time()))
         write(f"handshakes served by the simulator: {gw.handshakes}\n")
     return 0
+
+
+async def _uncertain_order(manager: ConnectionManager, gw: Any, write: Write) -> None:
+    """The order act: sent, its answer lost in a drop, Uncertain, then resolved once."""
+    def on_uncertain(trades: list[Any]) -> None:
+        for trade in trades:
+            write(f"          order {trade.order.orderId} ({trade.order.orderRef}): Uncertain "
+                  f"(last status {trade.orderStatus.status}, no answer before the drop; "
+                  "nothing is re-sent)\n")
+
+    def on_resolved(trade: Any, outcome: Any) -> None:
+        write(f"          order {trade.order.orderId} ({trade.order.orderRef}): resolved after "
+              f"the reconnect: {outcome.status} (found by {outcome.found_by or 'nothing'}, "
+              f"{len(outcome.fills)} fill(s))\n")
+
+    manager.ordersUncertainEvent += on_uncertain
+    manager.orderResolvedEvent += on_resolved
+    try:
+        gw.lose_next_order_ack()  # booked and filled at the gateway; the answer never leaves
+        trade = manager.ib.placeOrder(adapter.stock("AAPL"),
+                                      adapter.market_order("BUY", 10, "demo-1"))
+        await manager.wait_for(ConnectionState.BACKOFF, timeout=5)
+        await manager.wait_for(ConnectionState.CONNECTED, timeout=10)
+        received = sum(1 for r in gw.requests_named("placeOrder")
+                       if int(r.fields[1]) == trade.order.orderId)
+        write(f"          the gateway received order {trade.order.orderId} {received} "
+              "time(s)\n")
+    finally:
+        manager.ordersUncertainEvent -= on_uncertain
+        manager.orderResolvedEvent -= on_resolved
 
 
 async def run_watch(write: Write, config: ConnectionConfig,

@@ -5,7 +5,9 @@
 timers and heartbeat probes into machine inputs, and performs the effects the
 machine's actions ask for. Order, tick and position messages never pass
 through it: the only handlers it adds to ``IB`` are for errors, disconnects and
-new orders (to keep the order-id high-water mark).
+order requests (new orders keep the order-id high-water mark; new orders,
+modifications and cancels feed the tracker of orders caught by a dropped
+session, :mod:`ibkr_connection.inflight`).
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from ibkr_connection.errors import (
     ManagerStoppedError,
     UsageError,
 )
+from ibkr_connection.inflight import CANCEL, MODIFY, PLACE, GatewayRecord, InFlightOrders
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.journal import JournalWriter, replay_journal
 from ibkr_connection.machine import (
+    SESSION_STATES,
     ConnectionMachine,
     ConnectionState,
     Transition,
@@ -71,10 +75,23 @@ class ConnectionManager:
             SubscriptionError): a subscription could not be issued (also on
             the handle: ``handle.error``, ``handle.errorEvent``).
         heartbeatEvent (rtt: float): a heartbeat probe was answered.
+        ordersUncertainEvent (trades: list[Trade]): a session ended with these
+            orders' latest requests (place, modify, cancel) unanswered: nobody
+            knows whether IB got them. Emitted before the ``stateChangeEvent``
+            of the move out of the session. Nothing is re-sent.
+        orderResolvedEvent (trade: Trade, outcome: Resolution): the startup
+            sync of a new session settled an uncertain order (``trade`` is the
+            one of the ended session; ``outcome.trade`` the gateway's, kept up
+            to date from now on): the gateway's status, or ``NotReceived``.
+            Emitted after the ``stateChangeEvent`` into the session.
+
+    Attributes:
+        in_flight: the tracker of order requests and uncertain orders
+            (:class:`~ibkr_connection.inflight.InFlightOrders`).
     """
 
     events = ("stateChangeEvent", "subscriptionRestoredEvent", "subscriptionFailedEvent",
-              "heartbeatEvent")
+              "heartbeatEvent", "ordersUncertainEvent", "orderResolvedEvent")
 
     def __init__(
         self,
@@ -91,6 +108,9 @@ class ConnectionManager:
         self.subscriptionRestoredEvent = Event("subscriptionRestoredEvent")
         self.heartbeatEvent = Event("heartbeatEvent")
         self.subscriptionFailedEvent = Event("subscriptionFailedEvent")
+        self.ordersUncertainEvent = Event("ordersUncertainEvent")
+        self.orderResolvedEvent = Event("orderResolvedEvent")
+        self.in_flight = InFlightOrders()
         self.subscriptions = SubscriptionRegistry(
             on_failed=self.subscriptionFailedEvent.emit, on_restored=self._on_restored)
         #: The account selected for this session.
@@ -116,6 +136,8 @@ class ConnectionManager:
         ib.errorEvent += self._on_ib_error
         ib.disconnectedEvent += self._on_ib_disconnected
         ib.newOrderEvent += self._on_new_order
+        ib.orderModifyEvent += self._on_order_modified
+        ib.cancelOrderEvent += self._on_cancel_requested
         self._unwatch_ids = adapter.watch_request_ids(ib, self._driver.note_request_id)
         self._unquiet_logs: Callable[[], None] | None = None
         if self.config.quiet_client_logs:
@@ -202,6 +224,8 @@ class ConnectionManager:
         self.ib.errorEvent -= self._on_ib_error
         self.ib.disconnectedEvent -= self._on_ib_disconnected
         self.ib.newOrderEvent -= self._on_new_order
+        self.ib.orderModifyEvent -= self._on_order_modified
+        self.ib.cancelOrderEvent -= self._on_cancel_requested
         self._unwatch_ids()
         if self._unquiet_logs is not None:
             self._unquiet_logs()
@@ -391,14 +415,42 @@ class ConnectionManager:
         order_id = int(getattr(trade.order, "orderId", 0) or 0)
         if order_id >= self._driver.high_water:
             self._driver.high_water = order_id + 1
+        self.in_flight.sent(trade, PLACE)
+
+    def _on_order_modified(self, trade: Any) -> None:
+        self.in_flight.sent(trade, MODIFY)
+
+    def _on_cancel_requested(self, trade: Any) -> None:
+        self.in_flight.sent(trade, CANCEL)
 
     def _on_transition(self, transition: Transition) -> None:
         if transition.dest is ConnectionState.FAILED and self._failure is None:
             self._failure = self._driver.last_error
+        if transition.source in SESSION_STATES and transition.dest not in SESSION_STATES:
+            self._orders_session_ended()
         self.stateChangeEvent.emit(transition)
+        if transition.source is ConnectionState.CONNECTING and transition.dest in SESSION_STATES:
+            self._resolve_orders()
         for targets, future in list(self._waiters):
             if transition.dest in targets and not future.done():
                 future.set_result(transition.dest)
+
+    def _orders_session_ended(self) -> None:
+        trades = self.in_flight.session_ended()
+        if trades:
+            adapter.forget_trades(self.ib, trades)
+            self.ordersUncertainEvent.emit(trades)
+
+    def _resolve_orders(self) -> None:
+        if not self.in_flight.uncertain:
+            return
+        # The startup sync just completed: ib.trades() and ib.fills() are the
+        # gateway's record. A read-only session's sync skipped the orders.
+        record = GatewayRecord(self.ib.trades(), self.ib.fills(),
+                               client_id=self._machine.client_id,
+                               orders_synced=not self.config.readonly)
+        for trade, outcome in self.in_flight.resolve(record):
+            self.orderResolvedEvent.emit(trade, outcome)
 
     # -- errors ---------------------------------------------------------------------
 

@@ -76,3 +76,42 @@ Feature: Orders, fills and positions survive a dropped connection
     Then the bought order should show BUY 5 AAPL, Filled, 5 filled, with 2 fills
     And the working order should show BUY 10 AAPL, Submitted, 4 filled, with 1 fill
     And every order in my book should have its details and a commission for each fill
+
+  Scenario: An order sent as the gateway drops is confirmed after reconnect
+    Given I am connected to IBKR
+    And the gateway will go down as it receives my next order, losing its answer
+    When I send an order to buy 5 AAPL at market
+    Then the order should be uncertain
+    And I should have been told that the order is uncertain
+    When the gateway answers again
+    Then I should be reconnected
+    And the order should be confirmed as Filled with 1 fill and its commission
+    And I should have been told once that the order was confirmed as Filled
+    And the gateway should have received the order once
+
+  Scenario: An order that never reached IB is reported as not received
+    Given I am connected to IBKR
+    And the gateway will go down while my next order is on its way, losing the order
+    When I send an order to buy 5 AAPL at market
+    Then the order should be uncertain
+    When the gateway answers again
+    Then I should be reconnected
+    And the order should be reported as not received
+    And the gateway should not have the order
+    And sending the same order again should be refused
+    When I send the order again as a new order
+    Then it should be filled under a new order id
+    And the gateway should have received the order once
+
+  Scenario: Nothing is sent twice
+    Given I am connected to IBKR
+    And I have a working order to buy 8 AAPL
+    And the gateway will go down as it receives my next cancel, losing its answer
+    When I cancel the order
+    Then the order should be uncertain
+    And cancelling it again should be refused while I am away
+    And changing it should be refused while I am away
+    When the gateway answers again
+    Then I should be reconnected
+    And the order should be confirmed as Cancelled
+    And the gateway should have received the order once and the cancel once

@@ -8,15 +8,16 @@ import random
 from collections.abc import Callable
 
 import pytest
+from ib_insync import IB, LimitOrder, Stock
 
-from ibkr_connection import ConnectionManager, ConnectionState
+from ibkr_connection import ConnectionManager, ConnectionState, IBKRIBInsyncApi
 from ibkr_connection.clock import ManualClock, TimerHandle
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.machine import ConnectionMachine
 from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
 from ibkr_connection.simulator import FakeGateway, storm
 
-from .conftest import FAST_SETTINGS, TracebackCatcher, handler_counts
+from .conftest import TracebackCatcher, fast_config, handler_counts
 
 S = ConnectionState
 Make = Callable[..., ConnectionManager]
@@ -42,29 +43,49 @@ ATTEMPTS_AFTER_HEAL = 2
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_storm_against_real_client_recovers(
-    seed: int, make_manager: Make, gw: FakeGateway, tracebacks: TracebackCatcher,
+    seed: int, gw: FakeGateway, tracebacks: TracebackCatcher,
 ) -> None:
-    """After 120 random faults and a heal, the manager reconnects in two attempts, delays capped."""
-    manager = make_manager()
-    await manager.start(timeout=3)
-    counts = handler_counts(manager.ib)
-    done = await _storm(gw, random.Random(seed), faults=120)
-    assert sum(done.values()) == 120
-    since = len(manager.transcript)
-    await storm.heal(gw)
-    await manager.wait_for(S.CONNECTED, timeout=60)  # a hang guard only
-    after_heal = manager.transcript[since:]
-    assert sum(t.dest is S.CONNECTING for t in after_heal) <= ATTEMPTS_AFTER_HEAL, after_heal
-    backoff = FAST_SETTINGS["policy"].backoff
-    cap = max(backoff.max_delay, backoff.max_costly_delay)
-    assert all(t.delay <= cap for t in manager.transcript if t.delay is not None)
-    await asyncio.sleep(0.1)
-    assert manager.state is S.CONNECTED
-    assert handler_counts(manager.ib) == counts
-    assert sum(t.dest is S.BACKOFF for t in manager.transcript) >= 5, "the storm did no harm"
-    for before, after in itertools.pairwise(manager.transcript):
-        assert before.dest is after.source
-    assert tracebacks.escaped() == []
+    """120 random faults with orders among them, a heal: reconnected, every order settled.
+
+    After the heal the manager reconnects in two attempts with its delays
+    capped; no order is left Uncertain, none reached the gateway twice, and
+    every fill the gateway made is booked once on its order.
+    """
+    gw.fill_mode = "manual"  # orders work until the storm fills or cancels them
+    api = IBKRIBInsyncApi(fast_config(gw.port), IB())
+    manager = api.manager
+    bot = storm.StormBot(api, Stock("AAPL", "SMART", "USD"),
+                         lambda ref: LimitOrder("BUY", 1, 150.0, orderRef=ref),
+                         random.Random(seed))
+    try:
+        await manager.start(timeout=3)
+        counts = handler_counts(manager.ib)
+        trading = asyncio.ensure_future(bot.run(interval=0.003))
+        done = await _storm(gw, random.Random(seed), faults=120)
+        trading.cancel()
+        assert sum(done.values()) == 120
+        since = len(manager.transcript)
+        await storm.heal(gw)
+        await manager.wait_for(S.CONNECTED, timeout=60)  # a hang guard only
+        after_heal = manager.transcript[since:]
+        assert sum(t.dest is S.CONNECTING for t in after_heal) <= ATTEMPTS_AFTER_HEAL, after_heal
+        backoff = manager.config.policy.backoff
+        cap = max(backoff.max_delay, backoff.max_costly_delay)
+        assert all(t.delay <= cap for t in manager.transcript if t.delay is not None)
+        await asyncio.sleep(0.1)
+        assert manager.state is S.CONNECTED
+        assert handler_counts(manager.ib) == counts
+        assert sum(t.dest is S.BACKOFF for t in manager.transcript) >= 5, "the storm did no harm"
+        for before, after in itertools.pairwise(manager.transcript):
+            assert before.dest is after.source
+        assert tracebacks.escaped() == []
+        audit = storm.audit_orders(gw, api.orders, client_id=7)
+        assert audit.clean, audit.line()
+        assert manager.in_flight.uncertain == []
+        assert bot.placed >= 5 and sum(bot.outcomes.values()) >= 1, (
+            f"the storm must place orders and catch some: {audit.line()}, {bot.outcomes}")
+    finally:
+        await manager.stop()
 
 
 # -- the pure machine ---------------------------------------------------------------------------

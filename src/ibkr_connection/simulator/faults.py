@@ -3,9 +3,11 @@
 :class:`FaultInjection` adds to the transport everything that makes a gateway
 misbehave: IB error and system messages, data farms going down and up,
 dropped sockets, restarts, a moved API port, a hung gateway, a slow or
-incomplete startup sync (held or delayed "end" messages), a slow handshake
-and IB's nightly reset. It also sends the replies of the sync requests,
-since those are what the holds and delays act on.
+incomplete startup sync (held or delayed "end" messages), a slow handshake,
+IB's nightly reset, and an order request caught by a dying socket (lost on
+its way in, booked with its answer lost, or answered just before the drop).
+It also sends the replies of the sync requests, since those are what the
+holds and delays act on.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Iterable, Sequence
 
 from ibkr_connection.simulator import messages
 from ibkr_connection.simulator import protocol as p
-from ibkr_connection.simulator.transport import ApiClient, GatewayTransport
+from ibkr_connection.simulator.transport import ApiClient, GatewayTransport, Request
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,12 @@ SYNC_REQUESTS = (
     "reqCurrentTime",
     "reqContractDetails",
 )
+
+#: Requests an order fault can catch: a new order or a modification, and a cancel.
+ORDER_REQUESTS = ("placeOrder", "cancelOrder")
+
+#: What an order fault does to the request it catches (see :meth:`FaultInjection.order_fault`).
+ORDER_FAULTS = ("lost", "ack_lost", "drop_after")
 
 
 class FaultInjection(GatewayTransport):
@@ -56,6 +64,9 @@ class FaultInjection(GatewayTransport):
         self.farms: dict[str, bool] = {farm: True for farm in farms}
         self.sync_delays: dict[str, float] = {}
         self._held: set[str] = set()
+        #: Order requests lost on their way in (never handled), oldest first.
+        self.lost_requests: list[Request] = []
+        self._order_faults: list[tuple[str, str, int | None]] = []
 
     def send_reply(
         self, conn: ApiClient, name: str, body: Iterable[bytes], end: bytes | None
@@ -287,3 +298,99 @@ class FaultInjection(GatewayTransport):
         await self.send_error(restore_code)
         for farm in names:
             await self.farm_ok(farm)
+
+    # ------------------------------------------------------------ orders caught by a drop
+    def lose_next_order(self, request: str = "placeOrder", client_id: int | None = None) -> None:
+        """Lose the next order request in transit: never handled, and the socket dies.
+
+        The request leaves :attr:`requests` for :attr:`lost_requests`: the
+        gateway never got it (no order is booked, no id is used up).
+
+        Args:
+            request: ``"placeOrder"`` (a new order or a modification) or ``"cancelOrder"``.
+            client_id: Only a request of this client (``None``: anyone's).
+        """
+        self._arm_order_fault("lost", request, client_id)
+
+    def lose_next_order_ack(
+        self, request: str = "placeOrder", client_id: int | None = None
+    ) -> None:
+        """Handle the next order request, but drop the socket before any answer leaves.
+
+        The order is booked (filled per the fill mode, modified or cancelled)
+        and nothing of it reaches the client: it learns the outcome from the
+        next session's startup sync only.
+
+        Args:
+            request: ``"placeOrder"`` or ``"cancelOrder"``.
+            client_id: Only a request of this client (``None``: anyone's).
+        """
+        self._arm_order_fault("ack_lost", request, client_id)
+
+    def drop_after_next_order(
+        self, request: str = "placeOrder", client_id: int | None = None
+    ) -> None:
+        """Handle the next order request and answer it, then drop the socket at once.
+
+        Args:
+            request: ``"placeOrder"`` or ``"cancelOrder"``.
+            client_id: Only a request of this client (``None``: anyone's).
+        """
+        self._arm_order_fault("drop_after", request, client_id)
+
+    def clear_order_faults(self) -> None:
+        """Disarm every order fault not yet triggered."""
+        self._order_faults.clear()
+
+    @property
+    def armed_order_faults(self) -> list[tuple[str, str, int | None]]:
+        """Order faults waiting for their request: ``(fault, request, client id)``."""
+        return list(self._order_faults)
+
+    def _arm_order_fault(self, fault: str, request: str, client_id: int | None) -> None:
+        if request not in ORDER_REQUESTS:
+            raise ValueError(
+                f"cannot catch {request!r}; choose from {', '.join(ORDER_REQUESTS)}")
+        self._order_faults.append((fault, request, client_id))
+        logger.info("fault: armed %s for the next %s%s", fault, request,
+                    "" if client_id is None else f" of client {client_id}")
+
+    def order_fault(self, conn: ApiClient, request: Request) -> str | None:
+        """Take the armed fault that catches ``request``, and begin it.
+
+        Called by the gateway before it handles a request. ``"lost"``: the
+        socket is aborted and the request moved to :attr:`lost_requests` (the
+        caller must not handle it). ``"ack_lost"``: the socket is aborted, so
+        whatever the handler sends goes nowhere. ``"drop_after"``: nothing
+        yet; the caller drops the socket (:meth:`drop_after`) once the
+        request is handled and answered.
+
+        Args:
+            conn: The connection the request came on.
+            request: The request, already logged.
+
+        Returns:
+            The fault taken (one of :data:`ORDER_FAULTS`), or ``None``.
+        """
+        if not self._order_faults:
+            return None
+        index = next((i for i, (_, name, client_id) in enumerate(self._order_faults)
+                      if name == request.name and client_id in (None, conn.client_id)), None)
+        if index is None:
+            return None
+        fault = self._order_faults.pop(index)[0]
+        logger.info("fault: %s %s of client %s (order %s)", fault, request.name,
+                    conn.client_id, request.fields[1:3])
+        if fault == "lost":
+            for index in range(len(self.requests) - 1, -1, -1):
+                if self.requests[index] is request:
+                    del self.requests[index]
+                    break
+            self.lost_requests.append(request)
+        if fault in ("lost", "ack_lost"):
+            conn.transport.abort()
+        return fault
+
+    def drop_after(self, conn: ApiClient) -> None:
+        """Abort ``conn`` after the answers already written (a ``"drop_after"`` fault)."""
+        conn.transport.abort()

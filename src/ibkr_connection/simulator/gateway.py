@@ -112,7 +112,12 @@ class FakeGateway(FaultInjection):
         await self.stop()
 
     def _handle_request(self, conn: ApiClient, request: Request) -> None:
+        fault = self.order_fault(conn, request)  # an order caught by a drop, if armed
+        if fault == "lost":
+            return
         handlers.dispatch(self, conn, request)
+        if fault == "drop_after":
+            self.drop_after(conn)
 
     # ------------------------------------------------------------ book attributes
     @property
