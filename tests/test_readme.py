@@ -36,6 +36,7 @@ EXPECTED_OUTPUT = {
     ],
     "Health checks and metrics from the bot itself": ["ok connected", "ibkr_connection_state"],
     "Sync bots: `IBKRIBInsyncApi`": ["Filled"],
+    "Orders and disconnects": ["Filled - still uncertain: 0"],
 }
 
 
