@@ -13,8 +13,11 @@ legs make its length vary) have a reader each.
 A request that does not match its layout (a field missing, a field left
 over, a number that is not one) raises :class:`LayoutError`; the gateway
 answers it as TWS does, with error 320 "Error reading request", and the
-session goes on. Only the fields the simulator uses are checked for their
-type; the others are counted.
+session goes on. Numeric fields are checked for their type, as TWS parses
+them; a text field takes anything. Like TWS, a reader cannot see every
+misplaced field: a layout shifted by one field can happen to read as another
+valid request (empty fields parse as anything), and is then caught, if at
+all, by the count at the end.
 """
 
 from __future__ import annotations
@@ -155,6 +158,16 @@ class FieldReader:
                 f"Unable to parse field: '{name}' for input string: '{value}'"
             ) from None
 
+    def ints(self, *names: str) -> None:
+        """Read integer fields the simulator does not use (counted and type-checked)."""
+        for name in names:
+            self.integer(name)
+
+    def numbers(self, *names: str) -> None:
+        """Read decimal fields the simulator does not use (counted and type-checked)."""
+        for name in names:
+            self.number(name)
+
     def count(self, name: str) -> int:
         """Read the count of a repeated group; a negative count is unreadable."""
         n = self.integer(name)
@@ -280,65 +293,95 @@ def place_order(fields: list[str], version: int) -> OrderRequest:
     tif = r.text("tif")
     r.skip("ocaGroup")
     account = r.text("account")
-    r.skip("openClose", "origin")
+    r.skip("openClose")
+    r.ints("origin")
     order_ref = r.text("orderRef")
-    r.skip("transmit", "parentId", "blockOrder", "sweepToFill", "displaySize")
-    r.skip("triggerMethod", "outsideRth", "hidden")
+    # flags are integers on the wire, as TWS reads them
+    r.ints("transmit", "parentId", "blockOrder", "sweepToFill", "displaySize")
+    r.ints("triggerMethod", "outsideRth", "hidden")
     if contract.sec_type == "BAG":
         for _ in range(r.count("comboLegsCount")):
-            r.skip("legConId", "ratio", "legAction", "legExchange", "legOpenClose")
-            r.skip("legShortSaleSlot", "legDesignatedLocation", "legExemptCode")
+            r.ints("legConId", "legRatio")
+            r.skip("legAction", "legExchange")
+            r.ints("legOpenClose", "legShortSaleSlot")
+            r.skip("legDesignatedLocation")
+            r.ints("legExemptCode")
         for _ in range(r.count("orderComboLegsCount")):
-            r.skip("legPrice")
+            r.numbers("legPrice")
         for _ in range(r.count("smartComboRoutingParamsCount")):
             r.skip("tag", "value")
-    r.skip("sharesAllocation", "discretionaryAmt", "goodAfterTime", "goodTillDate")
-    r.skip("faGroup", "faMethod", "faPercentage")
+    r.skip("sharesAllocation")
+    r.numbers("discretionaryAmt")
+    r.skip("goodAfterTime", "goodTillDate", "faGroup", "faMethod", "faPercentage")
     if version < v.FA_PROFILE_DESUPPORT:
         r.skip("faProfile")
-    r.skip("modelCode", "shortSaleSlot", "designatedLocation", "exemptCode", "ocaType")
-    r.skip("rule80A", "settlingFirm", "allOrNone", "minQty", "percentOffset")
-    r.skip("eTradeOnly", "firmQuoteOnly", "nbboPriceCap", "auctionStrategy")
-    r.skip("startingPrice", "stockRefPrice", "delta", "stockRangeLower", "stockRangeUpper")
-    r.skip("overridePercentageConstraints", "volatility", "volatilityType")
-    if r.text("deltaNeutralOrderType"):
-        r.skip("deltaNeutralAuxPrice", "deltaNeutralConId", "deltaNeutralSettlingFirm")
-        r.skip("deltaNeutralClearingAccount", "deltaNeutralClearingIntent")
-        r.skip("deltaNeutralOpenClose", "deltaNeutralShortSale", "deltaNeutralShortSaleSlot")
+    r.skip("modelCode")
+    r.ints("shortSaleSlot")
+    r.skip("designatedLocation")
+    r.ints("exemptCode", "ocaType")
+    r.skip("rule80A", "settlingFirm")
+    r.ints("allOrNone", "minQty")
+    r.numbers("percentOffset")
+    r.ints("eTradeOnly", "firmQuoteOnly")
+    r.numbers("nbboPriceCap")
+    r.ints("auctionStrategy")
+    r.numbers("startingPrice", "stockRefPrice", "delta", "stockRangeLower", "stockRangeUpper")
+    r.ints("overridePercentageConstraints")
+    r.numbers("volatility")
+    r.ints("volatilityType")
+    dn_order_type = r.text("deltaNeutralOrderType")
+    r.numbers("deltaNeutralAuxPrice")
+    if dn_order_type:
+        r.ints("deltaNeutralConId")
+        r.skip("deltaNeutralSettlingFirm", "deltaNeutralClearingAccount")
+        r.skip("deltaNeutralClearingIntent", "deltaNeutralOpenClose")
+        r.ints("deltaNeutralShortSale", "deltaNeutralShortSaleSlot")
         r.skip("deltaNeutralDesignatedLocation")
-    else:
-        r.skip("deltaNeutralAuxPrice")
-    r.skip("continuousUpdate", "referencePriceType", "trailStopPrice", "trailingPercent")
-    r.skip("scaleInitLevelSize", "scaleSubsLevelSize")
+    r.ints("continuousUpdate", "referencePriceType")
+    r.numbers("trailStopPrice", "trailingPercent")
+    r.ints("scaleInitLevelSize", "scaleSubsLevelSize")
     if 0.0 < r.number("scalePriceIncrement") < UNSET_DOUBLE:
-        r.skip("scalePriceAdjustValue", "scalePriceAdjustInterval", "scaleProfitOffset")
-        r.skip("scaleAutoReset", "scaleInitPosition", "scaleInitFillQty", "scaleRandomPercent")
+        r.numbers("scalePriceAdjustValue")
+        r.ints("scalePriceAdjustInterval")
+        r.numbers("scaleProfitOffset")
+        r.ints("scaleAutoReset", "scaleInitPosition", "scaleInitFillQty", "scaleRandomPercent")
     r.skip("scaleTable", "activeStartTime", "activeStopTime")
     if r.text("hedgeType"):
         r.skip("hedgeParam")
-    r.skip("optOutSmartRouting", "clearingAccount", "clearingIntent", "notHeld")
+    r.ints("optOutSmartRouting")
+    r.skip("clearingAccount", "clearingIntent")
+    r.ints("notHeld")
     if r.integer("deltaNeutralContractPresent"):
-        r.skip("deltaNeutralContractConId", "deltaNeutralContractDelta", "deltaNeutralPrice")
+        r.ints("deltaNeutralContractConId")
+        r.numbers("deltaNeutralContractDelta", "deltaNeutralContractPrice")
     if r.text("algoStrategy"):
         for _ in range(r.count("algoParamsCount")):
             r.skip("tag", "value")
-    r.skip("algoId", "whatIf", "orderMiscOptions", "solicited", "randomizeSize", "randomizePrice")
+    r.skip("algoId")
+    r.ints("whatIf")
+    r.skip("orderMiscOptions")
+    r.ints("solicited", "randomizeSize", "randomizePrice")
     if order_type in ("PEG BENCH", "PEGBENCH"):
-        r.skip("referenceContractId", "isPeggedChangeAmountDecrease", "peggedChangeAmount")
-        r.skip("referenceChangeAmount", "referenceExchangeId")
+        r.ints("referenceContractId", "isPeggedChangeAmountDecrease")
+        r.numbers("peggedChangeAmount", "referenceChangeAmount")
+        r.skip("referenceExchangeId")
     _conditions(r)
-    r.skip("adjustedOrderType", "triggerPrice", "lmtPriceOffset", "adjustedStopPrice")
-    r.skip("adjustedStopLimitPrice", "adjustedTrailingAmount", "adjustableTrailingUnit")
-    r.skip("extOperator", "softDollarTierName", "softDollarTierValue", "cashQty")
+    r.skip("adjustedOrderType")
+    r.numbers("triggerPrice", "lmtPriceOffset", "adjustedStopPrice", "adjustedStopLimitPrice")
+    r.numbers("adjustedTrailingAmount")
+    r.ints("adjustableTrailingUnit")
+    r.skip("extOperator", "softDollarTierName", "softDollarTierValue")
+    r.numbers("cashQty")
     r.skip("mifid2DecisionMaker", "mifid2DecisionAlgo", "mifid2ExecutionTrader")
-    r.skip("mifid2ExecutionAlgo", "dontUseAutoPriceForHedge", "isOmsContainer")
-    r.skip("discretionaryUpToLimitPrice", "usePriceMgmtAlgo")
+    r.skip("mifid2ExecutionAlgo")
+    r.ints("dontUseAutoPriceForHedge", "isOmsContainer", "discretionaryUpToLimitPrice")
+    r.ints("usePriceMgmtAlgo")
     if version >= v.DURATION:
-        r.skip("duration")
+        r.ints("duration")
     if version >= v.POST_TO_ATS:
-        r.skip("postToAts")
+        r.ints("postToAts")
     if version >= v.AUTO_CANCEL_PARENT:
-        r.skip("autoCancelParent")
+        r.ints("autoCancelParent")
     if version >= v.ADVANCED_ORDER_REJECT:
         r.skip("advancedErrorOverride")
     if version >= v.MANUAL_ORDER_TIME:
@@ -376,14 +419,14 @@ def _conditions(r: FieldReader) -> None:
 def _peg_best_mid(r: FieldReader, exchange: str, order_type: str) -> None:
     """The version-170 fields, each written only where it applies (ibapi placeOrder)."""
     if exchange == "IBKRATS":
-        r.skip("minTradeQty")
+        r.ints("minTradeQty")
     mid_offsets = order_type in ("PEG MID", "PEGMID")
     if order_type in ("PEG BEST", "PEGBEST"):
-        r.skip("minCompeteSize")
+        r.ints("minCompeteSize")
         # "up to mid" (an infinite offset) brings the mid offsets along
         mid_offsets = r.number("competeAgainstBestOffset") == math.inf
     if mid_offsets:
-        r.skip("midOffsetAtWhole", "midOffsetAtHalf")
+        r.numbers("midOffsetAtWhole", "midOffsetAtHalf")
 
 
 def cancel_order(fields: list[str], version: int) -> int:
