@@ -3,10 +3,11 @@
 :class:`GatewayTransport` accepts TCP connections on the caller's event loop,
 gives each one an :class:`ApiClient`, reads the ``API\\0`` prefix and the
 client's version range, answers with the server version it negotiated (or
-refuses a range it cannot serve, see :meth:`GatewayTransport._on_frame`), accepts
-``startApi`` (refusing a client id already in use with 326), and turns every
-later frame into a logged :class:`Request` handed to :meth:`_handle_request`,
-which the gateway overrides to dispatch it. It knows nothing of orders or
+refuses a range it cannot serve, see
+:meth:`GatewayTransport._on_version_range`), accepts ``startApi`` (refusing a
+client id already in use with 326), and turns every later frame into a logged
+:class:`Request` handed to :meth:`_handle_request`, which the gateway
+overrides to dispatch it. It knows nothing of orders or
 accounts.
 """
 
