@@ -21,6 +21,9 @@ gw = broker_support.gw
 loop = broker_support.loop
 
 scenarios("connection.feature")
+# Every scenario on each of the simulator's versions (broker_support.gw is parametrized):
+# steps ask for fixtures only while running, so the parameter must be known up front.
+pytestmark = pytest.mark.usefixtures("gw")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Message encoders: the exact bytes of the simpler messages, written out."""
+"""Message encoders: the exact bytes of the simpler messages, written out at version 157."""
 
 from __future__ import annotations
 
@@ -23,8 +23,14 @@ def frame(text: str) -> bytes:
 @pytest.mark.parametrize(
     ("encoded", "payload"),
     [
-        (messages.error(-1, 1100, "lost"), "4\0" "2\0" "-1\0" "1100\0" "lost\0"),
-        (messages.error(7, 200, "no def"), "4\0" "2\0" "7\0" "200\0" "no def\0"),
+        (messages.error(-1, 1100, "lost", version=157), "4\0" "2\0" "-1\0" "1100\0" "lost\0"),
+        (messages.error(7, 200, "no def", version=157), "4\0" "2\0" "7\0" "200\0" "no def\0"),
+        # from 166 on an error ends with advancedOrderRejectJson (empty unless a reject)
+        (messages.error(-1, 1100, "lost", version=166), "4\0" "2\0" "-1\0" "1100\0" "lost\0" "\0"),
+        (
+            messages.error(7, 201, "no", version=178, advanced_reject_json='{"a":1}'),
+            "4\0" "2\0" "7\0" "201\0" "no\0" '{"a":1}\0',
+        ),
         (messages.managed_accounts(["DU1", "DU2"]), "15\0" "1\0" "DU1,DU2\0"),
         (messages.next_valid_id(42), "9\0" "1\0" "42\0"),
         (messages.current_time(1700000000), "49\0" "1\0" "1700000000\0"),

@@ -9,6 +9,7 @@ import logging
 import sys
 from typing import Any
 
+from ibkr_connection.simulator import versions
 from ibkr_connection.simulator.gateway import FakeGateway
 from ibkr_connection.simulator.scenario import (
     ScenarioError,
@@ -18,6 +19,27 @@ from ibkr_connection.simulator.scenario import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def server_version(text: str) -> int:
+    """Parse ``--server-version``: a version the simulator speaks.
+
+    Args:
+        text: The option's value.
+
+    Returns:
+        The version.
+
+    Raises:
+        argparse.ArgumentTypeError: If it is not an integer in 157..178.
+    """
+    try:
+        return versions.check_cap(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a server version the simulator speaks "
+            f"({versions.MIN_SERVER_VERSION}..{versions.MAX_SERVER_VERSION})"
+        ) from None
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -40,6 +62,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--accounts", default=None, help="comma separated managed accounts (default DU1234567)"
     )
     parser.add_argument("--next-order-id", type=int, default=1, help="first nextValidId")
+    parser.add_argument(
+        "--server-version",
+        type=server_version,
+        default=versions.MAX_SERVER_VERSION,
+        metavar="N",
+        help=(
+            "highest API server version spoken, "
+            f"{versions.MIN_SERVER_VERSION}..{versions.MAX_SERVER_VERSION} "
+            f"(default {versions.MAX_SERVER_VERSION}); each client gets the highest in its range"
+        ),
+    )
     parser.add_argument(
         "--scenario",
         default=None,
@@ -87,9 +120,17 @@ async def serve(args: argparse.Namespace) -> int:
         port=args.port,
         host=args.host,
         fill_mode=args.fill_mode,
+        server_version=args.server_version,
     )
     async with gw:
-        logger.info("simulator ready on %s:%d accounts=%s", args.host, gw.port, ",".join(accounts))
+        logger.info(
+            "simulator ready on %s:%d accounts=%s server versions %d..%d",
+            args.host,
+            gw.port,
+            ",".join(accounts),
+            versions.MIN_SERVER_VERSION,
+            gw.server_version,
+        )
         tasks: list[asyncio.Task[None]] = []
         if scenario is not None:
             tasks.append(asyncio.create_task(run_scenario(gw, scenario)))

@@ -51,7 +51,7 @@ class FaultInjection(GatewayTransport):
     Args:
         host: Interface to bind.
         port: TCP port; 0 picks a free one.
-        server_version: Protocol version announced in the handshake.
+        server_version: Highest protocol version spoken (157..178).
         farms: Data farms, all OK at first.
 
     Attributes:
@@ -99,14 +99,20 @@ class FaultInjection(GatewayTransport):
         client_id: int | None = None,
         message: str | None = None,
         req_id: int = -1,
+        *,
+        advanced_reject_json: str = "",
     ) -> int:
         """Send an IB error / system message (sent even while stalled).
+
+        Each client gets it laid out for its own server version.
 
         Args:
             code: IB message code, e.g. 1100.
             client_id: Target client id; ``None`` for every connected client.
             message: Text; IB's wording for ``code`` if omitted.
             req_id: Request id; -1 for system messages, as TWS uses.
+            advanced_reject_json: IB's JSON detail of an order rejection;
+                clients at server version 166 or later receive it.
 
         Returns:
             Number of clients the message was sent to.
@@ -114,7 +120,7 @@ class FaultInjection(GatewayTransport):
         text = message if message is not None else p.default_message(code, port=self._port)
         targets = self._client(client_id)
         for conn in targets:
-            conn.send_raw(messages.error(req_id, code, text))
+            conn.send_error(req_id, code, text, advanced_reject_json)
         logger.info("fault: sent %d %r to %d client(s)", code, text, len(targets))
         await asyncio.sleep(0)
         return len(targets)
@@ -149,8 +155,11 @@ class FaultInjection(GatewayTransport):
         use = code if code is not None else ok
         await self.send_error(use, client_id, p.default_message(use, farm=farm))
 
-    def farm_notices(self) -> list[bytes]:
+    def farm_notices(self, version: int) -> list[bytes]:
         """The farm status messages TWS sends a client right after ``startApi``.
+
+        Args:
+            version: The client's server version.
 
         Returns:
             One 2104/2106/2158 (OK) or 2103/2105/2157 (broken) per farm.
@@ -159,7 +168,8 @@ class FaultInjection(GatewayTransport):
         for farm, ok in self.farms.items():
             broken_code, ok_code = p.farm_codes(farm)
             code = ok_code if ok else broken_code
-            notices.append(messages.error(-1, code, p.default_message(code, farm=farm)))
+            text = p.default_message(code, farm=farm)
+            notices.append(messages.error(-1, code, text, version=version))
         return notices
 
     async def drop_clients(self, client_id: int | None = None) -> int:

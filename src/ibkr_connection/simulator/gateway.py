@@ -73,7 +73,10 @@ class FakeGateway(FaultInjection):
             :meth:`fill_order`; ``("parts", n)`` fills in ``n`` executions.
         farms: Data farms announced as OK (2104/2106/2158) after each
             ``startApi``, as TWS does; ``[]`` to stay quiet.
-        server_version: Protocol version announced (default 157).
+        server_version: Highest protocol version spoken, 157..178 (default
+            178): each client is answered with the highest version in its
+            range up to this cap, as TWS does (ib_insync 0.9.86 gets 176,
+            ib_async 2.x 178); a range below 157 or above the cap is refused.
         commission: Commission charged per execution.
 
     Attributes:
@@ -301,8 +304,8 @@ class FakeGateway(FaultInjection):
         ex = self.book.fill(order_id, quantity, price)
         order = ex.order
         for conn in self._client(order.client_id):
-            conn.send_raw(messages.exec_details(ex, -1))
-            conn.send_raw(messages.open_order(order))
+            conn.send_raw(messages.exec_details(ex, -1, version=conn.version))
+            conn.send_raw(messages.open_order(order, version=conn.version))
             conn.send_raw(messages.order_status(order))
             conn.send_raw(messages.commission_report(ex))
         pos = self.book.positions[(order.account, order.instrument.con_id)]

@@ -2,9 +2,11 @@
 
 One function per incoming message, each taking the gateway, the client's
 connection and the message's fields (the message id first), and the
-:data:`HANDLERS` table mapping request names to them. :func:`dispatch` runs
-the right one for a logged request; messages without a handler are logged and
-ignored, as are requests sent before ``startApi``.
+:data:`HANDLERS` table mapping request names to them. Each handler reads its
+request with :mod:`~ibkr_connection.simulator.layouts` at the connection's
+negotiated version and answers with messages laid out for that version.
+:func:`dispatch` runs the right one for a logged request; messages without a
+handler are logged and ignored, as are requests sent before ``startApi``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ibkr_connection.simulator import messages
+from ibkr_connection.simulator import layouts, messages
 from ibkr_connection.simulator import protocol as p
 from ibkr_connection.simulator.brokerage import SimOrder
 from ibkr_connection.simulator.transport import ApiClient, Request
@@ -30,12 +32,21 @@ Handler = Callable[["FakeGateway", ApiClient, list[str]], None]
 #: Message id of ``startApi``, the one request accepted before the API is started.
 START_API = 71
 
+#: TWS's code for a request it cannot read ("Error reading request"), e.g. a
+#: field missing or left over for the negotiated version.
+ERROR_READING_REQUEST = 320
+
 
 def dispatch(gw: FakeGateway, conn: ApiClient, request: Request) -> None:
     """Run the handler of a request, if it has one and the client may send it.
 
-    A malformed request (a missing or unparsable field) is logged and
-    ignored: a real gateway does not answer it either.
+    A request that does not match its layout at the connection's version
+    (a field missing, left over or not a number) is answered as TWS answers
+    it: error 320 "Error reading request. ..." with the request's id (-1 if
+    that could not be read), and otherwise ignored; the session goes on
+    (TWS 10.37 sends "Error reading request. Unable to parse field: 'Client
+    Req Id' for input string: 'AAPL'" with id -1; ib_insync issue 634 shows
+    "Error 320, reqId 4: Error reading request. Unable to parse data.").
 
     Args:
         gw: The gateway.
@@ -53,39 +64,54 @@ def dispatch(gw: FakeGateway, conn: ApiClient, request: Request) -> None:
         return
     try:
         handler(gw, conn, request.fields)
+    except layouts.LayoutError as exc:
+        logger.warning(
+            "client %s sent a %s that does not match version %d: %s",
+            conn.client_id,
+            request.name,
+            conn.version,
+            exc.detail,
+        )
+        conn.send_error(exc.req_id, ERROR_READING_REQUEST, exc.text)
     except (ValueError, IndexError) as exc:
+        # Readable but meaningless (e.g. an order naming no instrument): logged only.
         logger.warning("malformed %s from client %s: %s", request.name, conn.client_id, exc)
 
 
 # ------------------------------------------------------------ session
 def start_api(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``startApi``: accept the client id, then greet as TWS does."""
-    if not gw.accept_client(conn, int(fields[2])):
+    request = layouts.fixed("startApi", fields)
+    if not gw.accept_client(conn, int(request["clientId"])):
         return
     conn.send_raw(messages.managed_accounts(gw.accounts))
     conn.send_raw(messages.next_valid_id(gw.next_valid_id))
-    for notice in gw.farm_notices():
+    for notice in gw.farm_notices(conn.version):
         conn.send_raw(notice)
 
 
 def req_current_time(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqCurrentTime``: the gateway's clock, in whole seconds."""
+    layouts.fixed("reqCurrentTime", fields)
     gw.send_reply(conn, "reqCurrentTime", [], messages.current_time(int(time.time())))
 
 
 def req_ids(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqIds``: the next valid order id."""
+    layouts.fixed("reqIds", fields)
     conn.send_raw(messages.next_valid_id(gw.next_valid_id))
 
 
 def req_managed_accts(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqManagedAccts``: the managed accounts."""
+    layouts.fixed("reqManagedAccts", fields)
     conn.send_raw(messages.managed_accounts(gw.accounts))
 
 
 # ------------------------------------------------------------ positions, account
 def req_positions(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqPositions``: every position, then live updates on fills."""
+    layouts.fixed("reqPositions", fields)
     conn.positions_subscribed = True
     body = [messages.position(pos) for pos in gw.positions.values()]
     gw.send_reply(conn, "reqPositions", body, messages.position_end())
@@ -93,13 +119,15 @@ def req_positions(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
 
 def cancel_positions(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``cancelPositions``: stop the live position updates."""
+    layouts.fixed("cancelPositions", fields)
     conn.positions_subscribed = False
 
 
 def req_account_updates(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqAccountUpdates``: (un)subscribe to one account's values and portfolio."""
-    subscribe = fields[2] == "1"
-    account = fields[3] if len(fields) > 3 and fields[3] else gw.accounts[0]
+    request = layouts.fixed("reqAccountUpdates", fields)
+    subscribe = request["subscribe"] == "1"
+    account = request["acctCode"] or gw.accounts[0]
     if not subscribe:
         conn.account_subscription = None
         return
@@ -116,7 +144,8 @@ def req_account_updates(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> 
 
 def req_account_updates_multi(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqAccountUpdatesMulti``: the account values (one snapshot)."""
-    req_id, account, model = int(fields[2]), fields[3], fields[4]
+    request = layouts.fixed("reqAccountUpdatesMulti", fields)
+    req_id, account, model = int(request["reqId"]), request["account"], request["modelCode"]
     body = [
         messages.account_update_multi(req_id, account, model, key, value, cur)
         for key, (value, cur) in gw.account_values.items()
@@ -127,14 +156,15 @@ def req_account_updates_multi(gw: FakeGateway, conn: ApiClient, fields: list[str
 
 def req_positions_multi(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqPositionsMulti``: no positions, only the end message."""
-    req_id = int(fields[2])
+    req_id = int(layouts.fixed("reqPositionsMulti", fields)["reqId"])
     gw.send_reply(conn, "reqPositionsMulti", [], messages.position_multi_end(req_id))
 
 
 def req_account_summary(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqAccountSummary``: the requested tags of every account."""
-    req_id = int(fields[2])
-    tags = {t for t in fields[4].split(",") if t} if len(fields) > 4 else set()
+    request = layouts.fixed("reqAccountSummary", fields)
+    req_id = int(request["reqId"])
+    tags = {t for t in request["tags"].split(",") if t}
     body = [
         messages.account_summary(req_id, account, key, value, cur)
         for account in gw.accounts
@@ -149,18 +179,22 @@ def req_account_summary(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> 
 def req_open_orders(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqOpenOrders`` (own working orders) and ``reqAllOpenOrders`` (everyone's)."""
     everyone = fields[0] == "16"
+    name = "reqAllOpenOrders" if everyone else "reqOpenOrders"
+    layouts.fixed(name, fields)
     body: list[bytes] = []
     for order in gw.orders.values():
         if order.is_done or not (everyone or order.client_id == conn.client_id):
             continue
-        body += [messages.open_order(order), messages.order_status(order)]
-    name = "reqAllOpenOrders" if everyone else "reqOpenOrders"
+        body += [messages.open_order(order, version=conn.version), messages.order_status(order)]
     gw.send_reply(conn, name, body, messages.open_order_end())
 
 
 def req_completed_orders(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqCompletedOrders``: every filled or cancelled order."""
-    body = [messages.completed_order(o) for o in gw.orders.values() if o.is_done]
+    layouts.fixed("reqCompletedOrders", fields)
+    body = [
+        messages.completed_order(o, version=conn.version) for o in gw.orders.values() if o.is_done
+    ]
     gw.send_reply(conn, "reqCompletedOrders", body, messages.completed_orders_end())
 
 
@@ -168,33 +202,35 @@ def place_order(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``placeOrder``: a new order (filled per the fill mode) or a modification."""
     assert conn.client_id is not None
     book = gw.book
-    order_id = int(fields[1])
+    request = layouts.place_order(fields, conn.version)
+    order_id = request.order_id
     existing = book.orders.get(order_id)
     if existing is not None:
         if existing.client_id != conn.client_id or existing.is_done:
-            conn.send_raw(messages.error(order_id, 103, p.default_message(103)))
+            conn.send_error(order_id, 103, p.default_message(103))
             return
         # modification of a working order
-        existing.total_quantity = float(fields[17] or existing.total_quantity)
-        existing.lmt_price = float(fields[19] or 0)
-        existing.aux_price = float(fields[20] or 0)
-        conn.send_raw(messages.open_order(existing))
+        existing.total_quantity = request.total_quantity or existing.total_quantity
+        existing.lmt_price = request.lmt_price
+        existing.aux_price = request.aux_price
+        conn.send_raw(messages.open_order(existing, version=conn.version))
         conn.send_raw(messages.order_status(existing))
         return
-    inst = book.get_or_create(int(fields[2] or 0), fields[3], fields[4], fields[11])
+    ref = request.contract
+    inst = book.get_or_create(ref.con_id, ref.symbol, ref.sec_type, ref.currency)
     order = SimOrder(
         order_id=order_id,
         client_id=conn.client_id,
         perm_id=book.next_perm_id(),
-        account=fields[23] or book.accounts[0],
+        account=request.account or book.accounts[0],
         instrument=inst,
-        action=fields[16],
-        total_quantity=float(fields[17] or 0),
-        order_type=fields[18],
-        lmt_price=float(fields[19] or 0),
-        aux_price=float(fields[20] or 0),
-        tif=fields[21] or "DAY",
-        order_ref=fields[26],
+        action=request.action,
+        total_quantity=request.total_quantity,
+        order_type=request.order_type,
+        lmt_price=request.lmt_price,
+        aux_price=request.aux_price,
+        tif=request.tif or "DAY",
+        order_ref=request.order_ref,
     )
     book.add_order(order)
     logger.info(
@@ -206,7 +242,7 @@ def place_order(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
         inst.symbol,
         order.order_type,
     )
-    conn.send_raw(messages.open_order(order))
+    conn.send_raw(messages.open_order(order, version=conn.version))
     conn.send_raw(messages.order_status(order))
     for quantity in book.fill_plan(order):
         gw.fill_order(order_id, quantity=quantity)
@@ -214,17 +250,18 @@ def place_order(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
 
 def cancel_order(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``cancelOrder``: cancel a working order, or 10147 if there is none."""
-    order_id = int(fields[2])
+    order_id = layouts.cancel_order(fields, conn.version)
     order = gw.orders.get(order_id)
     if order is None or order.is_done:
         text = p.DEFAULT_MESSAGES[10147].format(order_id=order_id)
-        conn.send_raw(messages.error(order_id, 10147, text))
+        conn.send_error(order_id, 10147, text)
         return
     gw.cancel_order(order_id)
 
 
 def global_cancel(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqGlobalCancel``: cancel every working order, whoever placed it."""
+    layouts.fixed("reqGlobalCancel", fields)
     for order in list(gw.orders.values()):
         if not order.is_done:
             gw.cancel_order(order.order_id)
@@ -233,12 +270,11 @@ def global_cancel(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
 # ------------------------------------------------------------ executions, contracts
 def req_executions(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqExecutions``: the executions matching the filter, with commissions."""
-    req_id = int(fields[2])
-    f_client = int(fields[3] or 0) if len(fields) > 3 else 0
-    f_account = fields[4] if len(fields) > 4 else ""
-    f_symbol = fields[6] if len(fields) > 6 else ""
-    f_sectype = fields[7] if len(fields) > 7 else ""
-    f_side = fields[9] if len(fields) > 9 else ""
+    request = layouts.fixed("reqExecutions", fields)
+    req_id = int(request["reqId"])
+    f_client = int(request["clientId"])
+    f_account, f_symbol = request["acctCode"], request["symbol"]
+    f_sectype, f_side = request["secType"], request["side"]
     body: list[bytes] = []
     for ex in gw.executions:
         order = ex.order
@@ -252,20 +288,22 @@ def req_executions(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
             continue
         if f_side and not messages.exec_side(order.action).startswith(f_side[:1].upper()):
             continue
-        body += [messages.exec_details(ex, req_id), messages.commission_report(ex)]
+        body += [
+            messages.exec_details(ex, req_id, version=conn.version),
+            messages.commission_report(ex),
+        ]
     gw.send_reply(conn, "reqExecutions", body, messages.exec_details_end(req_id))
 
 
 def req_contract_details(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqContractDetails``: a known instrument's details, or 200."""
-    req_id = int(fields[2])
-    con_id = int(fields[3] or 0)
-    symbol = fields[4]
-    inst = gw.book.lookup(con_id, symbol, create=False)
+    request = layouts.contract_details(fields, conn.version)
+    req_id = request.req_id
+    inst = gw.book.lookup(request.contract.con_id, request.contract.symbol, create=False)
     if inst is None:
-        conn.send_raw(messages.error(req_id, 200, p.default_message(200)))
+        conn.send_error(req_id, 200, p.default_message(200))
         return
-    body = [messages.contract_details(inst, req_id)]
+    body = [messages.contract_details(inst, req_id, version=conn.version)]
     end = messages.contract_details_end(req_id)
     gw.send_reply(conn, "reqContractDetails", body, end)
 
@@ -273,9 +311,9 @@ def req_contract_details(gw: FakeGateway, conn: ApiClient, fields: list[str]) ->
 # ------------------------------------------------------------ market data
 def req_mkt_data(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqMktData``: subscribe (or snapshot) and send the current quote."""
-    req_id = int(fields[2])
-    inst = gw.book.get_or_create(int(fields[3] or 0), fields[4], fields[5], fields[12])
-    snapshot = len(fields) > 17 and fields[17] == "1"
+    request = layouts.mkt_data(fields, conn.version)
+    req_id, ref, snapshot = request.req_id, request.contract, request.snapshot
+    inst = gw.book.get_or_create(ref.con_id, ref.symbol, ref.sec_type, ref.currency)
     if not snapshot:
         conn.mkt_data[req_id] = inst
     if gw.stalled:
@@ -289,7 +327,7 @@ def req_mkt_data(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
 
 def cancel_mkt_data(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``cancelMktData``: stop streaming a subscription."""
-    conn.mkt_data.pop(int(fields[2]), None)
+    conn.mkt_data.pop(int(layouts.fixed("cancelMktData", fields)["reqId"]), None)
 
 
 #: Request name -> handler. ``reqOpenOrders`` and ``reqAllOpenOrders`` share

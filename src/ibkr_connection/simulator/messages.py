@@ -5,11 +5,11 @@ texts) and returns one framed message, ready for ``ApiClient.send_raw``. They
 hold no state and do no I/O, so the layout of every message the simulator
 sends is in this one file.
 
-Every layout here is the one of server version 157
-(:data:`~ibkr_connection.simulator.protocol.SERVER_VERSION`), whatever version
-the gateway announces. Encoders are plain functions so that a ``version``
-argument can later be threaded through them, from the connection's negotiated
-version, without touching their callers' logic.
+The encoders of messages whose layout changes between server versions 157
+and 178 (errMsg, openOrder, completedOrder, execDetails, contractDetails)
+take the connection's negotiated ``version`` and lay the message out for it;
+:mod:`~ibkr_connection.simulator.versions` lists each change and its source.
+Every other message has one layout at every version the simulator speaks.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from ibkr_connection.simulator import protocol as p
+from ibkr_connection.simulator import versions as v
 from ibkr_connection.simulator.protocol import Field
 
 if TYPE_CHECKING:
@@ -87,18 +88,26 @@ def server_version(version: int, now: datetime) -> bytes:
     return p.encode_message([version, now.strftime(TIME_FORMAT)])
 
 
-def error(req_id: int, code: int, text: str) -> bytes:
+def error(
+    req_id: int, code: int, text: str, *, version: int, advanced_reject_json: str = ""
+) -> bytes:
     """An error / system message (errMsg, version 2).
 
     Args:
         req_id: Request or order id; -1 for system messages.
         code: IB message code.
         text: Message text.
+        version: The connection's server version.
+        advanced_reject_json: IB's JSON detail of an order rejection (sent
+            from version 166 on, where it follows the text; empty otherwise).
 
     Returns:
         The framed message.
     """
-    return p.encode_message([p.ERR_MSG, 2, req_id, code, text])
+    f: list[Field] = [p.ERR_MSG, 2, req_id, code, text]
+    if version >= v.ADVANCED_ORDER_REJECT:
+        f.append(advanced_reject_json)
+    return p.encode_message(f)
 
 
 def managed_accounts(accounts: Sequence[str]) -> bytes:
@@ -333,11 +342,25 @@ def order_status(order: SimOrder) -> bytes:
     )
 
 
-def open_order(order: SimOrder) -> bytes:
-    """An openOrder message.
+def _fa_params(version: int) -> list[Field]:
+    """faGroup, faMethod, faPercentage, then faProfile before version 177, then modelCode."""
+    fa: list[Field] = ["", "", ""]
+    if version < v.FA_PROFILE_DESUPPORT:
+        fa.append("")
+    return [*fa, ""]
+
+
+def _peg_best_mid(version: int) -> list[Field]:
+    """minTradeQty .. midOffsetAtHalf from version 170 on (all unset)."""
+    return ["", "", "", "", ""] if version >= v.PEGBEST_PEGMID_OFFSETS else []
+
+
+def open_order(order: SimOrder, *, version: int) -> bytes:
+    """An openOrder message (no version field: the server version rules it).
 
     Args:
         order: The order.
+        version: The connection's server version.
 
     Returns:
         The framed message.
@@ -358,7 +381,7 @@ def open_order(order: SimOrder) -> bytes:
         "",
         "",
     ]  # outsideRth hidden discretionaryAmt goodAfterTime sharesAllocation
-    f += ["", "", "", "", ""]  # faGroup faMethod faPercentage faProfile modelCode
+    f += _fa_params(version)
     f += ["", "", "", "", "", "", ""]  # goodTillDate rule80A percentOffset settlingFirm ..
     f += ["", "", "", "", "", ""]  # auctionStrategy startingPrice .. stockRangeUpper
     f += ["", "0", "0", "0", "", "", "0", "0", ""]  # displaySize .. nbboPriceCap
@@ -383,6 +406,13 @@ def open_order(order: SimOrder) -> bytes:
     f += ["", "", "", "", "", "", "", ""]  # adjusted* fields
     f += ["", "", ""]  # softDollarTier
     f += ["", "0", "0", "", "0"]  # cashQty dontUseAutoPriceForHedge isOms discUpTo usePriceMgmt
+    if version >= v.DURATION:
+        f.append("")  # duration, unset
+    if version >= v.POST_TO_ATS:
+        f.append("")  # postToAts, unset
+    if version >= v.AUTO_CANCEL_PARENT:
+        f.append("0")  # autoCancelParent
+    f += _peg_best_mid(version)
     return p.encode_message(f)
 
 
@@ -391,11 +421,12 @@ def open_order_end() -> bytes:
     return p.encode_message([p.OPEN_ORDER_END, 1])
 
 
-def completed_order(order: SimOrder) -> bytes:
+def completed_order(order: SimOrder, *, version: int) -> bytes:
     """A completedOrder message.
 
     Args:
         order: The filled or cancelled order.
+        version: The connection's server version.
 
     Returns:
         The framed message.
@@ -410,7 +441,7 @@ def completed_order(order: SimOrder) -> bytes:
     ]
     f += [order.tif, "", order.account, "O", 0, order.order_ref, order.perm_id]
     f += ["0", "0", 0.0, ""]  # outsideRth hidden discretionaryAmt goodAfterTime
-    f += ["", "", "", "", ""]  # fa* modelCode
+    f += _fa_params(version)
     f += ["", "", "", "", "", "", ""]  # goodTillDate .. exemptCode
     f += ["", "", "", "", ""]  # startingPrice stockRefPrice delta rangeLower rangeUpper
     f += ["", "0", "0", "", ""]  # displaySize sweepToFill allOrNone minQty ocaType
@@ -431,6 +462,7 @@ def completed_order(order: SimOrder) -> bytes:
     f += [0]  # conditions
     f += ["", "", "", "0", "0", "", order.filled, "", "0", "", "0", "0", ""]
     f += [order.completed_time, order.status]
+    f += _peg_best_mid(version)
     return p.encode_message(f)
 
 
@@ -440,17 +472,20 @@ def completed_orders_end() -> bytes:
 
 
 # ------------------------------------------------------------ executions
-def exec_details(ex: SimExecution, req_id: int) -> bytes:
-    """An execDetails message.
+def exec_details(ex: SimExecution, req_id: int, *, version: int) -> bytes:
+    """An execDetails message (no version field: the server version rules it).
 
     Args:
         ex: The execution.
         req_id: Request id of the ``reqExecutions``; -1 for a live fill.
+        version: The connection's server version.
 
     Returns:
         The framed message.
     """
     order = ex.order
+    # pendingPriceRevision: the price may still be revised (never here)
+    revision: list[Field] = ["0"] if version >= v.PENDING_PRICE_REVISION else []
     return p.encode_message(
         [
             p.EXECUTION_DATA,
@@ -474,6 +509,7 @@ def exec_details(ex: SimExecution, req_id: int) -> bytes:
             "",
             "",
             1,
+            *revision,
         ]
     )
 
@@ -505,21 +541,32 @@ def commission_report(ex: SimExecution) -> bytes:
 
 
 # ------------------------------------------------------------ contracts
-def contract_details(inst: Instrument, req_id: int) -> bytes:
-    """A contractDetails message (version 8).
+def contract_details(inst: Instrument, req_id: int, *, version: int) -> bytes:
+    """A contractDetails message (message version 8 below server version 164).
 
     Args:
         inst: The contract.
         req_id: Request id of the ``reqContractDetails``.
+        version: The connection's server version.
 
     Returns:
         The framed message.
     """
-    f: list[Field] = [p.CONTRACT_DATA, 8, req_id, inst.symbol, inst.sec_type, "", 0.0, ""]
+    f: list[Field] = [p.CONTRACT_DATA]
+    if version < v.SIZE_RULES:
+        f.append(8)
+    f += [req_id, inst.symbol, inst.sec_type, "", 0.0, ""]
     f += [inst.exchange, inst.currency, inst.symbol, inst.primary_exchange, inst.symbol]
-    f += [inst.con_id, 0.01, 1, "", "LMT,MKT", "SMART," + inst.primary_exchange, 1, 0]
+    f += [inst.con_id, 0.01]  # conId minTick
+    if version < v.SIZE_RULES:
+        f.append(1)  # mdSizeMultiplier, gone from 164 on
+    f += ["", "LMT,MKT", "SMART," + inst.primary_exchange, 1, 0]
     f += [inst.symbol, inst.primary_exchange, "", "", "", "", "US/Eastern", "", "", "", ""]
-    f += [0, 1, "", "", "", "", "COMMON"]
+    f += [0, 1, "", "", "", "", "COMMON"]  # secIdList .. stockType
+    if version == v.FRACTIONAL_SIZE_SUPPORT:
+        f.append(1)  # sizeMinTick, at 163 only
+    if version >= v.SIZE_RULES:
+        f += [1, 1, 1]  # minSize sizeIncrement suggestedSizeIncrement: whole shares
     return p.encode_message(f)
 
 

@@ -12,10 +12,12 @@ import math
 import struct
 from collections.abc import Iterable
 
-#: Server version the simulator announces. 157 is the lowest version both
-#: ib_insync 0.9.86 and ib_async 2.x accept; it keeps the layouts simple
-#: (no advancedOrderRejectJson in errors, no post-157 openOrder fields).
-SERVER_VERSION = 157
+from ibkr_connection.simulator.versions import MAX_SERVER_VERSION
+
+#: Highest server version the simulator speaks by default: it answers each
+#: client with the highest version in the client's range up to this cap
+#: (ib_insync 0.9.86 gets 176, ib_async 2.x 178); see :mod:`.versions`.
+SERVER_VERSION = MAX_SERVER_VERSION
 
 #: Largest frame the simulator accepts from a client (bytes).
 MAX_FRAME = 1 << 20
@@ -154,6 +156,10 @@ DEFAULT_MESSAGES: dict[int, str] = {
     103: "Duplicate order id",
     200: "No security definition has been found for the request",
     202: "Order Canceled - reason:",
+    # TWS's own wording starts so (e.g. "Error reading request. Unable to parse
+    # field: 'Client Req Id' for input string: 'AAPL'" from TWS 10.37); the
+    # simulator appends what it could not read.
+    320: "Error reading request.",
     326: ("Unable to connect as the client id is already in use. Retry with a unique client id."),
     1100: "Connectivity between IB and Trader Workstation has been lost.",
     1101: "Connectivity between IB and Trader Workstation has been restored - data lost.",

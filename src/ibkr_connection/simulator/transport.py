@@ -2,10 +2,12 @@
 
 :class:`GatewayTransport` accepts TCP connections on the caller's event loop,
 gives each one an :class:`ApiClient`, reads the ``API\\0`` prefix and the
-client's version range, answers with the server version, accepts
-``startApi`` (refusing a client id already in use with 326), and turns every
-later frame into a logged :class:`Request` handed to :meth:`_handle_request`,
-which the gateway overrides to dispatch it. It knows nothing of orders or
+client's version range, answers with the server version it negotiated (or
+refuses a range it cannot serve, see
+:meth:`GatewayTransport._on_version_range`), accepts ``startApi`` (refusing a
+client id already in use with 326), and turns every later frame into a logged
+:class:`Request` handed to :meth:`_handle_request`, which the gateway
+overrides to dispatch it. It knows nothing of orders or
 accounts.
 """
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from ibkr_connection.simulator import messages
+from ibkr_connection.simulator import messages, versions
 from ibkr_connection.simulator import protocol as p
 from ibkr_connection.simulator.protocol import Field
 
@@ -65,6 +67,8 @@ class ApiClient:
         connected_at: ``time.monotonic()`` of the accept.
         ready: True once ``startApi`` was accepted (in ``FakeGateway.clients``).
         client_versions: The ``(min, max)`` range the client offered.
+        version: The server version negotiated with this client (0 until
+            the handshake); every message to it is laid out for this version.
         connect_options: Connect options the client sent.
         positions_subscribed: True after ``reqPositions``.
         account_subscription: Account of the active ``reqAccountUpdates``.
@@ -78,6 +82,7 @@ class ApiClient:
     connected_at: float = 0.0
     ready: bool = False
     client_versions: tuple[int, int] = (0, 0)
+    version: int = 0
     connect_options: str = ""
     positions_subscribed: bool = False
     account_subscription: str | None = None
@@ -104,6 +109,22 @@ class ApiClient:
         """
         if not self.transport.is_closing():
             self.transport.write(data)
+
+    def send_error(self, req_id: int, code: int, text: str, advanced_reject_json: str = "") -> None:
+        """Send an errMsg laid out for this client's server version.
+
+        Args:
+            req_id: Request or order id; -1 for system messages.
+            code: IB message code.
+            text: Message text.
+            advanced_reject_json: IB's JSON detail of an order rejection
+                (only sent at version 166 and later).
+        """
+        self.send_raw(
+            messages.error(
+                req_id, code, text, version=self.version, advanced_reject_json=advanced_reject_json
+            )
+        )
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -132,11 +153,10 @@ class GatewayTransport:
     Args:
         host: Interface to bind.
         port: TCP port; 0 picks a free one (see :attr:`port`).
-        server_version: Protocol version announced in the handshake.
+        server_version: Highest protocol version spoken (157..178).
 
     Attributes:
         host: Interface bound.
-        server_version: Protocol version announced in the handshake.
         handshake_delay: Seconds before the server version is sent.
         requests: Every request received, oldest first.
         accepted_connections: TCP connections accepted so far.
@@ -146,7 +166,7 @@ class GatewayTransport:
     def __init__(self, host: str, port: int, server_version: int) -> None:
         self.host = host
         self._port = port
-        self.server_version = server_version
+        self._server_version = versions.check_cap(server_version)
         self.handshake_delay: float = 0.0
         self.requests: list[Request] = []
         self.accepted_connections = 0
@@ -159,6 +179,20 @@ class GatewayTransport:
         self._request_waiters: list[tuple[str, int | None, asyncio.Future[Request]]] = []
 
     # ------------------------------------------------------------ state
+    @property
+    def server_version(self) -> int:
+        """Highest protocol version spoken: each client gets the highest in its range up to it.
+
+        Raises:
+            ValueError: When set outside 157..178.
+        """
+        return self._server_version
+
+    @server_version.setter
+    def server_version(self, value: int) -> None:
+        # Takes effect for the next handshakes; open sessions keep their version.
+        self._server_version = versions.check_cap(value)
+
     @property
     def port(self) -> int:
         """The TCP port the gateway listens (or last listened) on."""
@@ -280,15 +314,7 @@ class GatewayTransport:
 
     def _on_frame(self, conn: ApiClient, payload: bytes) -> None:
         if conn.client_versions == (0, 0):
-            low, high, options = p.parse_version_range(payload)
-            conn.client_versions = (low, high)
-            conn.connect_options = options
-            if not low <= self.server_version <= high:
-                self._close_broken(
-                    conn, f"client versions {low}..{high} exclude {self.server_version}"
-                )
-                return
-            self._later(conn, self.handshake_delay, self._send_server_version, conn)
+            self._on_version_range(conn, payload)
             return
         fields = p.split_fields(payload)
         if not fields:
@@ -303,6 +329,50 @@ class GatewayTransport:
         self.requests.append(request)
         self._notify_waiters(request)
         self._handle_request(conn, request)
+
+    def _on_version_range(self, conn: ApiClient, payload: bytes) -> None:
+        """Answer the client's ``v<min>..<max>`` with the version both speak, or refuse it.
+
+        A range the simulator cannot serve is refused as TWS refuses it: the
+        answer is the server's own highest version, outside the client's
+        range, which the client itself rejects (IB's EClient.serverVersion
+        disconnects with 506 "Unsupported version" when the version is above
+        its max or below its min; ib_insync and ib_async disconnect when it is
+        below their ``MinClientVersion``). TWS's next step is not documented;
+        the simulator closes the socket after the answer so that a client that
+        does not check cannot go on at a version it never offered.
+
+        Raises:
+            ProtocolError: If the payload is not a version range (the caller
+                closes the connection).
+        """
+        low, high, options = p.parse_version_range(payload)
+        if low > high:
+            raise p.ProtocolError(f"empty version range v{low}..{high}")
+        conn.client_versions = (low, high)
+        conn.connect_options = options
+        version = versions.negotiate(low, high, self._server_version)
+        if version is None:
+            logger.warning(
+                "connection %d offered versions %d..%d; this gateway speaks %d..%d: "
+                "answered %d and closed",
+                conn.conn_id,
+                low,
+                high,
+                versions.MIN_SERVER_VERSION,
+                self._server_version,
+                self._server_version,
+            )
+            conn.send_raw(
+                messages.server_version(self._server_version, datetime.now(timezone.utc))
+            )
+            conn.transport.close()  # close() flushes the answer first; abort() would not
+            return
+        conn.version = version
+        logger.info(
+            "connection %d offered versions %d..%d; speaking %d", conn.conn_id, low, high, version
+        )
+        self._later(conn, self.handshake_delay, self._send_server_version, conn)
 
     def _handle_request(self, conn: ApiClient, request: Request) -> None:
         """Act on a logged request; the transport alone answers none.
@@ -326,7 +396,7 @@ class GatewayTransport:
         conn.handles.append(handle)
 
     def _send_server_version(self, conn: ApiClient) -> None:
-        conn.send_raw(messages.server_version(self.server_version, datetime.now(timezone.utc)))
+        conn.send_raw(messages.server_version(conn.version, datetime.now(timezone.utc)))
 
     def accept_client(self, conn: ApiClient, client_id: int) -> bool:
         """Accept a ``startApi``, or refuse a client id already in use (326).
@@ -344,7 +414,7 @@ class GatewayTransport:
             logger.warning(
                 "client id %d already in use; rejecting connection %d", client_id, conn.conn_id
             )
-            conn.send_raw(messages.error(-1, 326, p.default_message(326)))
+            conn.send_error(-1, 326, p.default_message(326))
             conn.transport.close()
             return False
         conn.ready = True
