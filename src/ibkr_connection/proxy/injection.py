@@ -98,7 +98,9 @@ async def apply_relay_step(proxy: ProxyServer, step: Step) -> None:
         raise ScenarioError(f"action {a!r} cannot apply to the proxy")
 
 
-async def run_relay_scenario(proxy: ProxyServer, scenario: Scenario) -> None:
+async def run_relay_scenario(
+    proxy: ProxyServer, scenario: Scenario, *, origin: float | None = None
+) -> None:
     """Play a scenario's steps at their times, counted from the proxy's start.
 
     Steps run one after the other; a step that takes time (``restart``,
@@ -107,8 +109,10 @@ async def run_relay_scenario(proxy: ProxyServer, scenario: Scenario) -> None:
     Args:
         proxy: The relay (started).
         scenario: A scenario loaded for the proxy.
+        origin: ``time.monotonic()`` that ``at = 0`` stands for; the proxy's
+            start if omitted.
     """
-    start = time.monotonic() - proxy.elapsed()
+    start = origin if origin is not None else time.monotonic() - proxy.elapsed()
     for step in scenario.steps:
         wait = start + step.at - time.monotonic()
         if wait > 0:

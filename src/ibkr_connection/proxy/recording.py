@@ -277,6 +277,8 @@ class RecordedSession:
         client_id: The client id of its ``startApi``, if it sent one.
         messages: Its messages, both ways, in recorded order (discarded ones left out).
         opened_at: ``t`` of its ``open`` line.
+        closed_at: ``t`` of its ``close`` line (None if the recording has none).
+        close_reason: The ``reason`` of its ``close`` line.
     """
 
     session: int
@@ -286,6 +288,13 @@ class RecordedSession:
     client_id: int | None = None
     messages: list[RecordedMessage] = field(default_factory=list)
     opened_at: float = 0.0
+    closed_at: float | None = None
+    close_reason: str = ""
+
+    @property
+    def closed_by_gateway(self) -> bool:
+        """True if the session ended from the gateway's side (or the proxy's), not the bot's."""
+        return self.closed_at is not None and not self.close_reason.startswith("client closed")
 
 
 @dataclass
@@ -379,8 +388,9 @@ def load_recording(path: str | Path) -> Recording:
 def _json_line(source: str, number: int, line: str) -> dict[str, Any]:
     try:
         obj = json.loads(line)
-    except ValueError as exc:
-        raise RecordingError(f"{source} line {number}: not JSON ({exc.args[0]})") from None
+    except json.JSONDecodeError as exc:
+        raise RecordingError(f"{source} line {number}: not JSON ({exc.msg} at column "
+                             f"{exc.colno})") from None
     if not isinstance(obj, dict):
         raise RecordingError(f"{source} line {number}: not a JSON object")
     return obj
@@ -420,6 +430,8 @@ def _read_line(recording: Recording, sessions: dict[int, RecordedSession], sourc
         client_id = obj.get("client_id")
         if session.client_id is None and isinstance(client_id, int):
             session.client_id = client_id
+        session.closed_at = t
+        session.close_reason = str(obj.get("reason", ""))
         return
     direction = _need(source, number, obj, "dir", str)
     if direction not in DIRECTIONS:

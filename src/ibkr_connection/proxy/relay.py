@@ -120,6 +120,14 @@ class ProxyServer:
         return addr(self.upstream_host, self.upstream_port)
 
     @property
+    def sockname(self) -> tuple[str, int] | None:
+        """The address the listening socket is bound to (None while not listening)."""
+        if self._server is None:
+            return None
+        name = self._server.sockets[0].getsockname()
+        return str(name[0]), int(name[1])
+
+    @property
     def listening(self) -> bool:
         """True while the proxy accepts connections."""
         return self._server is not None

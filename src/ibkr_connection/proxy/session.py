@@ -331,10 +331,12 @@ class RelaySession:
     def _write_client(self, data: bytes, *, raw: bool = False, injected: bool = False) -> None:
         if self._client.is_closing():
             return
-        self._client.write(data)
         recorder = self.proxy.recorder
         if recorder is not None and not raw:
+            # On disk before the bot can see it: a proxy killed in between loses nothing
+            # the bot got.
             recorder.frames(self.number, "s2c", data, self.version, injected=injected)
+        self._client.write(data)
 
     def flush_held(self, discard: bool = False) -> int:
         """Deliver (or throw away) what a stall held; return the bytes concerned."""

@@ -9,7 +9,9 @@ import logging
 import sys
 from typing import Any
 
+from ibkr_connection.proxy.recording import RecordingError, load_recording
 from ibkr_connection.simulator.gateway import FakeGateway
+from ibkr_connection.simulator.replay import ReplayGateway
 from ibkr_connection.simulator.scenario import (
     ScenarioError,
     resolve_scenario,
@@ -55,6 +57,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--fill-mode", choices=("immediate", "manual"), default="immediate", help="order fills"
     )
     parser.add_argument(
+        "--replay",
+        default=None,
+        metavar="FILE",
+        help="serve a recording made by 'ibkr-connection proxy --record' (the simulator's "
+        "own model answers what the recording lacks)",
+    )
+    parser.add_argument(
         "--duration",
         type=float,
         default=None,
@@ -74,20 +83,24 @@ async def serve(args: argparse.Namespace) -> int:
         Exit status.
     """
     scenario = resolve_scenario(args.scenario) if args.scenario else None
+    recording = load_recording(args.replay) if getattr(args, "replay", None) else None
     accounts_opt: str | None = args.accounts
     if accounts_opt:
         accounts = [a.strip() for a in accounts_opt.split(",") if a.strip()]
     elif scenario is not None and scenario.gateway.get("accounts"):
         accounts = [str(a) for a in scenario.gateway["accounts"]]
+    elif recording is not None and recording.accounts:
+        accounts = recording.accounts
     else:
         accounts = ["DU1234567"]
-    gw = FakeGateway(
-        accounts=accounts,
-        next_order_id=args.next_order_id,
-        port=args.port,
-        host=args.host,
-        fill_mode=args.fill_mode,
-    )
+    settings: dict[str, Any] = {
+        "accounts": accounts,
+        "next_order_id": args.next_order_id,
+        "port": args.port,
+        "host": args.host,
+        "fill_mode": args.fill_mode,
+    }
+    gw = FakeGateway(**settings) if recording is None else ReplayGateway(recording, **settings)
     async with gw:
         logger.info("simulator ready on %s:%d accounts=%s", args.host, gw.port, ",".join(accounts))
         tasks: list[asyncio.Task[None]] = []
@@ -114,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
     Returns:
         0 on a clean exit (or after listing the scenarios), 2 for a bad or
-        unknown scenario, 1 if the port is unusable.
+        unknown scenario or an unreadable recording, 1 if the port is unusable.
     """
     if args.list_scenarios:
         return list_scenarios()
@@ -125,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except ScenarioError as exc:
         logger.error("%s", exc)
+        return 2
+    except RecordingError as exc:
+        sys.stderr.write(f"ibkr-connection sim: {exc}\n")
         return 2
     except OSError as exc:
         logger.error("cannot listen on %s:%s: %s", args.host, args.port, exc)
@@ -141,6 +157,9 @@ def list_scenarios() -> int:
         shipped = shipped_scenarios()
     except ScenarioError as exc:
         logger.error("%s", exc)
+        return 2
+    except RecordingError as exc:
+        sys.stderr.write(f"ibkr-connection sim: {exc}\n")
         return 2
     width = max((len(name) for name in shipped), default=0)
     for name, scenario in shipped.items():
