@@ -216,16 +216,24 @@ async def test_client_garbage_is_relayed_and_the_proxy_survives(
     assert [line.split(" (")[0] for line in lines] == ["session 1", "session 2"]
 
 
-async def test_gateway_garbage_is_relayed_unframed() -> None:
-    """A gateway whose first message is not a version is relayed as it comes."""
-    script = b"HTTP/1.1 400 Bad Request\r\n\r\n" + bytes(range(256))
-    async with ScriptedUpstream(struct.pack(">I", 30) + script, chunks=3) as upstream, \
+@pytest.mark.parametrize(
+    "script",
+    [
+        struct.pack(">I", 30) + b"HTTP/1.1 400 Bad Request\r\n\r\n" + bytes(range(256)),
+        frame(157, "20250101 12:00:00 UTC") + frame(9, 1, 1) + struct.pack(">I", 0x7FFFFFFF)
+        + bytes(range(256)),
+    ],
+    ids=["not-a-version", "huge-length-later"],
+)
+async def test_gateway_garbage_is_relayed_unframed(script: bytes) -> None:
+    """A gateway stream that is not TWS frames is relayed as it comes."""
+    async with ScriptedUpstream(script, chunks=3) as upstream, \
             ProxyServer("127.0.0.1", upstream.port) as proxy:
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         writer.write(CLIENT_SCRIPT)
-        got = await _read_all(reader, 4 + len(script))
+        got = await _read_all(reader, len(script))
         writer.close()
-    assert got == struct.pack(">I", 30) + script
+    assert got == script
 
 
 async def test_a_slow_reader_gets_everything(gw: FakeGateway, proxy: ProxyServer) -> None:

@@ -6,9 +6,10 @@ message (either way), injected fault and closing, in the order they
 happened. The format is documented in ``docs/recording.md``; its version is
 :data:`FORMAT_VERSION`, in the header's ``format`` field.
 
-Every line is written and flushed on its own, so a proxy that dies loses at
-most the line it was writing; :func:`load_recording` skips a cut last line
-and names it. ``--mask-accounts`` replaces each account id announced in
+Lines are flushed as they are written (the messages of one socket read in
+one write), before the proxy hands those messages on, so a proxy that dies
+loses at most the line it was writing; :func:`load_recording` skips a cut
+last line and names it. ``--mask-accounts`` replaces each account id announced in
 ``managedAccounts`` by ``MASKED1``, ``MASKED2`` ... wherever it appears in
 later messages, the same id by the same mask in every session of the file.
 
@@ -58,6 +59,10 @@ class RecordingError(IBKRConnectionError):
 def _wall(now: float | None = None) -> str:
     stamp = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+#: One encoder for every line: json.dumps with arguments builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _b64(data: bytes) -> str:
@@ -134,20 +139,34 @@ class RecordingWriter:
         self.lines = 0
         self.messages = 0
         self._closed = False
+        self._wall_ms = -1
+        self._wall_text = ""
         self._write({"type": "header", "recording": RECORDING_KIND, "format": FORMAT_VERSION,
                      "created": _wall(), "upstream": upstream, "masked": mask_accounts})
 
     def _write(self, obj: dict[str, Any]) -> None:
-        if self._closed:
+        self._write_lines([_ENCODER.encode(obj)])
+
+    def _write_lines(self, lines: list[str]) -> None:
+        if self._closed or not lines:
             return
-        self._file.write(json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n")
+        # One write and one flush for the lines of one event (the messages of one
+        # read): each line is whole on disk before the proxy goes on.
+        self._file.write("\n".join(lines) + "\n")
         self._file.flush()
-        self.lines += 1
+        self.lines += len(lines)
+
+    def _now(self) -> tuple[float, str]:
+        t = round(self._clock() - self._t0, 6)
+        now = time.time()
+        millis = int(now * 1000)
+        if millis != self._wall_ms:
+            self._wall_ms, self._wall_text = millis, _wall(now)
+        return t, self._wall_text
 
     def _stamp(self, obj: dict[str, Any]) -> dict[str, Any]:
         stamped = {"type": obj.pop("type"), **obj}
-        stamped["t"] = round(self._clock() - self._t0, 6)
-        stamped["wall"] = _wall()
+        stamped["t"], stamped["wall"] = self._now()
         return stamped
 
     def open_session(self, session: int, peer: str) -> None:
@@ -185,27 +204,29 @@ class RecordingWriter:
             discarded: The frames were held and thrown away (``unstall`` with
                 ``discard``): the client never got them.
         """
+        t, wall = self._now()
+        # Each line is spelled out rather than built as a dict: this runs per message.
+        head = f'{{"type":"msg","session":{session},"dir":"{direction}",'
+        tail = (',"injected":true' if injected else "") + (
+            ',"discarded":true' if discarded else "") + f',"t":{t!r},"wall":"{wall}"}}'
+        encode = _ENCODER.encode
+        mask = self.mask
+        lines = []
         for payload in wire.iter_payloads(data):
             message = wire.decode(payload, version)
-            line: dict[str, Any] = {"type": "msg", "session": session, "dir": direction}
-            if message.fields is not None:
-                fields = message.fields
-                if self.mask is not None:
+            fields = message.fields
+            if fields is not None:
+                if mask is not None:
                     if message.msg_id == wire.MANAGED_ACCTS and direction == "s2c" \
                             and len(fields) > 2:
-                        self.mask.learn(a.strip() for a in fields[2].split(","))
-                    fields = [self.mask.text(f) for f in fields]
-                line["fields"] = fields
+                        mask.learn(a.strip() for a in fields[2].split(","))
+                    fields = [mask.text(f) for f in fields]
+                lines.append(f'{head}"fields":{encode(fields)}{tail}')
             else:
-                line["id"] = message.msg_id
-                raw = payload if self.mask is None else self.mask.data(payload)
-                line["raw"] = _b64(raw)
-            if injected:
-                line["injected"] = True
-            if discarded:
-                line["discarded"] = True
-            self._write(self._stamp(line))
-            self.messages += 1
+                raw = payload if mask is None else mask.data(payload)
+                lines.append(f'{head}"id":{message.msg_id},"raw":"{_b64(raw)}"{tail}')
+        self._write_lines(lines)
+        self.messages += len(lines)
 
     def raw(self, session: int, direction: str, data: bytes) -> None:
         """Record bytes relayed unframed (a stream that is not TWS frames)."""

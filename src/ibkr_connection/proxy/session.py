@@ -217,17 +217,23 @@ class RelaySession:
     def upstream_data(self, data: bytes) -> None:
         """Relay bytes from the gateway, framing them on the way."""
         self.s2c_bytes += len(data)
+        proxy = self.proxy
+        if self._s2c_state == "frames" and not (proxy.inspect or proxy.recorder is not None
+                                                or proxy.stalled or self._hs_hold):
+            # The hot path (ticks): whole frames straight through, nothing else to do.
+            whole = self._s2c.feed(data)
+            if self._s2c.broken:
+                self._s2c_unframed(whole)
+            elif whole and not self._client.is_closing():
+                self._client.write(whole)
+            return
         if self._s2c_state == "raw":
             self._record_raw("s2c", data)
             self._deliver(data, raw=True)
             return
         whole = self._s2c.feed(data)
         if self._s2c.broken:
-            logger.warning("session %d: the gateway sent a frame longer than %d bytes; relaying "
-                           "its bytes unframed from here", self.number, wire.MAX_FRAME)
-            self._s2c_state = "raw"
-            self._record_raw("s2c", whole)
-            self._deliver(whole, raw=True)
+            self._s2c_unframed(whole)
             return
         if not whole:
             return
@@ -238,6 +244,13 @@ class RelaySession:
         if self.proxy.inspect:
             whole = self._inspect(whole)
         self._deliver(whole)
+
+    def _s2c_unframed(self, data: bytes) -> None:
+        logger.warning("session %d: the gateway sent a frame longer than %d bytes; relaying "
+                       "its bytes unframed from here", self.number, wire.MAX_FRAME)
+        self._s2c_state = "raw"
+        self._record_raw("s2c", data)
+        self._deliver(data, raw=True)
 
     def _server_hello(self, whole: bytes) -> bytes:
         size = int.from_bytes(whole[:4], "big")
