@@ -179,3 +179,24 @@ async def test_sim_replay_serves_a_recording(tmp_path: Path) -> None:
         _, err = await asyncio.wait_for(sim.communicate(), 60)
     assert sim.returncode == 0
     assert "replay: client 4 served from recorded session 1 (client 4)" in err.decode()
+
+
+def test_the_readme_rehearsal_is_valid(tmp_path: Path) -> None:
+    """The README's rehearsal scenario loads for the proxy and its command parses."""
+    from ibkr_connection.cli import build_parser
+    from ibkr_connection.proxy.injection import load_relay_scenario
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Rehearse against your paper account", 1)[1].split("\n## ", 1)[0]
+    toml = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "rehearsal.toml"
+    path.write_text("\n".join(line.removeprefix("   ") for line in toml.splitlines()))
+    scenario = load_relay_scenario(path)
+    assert [(s.at, s.action) for s in scenario.steps] == [
+        (20.0, "farm_broken"), (30.0, "farm_ok"), (40.0, "error"), (55.0, "error"),
+        (70.0, "restart")]
+    command = section.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ").split()
+    assert command[:3] == ["uv", "run", "ibkr-connection"]
+    args = build_parser().parse_args(command[3:])
+    assert (args.command, args.upstream, args.port, args.scenario, args.record) == (
+        "proxy", "127.0.0.1:4002", 4003, "rehearsal.toml", "rehearsal.jsonl")

@@ -230,3 +230,38 @@ async def test_a_recording_at_a_version_the_client_cannot_speak(
             await ib.connectAsync("127.0.0.1", replay.port, clientId=7, timeout=3)
         ib.disconnect()
     assert any("client versions 157..176 exclude 190" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("fault", ["restart", "reset_port"])
+async def test_a_recorded_restart_or_port_reset_replays_to_the_same_transcript(
+    tmp_path: Path, fault: str
+) -> None:
+    """A restart's refusals and a 1300's new port are replayed: same seed, same transcript."""
+    path = tmp_path / "rec.jsonl"
+
+    async def live(port: int, proxy: ProxyServer | None) -> list[tuple[Any, ...]]:
+        manager = ConnectionManager(IB(), _config(port))
+        await manager.start(timeout=10)
+        if proxy is not None:
+            await asyncio.sleep(0.2)
+            if fault == "restart":
+                await proxy.restart(outage=0.45)  # refused at ~0.05, 0.14, 0.33; in at ~0.58
+            else:
+                await proxy.reset_port()
+        await wait_until(lambda: len(manager.transcript) > 3
+                         and manager.state is ConnectionState.CONNECTED, timeout=10,
+                         what="reconnected")
+        await manager.stop()
+        return [(t.source, t.dest, t.trigger, t.code) for t in manager.transcript]
+
+    async with FakeGateway(accounts=[ACCOUNT]) as gw:
+        recorder = RecordingWriter(path)
+        async with ProxyServer("127.0.0.1", gw.port, recorder=recorder) as proxy:
+            original = await live(proxy.port, proxy)
+        recorder.close()
+    async with ReplayGateway(load_recording(path)) as replay:
+        replayed = await live(replay.port, None)
+        assert replay.served == 2
+    assert replayed == original
+    triggers = [row[2].value for row in original]
+    assert triggers.count("attempt_failed") == (3 if fault == "restart" else 0)

@@ -19,7 +19,9 @@ its own model:
   after it. A ``reqCurrentTime`` is never such an anchor: heartbeats send it
   on a timer, so how many there are depends on timing.
 * A session the gateway (or the proxy) closed is closed at the recorded delay
-  after its last anchoring request.
+  after its last anchoring request; if a recorded ``restart`` dropped it,
+  connections are then refused for its outage. A recorded 1300 names this
+  simulator's port.
 * A request the recording has no answer for is answered by the simulator's
   own model, and logged (:attr:`ReplayGateway.unmatched` keeps them).
 
@@ -181,6 +183,7 @@ class Plan:
     session: RecordedSession
     start: RecordedRequest
     requests: list[RecordedRequest]
+    outage: float = 0.0
 
     def take(self, fields: Sequence[str]) -> RecordedRequest | None:
         """Return (and mark used) the first unused request with these identifying fields."""
@@ -245,6 +248,20 @@ def build_plan(session: RecordedSession) -> Plan:
     if session.closed_by_gateway and session.closed_at is not None:
         anchor.followers.append(Timed(session.closed_at - anchor.t, None))
     return Plan(session, start, requests)
+
+
+def _restart_outage(recording: Recording, session: RecordedSession) -> float:
+    """The outage of the recorded ``restart`` that dropped this session (0 if none did)."""
+    if session.closed_at is None or not session.close_reason.startswith("dropped"):
+        return 0.0
+    for fault in recording.faults:
+        t = fault.get("t")
+        outage = fault.get("params", {}).get("outage") if isinstance(fault.get("params"),
+                                                                    dict) else None
+        if fault.get("action") == "restart" and isinstance(t, (int, float)) \
+                and isinstance(outage, (int, float)) and 0 <= session.closed_at - t < 1.0:
+            return float(outage)
+    return 0.0
 
 
 def _owner(
@@ -330,8 +347,18 @@ class _Replay:
             logger.info("replay: closing client %s's connection, as the gateway did in the "
                         "recording", self.conn.client_id)
             self.conn.transport.abort()
+            if self.plan.outage > 0:
+                self.gw.refuse_for(self.plan.outage)
             return
         message = item.message
+        code_at = reply_id_fields(wire.ERR_MSG, self.version)[0] + 1
+        if message.msg_id == wire.ERR_MSG and _int(message.fields, code_at) == 1300 \
+                and message.fields is not None and len(message.fields) > code_at + 1:
+            # The recorded 1300 names the proxy's new port; the client must come back here.
+            fields = list(message.fields)
+            fields[code_at + 1] = p.default_message(1300, port=self.gw.port)
+            self.conn.send_raw(wire.encode(fields, self.version))
+            return
         if message.fields is None:
             self.conn.send_raw(message.frame(self.version))
             return
@@ -369,6 +396,9 @@ class ReplayGateway(FakeGateway):
         super().__init__(**kwargs)
         self.recording = recording
         self.plans = [build_plan(s) for s in recording.sessions if s.client_id is not None]
+        for plan in self.plans:
+            plan.outage = _restart_outage(recording, plan.session)
+        self._outage: asyncio.Task[None] | None = None
         self.unmatched: list[Request] = []
         self.served = 0
         self._replays: dict[int, _Replay] = {}
@@ -388,6 +418,8 @@ class ReplayGateway(FakeGateway):
         """Stop serving; pending recorded answers are dropped."""
         for replay in list(self._replays.values()):
             self._retire(replay)
+        if self._outage is not None:
+            self._outage.cancel()
         await super().stop()
 
     def _retire(self, replay: _Replay) -> None:
@@ -397,6 +429,20 @@ class ReplayGateway(FakeGateway):
         if unsent:
             logger.info("replay: recorded session %d: %d message(s) never sent (the requests "
                         "they answer or follow never came)", replay.plan.session.session, unsent)
+
+    def refuse_for(self, seconds: float) -> None:
+        """Refuse connections for ``seconds``, as the recorded restart did (once at a time)."""
+        if self._outage is not None and not self._outage.done():
+            return
+
+        async def outage() -> None:
+            await self.stop_listening()
+            await asyncio.sleep(seconds)
+            await self.start_listening()
+
+        logger.info("replay: refusing connections for %.2fs, as the recorded restart did",
+                    seconds)
+        self._outage = asyncio.ensure_future(outage())
 
     def _handle_request(self, conn: ApiClient, request: Request) -> None:
         if request.msg_id == wire.START_API:
