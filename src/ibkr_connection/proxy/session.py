@@ -52,6 +52,7 @@ _FARM_CODES = {2103, 2104, 2105, 2106, 2157, 2158}
 
 
 def addr(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -197,7 +198,9 @@ class RelaySession:
                 self.client_id = int(fields[2])
             return
         name = _REQUEST_OF_ID.get(message.msg_id)
-        if name is None:
+        if name is None or not self.proxy.inspect:
+            # Only while the answers are read too: a request counted here must be
+            # popped by its end, or a later hold would pair ends with stale names.
             return
         if name == "reqAccountUpdates" and not (fields and len(fields) > 2 and fields[2] == "1"):
             return  # an unsubscribe gets no answer
