@@ -81,7 +81,7 @@ async def test_injected_held_and_discarded_frames_are_marked(tmp_path: Path,
         await client.read_error(1100)
         proxy.stall()
         client.writer.write(frame(49, 1))
-        await wait_until(lambda: next(iter(proxy.sessions.values()))._held != [], what="held")
+        await wait_until(lambda: next(iter(proxy.sessions.values())).held_bytes > 0, what="held")
         proxy.unstall(discard=True)
         await client.close()
     recorder.close()

@@ -107,6 +107,11 @@ class RelaySession:
         """True once the handshake is done and the bot sent ``startApi``."""
         return self.version > 0 and self.client_id is not None and not self.closed
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes from the gateway held by a stall or a handshake delay, not yet delivered."""
+        return sum(len(data) for data, _ in self._held)
+
     def __repr__(self) -> str:
         return f"<RelaySession {self.number} client {self.client_id} {self.peer}>"
 
