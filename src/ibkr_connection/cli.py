@@ -56,9 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("journal", type=Path, help="a JSON Lines journal written by the manager")
     replay.set_defaults(func=_replay)
 
+    from ibkr_connection.proxy import cli as proxy_cli
     from ibkr_connection.simulator import cli as sim_cli
 
     sim_cli.add_parser(sub)
+    proxy_cli.add_parser(sub)
     return parser
 
 

@@ -9,8 +9,10 @@ import logging
 import sys
 from typing import Any
 
+from ibkr_connection.proxy.recording import RecordingError, load_recording
 from ibkr_connection.simulator import versions
 from ibkr_connection.simulator.gateway import FakeGateway
+from ibkr_connection.simulator.replay import ReplayGateway
 from ibkr_connection.simulator.scenario import (
     ScenarioError,
     resolve_scenario,
@@ -88,6 +90,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--fill-mode", choices=("immediate", "manual"), default="immediate", help="order fills"
     )
     parser.add_argument(
+        "--replay",
+        default=None,
+        metavar="FILE",
+        help="serve a recording made by 'ibkr-connection proxy --record' (the simulator's "
+        "own model answers what the recording lacks)",
+    )
+    parser.add_argument(
         "--duration",
         type=float,
         default=None,
@@ -107,21 +116,28 @@ async def serve(args: argparse.Namespace) -> int:
         Exit status.
     """
     scenario = resolve_scenario(args.scenario) if args.scenario else None
+    recording = load_recording(args.replay) if getattr(args, "replay", None) else None
     accounts_opt: str | None = args.accounts
     if accounts_opt:
         accounts = [a.strip() for a in accounts_opt.split(",") if a.strip()]
     elif scenario is not None and scenario.gateway.get("accounts"):
         accounts = [str(a) for a in scenario.gateway["accounts"]]
+    elif recording is not None and recording.accounts:
+        accounts = recording.accounts
     else:
         accounts = ["DU1234567"]
-    gw = FakeGateway(
-        accounts=accounts,
-        next_order_id=args.next_order_id,
-        port=args.port,
-        host=args.host,
-        fill_mode=args.fill_mode,
-        server_version=args.server_version,
-    )
+    settings: dict[str, Any] = {
+        "accounts": accounts,
+        "next_order_id": args.next_order_id,
+        "port": args.port,
+        "host": args.host,
+        "fill_mode": args.fill_mode,
+    }
+    if recording is None:
+        gw: FakeGateway = FakeGateway(server_version=args.server_version, **settings)
+    else:
+        # A replay answers the handshake with the recording's own version.
+        gw = ReplayGateway(recording, **settings)
     async with gw:
         logger.info(
             "simulator ready on %s:%d accounts=%s server versions %d..%d",
@@ -155,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
 
     Returns:
         0 on a clean exit (or after listing the scenarios), 2 for a bad or
-        unknown scenario, 1 if the port is unusable.
+        unknown scenario or an unreadable recording, 1 if the port is unusable.
     """
     if args.list_scenarios:
         return list_scenarios()
@@ -166,6 +182,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except ScenarioError as exc:
         logger.error("%s", exc)
+        return 2
+    except RecordingError as exc:
+        sys.stderr.write(f"ibkr-connection sim: {exc}\n")
         return 2
     except OSError as exc:
         logger.error("cannot listen on %s:%s: %s", args.host, args.port, exc)
@@ -182,6 +201,9 @@ def list_scenarios() -> int:
         shipped = shipped_scenarios()
     except ScenarioError as exc:
         logger.error("%s", exc)
+        return 2
+    except RecordingError as exc:
+        sys.stderr.write(f"ibkr-connection sim: {exc}\n")
         return 2
     width = max((len(name) for name in shipped), default=0)
     for name, scenario in shipped.items():

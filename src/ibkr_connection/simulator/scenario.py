@@ -172,6 +172,61 @@ ACTION_DOCS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
+#: Where each action applies in ``ibkr-connection proxy --scenario``, a relay in
+#: front of a real TWS / IB Gateway: action -> (applies, how it is played there,
+#: or why it is rejected when the file is loaded). ``docs/scenarios.md`` shows it;
+#: a test checks that every action of :data:`ACTIONS` has its row.
+RELAY_ACTIONS: dict[str, tuple[bool, str]] = {
+    "error": (True, "framed in the session's negotiated version and written into the bot's "
+                    "stream at a message boundary; a 1300 names the proxy's port"),
+    "farm_broken": (True, "the farm's notice injected into the open sessions; the real "
+                          "gateway's farms are untouched, and a session opened later hears "
+                          "what the gateway says"),
+    "farm_ok": (True, "as `farm_broken`"),
+    "drop_clients": (True, "both sides of each session aborted, the bot's and the gateway's"),
+    "stop_listening": (True, "the proxy's port refuses connections; open sessions stay"),
+    "start_listening": (True, "the proxy's port accepts connections again"),
+    "restart": (True, "the proxy's port closed, every session dropped, `outage` seconds of "
+                      "refusals; the real gateway keeps running"),
+    "reset_port": (True, "a 1300 naming the proxy's new port, every session dropped, the "
+                         "proxy listening on the new port only"),
+    "stall": (True, "the gateway's bytes held (the bot's still reach the gateway); injected "
+                    "messages still go out"),
+    "unstall": (True, "the held bytes delivered, or thrown away with `discard = true`"),
+    "handshake_delay": (True, "the gateway's handshake answer held in sessions opened later"),
+    "hold_sync": (True, "the request's end message (e.g. `execDetailsEnd`) held back; the rest "
+                        "of its answer goes through"),
+    "release_sync": (True, "the held end messages delivered"),
+    "delay_sync": (True, "the request's end message delivered `seconds` late (the rest of its "
+                         "answer on time, unlike the simulator, which delays the whole answer)"),
+    "nightly_reset": (True, "1100, the farms the gateway named broken, `silence`, the restore "
+                            "code and the farms OK, injected; with `stall`, the gateway's bytes "
+                            "held meanwhile"),
+    "fill_order": (False, "the proxy has no order book: fills come from the real gateway (on "
+                          "a paper account, send a marketable order), and a made-up execution "
+                          "would put the bot's book out of step with the account"),
+    "push_tick": (False, "the proxy does not invent market data: a bot trading on a paper "
+                         "account would act on prices that never traded"),
+    "set_next_valid_id": (False, "order ids belong to the real gateway: a rewritten "
+                                 "`nextValidId` makes it reject the bot's orders as duplicates"),
+    "fill_mode": (False, "fills are the real gateway's to decide"),
+}
+
+#: Fields an action takes only in the proxy: action -> {field: types}.
+RELAY_ONLY_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
+    "unstall": {"discard": (bool,)},
+}
+
+#: What each proxy-only field means, for ``docs/scenarios.md``.
+RELAY_ONLY_FIELD_DOCS: dict[str, dict[str, str]] = {
+    "unstall": {"discard": "proxy only: throw the held bytes away instead of delivering "
+                           "them (the bot never gets the answers); false if omitted"},
+}
+
+#: Where a scenario is played: ``sim`` (the simulator) or ``proxy`` (the relay).
+TARGETS = ("sim", "proxy")
+
+
 class ScenarioError(ValueError):
     """A scenario file is malformed; the message names the file and step."""
 
@@ -215,12 +270,17 @@ def _check_type(where: str, name: str, value: Any, types: tuple[type, ...]) -> N
         raise ScenarioError(f"{where}: {name!r} must be {expected}, got {value!r}")
 
 
-def parse_scenario(data: dict[str, Any], source: str = "<string>") -> Scenario:
+def parse_scenario(
+    data: dict[str, Any], source: str = "<string>", *, target: str = "sim"
+) -> Scenario:
     """Validate a decoded TOML document.
 
     Args:
         data: The TOML document as a dict.
         source: Name used in error messages.
+        target: ``sim`` or ``proxy``: for the proxy, an action of
+            :data:`RELAY_ACTIONS` that cannot apply to a relay is rejected
+            with the reason, and the proxy-only fields are accepted.
 
     Returns:
         The scenario.
@@ -262,8 +322,20 @@ def parse_scenario(data: dict[str, Any], source: str = "<string>") -> Scenario:
             raise ScenarioError(
                 f"{where}: unknown action {action!r}; known: {', '.join(sorted(ACTIONS))}"
             )
+        if target == "proxy":
+            applies, why = RELAY_ACTIONS.get(action, (False, "not reviewed for the proxy yet"))
+            if not applies:
+                raise ScenarioError(f"{where}: action {action!r} cannot apply to the proxy: "
+                                    f"{why}")
         required, optional = ACTIONS[action]
+        relay_only = RELAY_ONLY_FIELDS.get(action, {})
+        if target == "proxy":
+            optional = {**optional, **relay_only}
         params = {k: v for k, v in raw.items() if k not in ("at", "action")}
+        for name in params:
+            if target != "proxy" and name in relay_only:
+                raise ScenarioError(f"{where} ({action}): field {name!r} applies to the proxy "
+                                    "only (ibkr-connection proxy --scenario)")
         for name, types in required.items():
             if name not in params:
                 raise ScenarioError(f"{where} ({action}): missing field {name!r}")
@@ -285,19 +357,20 @@ def parse_scenario(data: dict[str, Any], source: str = "<string>") -> Scenario:
     return Scenario(steps, gateway, source, description.strip())
 
 
-def _parse_toml(text: str, source: str) -> Scenario:
+def _parse_toml(text: str, source: str, target: str = "sim") -> Scenario:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{source}: invalid TOML: {exc}") from exc
-    return parse_scenario(data, source)
+    return parse_scenario(data, source, target=target)
 
 
-def load_scenario(path: str | Path) -> Scenario:
+def load_scenario(path: str | Path, *, target: str = "sim") -> Scenario:
     """Load and validate a TOML scenario file.
 
     Args:
         path: The file.
+        target: ``sim`` or ``proxy`` (see :func:`parse_scenario`).
 
     Returns:
         The scenario.
@@ -310,7 +383,7 @@ def load_scenario(path: str | Path) -> Scenario:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"{path}: cannot read: {exc}") from exc
-    return _parse_toml(text, str(path))
+    return _parse_toml(text, str(path), target)
 
 
 def _shipped_dir() -> Any:
@@ -319,22 +392,27 @@ def _shipped_dir() -> Any:
     return resources.files("ibkr_connection.simulator").joinpath("scenarios")
 
 
-def shipped_scenarios() -> dict[str, Scenario]:
+def shipped_scenarios(*, target: str = "sim") -> dict[str, Scenario]:
     """Return the scenarios shipped in the package, by name, sorted by name.
 
+    Args:
+        target: ``sim`` or ``proxy`` (see :func:`parse_scenario`).
+
     Raises:
-        ScenarioError: A shipped file is invalid (a packaging bug).
+        ScenarioError: A shipped file is invalid (a packaging bug), or, for
+            the proxy, uses an action a relay cannot play.
     """
     found = {}
     for entry in _shipped_dir().iterdir():
         name = str(entry.name)
         if name.endswith(".toml"):
             found[name.removesuffix(".toml")] = entry
-    return {name: _parse_toml(found[name].read_text(encoding="utf-8"), f"{name} (shipped)")
+    return {name: _parse_toml(found[name].read_text(encoding="utf-8"), f"{name} (shipped)",
+                              target)
             for name in sorted(found)}
 
 
-def resolve_scenario(name_or_path: str) -> Scenario:
+def resolve_scenario(name_or_path: str, *, target: str = "sim") -> Scenario:
     """Load a scenario from a file, or a shipped one by name (``nightly_reset``).
 
     A file that exists wins over a shipped scenario of the same name.
@@ -342,6 +420,7 @@ def resolve_scenario(name_or_path: str) -> Scenario:
     Args:
         name_or_path: A path to a TOML file, or a shipped scenario's name
             (with or without ``.toml``).
+        target: ``sim`` or ``proxy`` (see :func:`parse_scenario`).
 
     Returns:
         The scenario.
@@ -351,8 +430,8 @@ def resolve_scenario(name_or_path: str) -> Scenario:
             message lists the shipped ones), or the file is invalid.
     """
     if Path(name_or_path).is_file():
-        return load_scenario(name_or_path)
-    shipped = shipped_scenarios()
+        return load_scenario(name_or_path, target=target)
+    shipped = shipped_scenarios(target=target)
     name = name_or_path.removesuffix(".toml")
     if name in shipped:
         return shipped[name]
@@ -500,11 +579,29 @@ def reference_markdown() -> str:
     ]
     for name, scenario in shipped_scenarios().items():
         lines.append(f"| `{name}` | {scenario.description} |")
+    lines += [
+        "",
+        "## In the proxy",
+        "",
+        "`ibkr-connection proxy --scenario FILE` plays the same timeline on a relay in front "
+        "of a real TWS / IB Gateway, `at` counting from the moment the proxy listens. An "
+        "action a relay cannot play is rejected when the file is loaded, with the reason; a "
+        "`[gateway]` table is ignored (the accounts are the real gateway's).",
+        "",
+        "| action | in the proxy | how, or why not |",
+        "|---|---|---|",
+    ]
+    for action in ACTIONS:
+        applies, how = RELAY_ACTIONS.get(action, (False, "not reviewed for the proxy yet"))
+        lines.append(f"| `{action}` | {'yes' if applies else 'rejected'} | {how} |")
     lines += ["", "## Actions", ""]
     for action, (required, optional) in ACTIONS.items():
         what, fields = ACTION_DOCS[action]
-        lines += [f"### `{action}`", "", what, ""]
-        if not required and not optional:
+        applies, how = RELAY_ACTIONS.get(action, (False, "not reviewed for the proxy yet"))
+        relay = f"In the proxy: {how}." if applies else f"Rejected by the proxy: {how}."
+        lines += [f"### `{action}`", "", what, "", relay, ""]
+        relay_only = RELAY_ONLY_FIELDS.get(action, {})
+        if not required and not optional and not relay_only:
             lines += ["No fields besides `at` and `action`.", ""]
             continue
         lines += ["| field | type | required | meaning |", "|---|---|---|---|"]
@@ -512,5 +609,8 @@ def reference_markdown() -> str:
             lines.append(f"| `{name}` | {_type_name(types)} | yes | {fields[name]} |")
         for name, types in optional.items():
             lines.append(f"| `{name}` | {_type_name(types)} | no | {fields[name]} |")
+        for name, types in relay_only.items():
+            meaning = RELAY_ONLY_FIELD_DOCS[action][name]
+            lines.append(f"| `{name}` | {_type_name(types)} | no | {meaning} |")
         lines.append("")
     return "\n".join(lines)

@@ -1,0 +1,163 @@
+"""``ibkr-connection proxy``: the fault-injecting, recording relay in the foreground.
+
+Prints one line when it listens, one per injected fault and one per session
+(client id, bytes each way) on stdout, flushed as they happen; Ctrl-C or
+SIGTERM stops it cleanly (exit 0, the recording closed whole).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any
+
+from ibkr_connection.proxy.injection import (
+    load_relay_scenario,
+    needs_inspection,
+    run_relay_scenario,
+)
+from ibkr_connection.proxy.recording import RecordingWriter
+from ibkr_connection.proxy.relay import ProxyServer
+from ibkr_connection.simulator.scenario import Scenario, ScenarioError
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``proxy`` sub-command to an argparse subparsers object.
+
+    Args:
+        sub: The object returned by ``ArgumentParser.add_subparsers()``.
+
+    Returns:
+        The ``proxy`` parser (its ``func`` default is :func:`run`).
+    """
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "proxy",
+        help="relay bots to a real TWS / IB Gateway, injecting faults and recording",
+        description="A TWS API relay between bots and a real TWS / IB Gateway (a paper "
+                    "account is the intended target): relays every byte unchanged, injects "
+                    "a scenario's faults, records every session.",
+    )
+    parser.add_argument("--upstream", required=True, metavar="HOST:PORT",
+                        help="the real gateway, e.g. 127.0.0.1:4002")
+    parser.add_argument("--port", type=int, required=True,
+                        help="port the bots connect to (0 = any free port, printed)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--scenario", default=None, metavar="NAME|FILE",
+                        help="TOML fault timeline, as for 'sim --scenario'; actions a relay "
+                             "cannot play are rejected")
+    parser.add_argument("--record", default=None, metavar="FILE",
+                        help="write every relayed session to FILE (JSON Lines, "
+                             "docs/recording.md)")
+    parser.add_argument("--mask-accounts", action="store_true",
+                        help="mask account ids in the recording (MASKED1, MASKED2 ...)")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="exit after this many seconds (default: run until Ctrl-C)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` too).
+
+    Raises:
+        ValueError: Not a host and a port from 1 to 65535.
+    """
+    host, sep, port_s = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host:
+        raise ValueError(f"--upstream {text!r}: expected HOST:PORT")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ValueError(f"--upstream {text!r}: {port_s!r} is not a port") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"--upstream {text!r}: port must be 1 to 65535")
+    return host, port
+
+
+def _write(text: str) -> None:
+    """Write a line to stdout at once (a supervisor's pipe must not sit on it)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+async def serve(args: argparse.Namespace, scenario: Scenario | None,
+                stop: asyncio.Event | None = None) -> int:
+    """Run the proxy (and the scenario) until stopped or ``--duration`` passes.
+
+    Args:
+        args: Parsed ``proxy`` arguments.
+        scenario: The scenario, already loaded for the proxy.
+        stop: Ends the run when set; SIGINT and SIGTERM set it too.
+
+    Returns:
+        Exit status.
+    """
+    host, port = parse_endpoint(args.upstream)
+    recorder = (RecordingWriter(args.record, upstream=f"{host}:{port}",
+                                mask_accounts=args.mask_accounts)
+                if args.record else None)
+    proxy = ProxyServer(host, port, host=args.host, port=args.port, recorder=recorder,
+                        notify=_write, inspect=scenario is not None and needs_inspection(scenario))
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await proxy.start()
+        _write(f"proxy listening on {args.host}:{proxy.port}, relaying to {proxy.upstream}"
+               + (f", recording to {recorder.path}" if recorder else ""))
+        if scenario is not None:
+            _write(f"scenario {scenario.source}: {len(scenario.steps)} step(s)")
+            tasks.append(asyncio.ensure_future(run_relay_scenario(proxy, scenario)))
+        waiter = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([waiter], timeout=args.duration)
+        finally:
+            waiter.cancel()
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await proxy.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        if recorder is not None:
+            recorder.close()
+            _write(f"recorded {recorder.messages:,} message(s) of {proxy.closed_sessions} "
+                   f"session(s) to {recorder.path}")
+    _write("proxy stopped")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``ibkr-connection proxy``.
+
+    Returns:
+        0 on a clean exit (Ctrl-C and SIGTERM included), 2 for a bad
+        ``--upstream`` or scenario, 1 if the port or the recording file is unusable.
+    """
+    try:
+        parse_endpoint(args.upstream)
+        scenario = load_relay_scenario(args.scenario) if args.scenario else None
+    except (ValueError, ScenarioError) as exc:
+        sys.stderr.write(f"ibkr-connection proxy: {exc}\n")
+        return 2
+    try:
+        return asyncio.run(serve(args, scenario))
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping
+        return 0
+    except OSError as exc:
+        sys.stderr.write(f"ibkr-connection proxy: {exc}\n")
+        return 1

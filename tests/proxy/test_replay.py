@@ -1,0 +1,267 @@
+"""Recordings made through the proxy, served back by ``sim --replay``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ib_insync import IB, Stock
+
+from ibkr_connection import ConnectionConfig, ConnectionManager, ConnectionState
+from ibkr_connection.proxy import ProxyServer, RecordingWriter, load_recording
+from ibkr_connection.proxy.injection import load_relay_scenario, run_relay_scenario
+from ibkr_connection.simulator import FakeGateway
+from ibkr_connection.simulator.replay import ReplayGateway
+
+from .conftest import ACCOUNT, FAST, RawClient, frame, wait_until
+
+#: The rehearsal: a farm goes down and comes back, then TWS loses IB and gets it back.
+STORY = """
+description = "farm outage, then 1100 and 1101"
+
+[[step]]
+at = 0.2
+action = "farm_broken"
+farm = "usfarm"
+
+[[step]]
+at = 0.4
+action = "farm_ok"
+farm = "usfarm"
+
+[[step]]
+at = 0.6
+action = "error"
+code = 1100
+
+[[step]]
+at = 0.9
+action = "error"
+code = 1101
+"""
+
+
+def _config(port: int) -> ConnectionConfig:
+    return ConnectionConfig(port=port, client_id=7, connect_timeout=3.0, policy=FAST)
+
+
+async def _session(port: int, scenario_start: Any = None) -> tuple[list[tuple[Any, ...]], Any]:
+    """Connect, subscribe, live through the story, disconnect; return the transcript."""
+    manager = ConnectionManager(IB(), _config(port))
+    restored: list[Any] = []
+    manager.subscriptionRestoredEvent += restored.append
+    await manager.start(timeout=10)
+    contract = Stock("AAPL", "SMART", "USD")
+    contract.conId = 1001
+    handle = manager.subscribe_market_data(contract)
+    await handle.wait_ready(timeout=5)
+    await wait_until(lambda: handle.ticker is not None and handle.ticker.last == 150.0,
+                     what="first ticks")
+    task = scenario_start() if scenario_start is not None else None
+    await wait_until(lambda: restored and manager.state is ConnectionState.CONNECTED,
+                     timeout=10, what="1101 and the subscription restored")
+    await wait_until(lambda: handle.ticker is not None and handle.ticker.last == 150.0,
+                     what="ticks after the restore")
+    if task is not None:
+        await task
+    await manager.stop()
+    return [(t.source, t.dest, t.trigger, t.code) for t in manager.transcript], handle
+
+
+async def test_replayed_recording_gives_the_manager_the_same_transcript(tmp_path: Path) -> None:
+    """A session recorded through the proxy, replayed, gives a fresh manager the same transcript."""
+    path = tmp_path / "session.jsonl"
+    story = tmp_path / "story.toml"
+    story.write_text(STORY)
+    scenario = load_relay_scenario(story)
+    async with FakeGateway(accounts=[ACCOUNT], prices={"AAPL": 150.0}) as gw:
+        gw.add_instrument("AAPL", 150.0, con_id=1001)
+        recorder = RecordingWriter(path, upstream=f"127.0.0.1:{gw.port}")
+        async with ProxyServer("127.0.0.1", gw.port, recorder=recorder) as proxy:
+            original, _ = await _session(proxy.port, lambda: asyncio.ensure_future(
+                run_relay_scenario(proxy, scenario, origin=time.monotonic())))
+        recorder.close()
+    triggers = [(t[2].value, t[3]) for t in original]
+    assert ("farm_broken", 2103) in triggers and ("restored_data_lost", 1101) in triggers
+
+    recording = load_recording(path)
+    async with ReplayGateway(recording) as replay:
+        replayed, handle = await _session(replay.port)
+        assert replay.served == 1
+        assert replay.server_version == recording.version == 157
+        # Served from the recording alone (a heartbeat probe may come at another time).
+        assert [r.name for r in replay.unmatched if r.name != "reqCurrentTime"] == []
+    assert replayed == original
+    assert handle.restored == 1
+
+
+async def _record(path: Path, gw: FakeGateway, script: Any) -> None:
+    """Run ``script(client, proxy)`` through a recording proxy in front of ``gw``."""
+    recorder = RecordingWriter(path, upstream=f"127.0.0.1:{gw.port}")
+    async with ProxyServer("127.0.0.1", gw.port, recorder=recorder) as proxy:
+        client = await RawClient.connect(proxy.port)
+        await client.handshake(client_id=7)
+        await client.read_until("9")
+        await script(client, proxy)
+        await client.close()
+        await wait_until(lambda: proxy.closed_sessions == 1, what="session closed")
+    recorder.close()
+
+
+async def test_request_ids_are_patched_and_the_model_answers_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A recorded answer carries the client's own request id; the model answers the rest."""
+    path = tmp_path / "rec.jsonl"
+
+    async def script(client: RawClient, proxy: ProxyServer) -> None:
+        client.writer.write(frame(9, 8, 5, 0, "AAPL", "STK", "", 0.0, "", "", "SMART", "",
+                                  "USD", "", "", 0, "", ""))
+        await client.read_until("52")
+
+    async with FakeGateway(accounts=[ACCOUNT], prices={"AAPL": 150.0}) as gw:
+        await _record(path, gw, script)
+    caplog.set_level(logging.INFO, logger="ibkr_connection.simulator.replay")
+    async with ReplayGateway(load_recording(path)) as replay:
+        client = await RawClient.connect(replay.port)
+        assert await client.handshake(client_id=7) == 157
+        greeting = await client.read_until("9")
+        assert ["15", "1", ACCOUNT] in greeting
+        client.writer.write(frame(9, 8, 42, 0, "AAPL", "STK", "", 0.0, "", "", "SMART", "",
+                                  "USD", "", "", 0, "", ""))
+        answer = [f for f in await client.read_until("52") if f[0] != "4"]  # farm notices
+        assert [f[:3] for f in answer] == [["10", "8", "42"], ["52", "1", "42"]]
+        assert answer[0][3] == "AAPL"
+        # Not in the recording: the simulator's model answers, and says so.
+        client.writer.write(frame(9, 8, 43, 0, "ZZZZ", "STK", "", 0.0, "", "", "SMART", "",
+                                  "USD", "", "", 0, "", ""))
+        error = await client.read_error(200)
+        assert error[2] == "43"
+        await client.close()
+    assert [r.fields[4] for r in replay.unmatched] == ["ZZZZ"]
+    assert any("reqContractDetails" in r.message and "answered by the simulator's model"
+               in r.message for r in caplog.records)
+
+
+async def test_unasked_messages_follow_their_request_at_the_recorded_delay(
+    tmp_path: Path,
+) -> None:
+    """An error the proxy injected after a request is replayed after that request, as long after."""
+    path = tmp_path / "rec.jsonl"
+
+    async def script(client: RawClient, proxy: ProxyServer) -> None:
+        client.writer.write(frame(61, 1))  # reqPositions
+        await client.read_until("62")
+        await asyncio.sleep(0.3)
+        await proxy.send_error(2103, message="Market data farm connection is broken:usfarm")
+        await client.read_error(2103)
+
+    async with FakeGateway(accounts=[ACCOUNT]) as gw:
+        await _record(path, gw, script)
+    async with ReplayGateway(load_recording(path)) as replay:
+        client = await RawClient.connect(replay.port)
+        await client.handshake(client_id=7)
+        await client.read_until("9")
+        await asyncio.sleep(0.5)
+        assert replay.unmatched == []
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        client.writer.write(frame(61, 1))
+        before = await client.read_until("62")
+        assert [f for f in before if f[0] == "4" and f[3] == "2103"] == []  # not before it
+        await client.read_error(2103)
+        assert loop.time() - asked >= 0.25
+        await client.close()
+
+
+async def test_a_session_the_gateway_dropped_is_dropped_in_the_replay(tmp_path: Path) -> None:
+    """A recorded drop closes the replayed connection; the next connection gets the next session."""
+    path = tmp_path / "rec.jsonl"
+    recorder = RecordingWriter(path)
+    async with FakeGateway(accounts=[ACCOUNT]) as gw, \
+            ProxyServer("127.0.0.1", gw.port, recorder=recorder) as proxy:
+        for _ in range(2):
+            client = await RawClient.connect(proxy.port)
+            await client.handshake(client_id=7)
+            await client.read_until("9")
+            client.writer.write(frame(61, 1))
+            await client.read_until("62")
+            await proxy.drop_clients()
+            await client.close()
+        await wait_until(lambda: proxy.closed_sessions == 2, what="both closed")
+    recorder.close()
+    recording = load_recording(path)
+    assert [s.close_reason for s in recording.sessions] == ["dropped by the proxy"] * 2
+    async with ReplayGateway(recording) as replay:
+        for served in (1, 2):
+            client = await RawClient.connect(replay.port)
+            await client.handshake(client_id=7)
+            await client.read_until("9")
+            client.writer.write(frame(61, 1))
+            await client.read_until("62")
+            assert await asyncio.wait_for(client.reader.read(), 5) == b""
+            assert replay.served == served
+            await client.close()
+
+
+async def test_a_recording_at_a_version_the_client_cannot_speak(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A version outside the client's range: the handshake is refused and the log says why."""
+    path = tmp_path / "rec.jsonl"
+
+    async def script(client: RawClient, proxy: ProxyServer) -> None:
+        client.writer.write(frame(49, 1))
+        await client.read_until("49")
+
+    async with FakeGateway(accounts=[ACCOUNT]) as gw:
+        await _record(path, gw, script)
+    path.write_text(path.read_text().replace('"version":157', '"version":190'))
+    recording = load_recording(path)
+    assert recording.version == 190
+    caplog.set_level(logging.INFO)
+    async with ReplayGateway(recording) as replay:
+        ib = IB()
+        with pytest.raises((ConnectionError, asyncio.TimeoutError, TimeoutError)):
+            await ib.connectAsync("127.0.0.1", replay.port, clientId=7, timeout=3)
+        ib.disconnect()
+    assert any("client versions 157..176 exclude 190" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("fault", ["restart", "reset_port"])
+async def test_a_recorded_restart_or_port_reset_replays_to_the_same_transcript(
+    tmp_path: Path, fault: str
+) -> None:
+    """A restart's refusals and a 1300's new port are replayed: same seed, same transcript."""
+    path = tmp_path / "rec.jsonl"
+
+    async def live(port: int, proxy: ProxyServer | None) -> list[tuple[Any, ...]]:
+        manager = ConnectionManager(IB(), _config(port))
+        await manager.start(timeout=10)
+        if proxy is not None:
+            await asyncio.sleep(0.2)
+            if fault == "restart":
+                await proxy.restart(outage=0.45)  # refused at ~0.05, 0.14, 0.33; in at ~0.58
+            else:
+                await proxy.reset_port()
+        await wait_until(lambda: len(manager.transcript) > 3
+                         and manager.state is ConnectionState.CONNECTED, timeout=10,
+                         what="reconnected")
+        await manager.stop()
+        return [(t.source, t.dest, t.trigger, t.code) for t in manager.transcript]
+
+    async with FakeGateway(accounts=[ACCOUNT]) as gw:
+        recorder = RecordingWriter(path)
+        async with ProxyServer("127.0.0.1", gw.port, recorder=recorder) as proxy:
+            original = await live(proxy.port, proxy)
+        recorder.close()
+    async with ReplayGateway(load_recording(path)) as replay:
+        replayed = await live(replay.port, None)
+        assert replay.served == 2
+    assert replayed == original
+    triggers = [row[2].value for row in original]
+    assert triggers.count("attempt_failed") == (3 if fault == "restart" else 0)

@@ -1,0 +1,91 @@
+"""The relay's wire helpers: frame splitting and error frames per negotiated version."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import struct
+
+import pytest
+
+from ibkr_connection.proxy import ProxyServer, proxy_error_frame
+from ibkr_connection.proxy.wire import FrameSplitter, decode, encode
+from ibkr_connection.simulator import FakeGateway
+
+from .conftest import frame, wait_until
+
+
+@pytest.mark.parametrize(
+    ("version", "payload"),
+    [
+        (157, b"4\x002\x00-1\x001100\x00lost\x00"),
+        (165, b"4\x002\x00-1\x001100\x00lost\x00"),
+        (166, b"4\x002\x00-1\x001100\x00lost\x00\x00"),
+        (178, b"4\x002\x00-1\x001100\x00lost\x00\x00"),
+        (194, b"4\x00-1\x001100\x00lost\x00\x001700000000000\x00"),
+        (201, b"\x00\x00\x00\x04-1\x001100\x00lost\x00\x001700000000000\x00"),
+    ],
+)
+def test_error_frame_layout_per_version(version: int, payload: bytes) -> None:
+    """The error message carries the fields the negotiated version's decoders read."""
+    assert proxy_error_frame(version, -1, 1100, "lost", error_time_ms=1_700_000_000_000) == (
+        struct.pack(">I", len(payload)) + payload)
+
+
+def test_error_text_is_ascii_escaped_as_tws_does() -> None:
+    """Non-ASCII text goes out as \\uXXXX escapes (a surrogate pair above U+FFFF)."""
+    payload = proxy_error_frame(157, 5, 200, "é€😀")[4:]
+    assert payload == b"4\x002\x005\x00200\x00\\u00e9\\u20ac\\ud83d\\ude00\x00"
+
+
+def test_splitter_returns_whole_frames_only() -> None:
+    """Bytes cut anywhere come out as whole frames, the tail kept for later."""
+    stream = frame(1, 2, 3) + frame("abc") + frame(4, "", 5)
+    for cut in range(len(stream) + 1):
+        splitter = FrameSplitter()
+        out = splitter.feed(stream[:cut]) + splitter.feed(stream[cut:])
+        assert out == stream
+        assert splitter.pending == 0
+
+
+def test_splitter_passes_a_stream_that_is_not_frames() -> None:
+    """A length above 16 MB turns framing off: every byte goes through as it comes."""
+    splitter = FrameSplitter()
+    assert splitter.feed(frame(1)[:3]) == b""
+    assert splitter.feed(frame(1)[3:]) == frame(1)
+    assert not splitter.broken
+    bad = struct.pack(">I", 0x1000000) + b"xyz"
+    assert splitter.feed(bad) == bad
+    assert splitter.broken
+    assert splitter.feed(b"more") == b"more"
+
+
+def test_binary_message_ids_from_version_201() -> None:
+    """From 201 the message id is a 4-byte integer; above 200 the body is protobuf."""
+    text = encode(["49", "1", "1700000000"], 201)
+    assert text[4:8] == struct.pack(">I", 49)
+    assert decode(text[4:], 201).fields == ["49", "1", "1700000000"]
+    proto = struct.pack(">I", 204) + b"\x08\x01"
+    message = decode(proto, 201)
+    assert (message.msg_id, message.fields) == (4, None)
+
+
+@pytest.mark.parametrize(("library", "version"),
+                         [("ib_insync", 157), ("ib_insync", 176), ("ib_async", 178)])
+async def test_client_reads_the_injected_error_at_the_negotiated_version(
+    library: str, version: int
+) -> None:
+    """ib_insync and ib_async decode the proxy's 1100 at the version the gateway answered."""
+    ib = importlib.import_module(library).IB()
+    errors: list[tuple[int, int, str]] = []
+    ib.errorEvent += lambda req_id, code, text, *rest: errors.append((req_id, code, text))
+    async with FakeGateway(server_version=version) as gw, \
+            ProxyServer("127.0.0.1", gw.port) as proxy:
+        await ib.connectAsync("127.0.0.1", proxy.port, clientId=3, timeout=5)
+        assert ib.client.serverVersion() == version
+        assert next(iter(proxy.sessions.values())).version == version
+        await proxy.send_error(1100)
+        await wait_until(lambda: any(e[1] == 1100 for e in errors), what="1100 decoded")
+        ib.disconnect()
+        await asyncio.sleep(0)
+    assert (-1, 1100, "Connectivity between IB and Trader Workstation has been lost.") in errors
