@@ -13,8 +13,9 @@
 and, into ``docs/``, ``scenarios.md``: the simulator's scenario reference,
 generated from :data:`ibkr_connection.simulator.scenario.ACTIONS`.
 
-The diagrams show moves and stays that act; rows that only ignore an input are
-listed in ``transitions.md``.
+The diagrams show every move and every stay that acts, labelled
+``input / actions [guard]``; rows that only ignore an input are listed in
+``transitions.md``, with every action and guard explained.
 """
 
 from __future__ import annotations
@@ -30,16 +31,14 @@ from transitions.extensions import GraphMachine
 
 from ibkr_connection import codes
 from ibkr_connection.errors import UsageError
-from ibkr_connection.machine import TABLE, ConnectionState, Row
+from ibkr_connection.machine import ACTIONS, GUARDS, TABLE, ConnectionState, Row
 
 TITLE = "ibkr-connection: connection state machine"
 _SVG_STAMP = "<!-- dot-source-sha256: {} -->"
 
 
 def _shown(row: Row) -> bool:
-    if row.dest is not None:
-        return True
-    return any(action != "note_fact" for action in row.actions)
+    return not row.ignored
 
 
 def _graph_rows() -> list[dict[str, Any]]:
@@ -55,8 +54,8 @@ def _graph_rows() -> list[dict[str, Any]]:
         if row.guard is not None:
             key = "unless" if row.guard.startswith("!") else "conditions"
             spec[key] = [row.guard.lstrip("!")]
-        if row.dest is None:
-            # A stay that acts: label it with what it does.
+        if row.actions:
+            # transitions labels an edge with its trigger: add what the row does.
             spec["trigger"] = f"{row.input.value} / {'+'.join(row.actions)}"
         specs.append(spec)
     return specs
@@ -91,8 +90,12 @@ def mermaid() -> str:
 
 
 def dot() -> str:
-    """Return the Graphviz DOT source of the machine."""
-    return str(_graph("graphviz").source).rstrip() + "\n"
+    """Return the Graphviz DOT source of the machine.
+
+    transitions joins the labels of the rows that share an edge with ``" | "``;
+    here each goes on a line of its own, so the rendering stays readable.
+    """
+    return str(_graph("graphviz").source).rstrip().replace(" | ", "\\n") + "\n"
 
 
 def svg(dot_source: str) -> str:
@@ -139,8 +142,26 @@ def transitions_markdown() -> str:
         nxt = row.dest.value if row.dest is not None else ("ignore" if row.ignored else "stay")
         lines.append(
             f"| {row.source.value} | {row.input.value} | {row.guard or ''} | {nxt} | "
-            f"{', '.join(a for a in row.actions if a != 'note_fact')} | {row.note} |"
+            f"{', '.join(row.actions)} | {row.note} |"
         )
+    lines += [
+        "",
+        "## Actions",
+        "",
+        "A row's actions run in its order, phase by phase: `note` actions before the "
+        "row's guard is tried (the same on every row of a state and input), `before` "
+        "actions once the guard held and before the move and the transcript entry, "
+        "`after` actions after the move and the new state's entry actions. Entry and "
+        "exit actions belong to the states (below).",
+        "",
+        "| action | phase | what it does |",
+        "|---|---|---|",
+    ]
+    for action in ACTIONS.values():
+        lines.append(f"| {action.name} | {action.phase.value} | {action.doc} |")
+    lines += ["", "## Guards", "", "| guard | holds when |", "|---|---|"]
+    for name, doc in GUARDS.items():
+        lines.append(f"| {name} | {doc} |")
     lines += ["", "## States", ""]
     docs = state_docs()
     for state in ConnectionState:
