@@ -55,6 +55,14 @@ class CodeInfo:
     subscriptions_lost: bool = False
     payload: Payload = Payload.NONE
 
+    def to_input(self, message: str) -> Input | None:
+        """Return the machine input for this code with IB's ``message``, or None (log only)."""
+        if self.input is None:
+            return None
+        farm = farm_name(message) if self.payload is Payload.FARM else None
+        port = new_port(message) if self.payload is Payload.PORT else None
+        return Input(self.input, code=self.code, message=message, farm=farm, port=port)
+
 
 _W, _I, _E = logging.WARNING, logging.INFO, logging.ERROR
 
@@ -235,8 +243,4 @@ def classify(code: int, message: str) -> Input | None:
         The input, or None when the code is log-only or not in the table.
     """
     info = _BY_CODE.get(code)
-    if info is None or info.input is None:
-        return None
-    farm = farm_name(message) if info.payload is Payload.FARM else None
-    port = new_port(message) if info.payload is Payload.PORT else None
-    return Input(info.input, code=code, message=message, farm=farm, port=port)
+    return None if info is None else info.to_input(message)

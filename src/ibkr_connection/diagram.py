@@ -31,7 +31,7 @@ from transitions.extensions import GraphMachine
 
 from ibkr_connection import codes
 from ibkr_connection.errors import UsageError
-from ibkr_connection.machine import ACTIONS, GUARDS, TABLE, ConnectionState, Row
+from ibkr_connection.table import ACTIONS, GUARDS, TABLE, ConnectionState, Row
 
 TITLE = "ibkr-connection: connection state machine"
 _SVG_STAMP = "<!-- dot-source-sha256: {} -->"
@@ -130,7 +130,8 @@ def transitions_markdown() -> str:
     lines = [
         "# Transition table",
         "",
-        "Generated from `ibkr_connection.machine.TABLE` by `ibkr-connection diagram`; "
+        "Generated from `ibkr_connection.table` (`TABLE`, `ACTIONS`, `GUARDS`, the states) "
+        "by `ibkr-connection diagram`; "
         "do not edit by hand.",
         "Rows of the same state and input are tried in order; the first whose guard "
         "holds is taken. `stay` runs no exit or entry action.",
@@ -170,7 +171,7 @@ def transitions_markdown() -> str:
 
 
 def state_docs() -> dict[ConnectionState, str]:
-    """Return each state's ``#:`` documentation comment from ``machine.py``."""
+    """Return each state's ``#:`` documentation comment from ``table.py``."""
     docs: dict[ConnectionState, str] = {}
     pending: list[str] = []
     for line in inspect.getsource(ConnectionState).splitlines():

@@ -75,6 +75,8 @@ class Driver:
         self._fresh_session = True
         self._pending_account_request = ""
         self._unwatch_ids: Callable[[], None] | None = None
+        self._unwatch_sync: Callable[[], None] | None = None
+        self._sync_catcher = adapter.SyncTimeoutCatcher()
         self.account = ""
         self.high_water = 0
         self.last_error: Exception | None = None
@@ -88,6 +90,7 @@ class Driver:
         ib.disconnectedEvent += self._on_ib_disconnected
         ib.newOrderEvent += self._on_new_order
         self._unwatch_ids = adapter.watch_request_ids(ib, self.note_request_id)
+        self._unwatch_sync = adapter.watch_sync_timeouts(ib, self._sync_catcher)
 
     def release(self) -> None:
         """Remove every handler :meth:`bind` added."""
@@ -98,6 +101,9 @@ class Driver:
         if self._unwatch_ids is not None:
             self._unwatch_ids()
             self._unwatch_ids = None
+        if self._unwatch_sync is not None:
+            self._unwatch_sync()
+            self._unwatch_sync = None
 
     def _on_ib_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
         info = codes.lookup(code)
@@ -107,7 +113,7 @@ class Driver:
                                code, message)
             return
         logger.log(info.level, "IB %d (%s): %s", code, info.meaning, message)
-        inp = codes.classify(code, message)
+        inp = info.to_input(message)
         if inp is not None:
             self._feed(inp)
 
@@ -143,7 +149,7 @@ class Driver:
             await adapter.connect_session(
                 ib, host=config.host, port=port, client_id=client_id,
                 timeout=config.connect_timeout, readonly=config.readonly,
-                account=config.account,
+                account=config.account, catcher=self._sync_catcher,
             )
             account = self._choose_account()
         except asyncio.CancelledError:
