@@ -60,6 +60,8 @@ from ibkr_connection.table import (
 if TYPE_CHECKING:
     from transitions.core import Callback
 
+    from ibkr_connection.journal import replay_journal
+
 logger = logging.getLogger(__name__)
 
 # transitions logs every callback at INFO; our own log has one line per
@@ -79,7 +81,7 @@ class _Session:
 
     broken_farms: set[str] = field(default_factory=set)
     server_link_broken: bool = False
-    link_down: bool = False
+    link_lost: bool = False
 
 
 class _Row(_Transition):
@@ -290,8 +292,8 @@ class ConnectionMachine:
     def _guard_farms_broken(self, event: EventData) -> bool:
         return bool(self._session.broken_farms) or self._session.server_link_broken
 
-    def _guard_link_down(self, event: EventData) -> bool:
-        return self._session.link_down
+    def _guard_link_lost(self, event: EventData) -> bool:
+        return self._session.link_lost
 
     # -- recording --------------------------------------------------------------------
 
@@ -364,10 +366,10 @@ class ConnectionMachine:
         self._session.server_link_broken = True
 
     def _do_note_link_lost(self, event: EventData) -> None:
-        self._session.link_down = True
+        self._session.link_lost = True
 
     def _do_note_link_restored(self, event: EventData) -> None:
-        self._session.link_down = False
+        self._session.link_lost = False
         self._session.server_link_broken = False
 
     def _do_note_port(self, event: EventData) -> None:
@@ -475,6 +477,19 @@ class ConnectionMachine:
         self._effect("cancel_restore_timer")
 
 
+def __getattr__(name: str) -> Any:
+    """Serve :func:`~ibkr_connection.journal.replay_journal` from here too.
+
+    The journal module builds machines, so it imports this one: importing it
+    back at the top would be circular.
+    """
+    if name == "replay_journal":
+        from ibkr_connection.journal import replay_journal
+
+        return replay_journal
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ACTIONS",
     "DELAY_ACTIONS",
@@ -494,4 +509,5 @@ __all__ = [
     "Transition",
     "check_table",
     "outcome",
+    "replay_journal",
 ]

@@ -203,7 +203,7 @@ TABLE: tuple[Row, ...] = tuple(
     + [Row(_S.DISCONNECTED, _I.DISCONNECT, None, note="already disconnected")]
     # -- attempt results -------------------------------------------------------
     + [
-        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.LOST, "link_down", _ON_SESSION_UP,
+        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.LOST, "link_lost", _ON_SESSION_UP,
             "session up, but TWS reported 1100 during the attempt"),
         Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.DEGRADED, "farms_broken", _ON_SESSION_UP,
             "session up with a broken data farm"),
@@ -334,7 +334,7 @@ TABLE: tuple[Row, ...] = tuple(
 GUARDS = {
     "retries_left": "the policy allows another attempt (``max_attempts``)",
     "farms_broken": "a data farm, or TWS's link to its server, is noted as broken",
-    "link_down": "a 1100 was noted and no 1101/1102 since",
+    "link_lost": "a 1100 was noted and no 1101/1102 since",
 }
 
 
