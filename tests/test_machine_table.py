@@ -1,7 +1,7 @@
 """Table-driven tests of the connection machine: every state x every input.
 
 The expectation grid below is written out by hand. It is NOT derived from
-``ibkr_connection.machine.TABLE``: a change to the machine must show up here as
+``ibkr_connection.table.TABLE``: a change to the machine must show up here as
 a reviewed diff.
 
 Cell legend: a state name = moves there; ``=`` = stays and acts (re-subscribes,
