@@ -84,7 +84,7 @@ class _Session:
     link_lost: bool = False
 
 
-class _Row(_Transition):
+class _RowTransition(_Transition):
     """A row as a ``transitions`` transition: the same steps, without the DEBUG lines.
 
     transitions' ``Transition.execute`` writes four DEBUG lines for every row
@@ -106,14 +106,14 @@ class _Row(_Transition):
 
 
 class _TableMachine(Machine):
-    """transitions' ``Machine``, running the rows as :class:`_Row` and their callbacks directly.
+    """transitions' ``Machine``, running rows as :class:`_RowTransition`, callbacks directly.
 
     Every callback the machine registers is a callable that takes the
     ``EventData``; transitions' own ``callbacks`` would also resolve each by
     name and log each call at INFO.
     """
 
-    transition_cls = _Row
+    transition_cls = _RowTransition
 
     def callbacks(self, funcs: Iterable[Callback], event_data: EventData) -> None:
         for func in funcs:
@@ -179,6 +179,9 @@ class ConnectionMachine:
         self._failures = 0
         self._session = _Session()
         self._retry_delay = 0.0
+        #: The transition being made, for the listeners (the transcript may
+        #: have trimmed it already when its limit is tiny).
+        self._made: Transition | None = None
         self.transcript: list[Transition] = []
         self.journal: list[JournalEntry] = []
         self.record_journal = record_journal
@@ -318,6 +321,7 @@ class ConnectionMachine:
             source=source, dest=row.dest, trigger=inp.kind, at=now,
             cause=cause, code=inp.code, attempt=self.attempt, delay=delay,
         )
+        self._made = transition
         self.transcript.append(transition)
         limit = self.transcript_limit
         if limit is not None and len(self.transcript) > limit:
@@ -337,7 +341,9 @@ class ConnectionMachine:
 
     def _notify(self, event: EventData) -> None:
         """Tell the listeners about the transition just made (after its actions)."""
-        transition = self.transcript[-1]
+        transition = self._made
+        if transition is None:  # pragma: no cover - _record runs before every move
+            return
         for listener in list(self._listeners):
             try:
                 listener(transition)
