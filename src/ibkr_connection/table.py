@@ -44,8 +44,8 @@ class ConnectionState(str, Enum):
     #: attempt with the current client id and port.
     CONNECTING = "connecting"
     #: Ready: the API is up, TWS is linked to IB, every data farm is OK.
-    #: Entered from ``connecting``: reset the backoff, select the account,
-    #: (re)issue every registered subscription, start the heartbeat.
+    #: The rows from ``connecting`` reset the backoff, select the account,
+    #: (re)issue every registered subscription and start the heartbeat.
     CONNECTED = "connected"
     #: The API is up but a data farm (or TWS's link to its server, 2110) is
     #: broken. Orders may still be placed; market data may be stale. Returns to
@@ -332,7 +332,7 @@ TABLE: tuple[Row, ...] = tuple(
 
 #: The guards a row may name, and what each asks.
 GUARDS = {
-    "retries_left": "the policy allows another attempt (``max_attempts``)",
+    "retries_left": "the policy allows another attempt (`max_attempts`)",
     "farms_broken": "a data farm, or TWS's link to its server, is noted as broken",
     "link_lost": "a 1100 was noted and no 1101/1102 since",
 }
