@@ -5,8 +5,9 @@ the machine's :class:`~ibkr_connection.outputs.Effects` port (attempts,
 timers, the heartbeat, teardown, account selection, subscriptions) and turns
 what happens into machine inputs: IB's callbacks (``errorEvent`` through the
 code table, ``disconnectedEvent``), the results of its attempts (through the
-failure table), its timers and heartbeat probes. It forwards every input; the
-machine's table decides what each one means in the current state. Order, tick
+failure table), its timers and heartbeat probes. It forwards every input (a
+timer or probe it cancelled stays silent); the machine's table decides what
+each one means in the current state. Order, tick
 and position messages never pass through it: the only handlers it adds to
 ``IB`` are for errors, disconnects and new orders (to keep the order-id
 high-water mark).
