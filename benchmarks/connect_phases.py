@@ -33,9 +33,10 @@ from _common import header, manager_config, parser, quiet_logging, settle, table
 from ib_insync import IB
 
 from ibkr_connection import ConnectionManager
+from ibkr_connection import driver as driver_module
 from ibkr_connection import machine as machine_module
-from ibkr_connection import manager as manager_module
 from ibkr_connection.simulator.gateway import FakeGateway
+from ibkr_connection.table import TABLE, Phase, Row
 
 STAMPS: dict[str, float] = {}
 
@@ -55,7 +56,7 @@ def _instrument() -> None:
         finally:
             _stamp(f"feed {inp.kind.value}: out")
 
-    attempt = manager_module._Driver._attempt
+    attempt = driver_module.Driver._attempt
 
     @functools.wraps(attempt)
     async def timed_attempt(self: Any, *args: Any) -> None:
@@ -73,36 +74,50 @@ def _instrument() -> None:
             _stamp("IB.connectAsync: returned")
 
     setattr(ConnectionManager, "_feed", timed_feed)  # noqa: B010
-    setattr(manager_module._Driver, "_attempt", timed_attempt)  # noqa: B010
+    setattr(driver_module.Driver, "_attempt", timed_attempt)  # noqa: B010
     setattr(IB, "connectAsync", timed_connect)  # noqa: B010
+
+
+class _Event:
+    """The part of transitions' EventData that the machine's callbacks read."""
+
+    def __init__(self, inp: Any) -> None:
+        self.kwargs = {"inp": inp}
 
 
 def bypass_transitions() -> None:
     """Run the table with a dictionary dispatcher (the experiment; see the docstring)."""
     cls = machine_module.ConnectionMachine
-    rows: dict[tuple[str, str], list[machine_module.Row]] = {}
-    for row in machine_module.TABLE:
+    rows: dict[tuple[str, str], list[Row]] = {}
+    for row in TABLE:
         rows.setdefault((row.source.value, row.input.value), []).append(row)
 
     def handle(self: Any, inp: Any) -> Any:
-        self._absorb(inp)
-        event = machine_module._Event({"inp": inp})
-        source = self.fsm_state
-        for row in rows[(source, inp.kind.value)]:
+        event = _Event(inp)
+        source = self._model.state
+        group = rows[(source, inp.kind.value)]
+        for name in group[0].actions_in(Phase.NOTE):
+            getattr(self, f"_do_{name}")(event)
+        for row in group:
             if row.guard is not None:
                 held = getattr(self, f"_guard_{row.guard.lstrip('!')}")(event)
                 if held == row.guard.startswith("!"):
                     continue
+            for name in row.actions_in(Phase.BEFORE):
+                getattr(self, f"_do_{name}")(event)
             self._record(row, event)
             if row.dest is not None:
                 leave = getattr(self, f"_exit_{source}", None)
                 if leave is not None:
                     leave(event)
-                self.fsm_state = row.dest.value
+                self._model.state = row.dest.value
                 enter = getattr(self, f"_enter_{row.dest.value}", None)
                 if enter is not None:
                     enter(event)
-            self._act(row, tuple(getattr(self, f"_do_{a}") for a in row.actions), event)
+            for name in row.actions_in(Phase.AFTER):
+                getattr(self, f"_do_{name}")(event)
+            if row.dest is not None:
+                self._notify(event)
             break
         return self.state
 

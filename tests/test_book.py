@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ibkr_connection import book as book_module
+from ibkr_connection import positions as positions_module
 from ibkr_connection.book import OrderBook
 
 WHEN = datetime(2024, 5, 6, 14, 30, tzinfo=timezone.utc)
@@ -300,12 +301,14 @@ def test_snapshot_is_a_deep_copy() -> None:
     assert book.orders["100"]["errors"] == [] and set(snap) == {"orders", "positions"}
 
 
-def test_the_book_module_imports_no_io() -> None:
-    """book.py imports no socket, event loop or IB client library: it stays pure."""
-    tree = ast.parse(Path(book_module.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+@pytest.mark.parametrize("module", [book_module, positions_module])
+def test_the_book_modules_import_no_io(module: Any) -> None:
+    """book.py and positions.py import no socket, event loop or IB client: they stay pure."""
+    tree = ast.parse(Path(module.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree)
                 if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
+    imported |= {node.module or "" for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom)}
     assert imported <= {"__future__", "copy", "logging", "math", "threading", "collections",
-                        "dataclasses", "typing"}
+                        "collections.abc", "dataclasses", "typing",
+                        "ibkr_connection.positions"}

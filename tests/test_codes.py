@@ -1,12 +1,14 @@
-"""The IB code table: each code becomes the right input, with the right payload."""
+"""The code and failure tables: each IB code or attempt failure becomes the right input."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 
-from ibkr_connection import codes
+from ibkr_connection import adapter, codes
+from ibkr_connection.errors import AccountError
 from ibkr_connection.inputs import InputKind
 
 K = InputKind
@@ -84,3 +86,42 @@ def test_new_port_parsing(message: str, port: int | None) -> None:
 def test_farm_without_name() -> None:
     """A farm message without a colon names the farm 'unknown' rather than failing."""
     assert codes.farm_name("Market data farm connection is broken") == "unknown"
+
+
+# -- attempt failures --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "costly", "message"),
+    [
+        (ConnectionRefusedError(111, "Connect call failed"), K.ATTEMPT_FAILED, False,
+         "connection refused: ConnectionRefusedError(111, 'Connect call failed')"),
+        (asyncio.TimeoutError(), K.ATTEMPT_FAILED, True, "timed out: TimeoutError()"),
+        (TimeoutError("slow"), K.ATTEMPT_FAILED, True, "timed out: TimeoutError('slow')"),
+        (adapter.SyncIncompleteError("positions request timed out"), K.ATTEMPT_FAILED, True,
+         "startup sync incomplete: SyncIncompleteError('positions request timed out')"),
+        (ConnectionResetError(104, "reset"), K.ATTEMPT_FAILED, True,
+         "socket broke during the handshake or sync: ConnectionResetError(104, 'reset')"),
+        (OSError(101, "Network is unreachable"), K.ATTEMPT_FAILED, False,
+         "socket error: OSError(101, 'Network is unreachable')"),
+        (ValueError("bug"), K.ATTEMPT_FAILED, True, "unexpected error: ValueError('bug')"),
+        (AccountError("account DU***001 is not managed by this login"), K.FATAL_ERROR, False,
+         "account DU***001 is not managed by this login"),
+    ],
+)
+def test_classify_failure(exc: Exception, kind: InputKind, costly: bool, message: str) -> None:
+    """Each exception an attempt raises becomes its input: retryable or fatal, costly or cheap."""
+    _, inp = codes.classify_failure(exc)
+    assert (inp.kind, inp.costly, inp.message) == (kind, costly, message)
+
+
+def test_only_a_bug_logs_a_traceback() -> None:
+    """Only the catch-all row (an exception nobody expected) logs its traceback."""
+    assert [f.meaning for f in codes.FAILURES if f.traceback] == ["unexpected error"]
+
+
+def test_codes_page_lists_the_failure_table() -> None:
+    """diagrams/codes.md carries both tables."""
+    page = codes.markdown_table()
+    assert "| `ConnectionRefusedError` | connection refused | attempt_failed | no | no |" in page
+    assert "| `AccountError` |" in page and "| fatal_error |" in page

@@ -63,3 +63,53 @@ def test_scenario_reference_drift_detected(tmp_path: Path) -> None:
     assert page in diagram.stale_paths(tmp_path / "diagrams", tmp_path / "docs")
     assert diagram.drift(tmp_path / "diagrams", tmp_path / "docs") == [
         "connection.svg", "scenarios.md"]
+
+
+def test_diagram_labels_each_row_with_its_actions() -> None:
+    """Moves and stays that act carry their actions: notes, counting and delays included."""
+    text = diagram.mermaid()
+    for line in (
+        "disconnected --> connecting: connect / first_attempt",
+        "backoff --> connecting: retry_due / count_attempt",
+        "backoff --> backoff: port_reset / note_port",
+        "connected --> lost: connectivity_lost / note_link_lost",
+        "lost --> backoff: socket_closed / draw_delay | heartbeat_missed / draw_costly_delay"
+        " | restore_timeout / draw_costly_delay | port_reset / note_port+retry_at_once"
+        " | not_connected / draw_delay",
+    ):
+        assert f"  {line}\n" in text, line
+    assert "farm_ok / note_farm_ok" in text
+    assert "note_fact" not in text
+
+
+def test_transitions_page_lists_actions_and_guards() -> None:
+    """transitions.md shows each row's actions, and what each action and guard does."""
+    text = diagram.transitions_markdown()
+    assert "| connecting | farm_ok |  | stay | note_farm_ok | farm remembered as OK |" in text
+    assert "| connecting | socket_closed |  | ignore |  | the attempt reports the close" in text
+    for line in ("| note_farm_ok | note |", "| draw_costly_delay | before |",
+                 "| start_heartbeat | after |", "| link_lost | a 1100 was noted"):
+        assert line in text, line
+
+
+def test_architecture_page_shows_the_generated_drawing(tmp_path: Path) -> None:
+    """docs/architecture.md carries the data-flow drawing; an edit to it is drift."""
+    page = (DOCS / "architecture.md").read_text()
+    assert f"```mermaid\n{diagram.architecture_mermaid()}```" in page
+    docs = tmp_path / "docs"
+    diagram.write_all(tmp_path / "diagrams", with_svg=False, docs=docs)
+    (docs / "architecture.md").write_text(page.replace("codes.FAILURES", "codes.ERRORS", 1))
+    assert docs / "architecture.md" in diagram.stale_paths(tmp_path / "diagrams", docs)
+    diagram.write_all(tmp_path / "diagrams", with_svg=False, docs=docs)
+    assert (docs / "architecture.md").read_text() == page
+
+
+def test_drawing_says_where_every_input_comes_from() -> None:
+    """Every input kind is on an arrow or in a classification table of the drawing."""
+    text = diagram.architecture_mermaid()
+    for kind in InputKind:
+        assert kind.value in text, kind
+    for name in ("codes.CODES", "codes.FAILURES", "outputs.Effects", "driver.Driver",
+                 "table.TABLE", "port_reset (1300)",
+                 "ConnectionRefusedError: attempt_failed, cheap"):
+        assert name in text, name

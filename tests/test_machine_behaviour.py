@@ -274,3 +274,18 @@ def test_transcript_carries_cause(machine: ConnectionMachine, clock: ManualClock
     assert (last.source, last.dest, last.trigger, last.at, last.code) == (
         S.CONNECTED, S.LOST, K.CONNECTIVITY_LOST, 12.5, 1100)
     assert "has been lost" in last.cause
+
+
+@pytest.mark.parametrize("limit", [0, 1, 2])
+def test_listeners_hear_every_change_whatever_the_transcript_keeps(
+    limit: int, effects: RecordingEffects, clock: ManualClock
+) -> None:
+    """A tiny transcript_limit trims the transcript, never the listeners' calls."""
+    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7],
+                                transcript_limit=limit)
+    heard: list[str] = []
+    machine.add_listener(lambda t: heard.append(t.dest.value))
+    drive_to(machine, S.LOST)
+    machine.handle(Input(K.RESTORED_DATA_KEPT, code=1102))
+    assert heard == ["connecting", "connected", "lost", "connected"]
+    assert len(machine.transcript) <= max(limit, 1)

@@ -1,11 +1,15 @@
 """Table-driven tests of the connection machine: every state x every input.
 
 The expectation grid below is written out by hand. It is NOT derived from
-``ibkr_connection.machine.TABLE``: a change to the machine must show up here as
+``ibkr_connection.table.TABLE``: a change to the machine must show up here as
 a reviewed diff.
 
 Cell legend: a state name = moves there; ``=`` = stays and acts (re-subscribes,
 or remembers a fact); ``-`` = ignored with a logged reason.
+
+A socket closed while connecting is ignored: the attempt itself reports the
+close, classified (``attempt_failed``, or ``fatal_error`` for an account the
+login does not manage), and the driver feeds that before it closes the socket.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ COLUMNS = (
 EXPECTED = {
     #                connect     disconnect    succeeded  failed   fatal   closed   retry       1100  1101       1102       f_broken  f_ok       2110      1300     326      502/504  heartbeat restore
     "disconnected": ("connecting", "-",          "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-"),
-    "connecting":   ("-",          "disconnected", "connected", "backoff", "failed", "backoff", "-",  "=",  "=",       "=",       "=",      "=",       "=",      "backoff", "backoff", "backoff", "-",  "-"),
+    "connecting":   ("-",          "disconnected", "connected", "backoff", "failed", "-",     "-",  "=",  "=",       "=",       "=",      "=",       "=",      "backoff", "backoff", "backoff", "-",  "-"),
     "connected":    ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "lost", "=",     "-",       "degraded", "-",     "degraded", "backoff", "-",   "backoff", "backoff", "-"),
     "degraded":     ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "lost", "=",     "=",       "=",      "connected", "=",     "backoff", "-",   "backoff", "backoff", "-"),
     "lost":         ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "-",  "connected", "connected", "=",    "=",       "=",      "backoff", "-",   "backoff", "backoff", "backoff"),

@@ -1,8 +1,53 @@
 """ibkr-connection: keep a bot's link to TWS / IB Gateway alive, as a state machine.
 
-Public surface::
+What a bot imports from here, by what it is for::
 
-    from ibkr_connection import ConnectionManager, ConnectionConfig, ConnectionState
+    # keep one IB connected (asyncio)
+    ConnectionManager      start()/stop(), wait_for(), subscribe_*(), stateChangeEvent, transcript
+    ConnectionConfig       where and how to connect; ConnectionConfig.from_env() reads IBKR_*
+    ConnectionState        the states; USABLE_STATES: those in which requests and orders go out
+    Transition             one change of state, as in stateChangeEvent and the transcript
+    RecoveryPolicy, BackoffPolicy, ResetWindow       how and when to retry
+
+    # requests re-issued after every reconnect (and after a 1101)
+    Subscription, MarketDataSubscription, AccountUpdatesSubscription, PnLSubscription,
+    CallableSubscription
+
+    # a sync bot: the seed's wrapper, kept as it was (a contract)
+    IBKRIBInsyncApi, Config
+
+    # errors: one base; the caller's misuse apart from the gateway's failures
+    IBKRConnectionError
+        UsageError: ConfigError, ManagerStoppedError
+        GatewayError: ConnectFailedError, FatalConnectError (AccountError)
+        OrderRejectedError, SubscriptionError, JournalError
+
+    # injected time (ManualClock for tests and replays); account masking for logs
+    Clock, SystemClock, ManualClock, mask_account
+
+Blocking twins, one convention: a blocking call ``name()`` runs its coroutine
+twin ``name_async()`` in the event loop, and raises
+:class:`~ibkr_connection.errors.UsageError` when called while the loop runs::
+
+    ConnectionManager.connect()      / connect_async()     (also start(); async with)
+    ConnectionManager.disconnect()   / disconnect_async()  (also stop())
+    IBKRIBInsyncApi.connect()        / connect_async()
+    IBKRIBInsyncApi.disconnect()     / disconnect_async()
+
+The machine layer, for reviewers and tools (``ConnectionMachine``, ``Input``
+and ``InputKind`` are importable here too, as before)::
+
+    ibkr_connection.table      every decision as data: states, TABLE, ACTIONS, GUARDS
+    ibkr_connection.machine    ConnectionMachine, the table run by transitions; it also
+                               serves the table's names, Input, InputKind, Effects,
+                               Transition, JournalEntry and replay_journal
+    ibkr_connection.inputs     Input, InputKind: what goes in
+    ibkr_connection.outputs    Effects, Transition, JournalEntry: what comes out
+    ibkr_connection.codes      CODES (IB codes) and FAILURES (attempt failures) -> inputs
+    ibkr_connection.driver     Driver: the effects on asyncio, IB's callbacks -> inputs
+    ibkr_connection.journal    JournalWriter, replay, replay_journal
+
+How it fits together, and where each kind of change goes: ``docs/architecture.md``.
 """
 
 from ibkr_connection.broker import Config, IBKRIBInsyncApi

@@ -125,11 +125,31 @@ def _supports(cls: type, method: str, parameter: str) -> bool:
     return _SUPPORTS[key]
 
 
+def watch_sync_timeouts(ib: Any, catcher: SyncTimeoutCatcher) -> Callable[[], None]:
+    """Attach ``catcher`` to ``ib``'s logger; return the undo.
+
+    One catcher serves every attempt of a manager: :func:`connect_session`
+    clears it when the attempt starts and reads it when the connect returns.
+    A cancelled attempt leaves nothing to remove (it once removed the catcher
+    of the attempt that replaced it), and no handler is built per attempt.
+    """
+    ib_logger = getattr(ib, "_logger", None) or logging.getLogger(type(ib).__module__)
+    ib_logger.addHandler(catcher)
+
+    def undo() -> None:
+        ib_logger.removeHandler(catcher)
+
+    return undo
+
+
 async def connect_session(
     ib: Any, *, host: str, port: int, client_id: int, timeout: float,
-    readonly: bool, account: str,
+    readonly: bool, account: str, catcher: SyncTimeoutCatcher,
 ) -> None:
     """Connect ``ib`` and complete the startup sync, or raise.
+
+    Args:
+        catcher: the catcher :func:`watch_sync_timeouts` attached to ``ib``.
 
     Raises:
         SyncIncompleteError: a startup request timed out.
@@ -143,11 +163,7 @@ async def connect_session(
     }
     if _supports(type(ib), "connectAsync", "raiseSyncErrors"):
         kwargs["raiseSyncErrors"] = True  # ib_async raises on its own
-    # One catcher per call: a cancelled attempt still unwinding removes its
-    # own handler, never the one of the attempt that replaced it.
-    catcher = SyncTimeoutCatcher()
-    ib_logger = getattr(ib, "_logger", None) or logging.getLogger(type(ib).__module__)
-    ib_logger.addHandler(catcher)
+    catcher.timed_out.clear()
     # ib_insync notices a socket closed by the gateway before the API is ready
     # (e.g. right after the handshake) only when its connect timeout expires:
     # watch the socket ourselves and cut the connect short at once.
@@ -172,7 +188,6 @@ async def connect_session(
         ) from None
     finally:
         conn.disconnected -= on_closed
-        ib_logger.removeHandler(catcher)
     if catcher.timed_out:
         safe_disconnect(ib)
         raise SyncIncompleteError("; ".join(catcher.timed_out))

@@ -56,12 +56,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+from ibkr_connection.positions import PositionBook, number
 
 logger = logging.getLogger(__name__)
 
@@ -106,15 +107,6 @@ class Reconciled:
     statuses: int
 
 
-def number(value: Any) -> float:
-    """Return ``value`` as a float, 0.0 for IB's unset values (NaN, None, UNSET_DOUBLE)."""
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return 0.0 if math.isnan(result) or abs(result) >= 1e300 else result
-
-
 def _int(value: Any) -> int:
     try:
         return int(value or 0)
@@ -146,7 +138,7 @@ def _remember(seen: OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> 
         seen.popitem(last=False)
 
 
-class OrderBook:
+class OrderBook(PositionBook):
     """Orders (with their fills and commissions) and positions, kept from IB's events.
 
     Args:
@@ -644,47 +636,6 @@ class OrderBook:
         if entry["perm_id"]:
             # A late status of a pruned order must not bring back a husk of it.
             _remember(self._pruned_perms, entry["perm_id"], None, self._max_seen)
-
-    # -- positions --------------------------------------------------------------------
-
-    def on_position(self, position: Any) -> None:
-        """Book a ``Position``: quantity and average cost."""
-        with self.lock:
-            entry = self._position(position.account, position.contract)
-            entry["quantity"] = number(position.position)
-            entry["avg_price"] = number(position.avgCost)
-        logger.debug("Position update: %s %s, avg cost %.2f", position.contract.symbol,
-                     position.position, number(position.avgCost))
-
-    def on_portfolio(self, item: Any) -> None:
-        """Book a ``PortfolioItem``: market price, value and PnL."""
-        with self.lock:
-            new = (item.account, int(item.contract.conId)) not in self.positions
-            entry = self._position(item.account, item.contract)
-            if new:
-                # positionEvent owns these; until it speaks, the portfolio's are right.
-                entry["quantity"] = number(item.position)
-                entry["avg_price"] = number(item.averageCost)
-            entry["market_price"] = number(item.marketPrice)
-            entry["market_value"] = number(item.marketValue)
-            entry["unrealized_pnl"] = number(item.unrealizedPNL)
-            entry["realized_pnl"] = number(item.realizedPNL)
-
-    def _position(self, account: str, contract: Any) -> dict[str, Any]:
-        key = (account, int(contract.conId))
-        entry = self.positions.get(key)
-        if entry is None:
-            entry = self.positions[key] = {
-                "symbol": contract.symbol,
-                "quantity": 0.0,
-                "avg_price": 0.0,
-                "market_price": 0.0,
-                "market_value": 0.0,
-                "unrealized_pnl": 0.0,
-                "realized_pnl": 0.0,
-                "account": account,
-            }
-        return entry
 
 
 def _has_details(trade: Any) -> bool:

@@ -1,20 +1,28 @@
-"""IB message codes as one table.
+"""What the outside world says, as tables: IB message codes and attempt failures.
 
-TWS reports connection events as "error" messages with a code. This module maps
-each code the connection machine cares about to an :class:`~ibkr_connection.machine.Input`,
-with the log level to use and whether the gateway dropped the client's
-subscriptions. A new code is a new row in :data:`CODES`, never a new ``elif``.
+TWS reports connection events as "error" messages with a code. :data:`CODES`
+maps each code the connection machine cares about to an
+:class:`~ibkr_connection.inputs.Input`, with the log level to use and whether
+the gateway dropped the client's subscriptions. A new code is a new row in
+:data:`CODES`, never a new ``elif``. Codes not in the table are logged and
+change nothing (see :func:`classify`).
 
-Codes not in the table are logged and change nothing (see :func:`classify`).
+A connection attempt that fails raises; :data:`FAILURES` maps the exception to
+the input the driver feeds: retryable or fatal, and costly (it cost the
+gateway a handshake, so the backoff waits longer) or cheap. A new kind of
+failure is a new row in :data:`FAILURES` (see :func:`classify_failure`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
 from enum import Enum
 
+from ibkr_connection.adapter import SyncIncompleteError
+from ibkr_connection.errors import AccountError
 from ibkr_connection.inputs import Input, InputKind
 
 
@@ -46,6 +54,14 @@ class CodeInfo:
     level: int
     subscriptions_lost: bool = False
     payload: Payload = Payload.NONE
+
+    def to_input(self, message: str) -> Input | None:
+        """Return the machine input for this code with IB's ``message``, or None (log only)."""
+        if self.input is None:
+            return None
+        farm = farm_name(message) if self.payload is Payload.FARM else None
+        port = new_port(message) if self.payload is Payload.PORT else None
+        return Input(self.input, code=self.code, message=message, farm=farm, port=port)
 
 
 _W, _I, _E = logging.WARNING, logging.INFO, logging.ERROR
@@ -123,8 +139,60 @@ def new_port(message: str) -> int | None:
     return port if 0 < port < 65536 else None
 
 
+@dataclass(frozen=True)
+class FailureInfo:
+    """One row of the attempt failure table.
+
+    Attributes:
+        exceptions: the exception types of the row (the first row that
+            matches an exception is taken).
+        meaning: what went wrong, in our words; the input's message for a
+            retryable failure is ``"<meaning>: <exception repr>"``, for a
+            fatal one the exception's own text.
+        input: ``attempt_failed`` (retry) or ``fatal_error`` (give up).
+        costly: whether the attempt cost the gateway an API handshake (the
+            backoff then follows its costly schedule).
+        traceback: log the exception with its traceback: it is a bug, not
+            the gateway.
+    """
+
+    exceptions: tuple[type[BaseException], ...]
+    meaning: str
+    input: InputKind
+    costly: bool
+    traceback: bool = False
+
+
+_FAILED, _FATAL = InputKind.ATTEMPT_FAILED, InputKind.FATAL_ERROR
+
+#: The attempt failure table, tried in order (a refused connect is a
+#: ConnectionError is an OSError; TimeoutError is an OSError from Python 3.11).
+FAILURES: tuple[FailureInfo, ...] = (
+    FailureInfo((AccountError,), "the account check failed: retrying cannot fix it", _FATAL,
+                False),
+    FailureInfo((ConnectionRefusedError,), "connection refused", _FAILED, False),
+    FailureInfo((asyncio.TimeoutError, TimeoutError), "timed out", _FAILED, True),
+    FailureInfo((SyncIncompleteError,), "startup sync incomplete", _FAILED, True),
+    FailureInfo((ConnectionError,), "socket broke during the handshake or sync", _FAILED, True),
+    FailureInfo((OSError,), "socket error", _FAILED, False),
+    FailureInfo((Exception,), "unexpected error", _FAILED, True, traceback=True),
+)
+
+
+def classify_failure(exc: Exception) -> tuple[FailureInfo, Input]:
+    """Turn the exception a connection attempt raised into a machine input.
+
+    Returns:
+        The table row and the input to feed.
+    """
+    info = next(row for row in FAILURES if isinstance(exc, row.exceptions))
+    if info.input is InputKind.FATAL_ERROR:
+        return info, Input(info.input, message=str(exc))
+    return info, Input(info.input, message=f"{info.meaning}: {exc!r}", costly=info.costly)
+
+
 def markdown_table() -> str:
-    """Render the code table as Markdown, for ``diagrams/codes.md``."""
+    """Render the code and failure tables as Markdown, for ``diagrams/codes.md``."""
     lines = [
         "# IB message codes",
         "",
@@ -143,6 +211,24 @@ def markdown_table() -> str:
             f"{logging.getLevelName(info.level)} | "
             f"{'yes' if info.subscriptions_lost else 'no'} | {info.payload.value} |"
         )
+    lines += [
+        "",
+        "## Attempt failures",
+        "",
+        "Generated from `ibkr_connection.codes.FAILURES`. A connection attempt that raises "
+        "is classified by the first row whose exception matches; the driver feeds the input "
+        "before it closes the socket. A costly failure cost the gateway an API handshake: "
+        "the next delay follows the costly schedule (`draw_delay` in the transition table).",
+        "",
+        "| exception | meaning | machine input | costly | traceback logged |",
+        "|---|---|---|---|---|",
+    ]
+    for failure in FAILURES:
+        names = " / ".join(sorted({f"`{e.__name__}`" for e in failure.exceptions}))
+        lines.append(
+            f"| {names} | {failure.meaning} | {failure.input.value} | "
+            f"{'yes' if failure.costly else 'no'} | {'yes' if failure.traceback else 'no'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -157,8 +243,4 @@ def classify(code: int, message: str) -> Input | None:
         The input, or None when the code is log-only or not in the table.
     """
     info = _BY_CODE.get(code)
-    if info is None or info.input is None:
-        return None
-    farm = farm_name(message) if info.payload is Payload.FARM else None
-    port = new_port(message) if info.payload is Payload.PORT else None
-    return Input(info.input, code=code, message=message, farm=farm, port=port)
+    return None if info is None else info.to_input(message)

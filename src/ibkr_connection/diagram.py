@@ -11,10 +11,15 @@
 * ``codes.md``: the IB code table,
 
 and, into ``docs/``, ``scenarios.md``: the simulator's scenario reference,
-generated from :data:`ibkr_connection.simulator.scenario.ACTIONS`.
+generated from :data:`ibkr_connection.simulator.scenario.ACTIONS`, and the
+data-flow drawing of ``architecture.md`` (between its generated markers),
+from the code and failure tables, :data:`~ibkr_connection.table.ACTIONS`,
+:data:`~ibkr_connection.table.TABLE` and the
+:class:`~ibkr_connection.outputs.Effects` port.
 
-The diagrams show moves and stays that act; rows that only ignore an input are
-listed in ``transitions.md``.
+The diagrams show every move and every stay that acts, labelled
+``input / actions [guard]``; rows that only ignore an input are listed in
+``transitions.md``, with every action and guard explained.
 """
 
 from __future__ import annotations
@@ -30,16 +35,16 @@ from transitions.extensions import GraphMachine
 
 from ibkr_connection import codes
 from ibkr_connection.errors import UsageError
-from ibkr_connection.machine import TABLE, ConnectionState, Row
+from ibkr_connection.inputs import InputKind
+from ibkr_connection.outputs import Effects
+from ibkr_connection.table import ACTIONS, GUARDS, TABLE, ConnectionState, Phase, Row
 
 TITLE = "ibkr-connection: connection state machine"
 _SVG_STAMP = "<!-- dot-source-sha256: {} -->"
 
 
 def _shown(row: Row) -> bool:
-    if row.dest is not None:
-        return True
-    return any(action != "note_fact" for action in row.actions)
+    return not row.ignored
 
 
 def _graph_rows() -> list[dict[str, Any]]:
@@ -55,8 +60,8 @@ def _graph_rows() -> list[dict[str, Any]]:
         if row.guard is not None:
             key = "unless" if row.guard.startswith("!") else "conditions"
             spec[key] = [row.guard.lstrip("!")]
-        if row.dest is None:
-            # A stay that acts: label it with what it does.
+        if row.actions:
+            # transitions labels an edge with its trigger: add what the row does.
             spec["trigger"] = f"{row.input.value} / {'+'.join(row.actions)}"
         specs.append(spec)
     return specs
@@ -91,8 +96,12 @@ def mermaid() -> str:
 
 
 def dot() -> str:
-    """Return the Graphviz DOT source of the machine."""
-    return str(_graph("graphviz").source).rstrip() + "\n"
+    """Return the Graphviz DOT source of the machine.
+
+    transitions joins the labels of the rows that share an edge with ``" | "``;
+    here each goes on a line of its own, so the rendering stays readable.
+    """
+    return str(_graph("graphviz").source).rstrip().replace(" | ", "\\n") + "\n"
 
 
 def svg(dot_source: str) -> str:
@@ -127,7 +136,8 @@ def transitions_markdown() -> str:
     lines = [
         "# Transition table",
         "",
-        "Generated from `ibkr_connection.machine.TABLE` by `ibkr-connection diagram`; "
+        "Generated from `ibkr_connection.table` (`TABLE`, `ACTIONS`, `GUARDS`, the states) "
+        "by `ibkr-connection diagram`; "
         "do not edit by hand.",
         "Rows of the same state and input are tried in order; the first whose guard "
         "holds is taken. `stay` runs no exit or entry action.",
@@ -139,8 +149,26 @@ def transitions_markdown() -> str:
         nxt = row.dest.value if row.dest is not None else ("ignore" if row.ignored else "stay")
         lines.append(
             f"| {row.source.value} | {row.input.value} | {row.guard or ''} | {nxt} | "
-            f"{', '.join(a for a in row.actions if a != 'note_fact')} | {row.note} |"
+            f"{', '.join(row.actions)} | {row.note} |"
         )
+    lines += [
+        "",
+        "## Actions",
+        "",
+        "A row's actions run in its order, phase by phase: `note` actions before the "
+        "row's guard is tried (the same on every row of a state and input), `before` "
+        "actions once the guard held and before the move and the transcript entry, "
+        "`after` actions after the move and the new state's entry actions. Entry and "
+        "exit actions belong to the states (below).",
+        "",
+        "| action | phase | what it does |",
+        "|---|---|---|",
+    ]
+    for action in ACTIONS.values():
+        lines.append(f"| {action.name} | {action.phase.value} | {action.doc} |")
+    lines += ["", "## Guards", "", "| guard | holds when |", "|---|---|"]
+    for name, doc in GUARDS.items():
+        lines.append(f"| {name} | {doc} |")
     lines += ["", "## States", ""]
     docs = state_docs()
     for state in ConnectionState:
@@ -149,7 +177,7 @@ def transitions_markdown() -> str:
 
 
 def state_docs() -> dict[ConnectionState, str]:
-    """Return each state's ``#:`` documentation comment from ``machine.py``."""
+    """Return each state's ``#:`` documentation comment from ``table.py``."""
     docs: dict[ConnectionState, str] = {}
     pending: list[str] = []
     for line in inspect.getsource(ConnectionState).splitlines():
@@ -175,6 +203,15 @@ def texts() -> dict[str, str]:
 
 README_BEGIN = "<!-- BEGIN generated: diagrams/connection.mmd -->"
 README_END = "<!-- END generated -->"
+ARCHITECTURE_BEGIN = "<!-- BEGIN generated: data flow -->"
+
+
+def _with_block(text: str, begin_marker: str, block: str, what: str) -> str:
+    head, begin, rest = text.partition(begin_marker)
+    _, end, tail = rest.partition(README_END)
+    if not begin or not end:
+        raise UsageError(f"{what} needs the markers {begin_marker!r} and {README_END!r}")
+    return f"{head}{begin_marker}\n```mermaid\n{block}```\n{README_END}{tail}"
 
 
 def readme_with_diagram(readme: str) -> str:
@@ -183,11 +220,113 @@ def readme_with_diagram(readme: str) -> str:
     Raises:
         UsageError: if the README lacks the markers.
     """
-    head, begin, rest = readme.partition(README_BEGIN)
-    _, end, tail = rest.partition(README_END)
-    if not begin or not end:
-        raise UsageError(f"README needs the markers {README_BEGIN!r} and {README_END!r}")
-    return f"{head}{README_BEGIN}\n```mermaid\n{mermaid()}```\n{README_END}{tail}"
+    return _with_block(readme, README_BEGIN, mermaid(), "README")
+
+
+#: Inputs that no classification table produces, by the node that produces them.
+_PRODUCED_BY = {
+    InputKind.CONNECT: "bot",
+    InputKind.DISCONNECT: "bot",
+    InputKind.ATTEMPT_SUCCEEDED: "attempt",
+    InputKind.SOCKET_CLOSED: "ib",
+    InputKind.RETRY_DUE: "timers",
+    InputKind.RESTORE_TIMEOUT: "timers",
+    InputKind.HEARTBEAT_MISSED: "timers",
+}
+
+
+def _br(items: list[str], per_line: int = 3) -> str:
+    """Join ``items`` into lines of ``per_line``, for a node's label."""
+    rows = [", ".join(items[i:i + per_line]) for i in range(0, len(items), per_line)]
+    return "<br/>".join(rows)
+
+
+def architecture_mermaid() -> str:
+    """Return the data-flow drawing of ``docs/architecture.md`` as Mermaid.
+
+    Every input kind appears on an arrow from where it comes from: the code
+    table and the failure table for what they classify, the driver's other
+    sources for the rest.
+
+    Raises:
+        UsageError: an input kind that no table or source produces.
+    """
+    by_code: dict[InputKind, list[str]] = {}
+    for info in codes.CODES:
+        if info.input is not None:
+            by_code.setdefault(info.input, []).append(str(info.code))
+    failure_inputs = []
+    for failure in codes.FAILURES:
+        names = "/".join(sorted({e.__name__ for e in failure.exceptions}))
+        if failure.input is InputKind.FATAL_ERROR:
+            failure_inputs.append(f"{names}: {failure.input.value}")
+        else:
+            cost = "costly" if failure.costly else "cheap"
+            failure_inputs.append(f"{names}: {failure.input.value}, {cost}")
+    from_failures = {failure.input for failure in codes.FAILURES}
+    missing = [k.value for k in InputKind
+               if k not in by_code and k not in from_failures and k not in _PRODUCED_BY]
+    if missing:
+        raise UsageError(f"the data-flow drawing does not say where {missing} come from")
+    code_inputs = [f"{k.value} ({'/'.join(v)})" for k, v in by_code.items()]
+
+    def produced(node: str) -> str:
+        return ", ".join(k.value for k, n in _PRODUCED_BY.items() if n == node)
+
+    def actions(phase: Phase) -> str:
+        return _br([a.name for a in ACTIONS.values() if a.phase is phase])
+
+    effects = sorted(name for name in vars(Effects) if not name.startswith("_"))
+    lines = [
+        "flowchart TB",
+        '  bot["the bot<br/>start() / stop(), connect() / disconnect()"]',
+        '  ib["IB object (ib_insync / ib_async)<br/>errorEvent, disconnectedEvent"]',
+        '  attempt["attempt task<br/>IB.connectAsync, startup sync, account check"]',
+        '  timers["timers on the injected clock<br/>retry, restore, heartbeat probe"]',
+        f'  code_table["codes.CODES<br/>{_br(code_inputs, 2)}"]',
+        f'  failure_table["codes.FAILURES<br/>{_br(failure_inputs, 1)}"]',
+        '  feed["ConnectionManager._feed<br/>journal line per input"]',
+        f'  machine["ConnectionMachine.handle: transitions runs table.TABLE<br/>'
+        f'{len(TABLE)} rows: (state, input, guard) to next state, actions"]',
+        f'  notes["note, before the guard<br/>{actions(Phase.NOTE)}"]',
+        f'  before_move["before the move<br/>{actions(Phase.BEFORE)}"]',
+        f'  after_move["after the move, with the states\' entry and exit actions<br/>'
+        f'{actions(Phase.AFTER)}"]',
+        f'  effects["outputs.Effects<br/>{_br(effects)}"]',
+        '  driver["driver.Driver<br/>owns every task and timer"]',
+        '  records["transcript, stateChangeEvent, wait_for()"]',
+        f'  bot -- "{produced("bot")}" --> feed',
+        '  ib -- "errorEvent" --> code_table',
+        '  code_table -- "an input, or log only" --> feed',
+        f'  ib -- "disconnectedEvent: {produced("ib")}" --> feed',
+        f'  attempt -- "{produced("attempt")}" --> feed',
+        '  attempt -- "raised" --> failure_table',
+        '  failure_table --> feed',
+        f'  timers -- "{produced("timers")}" --> feed',
+        "  feed --> machine",
+        "  machine --> notes",
+        "  machine --> before_move",
+        "  machine --> after_move",
+        "  machine --> records",
+        "  after_move --> effects",
+        "  effects --> driver",
+        "  driver --> attempt",
+        "  driver --> timers",
+        '  driver -- "disconnect, requests" --> ib',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+ARCHITECTURE_DOC = "architecture.md"
+
+
+def architecture_with_drawing(page: str) -> str:
+    """Return ``page`` with the data-flow drawing between its generated markers.
+
+    Raises:
+        UsageError: if the page lacks the markers.
+    """
+    return _with_block(page, ARCHITECTURE_BEGIN, architecture_mermaid(), ARCHITECTURE_DOC)
 
 
 SCENARIOS_DOC = "scenarios.md"
@@ -231,6 +370,10 @@ def write_all(directory: Path, *, with_svg: bool = True,
             path = docs / name
             path.write_text(text)
             written.append(path)
+        page = docs / ARCHITECTURE_DOC
+        if page.exists() and ARCHITECTURE_BEGIN in page.read_text():
+            page.write_text(architecture_with_drawing(page.read_text()))
+            written.append(page)
     return written
 
 
@@ -262,6 +405,10 @@ def stale_paths(directory: Path, docs: Path | None = None) -> list[Path]:
             path = docs / name
             if not path.exists() or path.read_text() != text:
                 stale.append(path)
+        page = docs / ARCHITECTURE_DOC
+        text = page.read_text() if page.exists() else ""
+        if ARCHITECTURE_BEGIN in text and architecture_with_drawing(text) != text:
+            stale.append(page)
     return stale
 
 

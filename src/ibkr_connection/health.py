@@ -24,12 +24,9 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from ibkr_connection.errors import UsageError
-from ibkr_connection.machine import ConnectionState
+from ibkr_connection.machine import USABLE_STATES, ConnectionState
 
 logger = logging.getLogger(__name__)
-
-#: States in which the bot has a usable session (orders and, mostly, data).
-USABLE_STATES = frozenset({ConnectionState.CONNECTED, ConnectionState.DEGRADED})
 
 #: The default bind address: loopback, so nothing is exposed beyond the
 #: machine unless asked for (in a container, 0.0.0.0).
@@ -129,7 +126,7 @@ class HealthServer:
     def healthy_states(self) -> frozenset[ConnectionState]:
         """The states in which ``/healthz`` answers 200."""
         if self.degraded_ok:
-            return USABLE_STATES
+            return frozenset(USABLE_STATES)
         return frozenset({ConnectionState.CONNECTED})
 
     async def start(self) -> None:

@@ -1,17 +1,27 @@
-"""The connection state machine: states, the transition table, and nothing else.
+"""The connection state machine: the table of :mod:`ibkr_connection.table`, run by ``transitions``.
 
-Everything that affects the connection's state lives in this file. The table
-:data:`TABLE` is plain data: one :class:`Row` per (state, input[, guard]). The
-``transitions`` machine, the diagrams in ``diagrams/`` and the docs table are all
-derived from it. The machine is sans-IO: it never touches a socket, a clock or
-asyncio. It reads time from an injected :class:`~ibkr_connection.clock.Clock`
-and asks an :class:`Effects` port to do things; the asyncio driver
-(:class:`~ibkr_connection.manager.ConnectionManager`) performs them and feeds
+:class:`ConnectionMachine` builds a ``transitions`` machine whose transitions
+are the rows of :data:`~ibkr_connection.table.TABLE` and whose callbacks are
+the rows' actions (:data:`~ibkr_connection.table.ACTIONS`): notes as
+``prepare`` callbacks, counting and drawing delays as ``before`` callbacks,
+effects as ``after`` callbacks. Every input goes through ``transitions``. The
+machine records a transcript of the changes of state and a journal of the
+inputs, and tells its listeners about each change.
+
+The machine is sans-IO: it never touches a socket, a clock or asyncio. It reads
+time from an injected :class:`~ibkr_connection.clock.Clock` and asks an
+:class:`~ibkr_connection.outputs.Effects` port to do things; the asyncio driver
+(:mod:`ibkr_connection.driver`, owned by
+:class:`~ibkr_connection.manager.ConnectionManager`) performs them and feeds
 the results back in as :class:`~ibkr_connection.inputs.Input`.
 
-The table is total: every (state, input) pair has a declared outcome, either a
-move, a stay with an action, or an ignore with a logged reason. IB can send any
-code at any time, so no input ever raises.
+The machine layer, for reviewers and tools, is importable from here: the
+tables and states (re-exported from :mod:`ibkr_connection.table`),
+:class:`ConnectionMachine`, :class:`~ibkr_connection.inputs.Input` and
+:class:`~ibkr_connection.inputs.InputKind`, :class:`~ibkr_connection.outputs.Effects`,
+:class:`~ibkr_connection.outputs.Transition` and
+:class:`~ibkr_connection.outputs.JournalEntry`;
+:func:`ibkr_connection.journal.replay_journal` re-feeds a journal into it.
 """
 
 from __future__ import annotations
@@ -20,16 +30,37 @@ import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from functools import partial
-from typing import Any, Protocol
+from itertools import chain
+from typing import TYPE_CHECKING, Any
 
 from transitions import EventData, Machine
+from transitions import Transition as _Transition
 
 from ibkr_connection.clock import Clock
 from ibkr_connection.errors import UsageError
 from ibkr_connection.inputs import Input, InputKind
+from ibkr_connection.outputs import Effects, JournalEntry, Transition
 from ibkr_connection.policy import RecoveryPolicy
+from ibkr_connection.table import (
+    ACTIONS,
+    DELAY_ACTIONS,
+    GUARDS,
+    SESSION_STATES,
+    TABLE,
+    USABLE_STATES,
+    Action,
+    ConnectionState,
+    Phase,
+    Row,
+    check_table,
+    outcome,
+)
+
+if TYPE_CHECKING:
+    from transitions.core import Callback
+
+    from ibkr_connection.journal import replay_journal
 
 logger = logging.getLogger(__name__)
 
@@ -40,353 +71,72 @@ if _transitions_logger.level == logging.NOTSET:
     _transitions_logger.setLevel(logging.WARNING)
 
 
-class ConnectionState(str, Enum):
-    """The states of a connection to TWS / IB Gateway."""
-
-    def __str__(self) -> str:
-        return self.value
-
-    #: Nobody wants a connection. No socket, no timers. Entry: cancel every
-    #: timer and the running attempt, stop the heartbeat, tear the socket down.
-    DISCONNECTED = "disconnected"
-    #: An attempt is running: TCP connect, API handshake, startup sync, account
-    #: check. Entry: forget the last session's farm and link status, start the
-    #: attempt with the current client id and port.
-    CONNECTING = "connecting"
-    #: Ready: the API is up, TWS is linked to IB, every data farm is OK.
-    #: Entered from ``connecting``: reset the backoff, select the account,
-    #: (re)issue every registered subscription, start the heartbeat.
-    CONNECTED = "connected"
-    #: The API is up but a data farm (or TWS's link to its server, 2110) is
-    #: broken. Orders may still be placed; market data may be stale. Returns to
-    #: ``connected`` only once every broken farm has reported OK.
-    DEGRADED = "degraded"
-    #: The API socket is up but TWS lost IB (1100). No order may be sent. Entry:
-    #: start the restore timer (longer inside IB's reset windows); exit: cancel it.
-    LOST = "lost"
-    #: The socket is down and the next attempt is scheduled. Entry: stop the
-    #: heartbeat, tear the socket down, schedule the retry with the backoff
-    #: delay (immediately after a 1300 port reset); exit: cancel the retry.
-    BACKOFF = "backoff"
-    #: Gave up: attempts exhausted or a fatal error (e.g. unknown account).
-    #: Entry: as for ``disconnected``. Only a connect request (to ``connecting``)
-    #: or a disconnect (to ``disconnected``) leaves it.
-    FAILED = "failed"
-
-
-#: States in which the API socket is up and a session exists.
-SESSION_STATES = (ConnectionState.CONNECTED, ConnectionState.DEGRADED, ConnectionState.LOST)
-
-_S = ConnectionState
-_I = InputKind
-_ALL_STATES = tuple(ConnectionState)
-_NO_SESSION = (_S.DISCONNECTED, _S.BACKOFF, _S.FAILED)
-_UP = (_S.CONNECTED, _S.DEGRADED, _S.LOST)
-
-
-@dataclass(frozen=True)
-class Row:
-    """One row of the transition table.
-
-    Attributes:
-        source: the state the row applies to.
-        input: the input it reacts to.
-        dest: the next state, or None to stay (no exit or entry actions run).
-        guard: name of a guard that must hold, ``"!name"`` for its negation,
-            or None. Rows of the same (source, input) are tried in order.
-        actions: names of :class:`ConnectionMachine` actions run after the move.
-        note: why; for a row that ignores its input, the reason that is logged.
-    """
-
-    source: ConnectionState
-    input: InputKind
-    dest: ConnectionState | None
-    guard: str | None = None
-    actions: tuple[str, ...] = ()
-    note: str = ""
-
-    @property
-    def ignored(self) -> bool:
-        """True when the row neither moves nor acts: the input is dropped."""
-        return self.dest is None and not self.actions
-
-
-def _rows(
-    sources: Iterable[ConnectionState],
-    inp: InputKind,
-    dest: ConnectionState | None,
-    note: str,
-    guard: str | None = None,
-    actions: tuple[str, ...] = (),
-) -> list[Row]:
-    """Expand one rule over several source states."""
-    return [Row(s, inp, dest, guard, actions, note) for s in sources]
-
-
-#: Actions run when an attempt has produced a session.
-_SESSION_UP = ("reset_backoff", "select_account", "restore_subscriptions", "start_heartbeat")
-
-#: The transition table. Order matters only among rows of the same
-#: (source, input): the first whose guard holds is taken.
-TABLE: tuple[Row, ...] = tuple(
-    # -- user requests ---------------------------------------------------------
-    _rows([_S.DISCONNECTED, _S.FAILED], _I.CONNECT, _S.CONNECTING,
-          "the user asked for a connection", actions=())
-    + _rows([_S.CONNECTING, _S.CONNECTED, _S.DEGRADED, _S.LOST, _S.BACKOFF], _I.CONNECT, None,
-            "a connection is already wanted")
-    + _rows([s for s in _ALL_STATES if s is not _S.DISCONNECTED], _I.DISCONNECT,
-            _S.DISCONNECTED, "the user asked to disconnect")
-    + [Row(_S.DISCONNECTED, _I.DISCONNECT, None, note="already disconnected")]
-    # -- attempt results -------------------------------------------------------
-    + [
-        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.LOST, "link_down", _SESSION_UP,
-            "session up, but TWS reported 1100 during the attempt"),
-        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.DEGRADED, "farms_broken", _SESSION_UP,
-            "session up with a broken data farm"),
-        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.CONNECTED, None, _SESSION_UP,
-            "session up: handshake, startup sync and account check done"),
-    ]
-    + _rows([s for s in _ALL_STATES if s is not _S.CONNECTING], _I.ATTEMPT_SUCCEEDED, None,
-            "stale result of an attempt that was cancelled")
-    + [
-        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, "retries_left",
-            note="retry after the backoff delay"),
-        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.FAILED, note="no attempts left"),
-    ]
-    + _rows([s for s in _ALL_STATES if s is not _S.CONNECTING], _I.ATTEMPT_FAILED, None,
-            "stale result of an attempt that was cancelled")
-    + _rows([_S.CONNECTING, _S.CONNECTED, _S.DEGRADED, _S.LOST, _S.BACKOFF], _I.FATAL_ERROR,
-            _S.FAILED, "retrying cannot fix this")
-    + _rows([_S.DISCONNECTED, _S.FAILED], _I.FATAL_ERROR, None,
-            "no connection is wanted; nothing to give up")
-    # -- socket and timers -----------------------------------------------------
-    + [
-        Row(_S.CONNECTING, _I.SOCKET_CLOSED, _S.BACKOFF, "retries_left",
-            note="the gateway closed the socket during the attempt"),
-        Row(_S.CONNECTING, _I.SOCKET_CLOSED, _S.FAILED, note="no attempts left"),
-    ]
-    + _rows(_UP, _I.SOCKET_CLOSED, _S.BACKOFF, "the API socket closed: reconnect")
-    + _rows(_NO_SESSION, _I.SOCKET_CLOSED, None, "the socket is already down")
-    + [Row(_S.BACKOFF, _I.RETRY_DUE, _S.CONNECTING, note="the backoff delay is over")]
-    + _rows([s for s in _ALL_STATES if s is not _S.BACKOFF], _I.RETRY_DUE, None,
-            "stale retry timer")
-    + _rows(_UP, _I.HEARTBEAT_MISSED, _S.BACKOFF,
-            "the gateway did not answer the heartbeat: it is hung")
-    + _rows([_S.CONNECTING, *_NO_SESSION], _I.HEARTBEAT_MISSED, None, "stale heartbeat")
-    + [Row(_S.LOST, _I.RESTORE_TIMEOUT, _S.BACKOFF,
-           note="TWS did not restore its link to IB in time: reconnect from scratch")]
-    + _rows([s for s in _ALL_STATES if s is not _S.LOST], _I.RESTORE_TIMEOUT, None,
-            "stale restore timer")
-    # -- IB codes: TWS's link to IB ------------------------------------------------
-    + _rows([_S.CONNECTED, _S.DEGRADED], _I.CONNECTIVITY_LOST, _S.LOST,
-            "1100: TWS lost IB; wait for it to restore")
-    + [
-        Row(_S.CONNECTING, _I.CONNECTIVITY_LOST, None, actions=("note_fact",),
-            note="remembered: the attempt will end in lost"),
-        Row(_S.LOST, _I.CONNECTIVITY_LOST, None, note="already lost"),
-    ]
-    + _rows(_NO_SESSION, _I.CONNECTIVITY_LOST, None, "no session")
-    + [
-        Row(_S.LOST, _I.RESTORED_DATA_LOST, _S.DEGRADED, "farms_broken",
-            ("restore_subscriptions",), "1101: restored, data lost; a farm is still broken"),
-        Row(_S.LOST, _I.RESTORED_DATA_LOST, _S.CONNECTED, None,
-            ("restore_subscriptions",), "1101: restored, data lost: re-subscribe"),
-        Row(_S.CONNECTED, _I.RESTORED_DATA_LOST, None, None, ("restore_subscriptions",),
-            "1101: data lost: re-subscribe"),
-        Row(_S.DEGRADED, _I.RESTORED_DATA_LOST, None, "farms_broken", ("restore_subscriptions",),
-            "1101: data lost: re-subscribe; a farm is still broken"),
-        Row(_S.DEGRADED, _I.RESTORED_DATA_LOST, _S.CONNECTED, None, ("restore_subscriptions",),
-            "1101: TWS's server link is back; data lost: re-subscribe"),
-        Row(_S.CONNECTING, _I.RESTORED_DATA_LOST, None, actions=("note_fact",),
-            note="remembered; the attempt subscribes everything anyway"),
-    ]
-    + _rows(_NO_SESSION, _I.RESTORED_DATA_LOST, None, "no session")
-    + [
-        Row(_S.LOST, _I.RESTORED_DATA_KEPT, _S.DEGRADED, "farms_broken",
-            note="1102: restored, data kept; a farm is still broken"),
-        Row(_S.LOST, _I.RESTORED_DATA_KEPT, _S.CONNECTED,
-            note="1102: restored, data kept: nothing to re-subscribe"),
-        Row(_S.CONNECTED, _I.RESTORED_DATA_KEPT, None, note="1102: nothing was lost"),
-        Row(_S.DEGRADED, _I.RESTORED_DATA_KEPT, None, "farms_broken", ("note_fact",),
-            "1102: a farm is still broken"),
-        Row(_S.DEGRADED, _I.RESTORED_DATA_KEPT, _S.CONNECTED,
-            note="1102: TWS's server link is back"),
-        Row(_S.CONNECTING, _I.RESTORED_DATA_KEPT, None, actions=("note_fact",),
-            note="remembered: TWS's link to IB is up"),
-    ]
-    + _rows(_NO_SESSION, _I.RESTORED_DATA_KEPT, None, "no session")
-    + [Row(_S.CONNECTED, _I.SERVER_LINK_BROKEN, _S.DEGRADED,
-           note="2110: TWS's link to its server is broken")]
-    + _rows([_S.CONNECTING, _S.DEGRADED, _S.LOST], _I.SERVER_LINK_BROKEN, None,
-            "remembered until 1101/1102", actions=("note_fact",))
-    + _rows(_NO_SESSION, _I.SERVER_LINK_BROKEN, None, "no session")
-    # -- IB codes: data farms ----------------------------------------------------
-    + [Row(_S.CONNECTED, _I.FARM_BROKEN, _S.DEGRADED, note="a data farm is broken")]
-    + _rows([_S.CONNECTING, _S.DEGRADED, _S.LOST], _I.FARM_BROKEN, None,
-            "farm remembered as broken", actions=("note_fact",))
-    + _rows(_NO_SESSION, _I.FARM_BROKEN, None, "no session")
-    + [
-        Row(_S.DEGRADED, _I.FARM_OK, None, "farms_broken", ("note_fact",),
-            "farm OK; another is still broken"),
-        Row(_S.DEGRADED, _I.FARM_OK, _S.CONNECTED, note="every broken farm is OK again"),
-        Row(_S.CONNECTED, _I.FARM_OK, None, note="farm OK notices are routine at connect"),
-    ]
-    + _rows([_S.CONNECTING, _S.LOST], _I.FARM_OK, None, "farm remembered as OK",
-            actions=("note_fact",))
-    + _rows(_NO_SESSION, _I.FARM_OK, None, "no session")
-    # -- IB codes: the API itself --------------------------------------------------
-    + _rows([_S.CONNECTING, *_UP], _I.PORT_RESET, _S.BACKOFF,
-            "1300: the API port was reset; reconnect at once on the new port")
-    + _rows(_NO_SESSION, _I.PORT_RESET, None, "the next attempt uses the new port",
-            actions=("note_fact",))
-    + [
-        Row(_S.CONNECTING, _I.CLIENT_ID_IN_USE, _S.BACKOFF, "retries_left",
-            ("next_client_id",), "326: client id in use; retry after a delay"),
-        Row(_S.CONNECTING, _I.CLIENT_ID_IN_USE, _S.FAILED, note="326 and no attempts left"),
-    ]
-    + _rows(_UP, _I.CLIENT_ID_IN_USE, None,
-            "326 refers to a connect attempt; this session is up")
-    + _rows(_NO_SESSION, _I.CLIENT_ID_IN_USE, None, "no attempt is running")
-    + [
-        Row(_S.CONNECTING, _I.NOT_CONNECTED, _S.BACKOFF, "retries_left",
-            note="502/504 during the attempt"),
-        Row(_S.CONNECTING, _I.NOT_CONNECTED, _S.FAILED, note="502/504 and no attempts left"),
-    ]
-    + _rows(_UP, _I.NOT_CONNECTED, _S.BACKOFF,
-            "502/504: the API says it is not connected; reconnect")
-    + _rows(_NO_SESSION, _I.NOT_CONNECTED, None, "the socket is already down")
-)
-
-
-def _quiet_rows() -> dict[tuple[str, str], Row]:
-    """The (state, input) pairs whose only row neither moves, guards nor acts.
-
-    Keyed by the members' values: plain strings hash and compare at C speed.
-    """
-    quiet = {}
-    for state in ConnectionState:
-        for kind in InputKind:
-            rows = [r for r in TABLE if r.source is state and r.input is kind]
-            if (len(rows) == 1 and rows[0].dest is None and rows[0].guard is None
-                    and set(rows[0].actions) <= {"note_fact"}):
-                quiet[(state.value, kind.value)] = rows[0]
-    return quiet
-
-
-_QUIET_ROWS = _quiet_rows()
-
 #: A state's value (what the ``transitions`` machine holds) to the state.
 _STATE_BY_VALUE = {state.value: state for state in ConnectionState}
 
 
-@dataclass(frozen=True)
-class _Event:
-    """The part of transitions' EventData that the recording callback reads."""
-
-    kwargs: dict[str, Any]
-
-
-class Effects(Protocol):
-    """What the machine's actions ask the outside world to do.
-
-    The driver implements it. Every method starts work and returns at once;
-    results come back as inputs. Implementations must not raise.
-    """
-
-    def start_attempt(self, attempt: int, client_id: int, port: int) -> None:
-        """Start connection attempt number ``attempt``."""
-
-    def schedule_retry(self, delay: float) -> None:
-        """Feed ``retry_due`` after ``delay`` seconds."""
-
-    def cancel_retry(self) -> None:
-        """Cancel a scheduled retry, if any."""
-
-    def start_restore_timer(self, timeout: float) -> None:
-        """Feed ``restore_timeout`` after ``timeout`` seconds."""
-
-    def cancel_restore_timer(self) -> None:
-        """Cancel the restore timer, if any."""
-
-    def select_account(self) -> None:
-        """Apply the account chosen during the attempt (account updates etc.)."""
-
-    def restore_subscriptions(self) -> None:
-        """(Re-)issue every subscription the bot registered."""
-
-    def start_heartbeat(self) -> None:
-        """Start probing the gateway when it is quiet."""
-
-    def stop_heartbeat(self) -> None:
-        """Stop the heartbeat."""
-
-    def tear_down(self) -> None:
-        """Cancel the running attempt and close the socket."""
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One change of state, as recorded in the transcript.
-
-    Attributes:
-        source: the state before.
-        dest: the state after.
-        trigger: the input that caused it.
-        at: the injected clock's monotonic reading.
-        cause: a human-readable cause (IB's message, the failure, the note).
-        code: the IB code behind it, if any.
-        attempt: the attempt number at the time.
-        delay: for a move to ``backoff``, the delay before the next attempt.
-    """
-
-    source: ConnectionState
-    dest: ConnectionState
-    trigger: InputKind
-    at: float
-    cause: str = ""
-    code: int | None = None
-    attempt: int = 0
-    delay: float | None = None
-
-    def __str__(self) -> str:
-        """``connected -> lost (connectivity_lost, 1100)``: how a bot prints it."""
-        why = self.trigger.value if self.code is None else f"{self.trigger.value}, {self.code}"
-        return f"{self.source.value} -> {self.dest.value} ({why})"
-
-    def to_json(self) -> dict[str, object]:
-        """Return the transition as a JSON-ready dict."""
-        return {
-            "source": self.source.value,
-            "dest": self.dest.value,
-            "trigger": self.trigger.value,
-            "at": round(self.at, 6),
-            "cause": self.cause,
-            "code": self.code,
-            "attempt": self.attempt,
-            "delay": None if self.delay is None else round(self.delay, 6),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class JournalEntry:
-    """One handled input: what came in, when, and the state it left."""
-
-    at: float
-    input: Input
-    state: ConnectionState
-
-
 @dataclass
 class _Session:
-    """Facts about the current session, learnt from IB codes."""
+    """Facts about the current session (or the attempt building it), noted by rows."""
 
     broken_farms: set[str] = field(default_factory=set)
     server_link_broken: bool = False
-    link_down: bool = False
+    link_lost: bool = False
+
+
+class _RowTransition(_Transition):
+    """A row as a ``transitions`` transition: the same steps, without the DEBUG lines.
+
+    transitions' ``Transition.execute`` writes four DEBUG lines for every row
+    it tries, which cost a quarter of a pass even when nothing logs; this is
+    its body without them: prepare (the notes), conditions (the guard),
+    before, the move (exit, state, entry), after.
+    """
+
+    def execute(self, event_data: EventData) -> bool:
+        machine = event_data.machine
+        machine.callbacks(self.prepare, event_data)
+        if not self._eval_conditions(event_data):
+            return False
+        machine.callbacks(chain(machine.before_state_change, self.before), event_data)
+        if self.dest:
+            self._change_state(event_data)
+        machine.callbacks(chain(self.after, machine.after_state_change), event_data)
+        return True
+
+
+class _TableMachine(Machine):
+    """transitions' ``Machine``, running rows as :class:`_RowTransition`, callbacks directly.
+
+    Every callback the machine registers is a callable that takes the
+    ``EventData``; transitions' own ``callbacks`` would also resolve each by
+    name and log each call at INFO.
+    """
+
+    transition_cls = _RowTransition
+
+    def callbacks(self, funcs: Iterable[Callback], event_data: EventData) -> None:
+        for func in funcs:
+            func(event_data)  # type: ignore[operator]
+
+
+class _Model:
+    """What ``transitions`` drives: it holds the current state's value.
+
+    A plain string: transitions would otherwise go through Enum's slow
+    ``name`` property on every lookup. Triggers and ``is_*`` helpers that
+    transitions binds land here, never on :class:`ConnectionMachine`.
+    """
+
+    state: str
 
 
 class ConnectionMachine:
     """The connection state machine: feed it inputs, it asks effects to act.
+
+    Every input goes through ``transitions``: the rows of :data:`TABLE` are
+    its transitions, each row's actions its callbacks (``prepare`` for the
+    notes, ``before`` and ``after`` for the rest).
 
     Args:
         effects: the port through which actions are performed.
@@ -428,41 +178,42 @@ class ConnectionMachine:
         self.attempt = 0
         self._failures = 0
         self._session = _Session()
-        self._last_delay: float | None = None
-        #: The ``transitions`` machine's state: the value of a ConnectionState.
-        #: Plain strings keep transitions off Enum's slow ``name`` property.
-        self.fsm_state: str = ConnectionState.DISCONNECTED.value
+        self._retry_delay = 0.0
+        #: The transition being made, for the listeners (the transcript may
+        #: have trimmed it already when its limit is tiny).
+        self._made: Transition | None = None
         self.transcript: list[Transition] = []
         self.journal: list[JournalEntry] = []
-        self._busy = 0
         self.record_journal = record_journal
         self.transcript_limit = transcript_limit
         #: The table row that handled the last input (for tests and logs).
         self.last_row: Row | None = None
         self._listeners: list[Callable[[Transition], None]] = []
-        self._fsm = Machine(
-            model=self,
+        self._model = _Model()
+        fsm = _TableMachine(
+            model=self._model,
             states=[state.value for state in ConnectionState],
             initial=ConnectionState.DISCONNECTED.value,
-            transitions=[self._spec(row) for row in TABLE],
+            transitions=self._specs(),
             auto_transitions=False,
             queued=True,
             send_event=True,
             ignore_invalid_triggers=False,
-            model_attribute="fsm_state",
         )
         for state in ConnectionState:
             entry = getattr(self, f"_enter_{state.value}", None)
             if entry is not None:
-                self._fsm.get_state(state.value).add_callback("enter", entry)
+                fsm.get_state(state.value).add_callback("enter", entry)
             leave = getattr(self, f"_exit_{state.value}", None)
             if leave is not None:
-                self._fsm.get_state(state.value).add_callback("exit", leave)
+                fsm.get_state(state.value).add_callback("exit", leave)
+        #: Each input's ``transitions`` event, by the input's value.
+        self._events = {kind.value: fsm.events[kind.value] for kind in InputKind}
 
     @property
     def state(self) -> ConnectionState:
         """The current state."""
-        return _STATE_BY_VALUE[self.fsm_state]
+        return _STATE_BY_VALUE[self._model.state]
 
     # -- public ------------------------------------------------------------------
 
@@ -473,7 +224,7 @@ class ConnectionMachine:
 
     @property
     def broken_farms(self) -> frozenset[str]:
-        """The data farms currently reported broken."""
+        """The data farms noted as broken in this session."""
         return frozenset(self._session.broken_farms)
 
     def add_listener(self, listener: Callable[[Transition], None]) -> None:
@@ -498,21 +249,8 @@ class ConnectionMachine:
         """
         if not isinstance(inp, Input) or not isinstance(inp.kind, InputKind):
             raise UsageError(f"not a machine input: {inp!r}")
-        self._absorb(inp)
-        trigger = inp.kind._value_
-        quiet = _QUIET_ROWS.get((self.fsm_state, trigger))
-        if quiet is not None and not self._busy:
-            # A row that neither moves, guards nor acts (an ignore, or a fact
-            # already absorbed): same outcome, without a pass through
-            # transitions. Farm notices arrive at every connect.
-            self._record(quiet, _Event({"inp": inp}))
-            return self.state
-        self._busy += 1
-        try:
-            self.trigger(trigger, inp=inp)  # type: ignore[attr-defined]
-        finally:
-            self._busy -= 1
-        return self.state
+        self._events[inp.kind._value_].trigger(self._model, inp=inp)
+        return _STATE_BY_VALUE[self._model.state]
 
     def fire(self, kind: InputKind, message: str = "", **fields: Any) -> ConnectionState:
         """Shorthand for ``handle(Input(kind, message=message, **fields))``."""
@@ -520,21 +258,34 @@ class ConnectionMachine:
 
     # -- derived from the table ---------------------------------------------------
 
-    def _spec(self, row: Row) -> dict[str, Any]:
-        actions = tuple(getattr(self, f"_do_{action}") for action in row.actions)
-        spec: dict[str, Any] = {
-            "trigger": row.input.value,
-            "source": row.source.value,
-            "dest": None if row.dest is None else row.dest.value,
-            "before": [partial(self._record, row)],
-            "after": [partial(self._act, row, actions)],
-        }
-        if row.guard is not None:
-            name = row.guard.lstrip("!")
-            spec["unless" if row.guard.startswith("!") else "conditions"] = [
-                getattr(self, f"_guard_{name}")
-            ]
-        return spec
+    def _specs(self) -> list[dict[str, Any]]:
+        """The table as ``transitions`` transitions; actions become callbacks."""
+        specs = []
+        tried: set[tuple[ConnectionState, InputKind]] = set()
+        for row in TABLE:
+            def callbacks(phase: Phase, row: Row = row) -> list[Callable[[EventData], None]]:
+                return [getattr(self, f"_do_{name}") for name in row.actions_in(phase)]
+
+            # The notes are the same on every row of a (state, input): noting
+            # them before the first row's guard is enough.
+            first = (row.source, row.input) not in tried
+            tried.add((row.source, row.input))
+            spec: dict[str, Any] = {
+                "trigger": row.input.value,
+                "source": row.source.value,
+                "dest": None if row.dest is None else row.dest.value,
+                "prepare": callbacks(Phase.NOTE) if first else [],
+                "before": [*callbacks(Phase.BEFORE), partial(self._record, row)],
+                "after": callbacks(Phase.AFTER)
+                + ([self._notify] if row.dest is not None else []),
+            }
+            if row.guard is not None:
+                name = row.guard.lstrip("!")
+                spec["unless" if row.guard.startswith("!") else "conditions"] = [
+                    getattr(self, f"_guard_{name}")
+                ]
+            specs.append(spec)
+        return specs
 
     # -- guards ---------------------------------------------------------------------
 
@@ -544,63 +295,33 @@ class ConnectionMachine:
     def _guard_farms_broken(self, event: EventData) -> bool:
         return bool(self._session.broken_farms) or self._session.server_link_broken
 
-    def _guard_link_down(self, event: EventData) -> bool:
-        return self._session.link_down
+    def _guard_link_lost(self, event: EventData) -> bool:
+        return self._session.link_lost
 
-    # -- facts, recorded before the table is consulted --------------------------------
+    # -- recording --------------------------------------------------------------------
 
-    def _absorb(self, inp: Input) -> None:
-        session = self._session
-        kind = inp.kind
-        if kind is InputKind.FARM_BROKEN and inp.farm:
-            session.broken_farms.add(inp.farm)
-        elif kind is InputKind.FARM_OK and inp.farm:
-            session.broken_farms.discard(inp.farm)
-        elif kind is InputKind.SERVER_LINK_BROKEN:
-            session.server_link_broken = True
-        elif kind is InputKind.CONNECTIVITY_LOST:
-            session.link_down = True
-        elif kind in (InputKind.RESTORED_DATA_LOST, InputKind.RESTORED_DATA_KEPT):
-            session.link_down = False
-            session.server_link_broken = False
-        elif kind is InputKind.PORT_RESET and inp.port is not None:
-            if inp.port != self.port:
-                logger.warning("API port reset: next attempt uses port %d (was %d)",
-                               inp.port, self.port)
-            self.port = inp.port
-
-    # -- transition callbacks -----------------------------------------------------
-
-    def _record(self, row: Row, event: EventData | _Event) -> None:
+    def _record(self, row: Row, event: EventData) -> None:
+        """Journal the input and, for a move, record and log the transition."""
         inp: Input = event.kwargs["inp"]
         self.last_row = row
         now = self._clock.monotonic()
+        source = _STATE_BY_VALUE[self._model.state]
         if self.record_journal:
-            dest = row.dest if row.dest is not None else self.state
-            self.journal.append(JournalEntry(now, inp, dest))
+            self.journal.append(JournalEntry(now, inp, row.dest or source))
         if row.dest is None:
             # Farm notices take this path at every connect: build nothing
             # unless the line is wanted.
             if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("%s in %s: %s%s", inp.kind.value, self.fsm_state,
+                logger.debug("%s in %s: %s%s", inp.kind.value, self._model.state,
                              "ignored, " if row.ignored else "", row.note)
             return
         cause = inp.message or row.note
-        if row.dest is ConnectionState.CONNECTING:
-            # The attempt counter moves when the attempt starts, so it is
-            # visible in the transition that starts it. A user's connect
-            # starts a fresh series.
-            if inp.kind is InputKind.CONNECT:
-                self._do_reset_backoff()
-            self.attempt += 1
-        delay = None
-        if row.dest is ConnectionState.BACKOFF:
-            delay = self._next_delay(inp)
-        self._last_delay = delay
+        delay = self._retry_delay if row.dest is ConnectionState.BACKOFF else None
         transition = Transition(
-            source=self.state, dest=row.dest, trigger=inp.kind, at=now,
+            source=source, dest=row.dest, trigger=inp.kind, at=now,
             cause=cause, code=inp.code, attempt=self.attempt, delay=delay,
         )
+        self._made = transition
         self.transcript.append(transition)
         limit = self.transcript_limit
         if limit is not None and len(self.transcript) > limit:
@@ -618,25 +339,16 @@ class ConnectionMachine:
             extra={"ibkr": transition.to_json()},
         )
 
-    def _act(self, row: Row, actions: tuple[Callable[[], None], ...], event: EventData) -> None:
-        for action in actions:
-            action()
-        if row.dest is not None and self.transcript:
-            transition = self.transcript[-1]
-            for listener in list(self._listeners):
-                try:
-                    listener(transition)
-                except Exception:
-                    logger.exception("state change listener %r failed", listener)
-
-    def _next_delay(self, inp: Input) -> float:
-        if inp.kind is InputKind.PORT_RESET:
-            return 0.0
-        self._failures += 1
-        costly = inp.costly or inp.kind in (
-            InputKind.CLIENT_ID_IN_USE, InputKind.HEARTBEAT_MISSED, InputKind.RESTORE_TIMEOUT,
-        )
-        return self.policy.backoff.delay(self._failures, costly, self._rng)
+    def _notify(self, event: EventData) -> None:
+        """Tell the listeners about the transition just made (after its actions)."""
+        transition = self._made
+        if transition is None:  # pragma: no cover - _record runs before every move
+            return
+        for listener in list(self._listeners):
+            try:
+                listener(transition)
+            except Exception:
+                logger.exception("state change listener %r failed", listener)
 
     def _effect(self, name: str, *args: Any) -> None:
         try:
@@ -644,26 +356,67 @@ class ConnectionMachine:
         except Exception:
             logger.exception("effect %s failed (effects must not raise)", name)
 
-    # -- actions named in the table ---------------------------------------------------
+    # -- actions named in the table: notes ----------------------------------------------
 
-    def _do_reset_backoff(self) -> None:
+    def _do_note_farm_broken(self, event: EventData) -> None:
+        farm = event.kwargs["inp"].farm
+        if farm:
+            self._session.broken_farms.add(farm)
+
+    def _do_note_farm_ok(self, event: EventData) -> None:
+        farm = event.kwargs["inp"].farm
+        if farm:
+            self._session.broken_farms.discard(farm)
+
+    def _do_note_server_link_broken(self, event: EventData) -> None:
+        self._session.server_link_broken = True
+
+    def _do_note_link_lost(self, event: EventData) -> None:
+        self._session.link_lost = True
+
+    def _do_note_link_restored(self, event: EventData) -> None:
+        self._session.link_lost = False
+        self._session.server_link_broken = False
+
+    def _do_note_port(self, event: EventData) -> None:
+        port = event.kwargs["inp"].port
+        if port is None:
+            return
+        if port != self.port:
+            logger.warning("API port reset: next attempt uses port %d (was %d)", port, self.port)
+        self.port = port
+
+    # -- actions named in the table: attempts and delays ----------------------------------
+
+    def _do_first_attempt(self, event: EventData) -> None:
+        self._reset_counters()
+        self.attempt = 1
+
+    def _do_count_attempt(self, event: EventData) -> None:
+        self.attempt += 1
+
+    def _do_draw_delay(self, event: EventData) -> None:
+        self._draw(costly=event.kwargs["inp"].costly)
+
+    def _do_draw_costly_delay(self, event: EventData) -> None:
+        self._draw(costly=True)
+
+    def _draw(self, costly: bool) -> None:
+        self._failures += 1
+        self._retry_delay = self.policy.backoff.delay(self._failures, costly, self._rng)
+
+    def _do_retry_at_once(self, event: EventData) -> None:
+        self._retry_delay = 0.0
+
+    def _do_reset_backoff(self, event: EventData) -> None:
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
         self.attempt = 0
         self._failures = 0
         self._same_id_failures = 0
 
-    def _do_select_account(self) -> None:
-        self._effect("select_account")
-
-    def _do_restore_subscriptions(self) -> None:
-        self._effect("restore_subscriptions")
-
-    def _do_start_heartbeat(self) -> None:
-        self._effect("start_heartbeat")
-
-    def _do_note_fact(self) -> None:
-        """The fact was recorded by ``_absorb``; the row only documents it."""
-
-    def _do_next_client_id(self) -> None:
+    def _do_next_client_id(self, event: EventData) -> None:
         self._same_id_failures += 1
         if self._same_id_failures <= self.policy.same_client_id_retries:
             logger.warning("client id %d in use: retrying the same id", self.client_id)
@@ -675,6 +428,17 @@ class ConnectionMachine:
         old = self.client_id
         self._client_index = (self._client_index + 1) % len(self.client_ids)
         logger.warning("client id %d in use: falling back to client id %d", old, self.client_id)
+
+    # -- actions named in the table: effects -----------------------------------------------
+
+    def _do_select_account(self, event: EventData) -> None:
+        self._effect("select_account")
+
+    def _do_restore_subscriptions(self, event: EventData) -> None:
+        self._effect("restore_subscriptions")
+
+    def _do_start_heartbeat(self, event: EventData) -> None:
+        self._effect("start_heartbeat")
 
     # -- entry and exit actions -------------------------------------------------------
 
@@ -697,7 +461,7 @@ class ConnectionMachine:
     def _enter_backoff(self, event: EventData) -> None:
         self._effect("stop_heartbeat")
         self._effect("tear_down")
-        self._effect("schedule_retry", self._last_delay or 0.0)
+        self._effect("schedule_retry", self._retry_delay)
 
     def _exit_backoff(self, event: EventData) -> None:
         self._effect("cancel_retry")
@@ -719,6 +483,37 @@ class ConnectionMachine:
         self._effect("cancel_restore_timer")
 
 
-def outcome(state: ConnectionState, kind: InputKind) -> list[Row]:
-    """Return the rows declared for (state, input), in the order they are tried."""
-    return [row for row in TABLE if row.source is state and row.input is kind]
+def __getattr__(name: str) -> Any:
+    """Serve :func:`~ibkr_connection.journal.replay_journal` from here too.
+
+    The journal module builds machines, so it imports this one: importing it
+    back at the top would be circular.
+    """
+    if name == "replay_journal":
+        from ibkr_connection.journal import replay_journal
+
+        return replay_journal
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ACTIONS",
+    "DELAY_ACTIONS",
+    "GUARDS",
+    "SESSION_STATES",
+    "TABLE",
+    "USABLE_STATES",
+    "Action",
+    "ConnectionMachine",
+    "ConnectionState",
+    "Effects",
+    "Input",
+    "InputKind",
+    "JournalEntry",
+    "Phase",
+    "Row",
+    "Transition",
+    "check_table",
+    "outcome",
+    "replay_journal",
+]

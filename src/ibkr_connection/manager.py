@@ -1,13 +1,16 @@
-"""The asyncio driver: binds the connection machine to a real ``IB`` object.
+"""The connection manager: what a bot holds to keep one ``IB`` connected.
 
-:class:`ConnectionManager` owns every task and timer. It turns IB's callbacks
-(``errorEvent``, ``disconnectedEvent``) and the results of its own attempts,
-timers and heartbeat probes into machine inputs, and performs the effects the
-machine's actions ask for. Order, tick and position messages never pass
-through it: the only handlers it adds to ``IB`` are for errors, disconnects and
-order requests (new orders keep the order-id high-water mark; new orders,
-modifications and cancels feed the tracker of orders caught by a dropped
-session, :mod:`ibkr_connection.inflight`).
+:class:`ConnectionManager` ties three parts together and gives the bot their
+public face: the :class:`~ibkr_connection.machine.ConnectionMachine` (the
+decisions), the :class:`~ibkr_connection.driver.Driver` (the effects on
+asyncio, and IB's callbacks turned into inputs) and the
+:class:`~ibkr_connection.subscriptions.SubscriptionRegistry`. It adds the
+lifecycle (``start``/``stop`` and their blocking twins), waiting for a state,
+the subscription calls, the journal and the events a bot listens to.
+
+Blocking twins: ``connect()`` and ``disconnect()`` block (they run the event
+loop); ``connect_async()`` and ``disconnect_async()`` are their coroutines,
+also known as ``start()`` and ``stop()`` (what ``async with`` calls).
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from typing import IO, Any, TypeVar
 from eventkit import Event
 
 from ibkr_connection import adapter, codes
-from ibkr_connection.clock import Clock, SystemClock, TimerHandle
-from ibkr_connection.config import ConnectionConfig, mask_account
+from ibkr_connection.clock import Clock, SystemClock
+from ibkr_connection.config import ConnectionConfig
+from ibkr_connection.driver import Driver
 from ibkr_connection.errors import (
-    AccountError,
     ConnectFailedError,
     FatalConnectError,
     ManagerStoppedError,
@@ -36,6 +39,7 @@ from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.journal import JournalWriter, replay_journal
 from ibkr_connection.machine import (
     SESSION_STATES,
+    USABLE_STATES,
     ConnectionMachine,
     ConnectionState,
     Transition,
@@ -52,9 +56,6 @@ from ibkr_connection.subscriptions import (
 logger = logging.getLogger(__name__)
 
 _S = TypeVar("_S", bound=Subscription)
-
-#: States in which requests and orders can be sent.
-USABLE_STATES = (ConnectionState.CONNECTED, ConnectionState.DEGRADED)
 
 
 class ConnectionManager:
@@ -102,7 +103,7 @@ class ConnectionManager:
         journal: str | Path | IO[str] | None = None,
     ) -> None:
         self.ib = ib
-        self.config = config or ConnectionConfig()
+        config = config or ConnectionConfig()
         self._clock = clock or SystemClock()
         self.stateChangeEvent = Event("stateChangeEvent")
         self.subscriptionRestoredEvent = Event("subscriptionRestoredEvent")
@@ -113,9 +114,8 @@ class ConnectionManager:
         self.in_flight = InFlightOrders()
         self.subscriptions = SubscriptionRegistry(
             on_failed=self.subscriptionFailedEvent.emit, on_restored=self._on_restored)
-        #: The account selected for this session.
-        self.account = ""
-        self._driver = _Driver(self)
+        self._driver = Driver(ib, config, self._clock, self._feed, self.subscriptions,
+                              self.heartbeatEvent.emit)
         self._machine = ConnectionMachine(
             self._driver, self._clock, port=self.config.port,
             client_ids=self.config.client_ids, policy=self.config.policy,
@@ -133,18 +133,32 @@ class ConnectionManager:
         if self.config.readonly:
             self._allow_orders = adapter.refuse_orders(
                 ib, "the session is read-only (readonly=True / IBKR_READONLY)")
-        ib.errorEvent += self._on_ib_error
-        ib.disconnectedEvent += self._on_ib_disconnected
+        self._driver.bind()
+        # Order requests feed the in-flight tracker; they fire only when the
+        # bot acts, never for ticks, statuses or positions.
         ib.newOrderEvent += self._on_new_order
         ib.orderModifyEvent += self._on_order_modified
         ib.cancelOrderEvent += self._on_cancel_requested
-        self._unwatch_ids = adapter.watch_request_ids(ib, self._driver.note_request_id)
         self._unquiet_logs: Callable[[], None] | None = None
         if self.config.quiet_client_logs:
             self._unquiet_logs = adapter.manage_client_logs(
                 ib, lambda code: codes.lookup(code) is not None)
 
     # -- state ----------------------------------------------------------------------
+
+    @property
+    def config(self) -> ConnectionConfig:
+        """The settings; a new value takes effect at the next attempt.
+
+        The machine keeps the port, client ids and policy it was built with
+        (a 1300 moves the port); the driver reads the rest (host, timeouts,
+        account, readonly for the startup sync) at each attempt.
+        """
+        return self._driver.config
+
+    @config.setter
+    def config(self, value: ConnectionConfig) -> None:
+        self._driver.config = value
 
     @property
     def state(self) -> ConnectionState:
@@ -167,6 +181,11 @@ class ConnectionManager:
         return self._machine.state in USABLE_STATES
 
     @property
+    def account(self) -> str:
+        """The account selected for this session (empty before the first one)."""
+        return self._driver.account
+
+    @property
     def stopped(self) -> bool:
         """True once :meth:`stop` was called."""
         return self._stopped
@@ -179,7 +198,7 @@ class ConnectionManager:
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self, timeout: float | None = None) -> None:
-        """Connect and return once the session is usable.
+        """Connect and return once the session is usable (also :meth:`connect_async`).
 
         Args:
             timeout: give up waiting after this many seconds (the manager
@@ -202,7 +221,10 @@ class ConnectionManager:
             raise self._failure_error()
 
     async def stop(self) -> None:
-        """Disconnect; no reconnect ever happens after this. Idempotent."""
+        """Disconnect; no reconnect ever happens after this (also :meth:`disconnect_async`).
+
+        Idempotent.
+        """
         if self._stopped:
             return
         self._feed(Input(InputKind.DISCONNECT, message="stop() called"))
@@ -220,13 +242,16 @@ class ConnectionManager:
             # clean-up must happen here.
             self._release()
 
+    #: The coroutine twin of :meth:`connect`: :meth:`start` under the convention's name.
+    connect_async = start
+    #: The coroutine twin of :meth:`disconnect`: :meth:`stop` under the convention's name.
+    disconnect_async = stop
+
     def _release(self) -> None:
-        self.ib.errorEvent -= self._on_ib_error
-        self.ib.disconnectedEvent -= self._on_ib_disconnected
+        self._driver.release()
         self.ib.newOrderEvent -= self._on_new_order
         self.ib.orderModifyEvent -= self._on_order_modified
         self.ib.cancelOrderEvent -= self._on_cancel_requested
-        self._unwatch_ids()
         if self._unquiet_logs is not None:
             self._unquiet_logs()
             self._unquiet_logs = None
@@ -238,7 +263,7 @@ class ConnectionManager:
             self._journal.close()
 
     def connect(self, timeout: float | None = None) -> None:
-        """Blocking twin of :meth:`start`, for scripts (runs the event loop).
+        """Connect, blocking: runs :meth:`connect_async` (:meth:`start`) in the event loop.
 
         Raises:
             UsageError: called while an event loop runs (use ``await start()``).
@@ -261,7 +286,7 @@ class ConnectionManager:
                 logger.debug("connect() interrupted by a closing socket; waiting on")
 
     def disconnect(self) -> None:
-        """Blocking twin of :meth:`stop`.
+        """Disconnect, blocking: runs :meth:`disconnect_async` (:meth:`stop`) in the event loop.
 
         Raises:
             UsageError: called while an event loop runs (use ``await stop()``).
@@ -393,36 +418,6 @@ class ConnectionManager:
             self._flush_journal()
         return self._machine.state
 
-    def _on_ib_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
-        info = codes.lookup(code)
-        if info is None:
-            if req_id < 0:
-                logger.warning("IB code %d (not in the code table, no state change): %s",
-                               code, message)
-            return
-        logger.log(info.level, "IB %d (%s): %s", code, info.meaning, message)
-        inp = codes.classify(code, message)
-        if inp is not None:
-            self._feed(inp)
-
-    def _on_ib_disconnected(self) -> None:
-        if self._driver.attempt_running:
-            # The attempt reports its own failure, with the right classification.
-            return
-        self._feed(Input(InputKind.SOCKET_CLOSED, message="API socket closed"))
-
-    def _on_new_order(self, trade: Any) -> None:
-        order_id = int(getattr(trade.order, "orderId", 0) or 0)
-        if order_id >= self._driver.high_water:
-            self._driver.high_water = order_id + 1
-        self.in_flight.sent(trade, PLACE)
-
-    def _on_order_modified(self, trade: Any) -> None:
-        self.in_flight.sent(trade, MODIFY)
-
-    def _on_cancel_requested(self, trade: Any) -> None:
-        self.in_flight.sent(trade, CANCEL)
-
     def _on_transition(self, transition: Transition) -> None:
         if transition.dest is ConnectionState.FAILED and self._failure is None:
             self._failure = self._driver.last_error
@@ -434,6 +429,17 @@ class ConnectionManager:
         for targets, future in list(self._waiters):
             if transition.dest in targets and not future.done():
                 future.set_result(transition.dest)
+
+    # -- orders caught by a dropped session ---------------------------------------------
+
+    def _on_new_order(self, trade: Any) -> None:
+        self.in_flight.sent(trade, PLACE)
+
+    def _on_order_modified(self, trade: Any) -> None:
+        self.in_flight.sent(trade, MODIFY)
+
+    def _on_cancel_requested(self, trade: Any) -> None:
+        self.in_flight.sent(trade, CANCEL)
 
     def _orders_session_ended(self) -> None:
         trades = self.in_flight.session_ended()
@@ -485,265 +491,6 @@ class ConnectionManager:
         self._machine.journal.clear()
 
 
-class _Driver:
-    """The machine's effects, performed on asyncio: tasks, timers, socket."""
-
-    def __init__(self, manager: ConnectionManager) -> None:
-        self._m = manager
-        self._attempt_task: asyncio.Task[None] | None = None
-        self._retry: TimerHandle | None = None
-        self._restore: TimerHandle | None = None
-        self._heartbeat: TimerHandle | None = None
-        self._probe_task: asyncio.Task[None] | None = None
-        self._heartbeat_on = False
-        self._last_count = -1
-        self._last_activity = 0.0
-        self._fresh_session = True
-        self._pending_account_request = ""
-        self.high_water = 0
-        self.last_error: Exception | None = None
-
-    @property
-    def attempt_running(self) -> bool:
-        task = self._attempt_task
-        return task is not None and not task.done()
-
-    # -- attempts -------------------------------------------------------------------
-
-    def start_attempt(self, attempt: int, client_id: int, port: int) -> None:
-        self._cancel_attempt()
-        self._attempt_task = asyncio.ensure_future(self._attempt(attempt, client_id, port))
-
-    async def _attempt(self, attempt: int, client_id: int, port: int) -> None:
-        manager = self._m
-        config = manager.config
-        ib = manager.ib
-        logger.info("attempt %d: connecting to %s:%d with client id %d",
-                    attempt, config.host, port, client_id)
-        try:
-            if adapter.transport_open(ib):
-                await adapter.wait_transport_closed(ib)
-            await adapter.connect_session(
-                ib, host=config.host, port=port, client_id=client_id,
-                timeout=config.connect_timeout, readonly=config.readonly,
-                account=config.account,
-            )
-            account = self._choose_account()
-        except asyncio.CancelledError:
-            raise
-        except AccountError as exc:
-            self.last_error = exc
-            self._attempt_task = None
-            logger.error("attempt %d: %s; not retrying", attempt, exc)
-            # The fatal error goes in before the socket is closed: the close
-            # that follows must meet ``failed`` (where it is ignored), never
-            # ``connecting`` (where it would read as a dead gateway).
-            manager._feed(Input(InputKind.FATAL_ERROR, message=str(exc)))
-            adapter.safe_disconnect(ib)
-            return
-        except Exception as exc:
-            self._attempt_task = None
-            self._attempt_failed(exc)
-            return
-        self._attempt_task = None
-        manager.account = account
-        self._pending_account_request = account if account != config.account and len(
-            adapter.managed_accounts(ib)) > 1 else ""
-        self._fresh_session = True
-        self._apply_high_water()
-        manager._feed(Input(InputKind.ATTEMPT_SUCCEEDED, message=(
-            f"connected to {config.host}:{port} as client {client_id}, account "
-            f"{self._show(account)}"
-        )))
-
-    def _attempt_failed(self, exc: Exception) -> None:
-        if isinstance(exc, ConnectionRefusedError):
-            costly, what = False, "connection refused"
-        elif isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-            costly, what = True, "timed out"
-        elif isinstance(exc, adapter.SyncIncompleteError):
-            costly, what = True, "startup sync incomplete"
-        elif isinstance(exc, ConnectionError):
-            costly, what = True, "socket broke during the handshake or sync"
-        elif isinstance(exc, OSError):
-            costly, what = False, "socket error"
-        else:
-            costly, what = True, "unexpected error"
-            logger.error("connection attempt raised %r", exc, exc_info=exc)
-        self.last_error = exc
-        # Classified failure first, then the close (which ``backoff`` ignores).
-        self._m._feed(Input(InputKind.ATTEMPT_FAILED, message=f"{what}: {exc!r}", costly=costly))
-        adapter.safe_disconnect(self._m.ib)
-
-    def _choose_account(self) -> str:
-        config = self._m.config
-        managed = adapter.managed_accounts(self._m.ib)
-        if config.account:
-            if config.account not in managed:
-                raise AccountError(
-                    f"account {self._show(config.account)} is not managed by this login "
-                    f"(managed: {', '.join(self._show(a) for a in managed) or 'none'})"
-                )
-            return config.account
-        if len(managed) == 1:
-            return managed[0]
-        if not managed:
-            raise AccountError("the gateway reported no managed accounts")
-        if config.account_fallback == "first":
-            return managed[0]
-        raise AccountError(
-            f"this login manages {len(managed)} accounts "
-            f"({', '.join(self._show(a) for a in managed)}); set the account "
-            "(IBKR_ACCOUNT) or account_fallback='first'"
-        )
-
-    def _show(self, account: str) -> str:
-        return mask_account(account) if self._m.config.mask_accounts else account
-
-    def _cancel_attempt(self) -> None:
-        task = self._attempt_task
-        self._attempt_task = None
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
-
-    def note_request_id(self, next_id: int) -> None:
-        """Raise the high-water mark to the client's counter (read as it is zeroed)."""
-        if next_id > self.high_water:
-            self.high_water = next_id
-
-    def _apply_high_water(self) -> None:
-        ib = self._m.ib
-        current = adapter.next_request_id(ib)
-        if current < self.high_water:
-            logger.warning(
-                "gateway's next valid id %d is below the high-water mark %d: "
-                "keeping ids moving forward", current, self.high_water,
-            )
-            adapter.raise_request_id(ib, self.high_water)
-        self.high_water = max(self.high_water, current)
-
-    # -- timers -----------------------------------------------------------------------
-
-    def schedule_retry(self, delay: float) -> None:
-        self.cancel_retry()
-        self._retry = self._m._clock.call_later(delay, self._retry_due)
-
-    def _retry_due(self) -> None:
-        self._retry = None
-        self._m._feed(Input(InputKind.RETRY_DUE))
-
-    def cancel_retry(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
-
-    def start_restore_timer(self, timeout: float) -> None:
-        self.cancel_restore_timer()
-        self._restore = self._m._clock.call_later(timeout, self._restore_due)
-
-    def _restore_due(self) -> None:
-        self._restore = None
-        self._m._feed(Input(InputKind.RESTORE_TIMEOUT,
-                            message="TWS did not restore its link to IB in time"))
-
-    def cancel_restore_timer(self) -> None:
-        if self._restore is not None:
-            self._restore.cancel()
-            self._restore = None
-
-    # -- session ----------------------------------------------------------------------
-
-    def select_account(self) -> None:
-        manager = self._m
-        logger.info("using account %s", self._show(manager.account))
-        if self._pending_account_request:
-            # ib_insync subscribes account updates itself only for a single
-            # account or an explicit one; with "first" we ask for it.
-            try:
-                adapter.request_account_updates(manager.ib, self._pending_account_request)
-            except (ConnectionError, OSError) as exc:
-                logger.warning("account updates request failed: %r", exc)
-
-    def restore_subscriptions(self) -> None:
-        manager = self._m
-        fresh = self._fresh_session
-        self._fresh_session = False
-        count = manager.subscriptions.issue_all(manager.ib, fresh)
-        if count:
-            logger.info("issued %d subscription(s) %s", count,
-                        "on the new session" if fresh else "again after data loss")
-
-    # -- heartbeat --------------------------------------------------------------------
-
-    def start_heartbeat(self) -> None:
-        self.stop_heartbeat()
-        self._heartbeat_on = True
-        self._last_count = -1
-        self._last_activity = self._m._clock.monotonic()
-        self._schedule_tick()
-
-    def _schedule_tick(self) -> None:
-        interval = min(0.5, self._m.config.heartbeat_idle / 4)
-        self._heartbeat = self._m._clock.call_later(interval, self._tick)
-
-    def _tick(self) -> None:
-        if not self._heartbeat_on:
-            return
-        manager = self._m
-        now = manager._clock.monotonic()
-        count = adapter.received_messages(manager.ib)
-        if count != self._last_count:
-            self._last_count = count
-            self._last_activity = now
-        elif (now - self._last_activity >= manager.config.heartbeat_idle
-              and self._probe_task is None):
-            self._probe_task = asyncio.ensure_future(self._probe())
-        self._schedule_tick()
-
-    async def _probe(self) -> None:
-        manager = self._m
-        timeout = manager.config.heartbeat_timeout
-        started = manager._clock.monotonic()
-        try:
-            await asyncio.wait_for(manager.ib.reqCurrentTimeAsync(), timeout)
-        except asyncio.CancelledError:
-            raise
-        except (asyncio.TimeoutError, TimeoutError):
-            self._probe_task = None
-            if self._heartbeat_on:
-                manager._feed(Input(
-                    InputKind.HEARTBEAT_MISSED,
-                    message=f"no answer to a heartbeat probe within {timeout:g}s",
-                ))
-            return
-        except (ConnectionError, OSError) as exc:
-            # The socket is going away; disconnectedEvent reports it.
-            logger.debug("heartbeat probe failed: %r", exc)
-        else:
-            rtt = manager._clock.monotonic() - started
-            self._last_activity = manager._clock.monotonic()
-            manager.heartbeatEvent.emit(rtt)
-        self._probe_task = None
-
-    def stop_heartbeat(self) -> None:
-        self._heartbeat_on = False
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            self._heartbeat = None
-        task = self._probe_task
-        self._probe_task = None
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
-
-    # -- socket -----------------------------------------------------------------------
-
-    def tear_down(self) -> None:
-        self._cancel_attempt()
-        ib = self._m.ib
-        self.high_water = max(self.high_water, adapter.next_request_id(ib))
-        adapter.safe_disconnect(ib)
-
-
 def refuse_inside_loop(what: str, instead: str) -> None:
     """Raise :class:`UsageError` if an event loop runs in this thread.
 
@@ -761,4 +508,4 @@ def refuse_inside_loop(what: str, instead: str) -> None:
     )
 
 
-__all__ = ["USABLE_STATES", "ConnectionManager", "replay_journal"]
+__all__ = ["USABLE_STATES", "ConnectionManager", "refuse_inside_loop", "replay_journal"]

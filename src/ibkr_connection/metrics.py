@@ -41,8 +41,8 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
     ) from exc
 
 from ibkr_connection.errors import ConfigError
-from ibkr_connection.health import METRICS_CONTENT_TYPE, USABLE_STATES, HealthServer
-from ibkr_connection.machine import ConnectionState, Transition
+from ibkr_connection.health import METRICS_CONTENT_TYPE, HealthServer
+from ibkr_connection.machine import USABLE_STATES, ConnectionState, Transition
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,354 @@
+"""The asyncio driver: the connection machine's effects, performed on a real ``IB``.
+
+:class:`Driver` owns every task and timer of one connection. It implements
+the machine's :class:`~ibkr_connection.outputs.Effects` port (attempts,
+timers, the heartbeat, teardown, account selection, subscriptions) and turns
+what happens into machine inputs: IB's callbacks (``errorEvent`` through the
+code table, ``disconnectedEvent``), the results of its attempts (through the
+failure table), its timers and heartbeat probes. It forwards every input (a
+timer or probe it cancelled stays silent); the machine's table decides what
+each one means in the current state. Order, tick
+and position messages never pass through it: the only handlers it adds to
+``IB`` are for errors, disconnects and new orders (to keep the order-id
+high-water mark).
+
+The :class:`~ibkr_connection.manager.ConnectionManager` builds one driver per
+manager and hands it the function that feeds the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ibkr_connection import adapter, codes
+from ibkr_connection.clock import Clock, TimerHandle
+from ibkr_connection.config import ConnectionConfig, mask_account
+from ibkr_connection.errors import AccountError
+from ibkr_connection.inputs import Input, InputKind
+from ibkr_connection.subscriptions import SubscriptionRegistry
+
+logger = logging.getLogger(__name__)
+
+
+class Driver:
+    """The machine's effects, performed on asyncio: attempts, timers, heartbeat, socket.
+
+    Args:
+        ib: the ``ib_insync.IB`` (or ``ib_async.IB``) object to drive.
+        config: where and how to connect.
+        clock: the injected clock; every timer runs on it.
+        feed: feeds one input to the machine (the manager's, which journals it).
+        subscriptions: the registry re-issued on every session.
+        on_heartbeat: called with the round-trip time of an answered probe.
+
+    Attributes:
+        account: the account the last successful attempt selected.
+        high_water: the lowest order id the client may hand out next.
+        last_error: the exception of the last failed attempt.
+    """
+
+    def __init__(
+        self,
+        ib: Any,
+        config: ConnectionConfig,
+        clock: Clock,
+        feed: Callable[[Input], object],
+        subscriptions: SubscriptionRegistry,
+        on_heartbeat: Callable[[float], object],
+    ) -> None:
+        self.ib = ib
+        self.config = config
+        self._clock = clock
+        self._feed = feed
+        self._subscriptions = subscriptions
+        self._on_heartbeat = on_heartbeat
+        self._attempt_task: asyncio.Task[None] | None = None
+        self._retry: TimerHandle | None = None
+        self._restore: TimerHandle | None = None
+        self._heartbeat: TimerHandle | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._heartbeat_on = False
+        self._last_count = -1
+        self._last_activity = 0.0
+        self._fresh_session = True
+        self._pending_account_request = ""
+        self._unwatch_ids: Callable[[], None] | None = None
+        self._unwatch_sync: Callable[[], None] | None = None
+        self._sync_catcher = adapter.SyncTimeoutCatcher()
+        self.account = ""
+        self.high_water = 0
+        self.last_error: Exception | None = None
+
+    # -- IB's callbacks -> inputs -------------------------------------------------------
+
+    def bind(self) -> None:
+        """Add the driver's handlers to the ``IB`` object's events."""
+        ib = self.ib
+        ib.errorEvent += self._on_ib_error
+        ib.disconnectedEvent += self._on_ib_disconnected
+        ib.newOrderEvent += self._on_new_order
+        self._unwatch_ids = adapter.watch_request_ids(ib, self.note_request_id)
+        self._unwatch_sync = adapter.watch_sync_timeouts(ib, self._sync_catcher)
+
+    def release(self) -> None:
+        """Remove every handler :meth:`bind` added."""
+        ib = self.ib
+        ib.errorEvent -= self._on_ib_error
+        ib.disconnectedEvent -= self._on_ib_disconnected
+        ib.newOrderEvent -= self._on_new_order
+        if self._unwatch_ids is not None:
+            self._unwatch_ids()
+            self._unwatch_ids = None
+        if self._unwatch_sync is not None:
+            self._unwatch_sync()
+            self._unwatch_sync = None
+
+    def _on_ib_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
+        info = codes.lookup(code)
+        if info is None:
+            if req_id < 0:
+                logger.warning("IB code %d (not in the code table, no state change): %s",
+                               code, message)
+            return
+        logger.log(info.level, "IB %d (%s): %s", code, info.meaning, message)
+        inp = info.to_input(message)
+        if inp is not None:
+            self._feed(inp)
+
+    def _on_ib_disconnected(self) -> None:
+        # Also while an attempt runs: the table says what a close means then.
+        self._feed(Input(InputKind.SOCKET_CLOSED, message="API socket closed"))
+
+    def _on_new_order(self, trade: Any) -> None:
+        order_id = int(getattr(trade.order, "orderId", 0) or 0)
+        if order_id >= self.high_water:
+            self.high_water = order_id + 1
+
+    def note_request_id(self, next_id: int) -> None:
+        """Raise the high-water mark to the client's counter (read as it is zeroed)."""
+        if next_id > self.high_water:
+            self.high_water = next_id
+
+    # -- attempts -------------------------------------------------------------------
+
+    def start_attempt(self, attempt: int, client_id: int, port: int) -> None:
+        """Start attempt number ``attempt`` as a task; its result comes back as an input."""
+        self._cancel_attempt()
+        self._attempt_task = asyncio.ensure_future(self._attempt(attempt, client_id, port))
+
+    async def _attempt(self, attempt: int, client_id: int, port: int) -> None:
+        config = self.config
+        ib = self.ib
+        logger.info("attempt %d: connecting to %s:%d with client id %d",
+                    attempt, config.host, port, client_id)
+        try:
+            if adapter.transport_open(ib):
+                await adapter.wait_transport_closed(ib)
+            await adapter.connect_session(
+                ib, host=config.host, port=port, client_id=client_id,
+                timeout=config.connect_timeout, readonly=config.readonly,
+                account=config.account, catcher=self._sync_catcher,
+            )
+            account = self._choose_account()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._attempt_task = None
+            self._attempt_failed(attempt, exc)
+            return
+        self._attempt_task = None
+        self.account = account
+        self._pending_account_request = account if account != config.account and len(
+            adapter.managed_accounts(ib)) > 1 else ""
+        self._fresh_session = True
+        self._apply_high_water()
+        self._feed(Input(InputKind.ATTEMPT_SUCCEEDED, message=(
+            f"connected to {config.host}:{port} as client {client_id}, account "
+            f"{self._show(account)}"
+        )))
+
+    def _attempt_failed(self, attempt: int, exc: Exception) -> None:
+        info, inp = codes.classify_failure(exc)
+        self.last_error = exc
+        if info.traceback:
+            logger.error("connection attempt raised %r", exc, exc_info=exc)
+        if inp.kind is InputKind.FATAL_ERROR:
+            logger.error("attempt %d: %s; not retrying", attempt, exc)
+        # The classified failure goes in before the socket is closed: the close
+        # that follows meets ``backoff`` or ``failed``, where it is ignored.
+        self._feed(inp)
+        adapter.safe_disconnect(self.ib)
+
+    def _choose_account(self) -> str:
+        config = self.config
+        managed = adapter.managed_accounts(self.ib)
+        if config.account:
+            if config.account not in managed:
+                raise AccountError(
+                    f"account {self._show(config.account)} is not managed by this login "
+                    f"(managed: {', '.join(self._show(a) for a in managed) or 'none'})"
+                )
+            return config.account
+        if len(managed) == 1:
+            return managed[0]
+        if not managed:
+            raise AccountError("the gateway reported no managed accounts")
+        if config.account_fallback == "first":
+            return managed[0]
+        raise AccountError(
+            f"this login manages {len(managed)} accounts "
+            f"({', '.join(self._show(a) for a in managed)}); set the account "
+            "(IBKR_ACCOUNT) or account_fallback='first'"
+        )
+
+    def _show(self, account: str) -> str:
+        return mask_account(account) if self.config.mask_accounts else account
+
+    def _cancel_attempt(self) -> None:
+        task = self._attempt_task
+        self._attempt_task = None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+
+    def _apply_high_water(self) -> None:
+        ib = self.ib
+        current = adapter.next_request_id(ib)
+        if current < self.high_water:
+            logger.warning(
+                "gateway's next valid id %d is below the high-water mark %d: "
+                "keeping ids moving forward", current, self.high_water,
+            )
+            adapter.raise_request_id(ib, self.high_water)
+        self.high_water = max(self.high_water, current)
+
+    # -- timers -----------------------------------------------------------------------
+
+    def schedule_retry(self, delay: float) -> None:
+        """Feed ``retry_due`` after ``delay`` seconds."""
+        self.cancel_retry()
+        self._retry = self._clock.call_later(delay, self._retry_due)
+
+    def _retry_due(self) -> None:
+        self._retry = None
+        self._feed(Input(InputKind.RETRY_DUE))
+
+    def cancel_retry(self) -> None:
+        """Cancel the scheduled retry, if any."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+
+    def start_restore_timer(self, timeout: float) -> None:
+        """Feed ``restore_timeout`` after ``timeout`` seconds."""
+        self.cancel_restore_timer()
+        self._restore = self._clock.call_later(timeout, self._restore_due)
+
+    def _restore_due(self) -> None:
+        self._restore = None
+        self._feed(Input(InputKind.RESTORE_TIMEOUT,
+                         message="TWS did not restore its link to IB in time"))
+
+    def cancel_restore_timer(self) -> None:
+        """Cancel the restore timer, if any."""
+        if self._restore is not None:
+            self._restore.cancel()
+            self._restore = None
+
+    # -- session ----------------------------------------------------------------------
+
+    def select_account(self) -> None:
+        """Log the chosen account; ask for its updates when ib_insync will not."""
+        logger.info("using account %s", self._show(self.account))
+        if self._pending_account_request:
+            # ib_insync subscribes account updates itself only for a single
+            # account or an explicit one; with "first" we ask for it.
+            try:
+                adapter.request_account_updates(self.ib, self._pending_account_request)
+            except (ConnectionError, OSError) as exc:
+                logger.warning("account updates request failed: %r", exc)
+
+    def restore_subscriptions(self) -> None:
+        """Issue every registered subscription: on a new session, or again after a 1101."""
+        fresh = self._fresh_session
+        self._fresh_session = False
+        count = self._subscriptions.issue_all(self.ib, fresh)
+        if count:
+            logger.info("issued %d subscription(s) %s", count,
+                        "on the new session" if fresh else "again after data loss")
+
+    # -- heartbeat --------------------------------------------------------------------
+
+    def start_heartbeat(self) -> None:
+        """Watch the message count; probe the gateway when it has been quiet."""
+        self.stop_heartbeat()
+        self._heartbeat_on = True
+        self._last_count = -1
+        self._last_activity = self._clock.monotonic()
+        self._schedule_tick()
+
+    def _schedule_tick(self) -> None:
+        interval = min(0.5, self.config.heartbeat_idle / 4)
+        self._heartbeat = self._clock.call_later(interval, self._tick)
+
+    def _tick(self) -> None:
+        if not self._heartbeat_on:
+            return
+        now = self._clock.monotonic()
+        count = adapter.received_messages(self.ib)
+        if count != self._last_count:
+            self._last_count = count
+            self._last_activity = now
+        elif (now - self._last_activity >= self.config.heartbeat_idle
+              and self._probe_task is None):
+            self._probe_task = asyncio.ensure_future(self._probe())
+        self._schedule_tick()
+
+    async def _probe(self) -> None:
+        timeout = self.config.heartbeat_timeout
+        started = self._clock.monotonic()
+        try:
+            await asyncio.wait_for(self.ib.reqCurrentTimeAsync(), timeout)
+        except asyncio.CancelledError:
+            raise
+        except (asyncio.TimeoutError, TimeoutError):
+            self._probe_task = None
+            if self._heartbeat_on:
+                self._feed(Input(
+                    InputKind.HEARTBEAT_MISSED,
+                    message=f"no answer to a heartbeat probe within {timeout:g}s",
+                ))
+            return
+        except (ConnectionError, OSError) as exc:
+            # The socket is going away; disconnectedEvent reports it.
+            logger.debug("heartbeat probe failed: %r", exc)
+        else:
+            rtt = self._clock.monotonic() - started
+            self._last_activity = self._clock.monotonic()
+            self._on_heartbeat(rtt)
+        self._probe_task = None
+
+    def stop_heartbeat(self) -> None:
+        """Stop the ticks and cancel a running probe."""
+        self._heartbeat_on = False
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+        task = self._probe_task
+        self._probe_task = None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+
+    # -- socket -----------------------------------------------------------------------
+
+    def tear_down(self) -> None:
+        """Cancel the running attempt and close the socket."""
+        self._cancel_attempt()
+        ib = self.ib
+        self.high_water = max(self.high_water, adapter.next_request_id(ib))
+        adapter.safe_disconnect(ib)
+
+
+__all__ = ["Driver"]

@@ -1,0 +1,110 @@
+"""What the connection machine gives out: requests to act, and records of what it did.
+
+:class:`Effects` is the port through which the machine's actions ask the
+outside world to do things (the asyncio driver implements it; a test records
+the calls). :class:`Transition` is one entry of the machine's transcript,
+:class:`JournalEntry` one of its journal. Plain data and a protocol, no I/O;
+:mod:`ibkr_connection.inputs` is the other side: what comes in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ibkr_connection.inputs import Input, InputKind
+    from ibkr_connection.machine import ConnectionState
+
+
+class Effects(Protocol):
+    """What the machine's actions ask the outside world to do.
+
+    The driver implements it. Every method starts work and returns at once;
+    results come back as inputs. Implementations must not raise.
+    """
+
+    def start_attempt(self, attempt: int, client_id: int, port: int) -> None:
+        """Start connection attempt number ``attempt``."""
+
+    def schedule_retry(self, delay: float) -> None:
+        """Feed ``retry_due`` after ``delay`` seconds."""
+
+    def cancel_retry(self) -> None:
+        """Cancel a scheduled retry, if any."""
+
+    def start_restore_timer(self, timeout: float) -> None:
+        """Feed ``restore_timeout`` after ``timeout`` seconds."""
+
+    def cancel_restore_timer(self) -> None:
+        """Cancel the restore timer, if any."""
+
+    def select_account(self) -> None:
+        """Apply the account chosen during the attempt (account updates etc.)."""
+
+    def restore_subscriptions(self) -> None:
+        """(Re-)issue every subscription the bot registered."""
+
+    def start_heartbeat(self) -> None:
+        """Start probing the gateway when it is quiet."""
+
+    def stop_heartbeat(self) -> None:
+        """Stop the heartbeat."""
+
+    def tear_down(self) -> None:
+        """Cancel the running attempt and close the socket."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One change of state, as recorded in the transcript.
+
+    Attributes:
+        source: the state before.
+        dest: the state after.
+        trigger: the input that caused it.
+        at: the injected clock's monotonic reading.
+        cause: a human-readable cause (IB's message, the failure, the note).
+        code: the IB code behind it, if any.
+        attempt: the attempt number at the time.
+        delay: for a move to ``backoff``, the delay before the next attempt.
+    """
+
+    source: ConnectionState
+    dest: ConnectionState
+    trigger: InputKind
+    at: float
+    cause: str = ""
+    code: int | None = None
+    attempt: int = 0
+    delay: float | None = None
+
+    def __str__(self) -> str:
+        """``connected -> lost (connectivity_lost, 1100)``: how a bot prints it."""
+        why = self.trigger.value if self.code is None else f"{self.trigger.value}, {self.code}"
+        return f"{self.source.value} -> {self.dest.value} ({why})"
+
+    def to_json(self) -> dict[str, object]:
+        """Return the transition as a JSON-ready dict."""
+        return {
+            "source": self.source.value,
+            "dest": self.dest.value,
+            "trigger": self.trigger.value,
+            "at": round(self.at, 6),
+            "cause": self.cause,
+            "code": self.code,
+            "attempt": self.attempt,
+            "delay": None if self.delay is None else round(self.delay, 6),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One handled input: what came in, when, and the state it left."""
+
+    at: float
+    input: Input
+    state: ConnectionState
+
+
+__all__ = ["Effects", "JournalEntry", "Transition"]

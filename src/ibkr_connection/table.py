@@ -1,0 +1,409 @@
+"""Every decision the connection makes, as data: the states, the actions, the transition table.
+
+This is the one table a reviewer reads (or its diagrams in ``diagrams/``,
+generated from it). :class:`ConnectionState` lists the states, each with what
+holds in it and its entry and exit actions. :data:`TABLE` has one
+:class:`Row` per (state, input[, guard]): the next state (or a stay), the
+guard, the actions the row runs and why. :data:`ACTIONS` says what each action
+does and when it runs (:class:`Phase`): facts are noted before the row's guard
+is tried, attempts are counted and delays drawn before the move, effects are
+asked for after it. :data:`GUARDS` says what each guard asks.
+
+The table is total: every (state, input) pair has a declared outcome, a move,
+a stay with actions, or an ignore with a logged reason. IB can send any code at
+any time, so no input ever raises. :func:`check_table` holds the table to its
+rules when this module is imported.
+
+Nothing here runs anything: :class:`~ibkr_connection.machine.ConnectionMachine`
+builds a ``transitions`` machine from these tables and performs the actions.
+A new IB code is a row of :data:`ibkr_connection.codes.CODES`; a new input, a
+new state or a change of decision is a change here, and
+``ibkr-connection diagram`` regenerates the docs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from ibkr_connection.inputs import InputKind
+
+
+class ConnectionState(str, Enum):
+    """The states of a connection to TWS / IB Gateway."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    #: Nobody wants a connection. No socket, no timers. Entry: cancel every
+    #: timer and the running attempt, stop the heartbeat, tear the socket down.
+    DISCONNECTED = "disconnected"
+    #: An attempt is running: TCP connect, API handshake, startup sync, account
+    #: check. Entry: forget the last session's farm and link status, start the
+    #: attempt with the current client id and port.
+    CONNECTING = "connecting"
+    #: Ready: the API is up, TWS is linked to IB, every data farm is OK.
+    #: The rows from ``connecting`` reset the backoff, select the account,
+    #: (re)issue every registered subscription and start the heartbeat.
+    CONNECTED = "connected"
+    #: The API is up but a data farm (or TWS's link to its server, 2110) is
+    #: broken. Orders may still be placed; market data may be stale. Returns to
+    #: ``connected`` only once every broken farm has reported OK.
+    DEGRADED = "degraded"
+    #: The API socket is up but TWS lost IB (1100). No order may be sent. Entry:
+    #: start the restore timer (longer inside IB's reset windows); exit: cancel it.
+    LOST = "lost"
+    #: The socket is down and the next attempt is scheduled. Entry: stop the
+    #: heartbeat, tear the socket down, schedule the retry with the delay the
+    #: row drew; exit: cancel the retry.
+    BACKOFF = "backoff"
+    #: Gave up: attempts exhausted or a fatal error (e.g. unknown account).
+    #: Entry: as for ``disconnected``. Only a connect request (to ``connecting``)
+    #: or a disconnect (to ``disconnected``) leaves it.
+    FAILED = "failed"
+
+
+_S = ConnectionState
+_I = InputKind
+
+#: States in which the API socket is up and a session exists.
+SESSION_STATES = (_S.CONNECTED, _S.DEGRADED, _S.LOST)
+#: States in which requests and orders can be sent.
+USABLE_STATES = (_S.CONNECTED, _S.DEGRADED)
+
+_ALL_STATES = tuple(ConnectionState)
+_NO_SESSION = (_S.DISCONNECTED, _S.BACKOFF, _S.FAILED)
+
+
+class Phase(str, Enum):
+    """When an action of a row runs."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    #: Before the row's guard is tried (a fact the guard may read). The same
+    #: on every row of a (state, input): it is noted once, whichever row is taken.
+    NOTE = "note"
+    #: Once the guard held, before the move (exit and entry actions) and
+    #: before the transition is recorded: counters and the retry delay.
+    BEFORE = "before"
+    #: After the move and its entry actions: effects of the new session.
+    AFTER = "after"
+
+
+@dataclass(frozen=True)
+class Action:
+    """One action a row may name.
+
+    Attributes:
+        name: the name used in :data:`TABLE`; ``ConnectionMachine._do_<name>``
+            performs it.
+        phase: when it runs.
+        doc: what it does, for ``diagrams/transitions.md``.
+    """
+
+    name: str
+    phase: Phase
+    doc: str
+
+
+_N, _B, _A = Phase.NOTE, Phase.BEFORE, Phase.AFTER
+
+#: Every action a row may name, in the order the docs list them.
+ACTIONS: dict[str, Action] = {action.name: action for action in (
+    Action("note_farm_broken", _N, "remember the data farm the input names as broken"),
+    Action("note_farm_ok", _N, "forget the data farm the input names as broken"),
+    Action("note_server_link_broken", _N, "remember that TWS's link to its server is broken "
+                                          "(2110) until a 1101/1102"),
+    Action("note_link_lost", _N, "remember that TWS lost IB (1100)"),
+    Action("note_link_restored", _N, "TWS's links are back (1101/1102): forget a 1100 and a "
+                                     "2110"),
+    Action("note_port", _N, "the next attempt uses the port the input names (1300)"),
+    Action("first_attempt", _B, "a user's connect starts a fresh series: attempt 1, no "
+                                "failure counted, the client id's 326 retries forgotten"),
+    Action("count_attempt", _B, "count the attempt about to start"),
+    Action("draw_delay", _B, "count a failure and draw the delay before the next attempt: "
+                             "the costly schedule if the input is classified costly (the "
+                             "attempt cost the gateway a handshake), else the cheap one; "
+                             "jittered"),
+    Action("draw_costly_delay", _B, "count a failure and draw the delay from the costly "
+                                    "schedule, whatever the input says; jittered"),
+    Action("retry_at_once", _B, "the next attempt starts without delay; no failure counted"),
+    Action("reset_backoff", _A, "a session is up: attempts, failures and the client id's "
+                                "326 retries back to zero"),
+    Action("select_account", _A, "effect: apply the account chosen during the attempt"),
+    Action("restore_subscriptions", _A, "effect: (re)issue every registered subscription"),
+    Action("start_heartbeat", _A, "effect: start probing the gateway when it is quiet"),
+    Action("next_client_id", _A, "326: retry the same client id `same_client_id_retries` "
+                                 "times, then the next configured one"),
+)}
+
+#: The actions that set the delay of a move into ``backoff``; every such row names one.
+DELAY_ACTIONS = ("draw_delay", "draw_costly_delay", "retry_at_once")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the transition table.
+
+    Attributes:
+        source: the state the row applies to.
+        input: the input it reacts to.
+        dest: the next state, or None to stay (no exit or entry actions run).
+        guard: name of a guard that must hold, ``"!name"`` for its negation,
+            or None. Rows of the same (source, input) are tried in order.
+        actions: names of :data:`ACTIONS`, in the order they run.
+        note: why; for a row that ignores its input, the reason that is logged.
+    """
+
+    source: ConnectionState
+    input: InputKind
+    dest: ConnectionState | None
+    guard: str | None = None
+    actions: tuple[str, ...] = ()
+    note: str = ""
+
+    @property
+    def ignored(self) -> bool:
+        """True when the row neither moves nor acts: the input is dropped."""
+        return self.dest is None and not self.actions
+
+    def actions_in(self, phase: Phase) -> tuple[str, ...]:
+        """Return the row's actions that run in ``phase``, in order."""
+        return tuple(name for name in self.actions if ACTIONS[name].phase is phase)
+
+
+def _rows(
+    sources: Iterable[ConnectionState],
+    inp: InputKind,
+    dest: ConnectionState | None,
+    note: str,
+    guard: str | None = None,
+    actions: tuple[str, ...] = (),
+) -> list[Row]:
+    """Expand one rule over several source states."""
+    return [Row(s, inp, dest, guard, actions, note) for s in sources]
+
+
+#: Actions of a row whose attempt produced a session.
+_ON_SESSION_UP = ("reset_backoff", "select_account", "restore_subscriptions", "start_heartbeat")
+_ATTEMPT_STATES = (_S.CONNECTING, *SESSION_STATES)
+
+#: The transition table. Order matters only among rows of the same
+#: (source, input): the first whose guard holds is taken.
+TABLE: tuple[Row, ...] = tuple(
+    # -- user requests ---------------------------------------------------------
+    _rows([_S.DISCONNECTED, _S.FAILED], _I.CONNECT, _S.CONNECTING,
+          "the user asked for a connection", actions=("first_attempt",))
+    + _rows([_S.CONNECTING, *SESSION_STATES, _S.BACKOFF], _I.CONNECT, None,
+            "a connection is already wanted")
+    + _rows([s for s in _ALL_STATES if s is not _S.DISCONNECTED], _I.DISCONNECT,
+            _S.DISCONNECTED, "the user asked to disconnect")
+    + [Row(_S.DISCONNECTED, _I.DISCONNECT, None, note="already disconnected")]
+    # -- attempt results -------------------------------------------------------
+    + [
+        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.LOST, "link_lost", _ON_SESSION_UP,
+            "session up, but TWS reported 1100 during the attempt"),
+        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.DEGRADED, "farms_broken", _ON_SESSION_UP,
+            "session up with a broken data farm"),
+        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.CONNECTED, None, _ON_SESSION_UP,
+            "session up: handshake, startup sync and account check done"),
+    ]
+    + _rows([s for s in _ALL_STATES if s is not _S.CONNECTING], _I.ATTEMPT_SUCCEEDED, None,
+            "stale result of an attempt that was cancelled")
+    + [
+        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, "retries_left", ("draw_delay",),
+            "retry after the backoff delay"),
+        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.FAILED, note="no attempts left"),
+    ]
+    + _rows([s for s in _ALL_STATES if s is not _S.CONNECTING], _I.ATTEMPT_FAILED, None,
+            "stale result of an attempt that was cancelled")
+    + _rows([*_ATTEMPT_STATES, _S.BACKOFF], _I.FATAL_ERROR, _S.FAILED,
+            "retrying cannot fix this")
+    + _rows([_S.DISCONNECTED, _S.FAILED], _I.FATAL_ERROR, None,
+            "no connection is wanted; nothing to give up")
+    # -- socket and timers -----------------------------------------------------
+    + [Row(_S.CONNECTING, _I.SOCKET_CLOSED, None,
+           note="the attempt reports the close itself, classified (attempt_failed or "
+                "fatal_error)")]
+    + _rows(SESSION_STATES, _I.SOCKET_CLOSED, _S.BACKOFF, "the API socket closed: reconnect",
+            actions=("draw_delay",))
+    + _rows(_NO_SESSION, _I.SOCKET_CLOSED, None, "the socket is already down")
+    + [Row(_S.BACKOFF, _I.RETRY_DUE, _S.CONNECTING, actions=("count_attempt",),
+           note="the backoff delay is over")]
+    + _rows([s for s in _ALL_STATES if s is not _S.BACKOFF], _I.RETRY_DUE, None,
+            "stale retry timer")
+    + _rows(SESSION_STATES, _I.HEARTBEAT_MISSED, _S.BACKOFF,
+            "the gateway did not answer the heartbeat: it is hung",
+            actions=("draw_costly_delay",))
+    + _rows([_S.CONNECTING, *_NO_SESSION], _I.HEARTBEAT_MISSED, None, "stale heartbeat")
+    + [Row(_S.LOST, _I.RESTORE_TIMEOUT, _S.BACKOFF, actions=("draw_costly_delay",),
+           note="TWS did not restore its link to IB in time: reconnect from scratch")]
+    + _rows([s for s in _ALL_STATES if s is not _S.LOST], _I.RESTORE_TIMEOUT, None,
+            "stale restore timer")
+    # -- IB codes: TWS's link to IB ------------------------------------------------
+    + _rows(USABLE_STATES, _I.CONNECTIVITY_LOST, _S.LOST,
+            "1100: TWS lost IB; wait for it to restore", actions=("note_link_lost",))
+    + [
+        Row(_S.CONNECTING, _I.CONNECTIVITY_LOST, None, actions=("note_link_lost",),
+            note="remembered: the attempt will end in lost"),
+        Row(_S.LOST, _I.CONNECTIVITY_LOST, None, note="already lost"),
+    ]
+    + _rows(_NO_SESSION, _I.CONNECTIVITY_LOST, None, "no session")
+    + [
+        Row(_S.LOST, _I.RESTORED_DATA_LOST, _S.DEGRADED, "farms_broken",
+            ("note_link_restored", "restore_subscriptions"),
+            "1101: restored, data lost; a farm is still broken"),
+        Row(_S.LOST, _I.RESTORED_DATA_LOST, _S.CONNECTED, None,
+            ("note_link_restored", "restore_subscriptions"),
+            "1101: restored, data lost: re-subscribe"),
+        Row(_S.CONNECTED, _I.RESTORED_DATA_LOST, None, None, ("restore_subscriptions",),
+            "1101: data lost: re-subscribe"),
+        Row(_S.DEGRADED, _I.RESTORED_DATA_LOST, None, "farms_broken",
+            ("note_link_restored", "restore_subscriptions"),
+            "1101: data lost: re-subscribe; a farm is still broken"),
+        Row(_S.DEGRADED, _I.RESTORED_DATA_LOST, _S.CONNECTED, None,
+            ("note_link_restored", "restore_subscriptions"),
+            "1101: TWS's server link is back; data lost: re-subscribe"),
+        Row(_S.CONNECTING, _I.RESTORED_DATA_LOST, None, actions=("note_link_restored",),
+            note="remembered; the attempt subscribes everything anyway"),
+    ]
+    + _rows(_NO_SESSION, _I.RESTORED_DATA_LOST, None, "no session")
+    + [
+        Row(_S.LOST, _I.RESTORED_DATA_KEPT, _S.DEGRADED, "farms_broken",
+            ("note_link_restored",), "1102: restored, data kept; a farm is still broken"),
+        Row(_S.LOST, _I.RESTORED_DATA_KEPT, _S.CONNECTED, None, ("note_link_restored",),
+            "1102: restored, data kept: nothing to re-subscribe"),
+        Row(_S.CONNECTED, _I.RESTORED_DATA_KEPT, None, note="1102: nothing was lost"),
+        Row(_S.DEGRADED, _I.RESTORED_DATA_KEPT, None, "farms_broken", ("note_link_restored",),
+            "1102: a farm is still broken"),
+        Row(_S.DEGRADED, _I.RESTORED_DATA_KEPT, _S.CONNECTED, None, ("note_link_restored",),
+            "1102: TWS's server link is back"),
+        Row(_S.CONNECTING, _I.RESTORED_DATA_KEPT, None, actions=("note_link_restored",),
+            note="remembered: TWS's link to IB is up"),
+    ]
+    + _rows(_NO_SESSION, _I.RESTORED_DATA_KEPT, None, "no session")
+    + [Row(_S.CONNECTED, _I.SERVER_LINK_BROKEN, _S.DEGRADED, actions=("note_server_link_broken",),
+           note="2110: TWS's link to its server is broken")]
+    + _rows([_S.CONNECTING, _S.DEGRADED, _S.LOST], _I.SERVER_LINK_BROKEN, None,
+            "remembered until 1101/1102", actions=("note_server_link_broken",))
+    + _rows(_NO_SESSION, _I.SERVER_LINK_BROKEN, None, "no session")
+    # -- IB codes: data farms ----------------------------------------------------
+    + [Row(_S.CONNECTED, _I.FARM_BROKEN, _S.DEGRADED, actions=("note_farm_broken",),
+           note="a data farm is broken")]
+    + _rows([_S.CONNECTING, _S.DEGRADED, _S.LOST], _I.FARM_BROKEN, None,
+            "farm remembered as broken", actions=("note_farm_broken",))
+    + _rows(_NO_SESSION, _I.FARM_BROKEN, None, "no session")
+    + [
+        Row(_S.DEGRADED, _I.FARM_OK, None, "farms_broken", ("note_farm_ok",),
+            "farm OK; another is still broken"),
+        Row(_S.DEGRADED, _I.FARM_OK, _S.CONNECTED, None, ("note_farm_ok",),
+            "every broken farm is OK again"),
+        Row(_S.CONNECTED, _I.FARM_OK, None, note="farm OK notices are routine at connect"),
+    ]
+    + _rows([_S.CONNECTING, _S.LOST], _I.FARM_OK, None, "farm remembered as OK",
+            actions=("note_farm_ok",))
+    + _rows(_NO_SESSION, _I.FARM_OK, None, "no session")
+    # -- IB codes: the API itself --------------------------------------------------
+    + _rows(_ATTEMPT_STATES, _I.PORT_RESET, _S.BACKOFF,
+            "1300: the API port was reset; reconnect at once on the new port",
+            actions=("note_port", "retry_at_once"))
+    + _rows(_NO_SESSION, _I.PORT_RESET, None, "the next attempt uses the new port",
+            actions=("note_port",))
+    + [
+        Row(_S.CONNECTING, _I.CLIENT_ID_IN_USE, _S.BACKOFF, "retries_left",
+            ("draw_costly_delay", "next_client_id"),
+            "326: client id in use; retry after a delay"),
+        Row(_S.CONNECTING, _I.CLIENT_ID_IN_USE, _S.FAILED, note="326 and no attempts left"),
+    ]
+    + _rows(SESSION_STATES, _I.CLIENT_ID_IN_USE, None,
+            "326 refers to a connect attempt; this session is up")
+    + _rows(_NO_SESSION, _I.CLIENT_ID_IN_USE, None, "no attempt is running")
+    + [
+        Row(_S.CONNECTING, _I.NOT_CONNECTED, _S.BACKOFF, "retries_left", ("draw_delay",),
+            "502/504 during the attempt"),
+        Row(_S.CONNECTING, _I.NOT_CONNECTED, _S.FAILED, note="502/504 and no attempts left"),
+    ]
+    + _rows(SESSION_STATES, _I.NOT_CONNECTED, _S.BACKOFF,
+            "502/504: the API says it is not connected; reconnect", actions=("draw_delay",))
+    + _rows(_NO_SESSION, _I.NOT_CONNECTED, None, "the socket is already down")
+)
+
+#: The guards a row may name, and what each asks.
+GUARDS = {
+    "retries_left": "the policy allows another attempt (`max_attempts`)",
+    "farms_broken": "a data farm, or TWS's link to its server, is noted as broken",
+    "link_lost": "a 1100 was noted and no 1101/1102 since",
+}
+
+
+def outcome(state: ConnectionState, kind: InputKind) -> list[Row]:
+    """Return the rows declared for (state, input), in the order they are tried."""
+    return [row for row in TABLE if row.source is state and row.input is kind]
+
+
+def check_table(table: Sequence[Row] = TABLE) -> list[str]:
+    """Return every way ``table`` breaks the rules the machine relies on (none: ``[]``).
+
+    Every (state, input) has rows, and its last row has no guard (the table is
+    total); guards and actions are declared; a row lists its actions phase by
+    phase; the rows of one (state, input) note the same facts; a row into
+    ``backoff`` sets the delay with exactly one of :data:`DELAY_ACTIONS` and no
+    other row does; a row into ``connecting`` counts its attempt.
+    """
+    problems = []
+    order = list(Phase)
+    for state in ConnectionState:
+        for kind in InputKind:
+            rows = [row for row in table if row.source is state and row.input is kind]
+            where = f"{state.value} + {kind.value}"
+            if not rows:
+                problems.append(f"{where}: no row")
+                continue
+            if rows[-1].guard is not None:
+                problems.append(f"{where}: the last row has a guard")
+            if len({row.actions_in(Phase.NOTE) for row in rows if
+                    all(a in ACTIONS for a in row.actions)}) > 1:
+                problems.append(f"{where}: rows note different facts")
+    for row in table:
+        where = f"{row.source.value} + {row.input.value}"
+        if row.guard is not None and row.guard.lstrip("!") not in GUARDS:
+            problems.append(f"{where}: unknown guard {row.guard}")
+        unknown = [a for a in row.actions if a not in ACTIONS]
+        if unknown:
+            problems.append(f"{where}: unknown action(s) {', '.join(unknown)}")
+            continue
+        phases = [order.index(ACTIONS[a].phase) for a in row.actions]
+        if phases != sorted(phases):
+            problems.append(f"{where}: actions not listed phase by phase")
+        delays = [a for a in row.actions if a in DELAY_ACTIONS]
+        if row.dest is _S.BACKOFF and len(delays) != 1:
+            problems.append(f"{where}: a move into backoff needs one of {DELAY_ACTIONS}")
+        if row.dest is not _S.BACKOFF and delays:
+            problems.append(f"{where}: {delays[0]} outside a move into backoff")
+        counts = {"first_attempt", "count_attempt"} & set(row.actions)
+        if (row.dest is _S.CONNECTING) != bool(counts):
+            problems.append(f"{where}: only a move into connecting counts an attempt")
+    return problems
+
+
+_PROBLEMS = check_table()
+if _PROBLEMS:  # pragma: no cover - guards the table itself
+    raise RuntimeError("ibkr_connection.table.TABLE: " + "; ".join(_PROBLEMS))
+
+
+__all__ = [
+    "ACTIONS",
+    "DELAY_ACTIONS",
+    "GUARDS",
+    "SESSION_STATES",
+    "TABLE",
+    "USABLE_STATES",
+    "Action",
+    "ConnectionState",
+    "Phase",
+    "Row",
+    "check_table",
+    "outcome",
+]

@@ -1,0 +1,79 @@
+"""The public surface: what the package root exports, and where the machine layer lives."""
+
+from __future__ import annotations
+
+import inspect
+
+import ibkr_connection
+from ibkr_connection import broker, inputs, journal, machine, manager, outputs, table
+
+#: The package root's names, as its docstring groups them.
+ROOT = {
+    "connect": ["ConnectionManager", "ConnectionConfig", "ConnectionState", "USABLE_STATES",
+                "Transition", "RecoveryPolicy", "BackoffPolicy", "ResetWindow"],
+    "subscriptions": ["Subscription", "MarketDataSubscription", "AccountUpdatesSubscription",
+                      "PnLSubscription", "CallableSubscription"],
+    "seed": ["IBKRIBInsyncApi", "Config"],
+    "errors": ["IBKRConnectionError", "UsageError", "ConfigError", "ManagerStoppedError",
+               "GatewayError", "ConnectFailedError", "FatalConnectError", "AccountError",
+               "OrderRejectedError", "SubscriptionError", "JournalError"],
+    "time": ["Clock", "SystemClock", "ManualClock", "mask_account"],
+    "machine layer, kept for compatibility": ["ConnectionMachine", "Input", "InputKind"],
+}
+
+
+def test_root_exports_exactly_the_grouped_names() -> None:
+    """__all__ is the union of the groups, and every name resolves."""
+    names = [name for group in ROOT.values() for name in group]
+    assert sorted(ibkr_connection.__all__) == sorted(names)
+    for name in names:
+        assert getattr(ibkr_connection, name) is not None
+
+
+def test_root_docstring_names_every_export() -> None:
+    """The package docstring documents each exported name (it no longer says three)."""
+    doc = ibkr_connection.__doc__ or ""
+    for name in ibkr_connection.__all__:
+        assert name in doc, name
+
+
+def test_the_seed_names_are_the_wrapper_and_its_config() -> None:
+    """IBKRIBInsyncApi and Config come from the package root, as in the seed."""
+    assert ibkr_connection.IBKRIBInsyncApi is broker.IBKRIBInsyncApi
+    assert ibkr_connection.Config is broker.Config
+
+
+def test_machine_layer_is_importable_from_the_machine_module() -> None:
+    """ConnectionMachine, Input, Effects and replay_journal, and the table, from one module."""
+    assert machine.Input is inputs.Input and machine.InputKind is inputs.InputKind
+    assert machine.Effects is outputs.Effects
+    assert machine.Transition is outputs.Transition
+    assert machine.JournalEntry is outputs.JournalEntry
+    assert machine.replay_journal is journal.replay_journal
+    assert machine.TABLE is table.TABLE and machine.ACTIONS is table.ACTIONS
+    assert machine.ConnectionState is table.ConnectionState
+
+
+def test_state_sets_are_defined_once() -> None:
+    """One SESSION_STATES and one USABLE_STATES, wherever they are imported from."""
+    from ibkr_connection import health, metrics
+
+    assert machine.USABLE_STATES is table.USABLE_STATES is manager.USABLE_STATES
+    assert ibkr_connection.USABLE_STATES is table.USABLE_STATES
+    assert metrics.USABLE_STATES is table.USABLE_STATES
+    assert health.USABLE_STATES is table.USABLE_STATES
+    assert machine.SESSION_STATES is table.SESSION_STATES is broker.SESSION_STATES
+    assert [s.value for s in table.USABLE_STATES] == ["connected", "degraded"]
+    assert [s.value for s in table.SESSION_STATES] == ["connected", "degraded", "lost"]
+
+
+def test_blocking_twins_follow_one_convention() -> None:
+    """Each blocking name() has a coroutine name_async(); the manager's are start()/stop() too."""
+    cm = manager.ConnectionManager
+    api = broker.IBKRIBInsyncApi
+    for cls in (cm, api):
+        for name in ("connect", "disconnect"):
+            assert not inspect.iscoroutinefunction(getattr(cls, name)), (cls, name)
+            assert inspect.iscoroutinefunction(getattr(cls, f"{name}_async")), (cls, name)
+    assert cm.connect_async is cm.start and cm.disconnect_async is cm.stop
+    assert manager.refuse_inside_loop is not None
