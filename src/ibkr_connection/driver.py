@@ -309,11 +309,21 @@ class Driver:
     async def _probe(self) -> None:
         timeout = self.config.heartbeat_timeout
         started = self._clock.monotonic()
+        request = asyncio.ensure_future(self.ib.reqCurrentTimeAsync())
+        expired: list[bool] = []
+
+        def expire() -> None:
+            if not request.done():
+                expired.append(True)
+                request.cancel()
+
+        # The probe's deadline runs on the injected clock, like every other timer.
+        deadline = self._clock.call_later(timeout, expire)
         try:
-            await asyncio.wait_for(self.ib.reqCurrentTimeAsync(), timeout)
+            await request
         except asyncio.CancelledError:
-            raise
-        except (asyncio.TimeoutError, TimeoutError):
+            if not expired:
+                raise
             self._probe_task = None
             if self._heartbeat_on:
                 self._feed(Input(
@@ -328,6 +338,8 @@ class Driver:
             rtt = self._clock.monotonic() - started
             self._last_activity = self._clock.monotonic()
             self._on_heartbeat(rtt)
+        finally:
+            deadline.cancel()
         self._probe_task = None
 
     def stop_heartbeat(self) -> None:

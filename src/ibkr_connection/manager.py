@@ -324,8 +324,9 @@ class ConnectionManager:
         self._waiters.append(waiter)
         # A timer rather than asyncio.wait_for: the listener's set_result then
         # wakes this task in one loop turn instead of two.
-        timer = None if timeout is None else loop.call_later(
-            timeout, self._expire_waiter, future, targets, timeout)
+        # The deadline runs on the injected clock, like the machine's timers.
+        timer = None if timeout is None else self._clock.call_later(
+            timeout, lambda: self._expire_waiter(future, targets, timeout))
         try:
             return await future
         except TimeoutError:
