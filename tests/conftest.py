@@ -43,6 +43,9 @@ class RecordingEffects:
     def restore_subscriptions(self) -> None:
         self._record("restore_subscriptions")
 
+    def issue_new_subscriptions(self) -> None:
+        self._record("issue_new_subscriptions")
+
     def start_heartbeat(self) -> None:
         self.heartbeat = True
         self._record("start_heartbeat")

@@ -28,19 +28,20 @@ COLUMNS = (
     "socket_closed", "retry_due", "connectivity_lost", "restored_data_lost",
     "restored_data_kept", "farm_broken", "farm_ok", "server_link_broken", "port_reset",
     "client_id_in_use", "not_connected", "heartbeat_missed", "restore_timeout",
+    "subscribed",
 )
 
 # Setup of each row: see conftest.drive_to (degraded = usfarm broken).
 # Inputs carry: farm_broken -> "ushmds", farm_ok -> "usfarm", port_reset -> 4003.
 EXPECTED = {
-    #                connect     disconnect    succeeded  failed   fatal   closed   retry       1100  1101       1102       f_broken  f_ok       2110      1300     326      502/504  heartbeat restore
-    "disconnected": ("connecting", "-",          "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-"),
-    "connecting":   ("-",          "disconnected", "connected", "backoff", "failed", "-",     "-",  "=",  "=",       "=",       "=",      "=",       "=",      "backoff", "backoff", "backoff", "-",  "-"),
-    "connected":    ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "lost", "=",     "-",       "degraded", "-",     "degraded", "backoff", "-",   "backoff", "backoff", "-"),
-    "degraded":     ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "lost", "=",     "=",       "=",      "connected", "=",     "backoff", "-",   "backoff", "backoff", "-"),
-    "lost":         ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "-",  "connected", "connected", "=",    "=",       "=",      "backoff", "-",   "backoff", "backoff", "backoff"),
-    "backoff":      ("-",          "disconnected", "-",       "-",      "failed", "-",     "connecting", "-", "-",     "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-"),
-    "failed":       ("connecting", "disconnected", "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-"),
+    #                connect     disconnect    succeeded  failed   fatal   closed   retry       1100  1101       1102       f_broken  f_ok       2110      1300     326      502/504  heartbeat restore subscribed
+    "disconnected": ("connecting", "-",          "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-", "-"),
+    "connecting":   ("-",          "disconnected", "connected", "backoff", "failed", "-",     "-",  "=",  "=",       "=",       "=",      "=",       "=",      "backoff", "backoff", "backoff", "-",  "-", "-"),
+    "connected":    ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "lost", "=",     "-",       "degraded", "-",     "degraded", "backoff", "-",   "backoff", "backoff", "-", "="),
+    "degraded":     ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "lost", "=",     "=",       "=",      "connected", "=",     "backoff", "-",   "backoff", "backoff", "-", "="),
+    "lost":         ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "-",  "connected", "connected", "=",    "=",       "=",      "backoff", "-",   "backoff", "backoff", "backoff", "="),
+    "backoff":      ("-",          "disconnected", "-",       "-",      "failed", "-",     "connecting", "-", "-",     "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-", "-"),
+    "failed":       ("connecting", "disconnected", "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-", "-"),
 }
 
 PAYLOAD = {

@@ -36,6 +36,7 @@ PHASES = {
     "reset_backoff": "after",
     "select_account": "after",
     "restore_subscriptions": "after",
+    "issue_new_subscriptions": "after",
     "start_heartbeat": "after",
     "next_client_id": "after",
 }

@@ -227,6 +227,7 @@ def readme_with_diagram(readme: str) -> str:
 _PRODUCED_BY = {
     InputKind.CONNECT: "bot",
     InputKind.DISCONNECT: "bot",
+    InputKind.SUBSCRIBED: "bot",
     InputKind.ATTEMPT_SUCCEEDED: "attempt",
     InputKind.SOCKET_CLOSED: "ib",
     InputKind.RETRY_DUE: "timers",

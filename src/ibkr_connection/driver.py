@@ -279,6 +279,10 @@ class Driver:
             logger.info("issued %d subscription(s) %s", count,
                         "on the new session" if fresh else "again after data loss")
 
+    def issue_new_subscriptions(self) -> None:
+        """Issue the subscriptions never issued yet (added while the session is up)."""
+        self._subscriptions.issue_new(self.ib)
+
     # -- heartbeat --------------------------------------------------------------------
 
     def start_heartbeat(self) -> None:

@@ -54,6 +54,8 @@ class InputKind(str, Enum):
     HEARTBEAT_MISSED = "heartbeat_missed"
     #: A 1100 has lasted longer than the restore patience.
     RESTORE_TIMEOUT = "restore_timeout"
+    #: The bot added a subscription (``subscribe_market_data`` and the rest).
+    SUBSCRIBED = "subscribed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -437,6 +437,9 @@ class ConnectionMachine:
     def _do_restore_subscriptions(self, event: EventData) -> None:
         self._effect("restore_subscriptions")
 
+    def _do_issue_new_subscriptions(self, event: EventData) -> None:
+        self._effect("issue_new_subscriptions")
+
     def _do_start_heartbeat(self, event: EventData) -> None:
         self._effect("start_heartbeat")
 

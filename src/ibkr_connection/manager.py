@@ -392,8 +392,8 @@ class ConnectionManager:
     def _add_subscription(self, sub: _S) -> _S:
         self._check_not_stopped()
         self.subscriptions.add(sub)
-        if self.usable or self._machine.state is ConnectionState.LOST:
-            self.subscriptions.issue_one(self.ib, sub, fresh_session=True)
+        # Whether to issue it now is the table's decision (the ``subscribed`` rows).
+        self._feed(Input(InputKind.SUBSCRIBED, message=sub.name))
         return sub
 
     def _on_restored(self, sub: Subscription) -> None:

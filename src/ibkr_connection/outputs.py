@@ -45,6 +45,9 @@ class Effects(Protocol):
     def restore_subscriptions(self) -> None:
         """(Re-)issue every subscription the bot registered."""
 
+    def issue_new_subscriptions(self) -> None:
+        """Issue the subscriptions added since the session came up."""
+
     def start_heartbeat(self) -> None:
         """Start probing the gateway when it is quiet."""
 

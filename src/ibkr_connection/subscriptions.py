@@ -296,6 +296,15 @@ class SubscriptionRegistry:
         """
         return sum(self.issue_one(ib, sub, fresh_session) for sub in list(self._subscriptions))
 
+    def issue_new(self, ib: Any) -> int:
+        """Issue the subscriptions never issued yet (nor on their way).
+
+        Returns:
+            How many were issued (or are on their way).
+        """
+        return sum(self.issue_one(ib, sub, fresh_session=True)
+                   for sub in list(self._subscriptions) if not sub.issued and not sub.pending)
+
     def issue_one(self, ib: Any, subscription: Subscription, fresh_session: bool) -> bool:
         """Issue one subscription; a failure is reported on the handle, never raised.
 

@@ -134,6 +134,8 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
                                 "326 retries back to zero"),
     Action("select_account", _A, "effect: apply the account chosen during the attempt"),
     Action("restore_subscriptions", _A, "effect: (re)issue every registered subscription"),
+    Action("issue_new_subscriptions", _A, "effect: issue the subscriptions added since the "
+                                          "session came up (the others are already out)"),
     Action("start_heartbeat", _A, "effect: start probing the gateway when it is quiet"),
     Action("next_client_id", _A, "326: retry the same client id `same_client_id_retries` "
                                  "times, then the next configured one"),
@@ -242,6 +244,12 @@ TABLE: tuple[Row, ...] = tuple(
            note="TWS did not restore its link to IB in time: reconnect from scratch")]
     + _rows([s for s in _ALL_STATES if s is not _S.LOST], _I.RESTORE_TIMEOUT, None,
             "stale restore timer")
+    # -- the bot's subscriptions -------------------------------------------------
+    + _rows(SESSION_STATES, _I.SUBSCRIBED, None,
+            "a subscription was added: issue it on this session (also while lost: IB "
+            "queues it, and a 1101 re-issues it)", actions=("issue_new_subscriptions",))
+    + _rows([_S.CONNECTING, *_NO_SESSION], _I.SUBSCRIBED, None,
+            "no session: the subscription is issued when the next one comes up")
     # -- IB codes: TWS's link to IB ------------------------------------------------
     + _rows(USABLE_STATES, _I.CONNECTIVITY_LOST, _S.LOST,
             "1100: TWS lost IB; wait for it to restore", actions=("note_link_lost",))

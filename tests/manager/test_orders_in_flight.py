@@ -318,6 +318,9 @@ async def test_order_sent_into_a_hang_the_client_gives_up_on_is_not_received(
     trade = manager.ib.placeOrder(*_limit(manager, ref="into-a-hang"))
     await _until(lambda: events.uncertain, what="ordersUncertainEvent")
     assert [t.trigger.value for t in manager.transcript][-1] == "heartbeat_missed"
+    # The client closed the socket; once the gateway has seen the close, the
+    # order's unread bytes have nowhere to go.
+    await _until(lambda: not gw.connections, what="the gateway saw the close")
     gw.unstall()
     await _sessions(manager, 2)
     [(resolved, outcome)] = events.resolved
