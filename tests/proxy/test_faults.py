@@ -8,12 +8,12 @@ read back from the code under test.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import ib_insync
 import pytest
 
 from ibkr_connection import ConnectionManager, ConnectionState
@@ -33,9 +33,13 @@ DISC, CONN, OK, DEG, LOST, BACK = ("disconnected", "connecting", "connected", "d
 
 
 @pytest.fixture
-def ib_factory() -> Callable[[], Any]:
-    """ib_insync only here: tests/proxy/test_relay.py runs the manager on both libraries."""
-    return ib_insync.IB
+def ib_factory(request: pytest.FixtureRequest) -> Callable[[], Any]:
+    """ib_insync unless a test names the library (tests/proxy/test_relay.py runs both)."""
+    return importlib.import_module(getattr(request, "param", "ib_insync")).IB  # type: ignore[no-any-return]
+
+
+#: (client library, the upstream simulator's cap, the version the session speaks).
+WIRES = [("ib_insync", 178, 176), ("ib_async", 178, 178), ("ib_insync", 157, 157)]
 
 
 def _rows(manager: ConnectionManager, since: int = 0) -> list[Row]:
@@ -149,15 +153,19 @@ CASES: list[tuple[str, Act, list[Row], ConnectionState]] = [
 ]
 
 
+@pytest.mark.parametrize(("ib_factory", "cap", "version"), WIRES, indirect=["ib_factory"],
+                         ids=[f"{lib}-{version}" for lib, _, version in WIRES])
 @pytest.mark.parametrize(("fault", "act", "expected", "end"), CASES,
                          ids=[case[0] for case in CASES])
 async def test_fault_through_the_proxy(
-    fault: str, act: Act, expected: list[Row], end: ConnectionState,
-    make_manager: Make, proxy: ProxyServer,
+    fault: str, act: Act, expected: list[Row], end: ConnectionState, cap: int, version: int,
+    make_manager: Make, gw: FakeGateway, proxy: ProxyServer,
 ) -> None:
     """A connected manager meets the fault injected by the proxy and moves as written."""
+    gw.server_version = cap
     manager = make_manager(heartbeat_idle=5.0)
     await manager.start(timeout=10)
+    assert [s.version for s in proxy.ready_sessions] == [version]
     since = len(manager.transcript)
     await act(proxy, manager)
     await _settled(manager, end)
@@ -238,16 +246,27 @@ async def test_unstall_delivers_or_discards_what_was_held(proxy: ProxyServer) ->
     await client.close()
 
 
-async def test_error_injected_while_stalled_still_arrives(proxy: ProxyServer) -> None:
+LOST = "Connectivity between IB and Trader Workstation has been lost."
+
+
+@pytest.mark.parametrize(
+    ("offered", "version", "expected"),
+    [
+        ("v157..157", 157, ["4", "2", "-1", "1100", LOST]),
+        ("v157..176", 176, ["4", "2", "-1", "1100", LOST, ""]),
+        ("v157..178", 178, ["4", "2", "-1", "1100", LOST, ""]),
+    ],
+)
+async def test_error_injected_while_stalled_still_arrives(
+    proxy: ProxyServer, offered: str, version: int, expected: list[str]
+) -> None:
     """As with a hung gateway's own messages, an injected error is not held by a stall."""
     client = await RawClient.connect(proxy.port)
-    await client.handshake(client_id=9)
+    assert await client.handshake(client_id=9, versions=offered) == version
     await client.read_until("9")
     proxy.stall()
     await proxy.send_error(1100)
-    fields = await client.read_error(1100)
-    assert fields == ["4", "2", "-1", "1100",
-                      "Connectivity between IB and Trader Workstation has been lost."]
+    assert await client.read_error(1100) == expected  # laid out for the session's version
     proxy.unstall()
     await client.close()
 
@@ -269,7 +288,7 @@ async def test_handshake_delay_delays_the_answer(proxy: ProxyServer) -> None:
     client = await RawClient.connect(proxy.port)
     loop = asyncio.get_running_loop()
     start = loop.time()
-    assert await client.handshake(client_id=9) == 157
+    assert await client.handshake(client_id=9) == 176  # v157..176 against a cap of 178
     assert loop.time() - start >= 0.3
     await client.close()
 

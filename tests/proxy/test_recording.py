@@ -25,15 +25,18 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.parametrize(("offered", "version"),
+                         [((157, 176), 176), ((157, 178), 178), ((157, 157), 157)])
 async def test_recording_holds_the_handshake_and_every_message_each_way(
-    tmp_path: Path, gw: FakeGateway
+    tmp_path: Path, gw: FakeGateway, offered: tuple[int, int], version: int
 ) -> None:
     """Header, open, both hellos, each message with direction and times, close with byte counts."""
     path = tmp_path / "rec.jsonl"
     recorder = RecordingWriter(path, upstream=f"127.0.0.1:{gw.port}")
+    hello = f"v{offered[0]}..{offered[1]}"
     async with ProxyServer("127.0.0.1", gw.port, recorder=recorder) as proxy:
         client = await RawClient.connect(proxy.port)
-        await client.handshake(client_id=7)
+        assert await client.handshake(client_id=7, versions=hello) == version
         await client.read_until("9")
         client.writer.write(frame(49, 1))
         await client.read_until("49")
@@ -54,10 +57,11 @@ async def test_recording_holds_the_handshake_and_every_message_each_way(
                          ("msg", "c2s")]
     assert kinds[-1] == ("close", None)
     hello_c2s, hello_s2c, start_api = lines[2], lines[3], lines[4]
-    assert base64.b64decode(hello_c2s["raw"]) == b"API\0\0\0\0\tv157..176"
-    assert hello_c2s["versions"] == [157, 176]
-    assert hello_s2c["version"] == 157
-    assert base64.b64decode(hello_s2c["raw"])[4:8] == b"157\0"
+    assert base64.b64decode(hello_c2s["raw"]) == b"API\0\0\0\0\t" + hello.encode()
+    assert hello_c2s["versions"] == list(offered)
+    assert hello_s2c["version"] == version
+    assert base64.b64decode(hello_s2c["raw"])[4:8] == f"{version}\0".encode()
+    assert load_recording(path).sessions[0].version == version
     assert start_api["fields"] == ["71", "2", "7", ""]
     assert ["15", "1", "DU1234567"] in [x["fields"] for x in lines if x["type"] == "msg"]
     times = [x["t"] for x in lines[1:]]
@@ -68,14 +72,26 @@ async def test_recording_holds_the_handshake_and_every_message_each_way(
         "s2c_bytes": session.s2c_bytes, "reason": "client closed", "t": 0, "wall": ""}
 
 
-async def test_injected_held_and_discarded_frames_are_marked(tmp_path: Path,
-                                                             gw: FakeGateway) -> None:
-    """An injected error is marked injected; what unstall threw away is marked discarded."""
+LOST = "Connectivity between IB and Trader Workstation has been lost."
+
+
+@pytest.mark.parametrize(
+    ("offered", "injected_fields"),
+    [
+        ("v157..157", ["4", "2", "-1", "1100", LOST]),
+        ("v157..176", ["4", "2", "-1", "1100", LOST, ""]),
+        ("v157..178", ["4", "2", "-1", "1100", LOST, ""]),
+    ],
+)
+async def test_injected_held_and_discarded_frames_are_marked(
+    tmp_path: Path, gw: FakeGateway, offered: str, injected_fields: list[str]
+) -> None:
+    """Injected errors are marked, in the session's layout; frames unstall threw away too."""
     path = tmp_path / "rec.jsonl"
     recorder = RecordingWriter(path)
     async with ProxyServer("127.0.0.1", gw.port, recorder=recorder) as proxy:
         client = await RawClient.connect(proxy.port)
-        await client.handshake(client_id=7)
+        await client.handshake(client_id=7, versions=offered)
         await client.read_until("9")
         await proxy.send_error(1100)
         await client.read_error(1100)
@@ -88,7 +104,7 @@ async def test_injected_held_and_discarded_frames_are_marked(tmp_path: Path,
     lines = _lines(path)
     injected = [x for x in lines if x.get("injected")]
     discarded = [x for x in lines if x.get("discarded")]
-    assert [x["fields"][3] for x in injected] == ["1100"]
+    assert [x["fields"] for x in injected] == [injected_fields]
     assert [x["fields"][0] for x in discarded] == ["49"]
     faults = [(x["action"], x["sessions"]) for x in lines if x["type"] == "fault"]
     assert faults == [("error", 1), ("stall", 1), ("unstall", 1)]

@@ -110,15 +110,25 @@ async def test_the_proxy_binds_loopback_unless_told_otherwise(gw: FakeGateway) -
         assert proxy.sockname == ("127.0.0.1", proxy.port)
 
 
+@pytest.mark.parametrize(
+    ("offered", "cap", "version"),
+    [
+        ((157, 176), 178, 176),  # ib_insync 0.9.86's range
+        ((157, 178), 178, 178),  # ib_async 2.x's range
+        ((157, 176), 157, 157),  # a gateway that speaks no higher than 157
+        ((150, 170), 178, 170),
+    ],
+)
 async def test_negotiated_version_and_client_id_are_read_off_the_wire(
-    gw: FakeGateway, proxy: ProxyServer
+    gw: FakeGateway, proxy: ProxyServer, offered: tuple[int, int], cap: int, version: int
 ) -> None:
     """The session knows the version the gateway answered and the client id of startApi."""
+    gw.server_version = cap
     client = await RawClient.connect(proxy.port)
-    assert await client.handshake(client_id=12) == 157
+    assert await client.handshake(client_id=12, versions=f"v{offered[0]}..{offered[1]}") == version
     await client.read_until("9")
     session = next(iter(proxy.sessions.values()))
-    assert (session.version, session.client_id, session.client_versions) == (157, 12, (157, 176))
+    assert (session.version, session.client_id, session.client_versions) == (version, 12, offered)
     await client.close()
 
 
@@ -173,7 +183,7 @@ async def test_unreachable_upstream_is_said_per_session_and_the_proxy_keeps_list
             assert line.endswith("; client connection closed")
         await gw.start_listening()
         client = await RawClient.connect(proxy.port)
-        assert await client.handshake(client_id=3) == 157
+        assert await client.handshake(client_id=3) == 176  # v157..176 against a cap of 178
         await client.close()
 
 
@@ -210,7 +220,7 @@ async def test_client_garbage_is_relayed_and_the_proxy_survives(
         await wait_until(lambda: gw.accepted_connections == 1, what="relayed to the simulator")
         writer.close()
         client = await RawClient.connect(proxy.port)
-        assert await client.handshake(client_id=4) == 157
+        assert await client.handshake(client_id=4) == 176  # v157..176 against a cap of 178
         await client.close()
         await wait_until(lambda: proxy.closed_sessions == 2, what="both sessions closed")
     assert [line.split(" (")[0] for line in lines] == ["session 1", "session 2"]

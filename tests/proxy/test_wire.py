@@ -10,7 +10,7 @@ import pytest
 
 from ibkr_connection.proxy import ProxyServer, proxy_error_frame
 from ibkr_connection.proxy.wire import FrameSplitter, decode, encode
-from ibkr_connection.simulator import FakeGateway
+from ibkr_connection.simulator import FakeGateway, messages
 
 from .conftest import frame, wait_until
 
@@ -18,10 +18,14 @@ from .conftest import frame, wait_until
 @pytest.mark.parametrize(
     ("version", "payload"),
     [
+        (150, b"4\x002\x00-1\x001100\x00lost\x00"),
         (157, b"4\x002\x00-1\x001100\x00lost\x00"),
         (165, b"4\x002\x00-1\x001100\x00lost\x00"),
         (166, b"4\x002\x00-1\x001100\x00lost\x00\x00"),
+        (176, b"4\x002\x00-1\x001100\x00lost\x00\x00"),
         (178, b"4\x002\x00-1\x001100\x00lost\x00\x00"),
+        (179, b"4\x002\x00-1\x001100\x00lost\x00\x00"),
+        (193, b"4\x002\x00-1\x001100\x00lost\x00\x00"),
         (194, b"4\x00-1\x001100\x00lost\x00\x001700000000000\x00"),
         (201, b"\x00\x00\x00\x04-1\x001100\x00lost\x00\x001700000000000\x00"),
     ],
@@ -32,10 +36,32 @@ def test_error_frame_layout_per_version(version: int, payload: bytes) -> None:
         struct.pack(">I", len(payload)) + payload)
 
 
-def test_error_text_is_ascii_escaped_as_tws_does() -> None:
+@pytest.mark.parametrize("version", range(157, 179))
+@pytest.mark.parametrize(
+    ("req_id", "code", "text"),
+    [
+        (-1, 1100, "Connectivity between IB and Trader Workstation has been lost."),
+        (-1, 2104, "Market data farm connection is OK:usfarm"),
+        (42, 200, "No security definition has been found for the request"),
+        (7, 326, ""),
+    ],
+)
+def test_error_frame_is_the_simulators_at_the_versions_it_speaks(
+    version: int, req_id: int, code: int, text: str
+) -> None:
+    """From 157 to 178 the proxy's error frame is the simulator's own, byte for byte."""
+    assert proxy_error_frame(version, req_id, code, text) == messages.error(
+        req_id, code, text, version=version)
+
+
+@pytest.mark.parametrize(
+    ("version", "tail"),
+    [(157, b"\x00"), (176, b"\x00\x00"), (178, b"\x00\x00"), (190, b"\x00\x00")],
+)
+def test_error_text_is_ascii_escaped_as_tws_does(version: int, tail: bytes) -> None:
     """Non-ASCII text goes out as \\uXXXX escapes (a surrogate pair above U+FFFF)."""
-    payload = proxy_error_frame(157, 5, 200, "é€😀")[4:]
-    assert payload == b"4\x002\x005\x00200\x00\\u00e9\\u20ac\\ud83d\\ude00\x00"
+    payload = proxy_error_frame(version, 5, 200, "é€😀")[4:]
+    assert payload == b"4\x002\x005\x00200\x00\\u00e9\\u20ac\\ud83d\\ude00" + tail
 
 
 def test_splitter_returns_whole_frames_only() -> None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from ibkr_connection.simulator import messages, versions
+
 #: The bytes a TWS API client opens its connection with.
 API_PREFIX = b"API\0"
 
@@ -40,8 +42,8 @@ PROTOBUF_OFFSET = 200
 
 #: From this server version the error message carries ``advancedOrderRejectJson``
 #: (ibapi ``MIN_SERVER_VER_ADVANCED_ORDER_REJECT``; ib_insync and ib_async
-#: ``Decoder.errorMsg`` read it from 166 on).
-ERROR_REJECT_JSON_VERSION = 166
+#: ``Decoder.errorMsg`` read it from 166 on): the simulator's own constant.
+ERROR_REJECT_JSON_VERSION = versions.ADVANCED_ORDER_REJECT
 
 #: From this server version the error message drops its version field and ends
 #: with the error time in epoch milliseconds (ibapi ``MIN_SERVER_VER_ERROR_TIME``,
@@ -274,21 +276,32 @@ def proxy_error_frame(
 ) -> bytes:
     """Frame an IB error / system message (id 4) in the layout of ``version``.
 
-    The relay's one place for the error layout (the simulator's own encoders
-    speak version 157 only; once they are per version, this should call them):
+    At the versions the simulator speaks (157..178) this is the simulator's
+    own encoder, :func:`ibkr_connection.simulator.messages.error`, so the
+    proxy and the simulator cannot disagree on a layout the tests check
+    against ib_insync and ib_async. The proxy relays whatever version the real
+    gateway negotiated, so it keeps its own rules for the versions the
+    simulator does not model:
 
-    * below 166: ``4, 2, reqId, code, message`` (ib_insync / ib_async
-      ``Decoder.errorMsg``; ibapi reads the same);
-    * 166 to 193: ``4, 2, reqId, code, message, advancedOrderRejectJson``
+    * below 157: ``4, 2, reqId, code, message`` (errMsg version 2, which
+      ib_insync / ib_async ``Decoder.errorMsg`` and ibapi read alike; the
+      simulator's 157 layout);
+    * 179 to 193: ``4, 2, reqId, code, message, advancedOrderRejectJson``
       (both decoders read the extra field from 166 on; ibapi
       ``MIN_SERVER_VER_ADVANCED_ORDER_REJECT`` = 166);
     * 194 to 200: ``4, reqId, code, message, advancedOrderRejectJson,
-      errorTime`` (ibapi ``processErrMsgMsg``: no version field from
-      ``MIN_SERVER_VER_ERROR_TIME`` = 194 on, the time in epoch ms last);
-    * 201 and up: the same fields after a 4-byte binary message id.
+      errorTime`` (ibapi ``processErrMsgMsg``: no version field
+      from ``MIN_SERVER_VER_ERROR_TIME`` = 194 on, the time in epoch ms
+      last);
+    * 201 and up: the same fields after a 4-byte binary message id (ibapi
+      ``MIN_SERVER_VER_PROTOBUF`` = 201; :func:`encode`).
 
     From version 153 (ibapi ``MIN_SERVER_VER_ENCODE_MSG_ASCII7``) TWS escapes
-    non-ASCII text as ``\\uXXXX``; so does this function, for every version.
+    non-ASCII text as ``\\uXXXX``, which IB's own clients unescape from that
+    version on (ib_insync 0.9.86 and ib_async 2.x do not, and show the
+    escapes). The proxy escapes the text before laying it out, at every
+    version, as the gateway it stands for would. The simulator's texts are
+    ASCII, so its encoder has nothing to escape and the two agree.
 
     Args:
         version: The negotiated server version.
@@ -302,6 +315,8 @@ def proxy_error_frame(
         The frame, length prefix included.
     """
     text = message if message.isascii() else "".join(_escape(c) for c in message)
+    if versions.MIN_SERVER_VERSION <= version <= versions.MAX_SERVER_VERSION:
+        return messages.error(req_id, code, text, version=version)
     if version < ERROR_REJECT_JSON_VERSION:
         fields = ["4", "2", str(req_id), str(code), text]
     elif version < ERROR_TIME_VERSION:

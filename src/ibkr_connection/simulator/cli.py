@@ -93,8 +93,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--replay",
         default=None,
         metavar="FILE",
-        help="serve a recording made by 'ibkr-connection proxy --record' (the simulator's "
-        "own model answers what the recording lacks)",
+        help="serve a recording made by 'ibkr-connection proxy --record' at its recorded "
+        "server version (--server-version does not apply); the simulator's own model answers "
+        "what the recording lacks",
     )
     parser.add_argument(
         "--duration",
@@ -135,17 +136,18 @@ async def serve(args: argparse.Namespace) -> int:
     }
     if recording is None:
         gw: FakeGateway = FakeGateway(server_version=args.server_version, **settings)
+        spoken = f"server versions {versions.MIN_SERVER_VERSION}..{args.server_version}"
     else:
-        # A replay answers the handshake with the recording's own version.
+        # A replay answers the handshake with the recording's own version, never another.
         gw = ReplayGateway(recording, **settings)
+        spoken = f"replaying server version {recording.version or gw.server_version}"
     async with gw:
         logger.info(
-            "simulator ready on %s:%d accounts=%s server versions %d..%d",
+            "simulator ready on %s:%d accounts=%s %s",
             args.host,
             gw.port,
             ",".join(accounts),
-            versions.MIN_SERVER_VERSION,
-            gw.server_version,
+            spoken,
         )
         tasks: list[asyncio.Task[None]] = []
         if scenario is not None:

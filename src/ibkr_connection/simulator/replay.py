@@ -4,10 +4,18 @@
 that consults a recording (:mod:`ibkr_connection.proxy.recording`) before
 its own model:
 
-* The handshake is answered with the recorded server version.
-* A client's ``startApi`` takes the next recorded session (one of the same
-  client id first), and gets that session's greeting (``managedAccounts``,
-  ``nextValidId``, farm notices ...).
+* The handshake is answered with the recorded server version, never a
+  negotiated one: the recorded messages are laid out for it. A client whose
+  version range excludes it is refused as the simulator refuses a range it
+  cannot serve (answered with that version, then closed), and the log says
+  which range excluded which version. When the recording's sessions were at
+  different versions (e.g. an ib_insync bot at 176 and an ib_async bot at
+  178), a connection gets the highest version of the sessions left to serve
+  that its range includes, as TWS answers with the highest both speak.
+* A client's ``startApi`` takes the next recorded session at the version its
+  connection speaks (one of the same client id first), and gets that
+  session's greeting (``managedAccounts``, ``nextValidId``, farm notices
+  ...).
 * Each later request is matched to the first unused recorded request with
   the same message id and the same identifying fields (every field but its
   request or order id: the contract of a ``reqMktData``, the filter of a
@@ -23,7 +31,11 @@ its own model:
   connections are then refused for its outage. A recorded 1300 names this
   simulator's port.
 * A request the recording has no answer for is answered by the simulator's
-  own model, and logged (:attr:`ReplayGateway.unmatched` keeps them).
+  own model, and logged (:attr:`ReplayGateway.unmatched` keeps them). The
+  model reads the request and lays out its answer for the connection's
+  version, the recorded one, as for any client at that version; a recorded
+  version outside the simulator's 157..178 is said at start, since the model
+  then reads and answers as at the nearest version it speaks.
 
 Which messages answer which request (:func:`build_plan`): a message carrying
 a recorded request's id (at the position :data:`REPLY_ID_FIELDS` gives for
@@ -46,6 +58,7 @@ from typing import Any
 from ibkr_connection.proxy import wire
 from ibkr_connection.proxy.recording import RecordedMessage, RecordedSession, Recording
 from ibkr_connection.simulator import protocol as p
+from ibkr_connection.simulator import versions as v
 from ibkr_connection.simulator.gateway import FakeGateway
 from ibkr_connection.simulator.transport import ApiClient, Request
 
@@ -178,11 +191,15 @@ class Plan:
         session: The recorded session.
         start: The ``startApi`` (its followers are the greeting).
         requests: Every other request, in recorded order.
+        version: The server version it is served at: the session's own
+            (0 if its handshake answer was not recorded).
+        outage: Seconds of refusals after its recorded drop (a ``restart``).
     """
 
     session: RecordedSession
     start: RecordedRequest
     requests: list[RecordedRequest]
+    version: int = 0
     outage: float = 0.0
 
     def take(self, fields: Sequence[str]) -> RecordedRequest | None:
@@ -247,7 +264,7 @@ def build_plan(session: RecordedSession) -> Plan:
             owner.answers.append(Timed(message.t - owner.t, message))
     if session.closed_by_gateway and session.closed_at is not None:
         anchor.followers.append(Timed(session.closed_at - anchor.t, None))
-    return Plan(session, start, requests)
+    return Plan(session, start, requests, version)
 
 
 def _restart_outage(recording: Recording, session: RecordedSession) -> float:
@@ -301,7 +318,8 @@ class _Replay:
         self.gw = gw
         self.conn = conn
         self.plan = plan
-        self.version = plan.session.version or gw.server_version
+        # The connection speaks the plan's version (ReplayGateway._start picks it so).
+        self.version = conn.version
         self.ids: dict[int, int] = {}
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -378,13 +396,21 @@ class _Replay:
 class ReplayGateway(FakeGateway):
     """A simulator that serves a recording first and its own model for the rest.
 
+    Every connection speaks a recorded server version, never a negotiated
+    one (see the module docstring); the model's answers are laid out for it.
+
     Args:
         recording: The recording to serve.
         **kwargs: As for :class:`FakeGateway`; ``accounts`` defaults to the
-            recording's, ``server_version`` to its negotiated version.
+            recording's. ``server_version`` (the cap of a gateway that
+            negotiates) only applies to a recording without any recorded
+            handshake; it defaults to the recorded version, or the nearest
+            the simulator speaks.
 
     Attributes:
         recording: The recording served.
+        recorded_version: The recording's server version (its first
+            session's; 0 if it has none), spoken once every session is served.
         plans: Recorded sessions not yet served, in recorded order.
         unmatched: Requests the recording had no answer for (the model answered).
         served: Client connections served from the recording so far.
@@ -392,27 +418,64 @@ class ReplayGateway(FakeGateway):
 
     def __init__(self, recording: Recording, **kwargs: Any) -> None:
         kwargs.setdefault("accounts", recording.accounts or ["DU1234567"])
-        kwargs.setdefault("server_version", recording.version or p.SERVER_VERSION)
+        recorded = recording.version
+        kwargs.setdefault("server_version", _modelled(recorded) if recorded
+                          else p.SERVER_VERSION)
         super().__init__(**kwargs)
         self.recording = recording
+        self.recorded_version = recorded
         self.plans = [build_plan(s) for s in recording.sessions if s.client_id is not None]
         for plan in self.plans:
+            plan.version = plan.version or recorded
             plan.outage = _restart_outage(recording, plan.session)
         self._outage: asyncio.Task[None] | None = None
         self.unmatched: list[Request] = []
         self.served = 0
         self._replays: dict[int, _Replay] = {}
-        versions = sorted({s.version for s in recording.sessions if s.version})
-        if len(versions) > 1:
-            logger.warning("replay: the recording's sessions negotiated versions %s; serving "
-                           "%d", versions, self.server_version)
-        if self.server_version != p.SERVER_VERSION:
-            logger.warning(
-                "replay: the recording is at server version %d; the simulator's own answers "
-                "(to requests the recording lacks) use the layouts of version %d, which a "
-                "client may misread", self.server_version, p.SERVER_VERSION)
-        logger.info("replay: %s: %d session(s) to serve at server version %d",
-                    recording.source, len(self.plans), self.server_version)
+        spoken = sorted(({plan.version for plan in self.plans} | {recorded}) - {0})
+        for version in spoken:
+            if _modelled(version) != version:
+                logger.warning(
+                    "replay: the recording is at server version %d, which the simulator does "
+                    "not model (it speaks %d..%d): recorded answers are served as recorded, but "
+                    "the simulator's own answers (to requests the recording lacks) are read "
+                    "and laid out as at version %d, which a client at %d may misread",
+                    version, v.MIN_SERVER_VERSION, v.MAX_SERVER_VERSION, _modelled(version),
+                    version)
+        logger.info("replay: %s: %d session(s) to serve at server version %s",
+                    recording.source, len(self.plans),
+                    ", ".join(map(str, spoken)) or f"up to {self.server_version} (none recorded)")
+
+    def _offered(self) -> list[int]:
+        """The versions a connection may get now: those of the sessions left to serve."""
+        left = {plan.version for plan in self.plans if plan.version}
+        if not left and self.recorded_version:
+            left = {self.recorded_version}
+        return sorted(left)
+
+    def _negotiate(self, conn: ApiClient, low: int, high: int) -> int | None:
+        """Speak a recorded version in the client's range, or refuse it; never negotiate one.
+
+        The recorded messages are laid out for their session's version, and a
+        client decodes them by the version of the handshake: a replay that
+        answered any other (as a gateway with a cap would) would hand the
+        client messages it misreads.
+        """
+        offered = self._offered()
+        if not offered:
+            return super()._negotiate(conn, low, high)  # nothing recorded: a plain simulator
+        return max((version for version in offered if low <= version <= high), default=None)
+
+    def _refusal(self, conn: ApiClient, low: int, high: int) -> int:
+        offered = self._offered()
+        if not offered:
+            return super()._refusal(conn, low, high)
+        logger.warning(
+            "replay: connection %d refused: client versions %d..%d exclude %s, the server "
+            "version of the recorded session(s) left to serve (a replay speaks only what was "
+            "recorded); answered %d and closed",
+            conn.conn_id, low, high, ", ".join(map(str, offered)), offered[-1])
+        return offered[-1]
 
     async def stop(self) -> None:
         """Stop serving; pending recorded answers are dropped."""
@@ -463,11 +526,12 @@ class ReplayGateway(FakeGateway):
         if client_id is None:
             super()._handle_request(conn, request)
             return
-        plan = next((pl for pl in self.plans if pl.session.client_id == client_id), None) \
-            or (self.plans[0] if self.plans else None)
+        fitting = [pl for pl in self.plans if pl.version in (0, conn.version)]
+        plan = next((pl for pl in fitting if pl.session.client_id == client_id), None) \
+            or (fitting[0] if fitting else None)
         if plan is None:
-            logger.info("replay: no recorded session left for client %d; the simulator's model "
-                        "serves it", client_id)
+            logger.info("replay: no recorded session at server version %d left for client %d; "
+                        "the simulator's model serves it", conn.version, client_id)
             super()._handle_request(conn, request)
             return
         if not self.accept_client(conn, client_id):
@@ -481,3 +545,8 @@ class ReplayGateway(FakeGateway):
         logger.info("replay: client %d served from recorded session %d (client %s)", client_id,
                     plan.session.session, plan.session.client_id)
         replay.greet()
+
+
+def _modelled(version: int) -> int:
+    """The version whose layouts the simulator's model uses for a client at ``version``."""
+    return min(max(version, v.MIN_SERVER_VERSION), v.MAX_SERVER_VERSION)

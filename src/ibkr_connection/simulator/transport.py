@@ -4,7 +4,9 @@
 gives each one an :class:`ApiClient`, reads the ``API\\0`` prefix and the
 client's version range, answers with the server version it negotiated (or
 refuses a range it cannot serve, see
-:meth:`GatewayTransport._on_version_range`), accepts ``startApi`` (refusing a
+:meth:`GatewayTransport._on_version_range`; a subclass picks the version by
+overriding ``_negotiate`` and ``_refusal``, as the replay does to speak only
+the recorded one), accepts ``startApi`` (refusing a
 client id already in use with 326), and turns every later frame into a logged
 :class:`Request` handed to :meth:`_handle_request`, which the gateway
 overrides to dispatch it. It knows nothing of orders or
@@ -333,13 +335,14 @@ class GatewayTransport:
     def _on_version_range(self, conn: ApiClient, payload: bytes) -> None:
         """Answer the client's ``v<min>..<max>`` with the version both speak, or refuse it.
 
-        A range the simulator cannot serve is refused as TWS refuses it: the
-        answer is the server's own highest version, outside the client's
-        range, which the client itself rejects (IB's EClient.serverVersion
-        disconnects with 506 "Unsupported version" when the version is above
-        its max or below its min; ib_insync and ib_async disconnect when it is
-        below their ``MinClientVersion``). TWS's next step is not documented;
-        the simulator closes the socket after the answer so that a client that
+        The version comes from :meth:`_negotiate`. A range it refuses is
+        answered as TWS answers it: with a version outside the client's range
+        (:meth:`_refusal` logs why and says which), which the client itself
+        rejects (IB's EClient.serverVersion disconnects with 506 "Unsupported
+        version" when the version is above its max or below its min;
+        ib_insync and ib_async disconnect when it is below their
+        ``MinClientVersion``). TWS's next step is not documented; the
+        simulator closes the socket after the answer so that a client that
         does not check cannot go on at a version it never offered.
 
         Raises:
@@ -351,21 +354,10 @@ class GatewayTransport:
             raise p.ProtocolError(f"empty version range v{low}..{high}")
         conn.client_versions = (low, high)
         conn.connect_options = options
-        version = versions.negotiate(low, high, self._server_version)
+        version = self._negotiate(conn, low, high)
         if version is None:
-            logger.warning(
-                "connection %d offered versions %d..%d; this gateway speaks %d..%d: "
-                "answered %d and closed",
-                conn.conn_id,
-                low,
-                high,
-                versions.MIN_SERVER_VERSION,
-                self._server_version,
-                self._server_version,
-            )
-            conn.send_raw(
-                messages.server_version(self._server_version, datetime.now(timezone.utc))
-            )
+            answer = self._refusal(conn, low, high)
+            conn.send_raw(messages.server_version(answer, datetime.now(timezone.utc)))
             conn.transport.close()  # close() flushes the answer first; abort() would not
             return
         conn.version = version
@@ -373,6 +365,46 @@ class GatewayTransport:
             "connection %d offered versions %d..%d; speaking %d", conn.conn_id, low, high, version
         )
         self._later(conn, self.handshake_delay, self._send_server_version, conn)
+
+    def _negotiate(self, conn: ApiClient, low: int, high: int) -> int | None:
+        """The version to speak with a client that offered ``low..high``; ``None`` refuses it.
+
+        Like TWS: the highest version in the range up to the cap
+        (:func:`~ibkr_connection.simulator.versions.negotiate`). A replay
+        overrides it to speak the recorded version or nothing.
+
+        Args:
+            conn: The connection.
+            low: Lowest version the client accepts.
+            high: Highest version the client accepts.
+
+        Returns:
+            The version, or ``None``.
+        """
+        return versions.negotiate(low, high, self._server_version)
+
+    def _refusal(self, conn: ApiClient, low: int, high: int) -> int:
+        """Log why a client's range is refused; return the version to answer it with.
+
+        Args:
+            conn: The connection.
+            low: Lowest version the client accepts.
+            high: Highest version the client accepts.
+
+        Returns:
+            The gateway's own highest version (outside the client's range).
+        """
+        logger.warning(
+            "connection %d offered versions %d..%d; this gateway speaks %d..%d: "
+            "answered %d and closed",
+            conn.conn_id,
+            low,
+            high,
+            versions.MIN_SERVER_VERSION,
+            self._server_version,
+            self._server_version,
+        )
+        return self._server_version
 
     def _handle_request(self, conn: ApiClient, request: Request) -> None:
         """Act on a logged request; the transport alone answers none.
