@@ -63,8 +63,8 @@ class RecordingEffects:
     def cancel_restart_timer(self) -> None:
         self._record("cancel_restart_timer")
 
-    def probe_gateway(self, interval: float) -> None:
-        self._record("probe_gateway", interval)
+    def probe_gateway(self, port: int, interval: float) -> None:
+        self._record("probe_gateway", port, interval)
 
     def cancel_probe(self) -> None:
         self._record("cancel_probe")

@@ -477,7 +477,7 @@ class ConnectionMachine:
         self._effect("start_heartbeat")
 
     def _do_probe_gateway(self, event: EventData) -> None:
-        self._effect("probe_gateway", self.policy.backoff.max_delay)
+        self._effect("probe_gateway", self.port, self.policy.backoff.max_delay)
 
     def _do_reconnect_data(self, event: EventData) -> None:
         logger.warning("a data farm has been broken for %.0fs (%s): asking the controller "

@@ -64,7 +64,7 @@ class Effects(Protocol):
     def cancel_restart_timer(self) -> None:
         """Cancel the restart timer, if any."""
 
-    def probe_gateway(self, interval: float) -> None:
+    def probe_gateway(self, port: int, interval: float) -> None:
         """Probe the gateway (TCP connect and API handshake) every ``interval``
         seconds; feed ``gateway_back`` once it answers."""
 

@@ -204,7 +204,8 @@ def _rows(
 
 
 #: Actions of a row whose attempt produced a session.
-_ON_SESSION_UP = ("reset_backoff", "forget_wedge_signs", "select_account", "restore_subscriptions", "start_heartbeat")
+_ON_SESSION_UP = ("reset_backoff", "forget_wedge_signs", "select_account",
+                  "restore_subscriptions", "start_heartbeat")
 _ATTEMPT_STATES = (_S.CONNECTING, *SESSION_STATES)
 
 #: The transition table. Order matters only among rows of the same

@@ -156,8 +156,8 @@ class TimerEffects:
         if self._restart is not None:
             self._restart.cancel()
 
-    def probe_gateway(self, interval: float) -> None:
-        self.calls.append(f"probe_gateway {interval}")
+    def probe_gateway(self, port: int, interval: float) -> None:
+        self.calls.append(f"probe_gateway {port} {interval}")
 
     def cancel_probe(self) -> None:
         self.calls.append("cancel_probe")
