@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from ib_insync import IB, LimitOrder, MarketOrder, Stock
