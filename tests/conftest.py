@@ -57,6 +57,30 @@ class RecordingEffects:
     def tear_down(self) -> None:
         self._record("tear_down")
 
+    def send_restart(self) -> None:
+        self._record("send_restart")
+
+    def start_restart_timer(self, timeout: float) -> None:
+        self._record("start_restart_timer", timeout)
+
+    def cancel_restart_timer(self) -> None:
+        self._record("cancel_restart_timer")
+
+    def probe_gateway(self, port: int, interval: float) -> None:
+        self._record("probe_gateway", port, interval)
+
+    def cancel_probe(self) -> None:
+        self._record("cancel_probe")
+
+    def send_reconnect_data(self) -> None:
+        self._record("send_reconnect_data")
+
+    def start_farm_timer(self, timeout: float) -> None:
+        self._record("start_farm_timer", timeout)
+
+    def cancel_farm_timer(self) -> None:
+        self._record("cancel_farm_timer")
+
     def names(self) -> list[str]:
         """Return the names of the recorded calls, in order."""
         return [name for name, _ in self.calls]
@@ -84,6 +108,13 @@ def drive_to(machine: ConnectionMachine, state: ConnectionState) -> None:
         ],
         ConnectionState.BACKOFF: [Input(InputKind.CONNECT), Input(InputKind.ATTEMPT_FAILED)],
         ConnectionState.FAILED: [Input(InputKind.CONNECT), Input(InputKind.FATAL_ERROR)],
+        # Needs a machine with a controller: three attempts in a row that
+        # reached the socket and got no handshake make a wedged gateway.
+        ConnectionState.RESTARTING: [
+            Input(InputKind.CONNECT), Input(InputKind.ATTEMPT_FAILED, costly=True),
+            Input(InputKind.RETRY_DUE), Input(InputKind.ATTEMPT_FAILED, costly=True),
+            Input(InputKind.RETRY_DUE), Input(InputKind.ATTEMPT_FAILED, costly=True),
+        ],
     }
     for inp in paths[state]:
         machine.handle(inp)

@@ -73,9 +73,16 @@ def test_diagram_labels_each_row_with_its_actions() -> None:
         "backoff --> connecting: retry_due / count_attempt",
         "backoff --> backoff: port_reset / note_port",
         "connected --> lost: connectivity_lost / note_link_lost",
-        "lost --> backoff: socket_closed / draw_delay | heartbeat_missed / draw_costly_delay"
+        "lost --> backoff: socket_closed / draw_delay"
+        " | heartbeat_missed / note_wedge_sign+draw_costly_delay"
         " | restore_timeout / draw_costly_delay | port_reset / note_port+retry_at_once"
         " | not_connected / draw_delay",
+        "lost --> restarting: heartbeat_missed / note_wedge_sign [wedged]"
+        " | restore_timeout [link_stuck]",
+        "restarting --> restarting: port_reset / note_port | restart_sent / probe_gateway",
+        "restarting --> backoff: restart_failed / draw_costly_delay"
+        " | restart_timeout / draw_costly_delay",
+        "restarting --> connecting: gateway_back / count_attempt",
     ):
         assert f"  {line}\n" in text, line
     assert "farm_ok / note_farm_ok" in text

@@ -7,6 +7,10 @@ a reviewed diff.
 Cell legend: a state name = moves there; ``=`` = stays and acts (re-subscribes,
 or remembers a fact); ``-`` = ignored with a logged reason.
 
+The grid is for a machine with a controller (IBC) configured and the default
+policy; ``NO_CONTROLLER`` lists the cells that differ without one. The ManualClock's
+wall time (12:00 in New York) is outside IB's reset windows.
+
 A socket closed while connecting is ignored: the attempt itself reports the
 close, classified (``attempt_failed``, or ``fatal_error`` for an account the
 login does not manage), and the driver feeds that before it closes the socket.
@@ -28,20 +32,28 @@ COLUMNS = (
     "socket_closed", "retry_due", "connectivity_lost", "restored_data_lost",
     "restored_data_kept", "farm_broken", "farm_ok", "server_link_broken", "port_reset",
     "client_id_in_use", "not_connected", "heartbeat_missed", "restore_timeout",
+    "restart_sent", "restart_failed", "gateway_back", "restart_timeout", "farm_reconnect_due",
     "subscribed",
 )
 
 # Setup of each row: see conftest.drive_to (degraded = usfarm broken).
 # Inputs carry: farm_broken -> "ushmds", farm_ok -> "usfarm", port_reset -> 4003.
 EXPECTED = {
-    #                connect     disconnect    succeeded  failed   fatal   closed   retry       1100  1101       1102       f_broken  f_ok       2110      1300     326      502/504  heartbeat restore subscribed
-    "disconnected": ("connecting", "-",          "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-", "-"),
-    "connecting":   ("-",          "disconnected", "connected", "backoff", "failed", "-",     "-",  "=",  "=",       "=",       "=",      "=",       "=",      "backoff", "backoff", "backoff", "-",  "-", "-"),
-    "connected":    ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "lost", "=",     "-",       "degraded", "-",     "degraded", "backoff", "-",   "backoff", "backoff", "-", "="),
-    "degraded":     ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "lost", "=",     "=",       "=",      "connected", "=",     "backoff", "-",   "backoff", "backoff", "-", "="),
-    "lost":         ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "-",  "connected", "connected", "=",    "=",       "=",      "backoff", "-",   "backoff", "backoff", "backoff", "="),
-    "backoff":      ("-",          "disconnected", "-",       "-",      "failed", "-",     "connecting", "-", "-",     "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-", "-"),
-    "failed":       ("connecting", "disconnected", "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-", "-"),
+    #                connect     disconnect    succeeded  failed   fatal   closed   retry       1100  1101       1102       f_broken  f_ok       2110      1300     326      502/504  heartbeat restore      r_sent r_failed  back    r_timeout farm_due subscribed
+    "disconnected": ("connecting", "-",          "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-",         "-",   "-",      "-",    "-",      "-", "-"),
+    "connecting":   ("-",          "disconnected", "connected", "backoff", "failed", "-",     "-",  "=",  "=",       "=",       "=",      "=",       "=",      "backoff", "backoff", "backoff", "-",  "-",         "-",   "-",      "-",    "-",      "-", "-"),
+    "connected":    ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "lost", "=",     "-",       "degraded", "-",     "degraded", "backoff", "-",   "backoff", "backoff", "-",       "-",   "-",      "-",    "-",      "-", "="),
+    "degraded":     ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "lost", "=",     "=",       "=",      "connected", "=",     "backoff", "-",   "backoff", "backoff", "-",       "-",   "-",      "-",    "-",      "=", "="),
+    "lost":         ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "-",  "connected", "connected", "=",    "=",       "=",      "backoff", "-",   "backoff", "backoff", "restarting", "-", "-",      "-",    "-",      "-", "="),
+    "backoff":      ("-",          "disconnected", "-",       "-",      "failed", "-",     "connecting", "-", "-",     "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-",         "-",   "-",      "-",    "-",      "-", "-"),
+    "restarting":   ("-",          "disconnected", "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-",         "=",   "backoff", "connecting", "backoff", "-", "-"),
+    "failed":       ("connecting", "disconnected", "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-",         "-",   "-",      "-",    "-",      "-", "-"),
+}
+
+#: The cells that differ for a machine without a controller: nothing escalates.
+NO_CONTROLLER = {
+    ("lost", "restore_timeout"): "backoff",
+    ("degraded", "farm_reconnect_due"): "-",
 }
 
 PAYLOAD = {
@@ -74,8 +86,23 @@ def test_grid_covers_every_state_and_input() -> None:
 def test_outcome(
     state: str, column: str, cell: str, effects: RecordingEffects, clock: ManualClock
 ) -> None:
-    """Each (state, input) pair has the outcome written in the grid."""
+    """Each (state, input) pair has the outcome written in the grid (with a controller)."""
+    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7],
+                                controller_configured=True)
+    _check_cell(machine, state, column, cell)
+
+
+@pytest.mark.parametrize(("state", "column", "cell"),
+                         [(s, c, cell) for (s, c), cell in NO_CONTROLLER.items()])
+def test_outcome_without_controller(
+    state: str, column: str, cell: str, effects: RecordingEffects, clock: ManualClock
+) -> None:
+    """Without a controller those cells do not escalate."""
     machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7])
+    _check_cell(machine, state, column, cell)
+
+
+def _check_cell(machine: ConnectionMachine, state: str, column: str, cell: str) -> None:
     drive_to(machine, ConnectionState(state))
     before = len(machine.transcript)
     result = machine.handle(Input(InputKind(column), **PAYLOAD.get(column, {})))  # type: ignore[arg-type]

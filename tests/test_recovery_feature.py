@@ -11,10 +11,17 @@ import pytest
 from ib_insync import IB, Stock
 from pytest_bdd import given, parsers, scenarios, then, when
 
-from ibkr_connection import BackoffPolicy, ConnectionConfig, ConnectionManager, RecoveryPolicy
+from ibkr_connection import (
+    BackoffPolicy,
+    ConnectionConfig,
+    ConnectionManager,
+    IBCController,
+    RecoveryPolicy,
+)
 from ibkr_connection.inputs import InputKind
 from ibkr_connection.machine import ConnectionState, Transition
 from ibkr_connection.simulator import FakeGateway
+from ibkr_connection.simulator.ibc import IbcCommandServer
 
 scenarios("recovery.feature")
 
@@ -106,6 +113,47 @@ def _squatter(world: World, client_id: int) -> None:
 
     world.run(squat())
     world.mark = len(world.bot.transcript)
+
+
+@given("the gateway runs under IBC and my bot may ask IBC to restart it")
+def _under_ibc(world: World) -> None:
+    gw = world.gateway
+    gw.ibc = IbcCommandServer(gw, restart_outage=0.5)
+    world.run(gw.ibc.start())
+    world.run(world.bot.stop())
+    config = ConnectionConfig(port=gw.port, client_id=7, heartbeat_idle=0.3,
+                              heartbeat_timeout=0.3, connect_timeout=1.0, policy=FAST)
+    world.manager = ConnectionManager(
+        IB(), config, controller=IBCController("127.0.0.1", gw.ibc.port, timeout=2.0))
+    world.run(world.bot.start(timeout=5))
+    world.bot.subscribe_market_data(Stock("AAPL", "SMART", "USD"))
+    world.run(gw.wait_for_request("reqMktData"))
+    world.mark = len(world.bot.transcript)
+    world.connections = gw.accepted_connections
+
+
+@when("the gateway wedges: it takes connections and answers nothing")
+def _wedge(world: World) -> None:
+    world.gateway.wedge()
+
+
+@when(parsers.parse("the gateway stops accepting connections for {seconds:d} seconds"))
+def _refuse(world: World, seconds: int) -> None:
+    world.run(world.gateway.restart(outage=float(seconds)))
+
+
+@then("IBC was asked to restart the gateway exactly once")
+def _one_restart(world: World) -> None:
+    ibc = world.gateway.ibc
+    assert ibc is not None and ibc.commands == ["RESTART"] and ibc.restarts == 1
+    assert world.bot.machine.restarts == 1
+
+
+@then("IBC was never asked to restart the gateway")
+def _no_restart(world: World) -> None:
+    ibc = world.gateway.ibc
+    assert ibc is not None and ibc.commands == []
+    assert all(t.dest is not ConnectionState.RESTARTING for t in world.bot.transcript)
 
 
 @when(parsers.parse("the gateway restarts after a {outage:f} second outage"))

@@ -13,10 +13,11 @@ ROOT = {
                 "Transition", "RecoveryPolicy", "BackoffPolicy", "ResetWindow"],
     "subscriptions": ["Subscription", "MarketDataSubscription", "AccountUpdatesSubscription",
                       "PnLSubscription", "CallableSubscription"],
+    "controller": ["Controller", "IBCController", "CommandController"],
     "seed": ["IBKRIBInsyncApi", "Config"],
     "errors": ["IBKRConnectionError", "UsageError", "ConfigError", "ManagerStoppedError",
                "GatewayError", "ConnectFailedError", "FatalConnectError", "AccountError",
-               "OrderRejectedError", "SubscriptionError", "JournalError"],
+               "OrderRejectedError", "SubscriptionError", "JournalError", "ControllerError"],
     "time": ["Clock", "SystemClock", "ManualClock", "mask_account"],
     "machine layer, kept for compatibility": ["ConnectionMachine", "Input", "InputKind"],
 }

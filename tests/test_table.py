@@ -28,6 +28,7 @@ PHASES = {
     "note_link_lost": "note",
     "note_link_restored": "note",
     "note_port": "note",
+    "note_wedge_sign": "note",
     "first_attempt": "before",
     "count_attempt": "before",
     "draw_delay": "before",
@@ -39,6 +40,9 @@ PHASES = {
     "issue_new_subscriptions": "after",
     "start_heartbeat": "after",
     "next_client_id": "after",
+    "forget_wedge_signs": "after",
+    "probe_gateway": "after",
+    "reconnect_data": "after",
 }
 
 #: Every move into backoff and how its delay is decided: cheap unless the input
@@ -61,6 +65,8 @@ DELAYS = {
     ("lost", "restore_timeout"): "draw_costly_delay",
     ("lost", "port_reset"): "retry_at_once",
     ("lost", "not_connected"): "draw_delay",
+    ("restarting", "restart_failed"): "draw_costly_delay",
+    ("restarting", "restart_timeout"): "draw_costly_delay",
 }
 
 

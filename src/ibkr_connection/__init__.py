@@ -9,6 +9,11 @@ What a bot imports from here, by what it is for::
     Transition             one change of state, as in stateChangeEvent and the transcript
     RecoveryPolicy, BackoffPolicy, ResetWindow       how and when to retry
 
+    # restart a wedged gateway when reconnecting cannot help (ConnectionManager(controller=...))
+    Controller             the protocol: restart(), reconnect_data(), reconnect_account()
+    IBCController          IBC's command server (RESTART, RECONNECTDATA, RECONNECTACCOUNT)
+    CommandController      a command of yours, e.g. ["docker", "restart", "ib-gateway"]
+
     # requests re-issued after every reconnect (and after a 1101)
     Subscription, MarketDataSubscription, AccountUpdatesSubscription, PnLSubscription,
     CallableSubscription
@@ -19,7 +24,7 @@ What a bot imports from here, by what it is for::
     # errors: one base; the caller's misuse apart from the gateway's failures
     IBKRConnectionError
         UsageError: ConfigError, ManagerStoppedError
-        GatewayError: ConnectFailedError, FatalConnectError (AccountError)
+        GatewayError: ConnectFailedError, FatalConnectError (AccountError), ControllerError
         OrderRejectedError, SubscriptionError, JournalError
 
     # injected time (ManualClock for tests and replays); account masking for logs
@@ -53,6 +58,12 @@ How it fits together, and where each kind of change goes: ``docs/architecture.md
 from ibkr_connection.broker import Config, IBKRIBInsyncApi
 from ibkr_connection.clock import Clock, ManualClock, SystemClock
 from ibkr_connection.config import ConnectionConfig, mask_account
+from ibkr_connection.controller import (
+    CommandController,
+    Controller,
+    ControllerError,
+    IBCController,
+)
 from ibkr_connection.errors import (
     AccountError,
     ConfigError,
@@ -87,6 +98,7 @@ __all__ = [
     "BackoffPolicy",
     "CallableSubscription",
     "Clock",
+    "CommandController",
     "Config",
     "ConfigError",
     "ConnectFailedError",
@@ -94,8 +106,11 @@ __all__ = [
     "ConnectionMachine",
     "ConnectionManager",
     "ConnectionState",
+    "Controller",
+    "ControllerError",
     "FatalConnectError",
     "GatewayError",
+    "IBCController",
     "IBKRConnectionError",
     "IBKRIBInsyncApi",
     "Input",

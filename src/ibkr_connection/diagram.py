@@ -233,6 +233,11 @@ _PRODUCED_BY = {
     InputKind.RETRY_DUE: "timers",
     InputKind.RESTORE_TIMEOUT: "timers",
     InputKind.HEARTBEAT_MISSED: "timers",
+    InputKind.RESTART_TIMEOUT: "timers",
+    InputKind.FARM_RECONNECT_DUE: "timers",
+    InputKind.RESTART_SENT: "controller",
+    InputKind.RESTART_FAILED: "controller",
+    InputKind.GATEWAY_BACK: "probe",
 }
 
 
@@ -283,7 +288,11 @@ def architecture_mermaid() -> str:
         '  bot["the bot<br/>start() / stop(), connect() / disconnect()"]',
         '  ib["IB object (ib_insync / ib_async)<br/>errorEvent, disconnectedEvent"]',
         '  attempt["attempt task<br/>IB.connectAsync, startup sync, account check"]',
-        '  timers["timers on the injected clock<br/>retry, restore, heartbeat probe"]',
+        '  timers["timers on the injected clock<br/>retry, restore, heartbeat probe, '
+        'restart wait, farm patience"]',
+        '  controller["controller task<br/>Controller.restart() (IBC RESTART), '
+        'reconnect_data()<br/>ControllerError: restart_failed"]',
+        '  probe["gateway probe<br/>TCP connect and API handshake, while restarting"]',
         f'  code_table["codes.CODES<br/>{_br(code_inputs, 2)}"]',
         f'  failure_table["codes.FAILURES<br/>{_br(failure_inputs, 1)}"]',
         '  feed["ConnectionManager._feed<br/>journal line per input"]',
@@ -304,6 +313,8 @@ def architecture_mermaid() -> str:
         '  attempt -- "raised" --> failure_table',
         '  failure_table --> feed',
         f'  timers -- "{produced("timers")}" --> feed',
+        f'  controller -- "{produced("controller")}" --> feed',
+        f'  probe -- "{produced("probe")}" --> feed',
         "  feed --> machine",
         "  machine --> notes",
         "  machine --> before_move",
@@ -313,6 +324,8 @@ def architecture_mermaid() -> str:
         "  effects --> driver",
         "  driver --> attempt",
         "  driver --> timers",
+        "  driver --> controller",
+        "  driver --> probe",
         '  driver -- "disconnect, requests" --> ib',
     ]
     return "\n".join(lines) + "\n"

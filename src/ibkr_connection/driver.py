@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import Callable
 from typing import Any
 
 from ibkr_connection import adapter, codes
 from ibkr_connection.clock import Clock, TimerHandle
 from ibkr_connection.config import ConnectionConfig, mask_account
+from ibkr_connection.controller import Controller
 from ibkr_connection.errors import AccountError
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.subscriptions import SubscriptionRegistry
@@ -43,6 +45,7 @@ class Driver:
         feed: feeds one input to the machine (the manager's, which journals it).
         subscriptions: the registry re-issued on every session.
         on_heartbeat: called with the round-trip time of an answered probe.
+        controller: restarts the gateway (IBC, a command), or None.
 
     Attributes:
         account: the account the last successful attempt selected.
@@ -58,6 +61,7 @@ class Driver:
         feed: Callable[[Input], object],
         subscriptions: SubscriptionRegistry,
         on_heartbeat: Callable[[float], object],
+        controller: Controller | None = None,
     ) -> None:
         self.ib = ib
         self.config = config
@@ -81,6 +85,12 @@ class Driver:
         self.account = ""
         self.high_water = 0
         self.last_error: Exception | None = None
+        self.controller = controller
+        self._restart_task: asyncio.Task[None] | None = None
+        self._restart_timer: TimerHandle | None = None
+        self._farm_timer: TimerHandle | None = None
+        self._gateway_probe: asyncio.Task[None] | None = None
+        self._controller_tasks: set[asyncio.Task[None]] = set()
 
     # -- IB's callbacks -> inputs -------------------------------------------------------
 
@@ -365,6 +375,156 @@ class Driver:
         ib = self.ib
         self.high_water = max(self.high_water, adapter.next_request_id(ib))
         adapter.safe_disconnect(ib)
+
+    # -- the gateway's controller (IBC) ---------------------------------------------------
+
+    def send_restart(self) -> None:
+        """Ask the controller to restart the gateway; the answer comes back as an input."""
+        self._restart_task = self._controller_task(self._restart())
+
+    async def _restart(self) -> None:
+        controller = self.controller
+        if controller is None:
+            self._feed(Input(InputKind.RESTART_FAILED, message="no controller configured"))
+            return
+        try:
+            answer = await controller.restart()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # ControllerError above all; anything else a controller raises is
+            # a failed restart too: nothing raises out of the manager.
+            logger.error("%s: restart failed: %s", controller.name, exc)
+            self._feed(Input(InputKind.RESTART_FAILED, message=f"{controller.name}: {exc}"))
+            return
+        self._feed(Input(InputKind.RESTART_SENT,
+                         message=f"{controller.name} accepted the restart: {answer}".strip()))
+
+    def send_reconnect_data(self) -> None:
+        """Ask the controller to reconnect the data farms; the outcome is only logged."""
+        self._controller_task(self._reconnect_data())
+
+    async def _reconnect_data(self) -> None:
+        controller = self.controller
+        if controller is None:
+            return
+        try:
+            answer = await controller.reconnect_data()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.error("%s: reconnect data failed: %s", controller.name, exc)
+            return
+        logger.warning("%s: asked the gateway to reconnect its data farms: OK %s",
+                       controller.name, answer)
+
+    def _controller_task(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._controller_tasks.add(task)
+        task.add_done_callback(self._controller_tasks.discard)
+        return task
+
+    def start_restart_timer(self, timeout: float) -> None:
+        """Feed ``restart_timeout`` after ``timeout`` seconds."""
+        self.cancel_restart_timer()
+        self._restart_timer = self._clock.call_later(timeout, self._restart_due)
+
+    def _restart_due(self) -> None:
+        self._restart_timer = None
+        self._feed(Input(InputKind.RESTART_TIMEOUT, message=(
+            "the gateway did not answer the API handshake within restart_wait after "
+            "its restart")))
+
+    def cancel_restart_timer(self) -> None:
+        """Cancel the restart timer and a restart command still waiting for its answer."""
+        if self._restart_timer is not None:
+            self._restart_timer.cancel()
+            self._restart_timer = None
+        task = self._restart_task
+        self._restart_task = None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+
+    def probe_gateway(self, port: int, interval: float) -> None:
+        """Probe the gateway (TCP connect, API handshake) every ``interval`` s until it answers."""
+        self.cancel_probe()
+        self._gateway_probe = asyncio.ensure_future(self._probe_until_back(port, interval))
+
+    async def _probe_until_back(self, port: int, interval: float) -> None:
+        config = self.config
+        # A handshake is answered in milliseconds by a healthy gateway; a
+        # wedged one (or one still shutting down) accepts and says nothing.
+        answer_within = min(2.0, config.connect_timeout)
+        probes = 0
+        while True:
+            probes += 1
+            if await _handshake_answered(config.host, port, answer_within):
+                break
+            await _sleep_on(self._clock, interval)
+        self._gateway_probe = None
+        self._feed(Input(InputKind.GATEWAY_BACK, message=(
+            f"the gateway at {config.host}:{port} answers the API handshake "
+            f"again (probe {probes})")))
+
+    def cancel_probe(self) -> None:
+        """Stop probing the gateway."""
+        task = self._gateway_probe
+        self._gateway_probe = None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+
+    def start_farm_timer(self, timeout: float) -> None:
+        """Feed ``farm_reconnect_due`` after ``timeout`` seconds."""
+        self.cancel_farm_timer()
+        self._farm_timer = self._clock.call_later(timeout, self._farm_due)
+
+    def _farm_due(self) -> None:
+        self._farm_timer = None
+        self._feed(Input(InputKind.FARM_RECONNECT_DUE,
+                         message="a data farm stayed broken for farm_reconnect_after"))
+
+    def cancel_farm_timer(self) -> None:
+        """Cancel the farm timer, if any."""
+        if self._farm_timer is not None:
+            self._farm_timer.cancel()
+            self._farm_timer = None
+
+
+#: The API handshake a probe sends: the prefix and the version range ib_insync offers.
+_PROBE_HELLO = b"API\0" + struct.pack(">I", 9) + b"v157..178"
+
+
+async def _handshake_answered(host: str, port: int, timeout: float) -> bool:
+    """Return True if the gateway accepts a socket and answers the API handshake."""
+    writer = None
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        writer.write(_PROBE_HELLO)
+        await writer.drain()
+        await asyncio.wait_for(reader.readexactly(4), timeout)
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+        logger.debug("gateway probe at %s:%d: %r", host, port, exc)
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+    return True
+
+
+async def _sleep_on(clock: Clock, delay: float) -> None:
+    """Sleep ``delay`` seconds on the injected clock."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    handle = clock.call_later(delay, wake)
+    try:
+        await done
+    finally:
+        handle.cancel()
 
 
 __all__ = ["Driver"]

@@ -56,6 +56,18 @@ class InputKind(str, Enum):
     RESTORE_TIMEOUT = "restore_timeout"
     #: The bot added a subscription (``subscribe_market_data`` and the rest).
     SUBSCRIBED = "subscribed"
+    #: The controller accepted the restart command (IBC answered ``OK``).
+    RESTART_SENT = "restart_sent"
+    #: The controller refused the restart, was unreachable, timed out or
+    #: answered garbage (the message says which).
+    RESTART_FAILED = "restart_failed"
+    #: After a restart, the gateway accepts connections and answers the API
+    #: handshake again.
+    GATEWAY_BACK = "gateway_back"
+    #: The restarted gateway did not come back within ``restart_wait``.
+    RESTART_TIMEOUT = "restart_timeout"
+    #: A data farm has been broken for ``farm_reconnect_after``.
+    FARM_RECONNECT_DUE = "farm_reconnect_due"
 
 
 @dataclass(frozen=True, slots=True)

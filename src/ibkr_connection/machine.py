@@ -149,6 +149,8 @@ class ConnectionMachine:
         transcript_limit: the transcript keeps at most this many of the most
             recent transitions (None: all), so a bot running for months does
             not grow without limit.
+        controller_configured: a controller (IBC, a command) can restart the
+            gateway; without one nothing escalates.
 
     Raises:
         UsageError: if no client id is given.
@@ -164,6 +166,7 @@ class ConnectionMachine:
         policy: RecoveryPolicy | None = None,
         record_journal: bool = True,
         transcript_limit: int | None = 10_000,
+        controller_configured: bool = False,
     ) -> None:
         if not client_ids:
             raise UsageError("at least one client id is required")
@@ -179,6 +182,12 @@ class ConnectionMachine:
         self._failures = 0
         self._session = _Session()
         self._retry_delay = 0.0
+        self.controller_configured = controller_configured
+        #: Consecutive signs of a wedged gateway (see the action note_wedge_sign).
+        self.wedge_signs = 0
+        #: How many restarts the machine asked for.
+        self.restarts = 0
+        self._last_restart_at: float | None = None
         #: The transition being made, for the listeners (the transcript may
         #: have trimmed it already when its limit is tiny).
         self._made: Transition | None = None
@@ -298,6 +307,22 @@ class ConnectionMachine:
     def _guard_link_lost(self, event: EventData) -> bool:
         return self._session.link_lost
 
+    def _guard_controller_configured(self, event: EventData) -> bool:
+        return self.controller_configured
+
+    def _cooldown_over(self) -> bool:
+        last = self._last_restart_at
+        return last is None or (
+            self._clock.monotonic() - last >= self.policy.restart_cooldown)
+
+    def _guard_wedged(self, event: EventData) -> bool:
+        return (self.controller_configured and self.wedge_signs >= self.policy.restart_after
+                and self._cooldown_over())
+
+    def _guard_link_stuck(self, event: EventData) -> bool:
+        return (self.controller_configured and self._cooldown_over()
+                and not self.policy.in_reset_window(self._clock.wall()))
+
     # -- recording --------------------------------------------------------------------
 
     def _record(self, row: Row, event: EventData) -> None:
@@ -378,6 +403,14 @@ class ConnectionMachine:
         self._session.link_lost = False
         self._session.server_link_broken = False
 
+    def _do_note_wedge_sign(self, event: EventData) -> None:
+        inp: Input = event.kwargs["inp"]
+        if inp.kind is InputKind.HEARTBEAT_MISSED or inp.costly:
+            self.wedge_signs += 1
+        else:
+            # Refused: the gateway is down (restarting already), not wedged.
+            self.wedge_signs = 0
+
     def _do_note_port(self, event: EventData) -> None:
         port = event.kwargs["inp"].port
         if port is None:
@@ -416,6 +449,9 @@ class ConnectionMachine:
         self._failures = 0
         self._same_id_failures = 0
 
+    def _do_forget_wedge_signs(self, event: EventData) -> None:
+        self.wedge_signs = 0
+
     def _do_next_client_id(self, event: EventData) -> None:
         self._same_id_failures += 1
         if self._same_id_failures <= self.policy.same_client_id_retries:
@@ -443,6 +479,15 @@ class ConnectionMachine:
     def _do_start_heartbeat(self, event: EventData) -> None:
         self._effect("start_heartbeat")
 
+    def _do_probe_gateway(self, event: EventData) -> None:
+        self._effect("probe_gateway", self.port, self.policy.backoff.max_delay)
+
+    def _do_reconnect_data(self, event: EventData) -> None:
+        logger.warning("a data farm has been broken for %.0fs (%s): asking the controller "
+                       "to reconnect the data farms", self.policy.farm_reconnect_after,
+                       ", ".join(sorted(self._session.broken_farms)) or "server link")
+        self._effect("send_reconnect_data")
+
     # -- entry and exit actions -------------------------------------------------------
 
     def _enter_disconnected(self, event: EventData) -> None:
@@ -468,6 +513,34 @@ class ConnectionMachine:
 
     def _exit_backoff(self, event: EventData) -> None:
         self._effect("cancel_retry")
+
+    def _enter_restarting(self, event: EventData) -> None:
+        self.restarts += 1
+        self._last_restart_at = self._clock.monotonic()
+        signs, self.wedge_signs = self.wedge_signs, 0
+        row = self.last_row
+        logger.warning(
+            "restarting the gateway through its controller (restart %d): %s "
+            "(%d consecutive wedge sign(s)); waiting up to %.0fs for it to come back",
+            self.restarts, row.note if row is not None else "", signs,
+            self.policy.restart_wait,
+        )
+        self._effect("stop_heartbeat")
+        self._effect("tear_down")
+        self._effect("start_restart_timer", self.policy.restart_wait)
+        self._effect("send_restart")
+
+    def _exit_restarting(self, event: EventData) -> None:
+        self._effect("cancel_restart_timer")
+        self._effect("cancel_probe")
+
+    def _enter_degraded(self, event: EventData) -> None:
+        if self.controller_configured:
+            self._effect("start_farm_timer", self.policy.farm_reconnect_after)
+
+    def _exit_degraded(self, event: EventData) -> None:
+        if self.controller_configured:
+            self._effect("cancel_farm_timer")
 
     def _enter_lost(self, event: EventData) -> None:
         policy = self.policy

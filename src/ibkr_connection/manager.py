@@ -27,6 +27,7 @@ from eventkit import Event
 from ibkr_connection import adapter, codes
 from ibkr_connection.clock import Clock, SystemClock
 from ibkr_connection.config import ConnectionConfig
+from ibkr_connection.controller import Controller
 from ibkr_connection.driver import Driver
 from ibkr_connection.errors import (
     ConnectFailedError,
@@ -67,6 +68,12 @@ class ConnectionManager:
         clock: the injected clock (the system clock by default).
         journal: a path or open text file for a JSON Lines journal of every
             input and transition, for ``ibkr-connection replay``.
+        controller: restarts a wedged gateway (an
+            :class:`~ibkr_connection.controller.IBCController`, a
+            :class:`~ibkr_connection.controller.CommandController`, anything
+            with the :class:`~ibkr_connection.controller.Controller` methods);
+            None: the one ``config`` names (``ibc_port``), if any. Without a
+            controller nothing escalates.
 
     Events:
         stateChangeEvent (transition: Transition): one per change of state.
@@ -101,9 +108,13 @@ class ConnectionManager:
         *,
         clock: Clock | None = None,
         journal: str | Path | IO[str] | None = None,
+        controller: Controller | None = None,
     ) -> None:
         self.ib = ib
         config = config or ConnectionConfig()
+        if controller is None:
+            controller = config.controller()
+        self.controller = controller
         self._clock = clock or SystemClock()
         self.stateChangeEvent = Event("stateChangeEvent")
         self.subscriptionRestoredEvent = Event("subscriptionRestoredEvent")
@@ -115,11 +126,12 @@ class ConnectionManager:
         self.subscriptions = SubscriptionRegistry(
             on_failed=self.subscriptionFailedEvent.emit, on_restored=self._on_restored)
         self._driver = Driver(ib, config, self._clock, self._feed, self.subscriptions,
-                              self.heartbeatEvent.emit)
+                              self.heartbeatEvent.emit, controller=controller)
         self._machine = ConnectionMachine(
             self._driver, self._clock, port=self.config.port,
             client_ids=self.config.client_ids, policy=self.config.policy,
             record_journal=journal is not None,
+            controller_configured=controller is not None,
         )
         self._machine.add_listener(self._on_transition)
         self._stopped = False

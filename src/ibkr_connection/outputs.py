@@ -57,6 +57,32 @@ class Effects(Protocol):
     def tear_down(self) -> None:
         """Cancel the running attempt and close the socket."""
 
+    def send_restart(self) -> None:
+        """Ask the controller to restart the gateway, once; feed ``restart_sent``
+        (accepted) or ``restart_failed`` (refused, unreachable, timed out)."""
+
+    def start_restart_timer(self, timeout: float) -> None:
+        """Feed ``restart_timeout`` after ``timeout`` seconds."""
+
+    def cancel_restart_timer(self) -> None:
+        """Cancel the restart timer, if any."""
+
+    def probe_gateway(self, port: int, interval: float) -> None:
+        """Probe the gateway (TCP connect and API handshake) every ``interval``
+        seconds; feed ``gateway_back`` once it answers."""
+
+    def cancel_probe(self) -> None:
+        """Stop probing the gateway."""
+
+    def send_reconnect_data(self) -> None:
+        """Ask the controller to reconnect the data farms (logged, no input)."""
+
+    def start_farm_timer(self, timeout: float) -> None:
+        """Feed ``farm_reconnect_due`` after ``timeout`` seconds."""
+
+    def cancel_farm_timer(self) -> None:
+        """Cancel the farm timer, if any."""
+
 
 @dataclass(frozen=True, slots=True)
 class Transition:

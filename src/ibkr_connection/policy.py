@@ -19,6 +19,15 @@ are chosen for a bot running on the same host (or LAN) as its gateway:
   ``restore_timeout`` (120 s) we reconnect from scratch. Inside IB's scheduled
   reset windows the loss is expected maintenance and we wait
   ``maintenance_restore_timeout`` (15 min) instead.
+* With a controller (IBC), a wedged gateway is restarted: after
+  ``restart_after`` (3) consecutive wedge signs (an attempt that reached the
+  socket and got no handshake or no startup sync, or a heartbeat miss), or a
+  1100 that outlasts ``restore_timeout`` outside the reset windows. A gateway
+  restart with its login takes tens of seconds: it gets ``restart_wait``
+  (3 min) to answer again; one restart at most per ``restart_cooldown``
+  (10 min), so IBC is never hammered. A farm broken for
+  ``farm_reconnect_after`` (5 min, as QuantConnect Lean's soft restart) gets
+  one RECONNECTDATA per outage.
 """
 
 from __future__ import annotations
@@ -134,6 +143,17 @@ class RecoveryPolicy:
         same_client_id_retries: how many times a client id rejected with 326
             is retried before moving to the next configured id.
         seed: seed of the jitter's random source.
+        restart_after: consecutive wedge signs (an attempt that reached the
+            gateway's socket but got no handshake or no startup sync, or a
+            heartbeat miss; a refused connect or a session that came up clears
+            the count) before a configured controller restarts the gateway.
+        restart_wait: seconds a restarted gateway gets to answer the API
+            handshake again before reconnecting resumes as usual.
+        restart_cooldown: seconds after a restart (sent, refused or failed)
+            before the next one may be sent.
+        farm_reconnect_after: seconds a data farm may stay broken before a
+            configured controller is asked, once per outage, to reconnect the
+            farms (IBC's RECONNECTDATA).
     """
 
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
@@ -142,8 +162,19 @@ class RecoveryPolicy:
     reset_windows: Sequence[ResetWindow] = (NIGHTLY_RESET_US,)
     same_client_id_retries: int = 1
     seed: int = 0
+    restart_after: int = 3
+    restart_wait: float = 180.0
+    restart_cooldown: float = 600.0
+    farm_reconnect_after: float = 300.0
 
     def __post_init__(self) -> None:
+        if self.restart_after < 1:
+            raise ConfigError("restart_after", "must be at least 1")
+        for name in ("restart_wait", "farm_reconnect_after"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, "must be positive")
+        if self.restart_cooldown < 0:
+            raise ConfigError("restart_cooldown", "must not be negative")
         if self.restore_timeout <= 0:
             raise ConfigError("restore_timeout", "must be positive")
         if self.maintenance_restore_timeout <= 0:

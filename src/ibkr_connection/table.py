@@ -58,6 +58,12 @@ class ConnectionState(str, Enum):
     #: heartbeat, tear the socket down, schedule the retry with the delay the
     #: row drew; exit: cancel the retry.
     BACKOFF = "backoff"
+    #: The gateway is wedged and reconnecting cannot help: the controller
+    #: (IBC) was asked to restart it. No attempt runs. Entry: stop the
+    #: heartbeat, tear the socket down, start the ``restart_wait`` timer, send
+    #: the restart command once; once it is accepted the gateway is probed at
+    #: the backoff's cheap cadence. Exit: cancel the timer and the probe.
+    RESTARTING = "restarting"
     #: Gave up: attempts exhausted or a fatal error (e.g. unknown account).
     #: Entry: as for ``disconnected``. Only a connect request (to ``connecting``)
     #: or a disconnect (to ``disconnected``) leaves it.
@@ -73,7 +79,7 @@ SESSION_STATES = (_S.CONNECTED, _S.DEGRADED, _S.LOST)
 USABLE_STATES = (_S.CONNECTED, _S.DEGRADED)
 
 _ALL_STATES = tuple(ConnectionState)
-_NO_SESSION = (_S.DISCONNECTED, _S.BACKOFF, _S.FAILED)
+_NO_SESSION = (_S.DISCONNECTED, _S.BACKOFF, _S.RESTARTING, _S.FAILED)
 
 
 class Phase(str, Enum):
@@ -120,6 +126,10 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
     Action("note_link_restored", _N, "TWS's links are back (1101/1102): forget a 1100 and a "
                                      "2110"),
     Action("note_port", _N, "the next attempt uses the port the input names (1300)"),
+    Action("note_wedge_sign", _N, "count a sign of a wedged gateway: a heartbeat miss, or "
+                                  "an attempt that reached the socket and got no handshake "
+                                  "or no startup sync (classified costly); a refused connect "
+                                  "(cheap: the gateway is down, not wedged) clears the count"),
     Action("first_attempt", _B, "a user's connect starts a fresh series: attempt 1, no "
                                 "failure counted, the client id's 326 retries forgotten"),
     Action("count_attempt", _B, "count the attempt about to start"),
@@ -137,6 +147,13 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
     Action("issue_new_subscriptions", _A, "effect: issue the subscriptions added since the "
                                           "session came up (the others are already out)"),
     Action("start_heartbeat", _A, "effect: start probing the gateway when it is quiet"),
+    Action("forget_wedge_signs", _A, "a session is up (handshake and startup sync done): "
+                                     "the count of wedge signs back to zero"),
+    Action("probe_gateway", _A, "effect: the restart was accepted; probe the gateway "
+                                "(TCP connect and API handshake) at the backoff's cheap "
+                                "cadence until it answers"),
+    Action("reconnect_data", _A, "effect: ask the controller to reconnect the data farms "
+                                 "(IBC's RECONNECTDATA), once per outage"),
     Action("next_client_id", _A, "326: retry the same client id `same_client_id_retries` "
                                  "times, then the next configured one"),
 )}
@@ -189,7 +206,8 @@ def _rows(
 
 
 #: Actions of a row whose attempt produced a session.
-_ON_SESSION_UP = ("reset_backoff", "select_account", "restore_subscriptions", "start_heartbeat")
+_ON_SESSION_UP = ("reset_backoff", "forget_wedge_signs", "select_account",
+                  "restore_subscriptions", "start_heartbeat")
 _ATTEMPT_STATES = (_S.CONNECTING, *SESSION_STATES)
 
 #: The transition table. Order matters only among rows of the same
@@ -198,7 +216,7 @@ TABLE: tuple[Row, ...] = tuple(
     # -- user requests ---------------------------------------------------------
     _rows([_S.DISCONNECTED, _S.FAILED], _I.CONNECT, _S.CONNECTING,
           "the user asked for a connection", actions=("first_attempt",))
-    + _rows([_S.CONNECTING, *SESSION_STATES, _S.BACKOFF], _I.CONNECT, None,
+    + _rows([_S.CONNECTING, *SESSION_STATES, _S.BACKOFF, _S.RESTARTING], _I.CONNECT, None,
             "a connection is already wanted")
     + _rows([s for s in _ALL_STATES if s is not _S.DISCONNECTED], _I.DISCONNECT,
             _S.DISCONNECTED, "the user asked to disconnect")
@@ -215,9 +233,12 @@ TABLE: tuple[Row, ...] = tuple(
     + _rows([s for s in _ALL_STATES if s is not _S.CONNECTING], _I.ATTEMPT_SUCCEEDED, None,
             "stale result of an attempt that was cancelled")
     + [
-        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, "retries_left", ("draw_delay",),
-            "retry after the backoff delay"),
-        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.FAILED, note="no attempts left"),
+        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.FAILED, "!retries_left",
+            ("note_wedge_sign",), "no attempts left"),
+        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.RESTARTING, "wedged", ("note_wedge_sign",),
+            "the gateway takes sockets but answers no handshake or sync: restart it"),
+        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, None,
+            ("note_wedge_sign", "draw_delay"), "retry after the backoff delay"),
     ]
     + _rows([s for s in _ALL_STATES if s is not _S.CONNECTING], _I.ATTEMPT_FAILED, None,
             "stale result of an attempt that was cancelled")
@@ -225,6 +246,8 @@ TABLE: tuple[Row, ...] = tuple(
             "retrying cannot fix this")
     + _rows([_S.DISCONNECTED, _S.FAILED], _I.FATAL_ERROR, None,
             "no connection is wanted; nothing to give up")
+    + [Row(_S.RESTARTING, _I.FATAL_ERROR, None,
+           note="no attempt runs while the gateway restarts: stale")]
     # -- socket and timers -----------------------------------------------------
     + [Row(_S.CONNECTING, _I.SOCKET_CLOSED, None,
            note="the attempt reports the close itself, classified (attempt_failed or "
@@ -236,12 +259,20 @@ TABLE: tuple[Row, ...] = tuple(
            note="the backoff delay is over")]
     + _rows([s for s in _ALL_STATES if s is not _S.BACKOFF], _I.RETRY_DUE, None,
             "stale retry timer")
+    + _rows(SESSION_STATES, _I.HEARTBEAT_MISSED, _S.RESTARTING,
+            "the gateway keeps hanging and reconnecting did not help: restart it",
+            "wedged", ("note_wedge_sign",))
     + _rows(SESSION_STATES, _I.HEARTBEAT_MISSED, _S.BACKOFF,
             "the gateway did not answer the heartbeat: it is hung",
-            actions=("draw_costly_delay",))
+            actions=("note_wedge_sign", "draw_costly_delay"))
     + _rows([_S.CONNECTING, *_NO_SESSION], _I.HEARTBEAT_MISSED, None, "stale heartbeat")
-    + [Row(_S.LOST, _I.RESTORE_TIMEOUT, _S.BACKOFF, actions=("draw_costly_delay",),
-           note="TWS did not restore its link to IB in time: reconnect from scratch")]
+    + [
+        Row(_S.LOST, _I.RESTORE_TIMEOUT, _S.RESTARTING, "link_stuck",
+            note="TWS did not restore its link to IB in time, outside IB's reset windows: "
+                 "reconnecting does not relink TWS to IB; a restart may"),
+        Row(_S.LOST, _I.RESTORE_TIMEOUT, _S.BACKOFF, actions=("draw_costly_delay",),
+            note="TWS did not restore its link to IB in time: reconnect from scratch"),
+    ]
     + _rows([s for s in _ALL_STATES if s is not _S.LOST], _I.RESTORE_TIMEOUT, None,
             "stale restore timer")
     # -- the bot's subscriptions -------------------------------------------------
@@ -336,6 +367,34 @@ TABLE: tuple[Row, ...] = tuple(
     + _rows(SESSION_STATES, _I.NOT_CONNECTED, _S.BACKOFF,
             "502/504: the API says it is not connected; reconnect", actions=("draw_delay",))
     + _rows(_NO_SESSION, _I.NOT_CONNECTED, None, "the socket is already down")
+    # -- restarting the gateway through its controller ------------------------------
+    + [Row(_S.RESTARTING, _I.RESTART_SENT, None, actions=("probe_gateway",),
+           note="the controller accepted the restart: wait for the gateway to come back")]
+    + _rows([s for s in _ALL_STATES if s is not _S.RESTARTING], _I.RESTART_SENT, None,
+            "stale answer to a restart this state no longer waits for")
+    + [Row(_S.RESTARTING, _I.RESTART_FAILED, _S.BACKOFF, actions=("draw_costly_delay",),
+           note="the controller did not restart the gateway: reconnect as usual; the next "
+                "restart only after `restart_cooldown`")]
+    + _rows([s for s in _ALL_STATES if s is not _S.RESTARTING], _I.RESTART_FAILED, None,
+            "stale answer to a restart this state no longer waits for")
+    + [Row(_S.RESTARTING, _I.GATEWAY_BACK, _S.CONNECTING, actions=("count_attempt",),
+           note="the restarted gateway answers the API handshake: connect")]
+    + _rows([s for s in _ALL_STATES if s is not _S.RESTARTING], _I.GATEWAY_BACK, None,
+            "stale probe")
+    + [Row(_S.RESTARTING, _I.RESTART_TIMEOUT, _S.BACKOFF, actions=("draw_costly_delay",),
+           note="the gateway did not come back within `restart_wait`: reconnect as usual; "
+                "the next restart only after `restart_cooldown`")]
+    + _rows([s for s in _ALL_STATES if s is not _S.RESTARTING], _I.RESTART_TIMEOUT, None,
+            "stale restart timer")
+    + [
+        Row(_S.DEGRADED, _I.FARM_RECONNECT_DUE, None, "controller_configured",
+            ("reconnect_data",), "a data farm stayed broken for `farm_reconnect_after`: "
+                                 "ask the gateway to reconnect its farms, once"),
+        Row(_S.DEGRADED, _I.FARM_RECONNECT_DUE, None,
+            note="no controller to ask; wait for the farm"),
+    ]
+    + _rows([s for s in _ALL_STATES if s is not _S.DEGRADED], _I.FARM_RECONNECT_DUE, None,
+            "stale farm timer")
 )
 
 #: The guards a row may name, and what each asks.
@@ -343,6 +402,11 @@ GUARDS = {
     "retries_left": "the policy allows another attempt (`max_attempts`)",
     "farms_broken": "a data farm, or TWS's link to its server, is noted as broken",
     "link_lost": "a 1100 was noted and no 1101/1102 since",
+    "wedged": "a controller is configured, `restart_cooldown` has passed since the last "
+              "restart, and `restart_after` consecutive wedge signs were counted",
+    "link_stuck": "a controller is configured, `restart_cooldown` has passed since the last "
+                  "restart, and the clock is outside IB's reset windows",
+    "controller_configured": "a controller (IBC, or a command) can act on the gateway",
 }
 
 

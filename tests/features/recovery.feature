@@ -49,3 +49,15 @@ Feature: Recovering the connection to the gateway
     Then the bot goes through "backoff" and is "connected" again
     And the bot tried the new port at once, without a backoff delay
     And the bot is connected on the new port
+
+  Scenario: A wedged gateway is restarted through IBC, once
+    Given the gateway runs under IBC and my bot may ask IBC to restart it
+    When the gateway wedges: it takes connections and answers nothing
+    Then the bot goes through "restarting" and is "connected" again
+    And IBC was asked to restart the gateway exactly once
+
+  Scenario: A connection the gateway refuses is never a reason to restart it
+    Given the gateway runs under IBC and my bot may ask IBC to restart it
+    When the gateway stops accepting connections for 2 seconds
+    Then the bot goes through "backoff" and is "connected" again
+    And IBC was never asked to restart the gateway

@@ -416,4 +416,4 @@ def test_every_scenario_action_says_whether_the_proxy_plays_it() -> None:
     assert set(RELAY_ACTIONS) == set(ACTIONS)
     assert all(len(why) > 10 for _, why in RELAY_ACTIONS.values())
     rejected = {name for name, (applies, _) in RELAY_ACTIONS.items() if not applies}
-    assert rejected == {"fill_order", "push_tick", "set_next_valid_id", "fill_mode"}
+    assert rejected == {"fill_order", "push_tick", "set_next_valid_id", "fill_mode", "wedge"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from ib_insync import IB, LimitOrder, MarketOrder, Stock
@@ -24,6 +25,7 @@ from ibkr_connection import (
 )
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.simulator import FakeGateway
+from ibkr_connection.simulator.ibc import IbcCommandServer
 
 from .conftest import (
     FAST_POLICY,
@@ -46,32 +48,35 @@ Make = Callable[..., ConnectionManager]
 #:   connecting_sy an attempt waits on a held reqPositions end (released after the fault)
 #:   disconnected  a manager that was never started
 #:   failed        max_attempts=1 exhausted against a closed port (the port reopens)
+#:   restarting    a controller (an IBC command server that never answers) was asked to
+#:                 restart the wedged gateway (restart_after=1); the wedge is then
+#:                 lifted, and restart_wait (1 s) ends the restart
 STATES = ("connected", "degraded", "lost", "backoff", "connecting_hs", "connecting_sy",
-          "disconnected", "failed")
+          "disconnected", "failed", "restarting")
 
 #: The end state per (fault, start state), once the fault played out (persistent
 #: faults are held, then healed) and the manager made no move for a while.
 EXPECTED: dict[str, tuple[ConnectionState, ...]] = {
-    #                 conn  degr  lost  back  c_hs  c_sy  disc  fail
-    "code_1100":     (L,    L,    L,    B,    C,    L,    X,    F),
-    "code_1101":     (C,    D,    C,    B,    C,    C,    X,    F),
-    "code_1102":     (C,    D,    C,    B,    C,    C,    X,    F),
-    "code_2103":     (D,    D,    L,    B,    C,    D,    X,    F),
-    "code_2104":     (C,    C,    L,    B,    C,    C,    X,    F),
-    "code_2105":     (D,    D,    L,    B,    C,    D,    X,    F),
-    "code_2106":     (C,    D,    L,    B,    C,    C,    X,    F),
-    "code_2157":     (D,    D,    L,    B,    C,    D,    X,    F),
-    "code_2158":     (C,    D,    L,    B,    C,    C,    X,    F),
-    "code_2110":     (D,    D,    L,    B,    C,    D,    X,    F),
-    "code_1300":     (C,    D,    C,    B,    C,    C,    X,    F),
-    "code_10182":    (C,    D,    L,    B,    C,    C,    X,    F),
-    "code_9999":     (C,    D,    L,    B,    C,    C,    X,    F),
-    "drop_clients":  (C,    D,    C,    B,    C,    C,    X,    F),
-    "stop_listening": (C,   D,    L,    B,    C,    C,    X,    F),
-    "restart":       (C,    D,    C,    C,    C,    C,    X,    F),
-    "stall":         (C,    D,    C,    B,    C,    C,    X,    F),
-    "handshake_delay": (C,  D,    L,    B,    C,    C,    X,    F),
-    "held_sync":     (C,    D,    L,    B,    C,    C,    X,    F),
+    #                 conn  degr  lost  back  c_hs  c_sy  disc  fail  rest
+    "code_1100":     (L,    L,    L,    B,    C,    L,    X,    F,    C),
+    "code_1101":     (C,    D,    C,    B,    C,    C,    X,    F,    C),
+    "code_1102":     (C,    D,    C,    B,    C,    C,    X,    F,    C),
+    "code_2103":     (D,    D,    L,    B,    C,    D,    X,    F,    C),
+    "code_2104":     (C,    C,    L,    B,    C,    C,    X,    F,    C),
+    "code_2105":     (D,    D,    L,    B,    C,    D,    X,    F,    C),
+    "code_2106":     (C,    D,    L,    B,    C,    C,    X,    F,    C),
+    "code_2157":     (D,    D,    L,    B,    C,    D,    X,    F,    C),
+    "code_2158":     (C,    D,    L,    B,    C,    C,    X,    F,    C),
+    "code_2110":     (D,    D,    L,    B,    C,    D,    X,    F,    C),
+    "code_1300":     (C,    D,    C,    B,    C,    C,    X,    F,    C),
+    "code_10182":    (C,    D,    L,    B,    C,    C,    X,    F,    C),
+    "code_9999":     (C,    D,    L,    B,    C,    C,    X,    F,    C),
+    "drop_clients":  (C,    D,    C,    B,    C,    C,    X,    F,    C),
+    "stop_listening": (C,   D,    L,    B,    C,    C,    X,    F,    C),
+    "restart":       (C,    D,    C,    C,    C,    C,    X,    F,    C),
+    "stall":         (C,    D,    C,    B,    C,    C,    X,    F,    C),
+    "handshake_delay": (C,  D,    L,    B,    C,    C,    X,    F,    C),
+    "held_sync":     (C,    D,    L,    B,    C,    C,    X,    F,    C),
 }
 
 CASES = [(state, fault) for fault in EXPECTED for state in STATES]
@@ -96,6 +101,16 @@ async def _enter(state: str, make: Make, gw: FakeGateway) -> ConnectionManager:
             await manager.start(timeout=3)
         assert gw.port == port
         await gw.start_listening()
+        return manager
+    if state == "restarting":
+        gw.ibc = IbcCommandServer(gw, silent=True)
+        await gw.ibc.start()
+        manager = make(ibc_port=gw.ibc.port, policy=replace(
+            FAST_POLICY, restart_after=1, restart_wait=1.0, restart_cooldown=600.0))
+        await manager.start(timeout=3)
+        gw.wedge()
+        await manager.wait_for(S.RESTARTING, timeout=3)
+        gw.unstall()
         return manager
     if state.startswith("connecting"):
         manager = make(connect_timeout=CONNECTING_TIMEOUT)
@@ -207,7 +222,7 @@ def test_matrix_covers_every_reachable_state() -> None:
     """Every state of the machine is the start of a column of the matrix."""
     starts = {"connected": C, "degraded": D, "lost": L, "backoff": B,
               "connecting_hs": S.CONNECTING, "connecting_sy": S.CONNECTING,
-              "disconnected": X, "failed": F}
+              "disconnected": X, "failed": F, "restarting": S.RESTARTING}
     assert set(starts) == set(STATES)
     assert set(starts.values()) == set(ConnectionState)
     assert all(len(row) == len(STATES) for row in EXPECTED.values())

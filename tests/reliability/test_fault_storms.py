@@ -100,6 +100,7 @@ class TimerEffects:
         self.calls: list[str] = []
         self._retry: TimerHandle | None = None
         self._restore: TimerHandle | None = None
+        self._restart: TimerHandle | None = None
 
     def _feed(self, kind: InputKind) -> None:
         assert self.machine is not None
@@ -142,6 +143,34 @@ class TimerEffects:
     def tear_down(self) -> None:
         self.calls.append("tear_down")
 
+    def send_restart(self) -> None:
+        self.calls.append("send_restart")
+
+    def start_restart_timer(self, timeout: float) -> None:
+        self.calls.append(f"start_restart_timer {timeout}")
+        self._restart = self.clock.call_later(
+            timeout, lambda: self._feed(InputKind.RESTART_TIMEOUT))
+
+    def cancel_restart_timer(self) -> None:
+        self.calls.append("cancel_restart_timer")
+        if self._restart is not None:
+            self._restart.cancel()
+
+    def probe_gateway(self, port: int, interval: float) -> None:
+        self.calls.append(f"probe_gateway {port} {interval}")
+
+    def cancel_probe(self) -> None:
+        self.calls.append("cancel_probe")
+
+    def send_reconnect_data(self) -> None:
+        self.calls.append("send_reconnect_data")
+
+    def start_farm_timer(self, timeout: float) -> None:
+        self.calls.append(f"start_farm_timer {timeout}")
+
+    def cancel_farm_timer(self) -> None:
+        self.calls.append("cancel_farm_timer")
+
 
 #: Inputs a pure storm draws from, with the payloads the real codes would carry.
 _FARMS = ("usfarm", "ushmds", "secdefil", "eufarm")
@@ -155,14 +184,17 @@ def _random_input(rng: random.Random) -> Input:
                  costly=rng.random() < 0.5, message=f"storm {kind.value}")
 
 
-def _machine_storm(seed: int, inputs: int) -> tuple[list[dict[str, object]], list[str]]:
+def _machine_storm(seed: int, inputs: int, controller: bool = True,
+                   ) -> tuple[list[dict[str, object]], list[str]]:
     """Run ``inputs`` random inputs at random times; return (transcript JSON, effect calls)."""
     rng = random.Random(seed)
     clock = ManualClock()
     effects = TimerEffects(clock)
     policy = RecoveryPolicy(backoff=BackoffPolicy(max_attempts=rng.choice((None, 50))),
-                            restore_timeout=30.0, seed=seed)
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7, 8], policy=policy)
+                            restore_timeout=30.0, restart_wait=20.0, restart_cooldown=60.0,
+                            seed=seed)
+    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7, 8], policy=policy,
+                                controller_configured=controller)
     effects.machine = machine
     for _ in range(inputs):
         clock.advance(rng.expovariate(2.0))
@@ -175,9 +207,9 @@ def test_same_seed_same_transcript_other_seed_differs() -> None:
 
     How fast the machine handles an input is measured by benchmarks/connect_phases.py.
     """
-    first, first_calls = _machine_storm(seed=11, inputs=3000)
-    again, again_calls = _machine_storm(seed=11, inputs=3000)
-    other, _ = _machine_storm(seed=12, inputs=3000)
+    first, first_calls = _machine_storm(seed=11, inputs=4000)
+    again, again_calls = _machine_storm(seed=11, inputs=4000)
+    other, _ = _machine_storm(seed=12, inputs=4000)
     assert len(first) > 500, "the storm must actually move the machine"
     assert first == again and first_calls == again_calls
     assert first != other
@@ -193,3 +225,15 @@ def test_machine_storm_keeps_its_invariants() -> None:
     delays = [t["delay"] for t in transcript if t["dest"] == "backoff"]
     assert delays and all(d is not None and 0.0 <= float(str(d)) <= cap for d in delays)
     assert any(c.startswith("start_restore_timer") for c in calls)
+    # Restarts: one command per entry into restarting, never two within the cooldown (60 s).
+    entries = [float(str(t["at"])) for t in transcript if t["dest"] == "restarting"]
+    assert entries and calls.count("send_restart") == len(entries)
+    assert all(b - a >= 60.0 for a, b in itertools.pairwise(entries))
+
+
+def test_machine_storm_without_a_controller_never_restarts() -> None:
+    """No controller: thousands of random inputs, wedge signs among them, never a restart."""
+    transcript, calls = _machine_storm(seed=5, inputs=4000, controller=False)
+    assert len(transcript) > 500
+    assert "send_restart" not in calls and "send_reconnect_data" not in calls
+    assert all(t["dest"] != "restarting" for t in transcript)

@@ -12,6 +12,7 @@ from typing import Any
 from ibkr_connection.proxy.recording import RecordingError, load_recording
 from ibkr_connection.simulator import versions
 from ibkr_connection.simulator.gateway import FakeGateway
+from ibkr_connection.simulator.ibc import IbcCommandServer
 from ibkr_connection.simulator.replay import ReplayGateway
 from ibkr_connection.simulator.scenario import (
     ScenarioError,
@@ -98,6 +99,21 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "what the recording lacks",
     )
     parser.add_argument(
+        "--ibc-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also run IBC's command server on port N (0 = any): RESTART, RECONNECTDATA, "
+        "RECONNECTACCOUNT, STOP, EXIT (IBC's convention is 7462)",
+    )
+    parser.add_argument(
+        "--ibc-restart-outage",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how long a RESTART keeps the simulator refusing connections (default 1)",
+    )
+    parser.add_argument(
         "--duration",
         type=float,
         default=None,
@@ -141,6 +157,10 @@ async def serve(args: argparse.Namespace) -> int:
         # A replay answers the handshake with the recording's own version, never another.
         gw = ReplayGateway(recording, **settings)
         spoken = f"replaying server version {recording.version or gw.server_version}"
+    ibc_port = getattr(args, "ibc_port", None)
+    if ibc_port is not None:
+        gw.ibc = IbcCommandServer(gw, args.host, ibc_port,
+                                  restart_outage=getattr(args, "ibc_restart_outage", 1.0))
     async with gw:
         logger.info(
             "simulator ready on %s:%d accounts=%s %s",
@@ -149,6 +169,8 @@ async def serve(args: argparse.Namespace) -> int:
             ",".join(accounts),
             spoken,
         )
+        if gw.ibc is not None:
+            logger.info("IBC command server on %s:%d", args.host, gw.ibc.port)
         tasks: list[asyncio.Task[None]] = []
         if scenario is not None:
             tasks.append(asyncio.create_task(run_scenario(gw, scenario)))

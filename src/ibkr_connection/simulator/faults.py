@@ -227,6 +227,17 @@ class FaultInjection(GatewayTransport):
         self._stalled = True
         logger.info("fault: gateway stalled")
 
+    def wedge(self) -> None:
+        """Wedge: accept sockets and answer nothing (handshakes included) until a restart.
+
+        What a stuck gateway does (nautilus_trader #4796, ib-gateway-docker
+        #336): reconnecting cannot help. A restart through IBC's command
+        server (:class:`~ibkr_connection.simulator.ibc.IbcCommandServer`),
+        or :meth:`unstall`, clears it.
+        """
+        self._stalled = True
+        logger.info("fault: gateway wedged (sockets accepted, nothing answered)")
+
     def unstall(self) -> None:
         """Resume after :meth:`stall`, processing everything received meanwhile."""
         self._stalled = False

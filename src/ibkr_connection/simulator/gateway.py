@@ -38,6 +38,7 @@ from ibkr_connection.simulator.brokerage import (
     SimPosition,
 )
 from ibkr_connection.simulator.faults import SYNC_REQUESTS, FaultInjection
+from ibkr_connection.simulator.ibc import IbcCommandServer
 from ibkr_connection.simulator.transport import ApiClient, Request
 
 __all__ = [
@@ -78,8 +79,15 @@ class FakeGateway(FaultInjection):
             range up to this cap, as TWS does (ib_insync 0.9.86 gets 176,
             ib_async 2.x 178); a range below 157 or above the cap is refused.
         commission: Commission charged per execution.
+        ibc_port: Also run IBC's command server
+            (:class:`~ibkr_connection.simulator.ibc.IbcCommandServer`) on this
+            port (0: a free one; None: none); see :attr:`ibc`.
+        ibc_restart_outage: Seconds a ``RESTART`` keeps the gateway refusing
+            connections.
 
     Attributes:
+        ibc: The IBC command server, when ``ibc_port`` was given (its ``port``
+            is the one bound once started).
         book: The simulated brokerage; :attr:`accounts`, :attr:`orders` and
             the other book attributes below read and write it.
     """
@@ -96,11 +104,27 @@ class FakeGateway(FaultInjection):
         farms: Sequence[str] = ("usfarm", "ushmds", "secdefil"),
         server_version: int = p.SERVER_VERSION,
         commission: float = 1.0,
+        ibc_port: int | None = None,
+        ibc_restart_outage: float = 1.0,
     ) -> None:
         super().__init__(host, port, server_version, farms)
         self.book = Brokerage(
             accounts, next_order_id, fill_mode=fill_mode, commission=commission, prices=prices
         )
+        self.ibc = None if ibc_port is None else IbcCommandServer(
+            self, host, ibc_port, restart_outage=ibc_restart_outage)
+
+    async def start(self) -> None:
+        """Start listening, and IBC's command server when there is one."""
+        await super().start()
+        if self.ibc is not None:
+            await self.ibc.start()
+
+    async def stop(self) -> None:
+        """Stop IBC's command server (if any), stop listening, close every connection."""
+        if self.ibc is not None:
+            await self.ibc.stop()
+        await super().stop()
 
     async def __aenter__(self) -> FakeGateway:
         await self.start()

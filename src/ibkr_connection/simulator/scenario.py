@@ -51,6 +51,7 @@ ACTIONS: dict[str, tuple[dict[str, tuple[type, ...]], dict[str, tuple[type, ...]
     "restart": ({}, {"outage": (int, float)}),
     "reset_port": ({}, {"new_port": (int,)}),
     "stall": ({}, {}),
+    "wedge": ({}, {}),
     "unstall": ({}, {}),
     "handshake_delay": ({"seconds": (int, float)}, {}),
     "hold_sync": ({"request": (str,)}, {}),
@@ -122,6 +123,12 @@ ACTION_DOCS: dict[str, tuple[str, dict[str, str]]] = {
         {},
     ),
     "unstall": ("Resume after `stall`, answering everything received meanwhile.", {}),
+    "wedge": (
+        "Wedge: accept sockets and answer nothing, new handshakes included, until a restart "
+        "(a `RESTART` on the IBC command server of `sim --ibc-port`, or `unstall`): what "
+        "reconnecting cannot fix.",
+        {},
+    ),
     "handshake_delay": (
         "Answer each new API handshake only after a delay (a slow gateway).",
         {"seconds": "the delay; 0 removes it"},
@@ -193,6 +200,8 @@ RELAY_ACTIONS: dict[str, tuple[bool, str]] = {
     "stall": (True, "the gateway's bytes held (the bot's still reach the gateway); injected "
                     "messages still go out"),
     "unstall": (True, "the held bytes delivered, or thrown away with `discard = true`"),
+    "wedge": (False, "a wedge lasts until the gateway restarts, and the proxy cannot restart "
+                     "the real gateway; play `stall` with `handshake_delay` instead"),
     "handshake_delay": (True, "the gateway's handshake answer held in sessions opened later"),
     "hold_sync": (True, "the request's end message (e.g. `execDetailsEnd`) held back; the rest "
                         "of its answer goes through"),
@@ -470,6 +479,8 @@ async def apply_step(gw: FakeGateway, step: Step) -> None:
         gw.stall()
     elif a == "unstall":
         gw.unstall()
+    elif a == "wedge":
+        gw.wedge()
     elif a == "handshake_delay":
         gw.handshake_delay = float(prm["seconds"])
     elif a == "hold_sync":
