@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 from collections.abc import Callable
@@ -127,7 +128,14 @@ async def _serve_metrics(manager: ConnectionManager, port: int | None, write: Wr
     except OSError as exc:
         # asyncio rewords the error ("error while attempting to bind on address
         # ...: address already in use"); the errno's own text is the reason.
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        # Python 3.13 skips an address that is not available and then says only
+        # "could not bind on any address out of [...]", with no errno.
+        if exc.errno:
+            reason = os.strerror(exc.errno)
+        elif str(exc).startswith("could not bind on any address"):
+            reason = os.strerror(errno.EADDRNOTAVAIL)
+        else:
+            reason = str(exc)
         raise EndpointUnavailable(
             f"cannot serve /metrics and /healthz on {host}:{port}: {reason}") from exc
     write(f"metrics on http://{host}:{server.port}/metrics, "
