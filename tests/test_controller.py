@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from ib_insync import IB
@@ -32,6 +32,16 @@ async def ibc(gw: FakeGateway) -> AsyncIterator[IbcCommandServer]:
     """IBC's command server in front of ``gw``, with a short restart."""
     async with IbcCommandServer(gw, restart_outage=0.2) as server:
         yield server
+
+
+async def _heard(codes: list[int], code: int) -> None:
+    """Wait until the client heard ``code``; a hang guard raises after 30 s."""
+    await asyncio.wait_for(_poll(lambda: code in codes), 30)
+
+
+async def _poll(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await asyncio.sleep(0.001)
 
 
 async def _raw(port: int, data: bytes) -> list[str]:
@@ -80,14 +90,13 @@ async def test_reconnect_data_sends_farm_ok(gw: FakeGateway, ibc: IbcCommandServ
     ib.errorEvent += lambda req_id, code, *rest: codes.append(code)
     await ib.connectAsync("127.0.0.1", gw.port, clientId=2, timeout=5)
     await gw.farm_broken("usfarm")
-    await asyncio.sleep(0.05)
+    await _heard(codes, 2103)
     codes.clear()
     assert await IBCController(port=ibc.port).reconnect_data() == ""
-    await asyncio.sleep(0.05)
-    assert gw.farms["usfarm"] and 2104 in codes
+    await _heard(codes, 2104)
+    assert gw.farms["usfarm"]
     assert await IBCController(port=ibc.port).reconnect_account() == ""
-    await asyncio.sleep(0.05)
-    assert 1102 in codes
+    await _heard(codes, 1102)
     ib.disconnect()
 
 

@@ -16,11 +16,18 @@ from ibkr_connection import (
     SubscriptionError,
     Transition,
     UsageError,
+    adapter,
 )
 from ibkr_connection.inputs import InputKind
 from ibkr_connection.simulator import FakeGateway
 
 S = ConnectionState
+
+
+async def _closed(ib: Any) -> None:
+    """Return once ``ib``'s socket is closed."""
+    while adapter.transport_open(ib):
+        await asyncio.sleep(0.001)
 
 
 def _stock(ib: Any, symbol: str) -> Any:
@@ -67,6 +74,8 @@ async def test_blocking_connect_inside_a_loop_is_refused(make_manager: Any,
         manager.connect()
     with pytest.raises(UsageError, match=r"await manager\.stop"):
         manager.disconnect()
+    # A window for a negative check: had anything started, an attempt would
+    # have reached the simulator by now.
     await asyncio.sleep(0.3)
     assert manager.state is S.DISCONNECTED
     assert manager.transcript == []
@@ -84,7 +93,9 @@ async def test_unknown_account_fails_in_one_handshake(
     manager = make_manager(account="DU0000001")
     with pytest.raises(AccountError, match="not managed"):
         await manager.start()
-    await asyncio.sleep(0.1)
+    # Once the client's socket is gone, its disconnectedEvent has fired: a
+    # socket_closed that went in before the fatal error would show below.
+    await asyncio.wait_for(_closed(manager.ib), 30)
     assert [(t.source, t.dest, t.trigger) for t in manager.transcript] == [
         (S.DISCONNECTED, S.CONNECTING, InputKind.CONNECT),
         (S.CONNECTING, S.FAILED, InputKind.FATAL_ERROR),
