@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -174,16 +175,25 @@ async def serve(args: argparse.Namespace) -> int:
         tasks: list[asyncio.Task[None]] = []
         if scenario is not None:
             tasks.append(asyncio.create_task(run_scenario(gw, scenario)))
+        # Ctrl-C and SIGTERM stop it cleanly, also when the process was started
+        # with SIGINT ignored (a background job of a non-interactive shell).
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
         try:
-            if args.duration is not None:
-                await asyncio.sleep(args.duration)
-            else:
-                await asyncio.Event().wait()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), args.duration)
         finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+    logger.info("simulator stopped")
     return 0
 
 
