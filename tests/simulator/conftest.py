@@ -41,7 +41,7 @@ async def connect(
 
 
 async def settle(seconds: float = 0.05) -> None:
-    """Let loopback traffic flow (only as the window of a negative check)."""
+    """Let loopback traffic flow for a fixed time (prefer ``until`` for what must happen)."""
     await asyncio.sleep(seconds)
 
 
