@@ -104,6 +104,18 @@ def pump_until(api: IBKRIBInsyncApi, predicate: Callable[[], bool], timeout: flo
     return True
 
 
+def round_trip(api: IBKRIBInsyncApi, guard: float = 30.0) -> None:
+    """Pump until a reqCurrentTime comes back: what the gateway sent before is handled.
+
+    One socket carries everything in order both ways, so the answer also proves
+    the gateway has acted on every request the client sent before it. ``guard``
+    only stops a hung test.
+    """
+    answer = asyncio.ensure_future(api.ib.reqCurrentTimeAsync())
+    assert pump_until(api, answer.done, timeout=guard), "hang guard: no reqCurrentTime answer"
+    answer.result()
+
+
 def pump(api: IBKRIBInsyncApi, seconds: float = 0.1) -> None:
     """Let loopback traffic flow for ``seconds``."""
     api.handle_callbacks(seconds)

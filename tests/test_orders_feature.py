@@ -11,7 +11,7 @@ from ib_insync import IB, LimitOrder, MarketOrder, Stock
 from pytest_bdd import given, parsers, scenarios, then, when
 
 import broker_support
-from broker_support import ACCOUNT, Context, pump, pump_until, run, sessions
+from broker_support import ACCOUNT, Context, pump_until, round_trip, run, sessions
 from ibkr_connection import (
     Config,
     ConnectionState,
@@ -19,6 +19,7 @@ from ibkr_connection import (
     OrderRejectedError,
     UsageError,
 )
+from ibkr_connection.inputs import InputKind
 from ibkr_connection.simulator import FakeGateway
 
 # The shared fixtures, taken into this module so pytest finds them.
@@ -38,6 +39,11 @@ AAPL = Stock("AAPL", "SMART", "USD")
 def _entry(api: IBKRIBInsyncApi, ctx: Context) -> dict[str, Any]:
     """The book's entry for the scenario's order."""
     return api.snapshot()["orders"][str(ctx.trade.order.orderId)]
+
+
+def _refused(api: IBKRIBInsyncApi, since: int) -> int:
+    """How many connect attempts failed after transition ``since``."""
+    return sum(1 for t in api.manager.transcript[since:] if t.trigger is InputKind.ATTEMPT_FAILED)
 
 
 def _aapl(api: IBKRIBInsyncApi) -> dict[str, Any]:
@@ -111,10 +117,11 @@ def _drop_and_refuse(api: IBKRIBInsyncApi, gw: FakeGateway, ctx: Context,
                      loop: asyncio.AbstractEventLoop) -> None:
     """The gateway stops listening and aborts our socket."""
     ctx.sessions_before = sessions(api)
+    since = len(api.manager.transcript)
     run(loop, gw.stop_listening())
     run(loop, gw.drop_clients())
     assert pump_until(api, lambda: not api.connected)
-    pump(api, 0.3)  # a few refused attempts
+    assert pump_until(api, lambda: _refused(api, since) >= 2, timeout=30), "hang guard"
     assert not api.connected
 
 
@@ -151,7 +158,7 @@ def _disconnect(api: IBKRIBInsyncApi, gw: FakeGateway) -> None:
 def _reconnect(api: IBKRIBInsyncApi) -> None:
     """Log on again."""
     assert api.connect() is True
-    pump(api, 0.05)
+    round_trip(api)
 
 
 @when(parsers.parse("I try to buy {quantity:d} AAPL at market"))
@@ -162,7 +169,7 @@ def _try_buy(api: IBKRIBInsyncApi, gw: FakeGateway, ctx: Context, quantity: int)
         ctx.trade = api.place_order(AAPL, MarketOrder("BUY", quantity))
     except OrderRejectedError as exc:
         ctx.error = exc
-    pump(api, 0.05)
+    round_trip(api)  # an order sent would have reached the gateway before the answer
 
 
 @when(parsers.parse("I sell {quantity:d} AAPL with a limit of {price:g} and it fills"))
@@ -174,14 +181,14 @@ def _sell(api: IBKRIBInsyncApi, gw: FakeGateway, ctx: Context, quantity: int,
     assert pump_until(api, lambda: _entry(api, ctx)["status"] == "Submitted")
     gw.fill_order(ctx.trade.order.orderId)
     assert pump_until(api, lambda: _entry(api, ctx)["status"] == "Filled")
-    pump(api, 0.05)
+    round_trip(api)  # the portfolio update sent with the fill
 
 
 @then("I should be reconnected")
 def _reconnected(api: IBKRIBInsyncApi, ctx: Context) -> None:
     """A new session is up, driven by handle_callbacks alone."""
     assert pump_until(api, lambda: api.connected and sessions(api) > ctx.sessions_before)
-    pump(api, 0.05)
+    round_trip(api)
 
 
 @then(parsers.parse("the order should be filled for {quantity:d} shares"))
@@ -317,7 +324,7 @@ def _restart(make_api: Callable[..., IBKRIBInsyncApi]) -> IBKRIBInsyncApi:
     """A fresh wrapper with the same client id connects."""
     api = make_api()
     assert api.connect() is True
-    pump(api, 0.05)
+    round_trip(api)
     return api
 
 
@@ -390,7 +397,7 @@ def test_completed_orders_are_pruned_oldest_first(
     assert api.connect()
     trades = [api.place_order(AAPL, MarketOrder("BUY", 1)) for _ in range(3)]
     assert pump_until(api, lambda: all(t.isDone() for t in trades))
-    pump(api, 0.05)
+    round_trip(api)  # the commission reports that follow the last status
     assert sorted(api.orders) == sorted(str(t.order.orderId) for t in trades[1:])
 
 
@@ -433,10 +440,10 @@ async def test_async_twins_connect_trade_and_disconnect() -> None:
         assert await api.connect_async() is True
         assert api.state is ConnectionState.CONNECTED and api.account_id == ACCOUNT
         trade = api.place_order(AAPL, MarketOrder("BUY", 1))
-        for _ in range(100):
-            if api.orders[str(trade.order.orderId)]["commissions"]:
-                break
-            await asyncio.sleep(0.01)
+        guard = asyncio.get_running_loop().time() + 30  # a hang guard, not the assertion
+        while not api.orders[str(trade.order.orderId)]["commissions"]:
+            assert asyncio.get_running_loop().time() < guard, "hang guard: no commission"
+            await asyncio.sleep(0.001)
         assert api.orders[str(trade.order.orderId)]["filled"] == 1
         await api.disconnect_async()
         assert api.state is ConnectionState.DISCONNECTED

@@ -39,15 +39,35 @@ def _contract(ib: Any, gw: FakeGateway) -> Any:
     return contract
 
 
-async def _reconnected(manager: ConnectionManager, since: int, timeout: float = 5.0) -> list[str]:
+async def _reconnected(manager: ConnectionManager, since: int, guard: float = 30.0) -> list[str]:
     """Wait until the manager left ``connected`` after transition ``since`` and came back."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + guard  # a hang guard, not the assertion: generous
     while time.monotonic() < deadline:
         later = [t.dest.value for t in manager.transcript[since:]]
         if "backoff" in later and manager.state is S.CONNECTED:
             return later
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.001)
     raise TimeoutError(f"no reconnect; transcript since: {later}")
+
+
+async def _until(predicate: Callable[[], object], what: str, guard: float = 30.0) -> None:
+    """Poll the loop until ``predicate()`` holds; raise if ``what`` never happens."""
+    deadline = time.monotonic() + guard  # a hang guard, not the assertion: generous
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"hang guard: {what} did not happen within {guard} s")
+        await asyncio.sleep(0.001)
+
+
+def _codes_seen(manager: ConnectionManager) -> list[int]:
+    """Record the IB codes the manager's IB object reports, from now on.
+
+    Registered after the manager's own handler, which feeds the machine
+    synchronously: once a code is recorded here the manager has acted on it.
+    """
+    seen: list[int] = []
+    manager.ib.errorEvent += lambda req_id, code, msg, contract=None: seen.append(code)
+    return seen
 
 
 def _path(manager: ConnectionManager) -> list[str]:
@@ -148,7 +168,7 @@ async def test_incomplete_sync_caught_after_a_cancelled_attempt(
 
     conn.connectAsync = first_connect_hangs
     manager.feed(Input(InputKind.CONNECT, message="first"))
-    await asyncio.sleep(0.05)
+    await _until(lambda: calls, "the first TCP connect pending")
     manager.feed(Input(InputKind.DISCONNECT, message="user disconnect"))
     manager.feed(Input(InputKind.CONNECT, message="again"))
     await manager.wait_for(S.BACKOFF, timeout=3)
@@ -252,6 +272,7 @@ async def test_1102_keeps_subscriptions(make_manager: Make, gw: FakeGateway) -> 
     await manager.wait_for(S.LOST, timeout=2)
     await gw.send_error(1102)
     await manager.wait_for(S.CONNECTED, timeout=2)
+    # a window for a negative check: a re-request would come soon after the state
     await asyncio.sleep(0.05)
     assert len(gw.requests_named("reqMktData")) == 1
 
@@ -260,11 +281,12 @@ async def test_farms_degrade_and_recover(make_manager: Make, gw: FakeGateway) ->
     """Each broken farm must report OK before the session is connected again; 2110 degrades."""
     manager = make_manager()
     await manager.start()
+    seen = _codes_seen(manager)
     await gw.farm_broken("usfarm")
     await gw.farm_broken("ushmds")
     await manager.wait_for(S.DEGRADED, timeout=2)
     await gw.farm_ok("usfarm")
-    await asyncio.sleep(0.05)
+    await _until(lambda: 2104 in seen, "the manager handling 2104")
     assert manager.state is S.DEGRADED
     await gw.farm_ok("ushmds")
     await manager.wait_for(S.CONNECTED, timeout=2)
@@ -328,7 +350,8 @@ async def test_handlers_registered_once(make_manager: Make, gw: FakeGateway) -> 
         await gw.drop_clients()
         await _reconnected(manager, since)
     assert (len(ib.errorEvent), len(ib.disconnectedEvent), len(ib.newOrderEvent)) == before
-    await asyncio.sleep(0.05)
+    # cancelled tasks unwind a few loop turns later; a leaked one never does
+    await _until(lambda: len(asyncio.all_tasks()) <= tasks_before, "the tasks unwinding")
     assert len(asyncio.all_tasks()) <= tasks_before
 
 
@@ -339,6 +362,8 @@ async def test_stop_is_final_and_idempotent(make_manager: Make, gw: FakeGateway)
     await manager.stop()
     await manager.stop()
     assert manager.state is S.DISCONNECTED
+    await _until(lambda: not gw.clients, "the gateway seeing the disconnect")
+    # a window for a negative check: nothing may reconnect after stop()
     await asyncio.sleep(0.3)
     assert manager.state is S.DISCONNECTED and not gw.clients
     with pytest.raises(ManagerStoppedError):
@@ -356,10 +381,11 @@ async def test_unknown_code_changes_nothing(make_manager: Make, gw: FakeGateway)
     """An IB code not in the table is logged and changes nothing."""
     manager = make_manager()
     await manager.start()
+    seen = _codes_seen(manager)
     await gw.send_error(9999, message="brand new code")
     await gw.send_error(1102)
     await gw.send_error(1102)
-    await asyncio.sleep(0.05)
+    await _until(lambda: len(seen) >= 3, "the manager handling all three codes")
     assert manager.state is S.CONNECTED and _path(manager) == ["connecting", "connected"]
 
 

@@ -41,5 +41,17 @@ async def connect(
 
 
 async def settle(seconds: float = 0.05) -> None:
-    """Let loopback traffic flow."""
+    """Let loopback traffic flow for a fixed time (prefer ``until`` for what must happen)."""
     await asyncio.sleep(seconds)
+
+
+async def until(predicate: Callable[[], object], what: str, guard: float = 30.0) -> None:
+    """Poll the loop until ``predicate()`` holds; raise if ``what`` never happens.
+
+    The guard only stops a hung test: it is not the assertion, so it is generous.
+    """
+    deadline = asyncio.get_running_loop().time() + guard
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"hang guard: {what} did not happen within {guard} s")
+        await asyncio.sleep(0.001)

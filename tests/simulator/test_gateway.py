@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import struct
 import time
 from collections.abc import Callable, Coroutine
@@ -13,7 +15,7 @@ from ib_insync import IB, LimitOrder, MarketOrder, Stock
 
 from ibkr_connection.simulator import FakeGateway, default_message
 
-from .conftest import ACCOUNT, settle
+from .conftest import ACCOUNT, until
 
 Connect = Callable[..., Coroutine[Any, Any, IB]]
 AAPL = Stock("AAPL", "SMART", "USD")
@@ -69,7 +71,7 @@ async def test_error_code_arrives(gw: FakeGateway, connect: Connect, code: int, 
     seen: list[tuple[int, int, str]] = []
     ib.errorEvent += lambda req_id, err, msg, contract: seen.append((req_id, err, msg))
     assert await gw.send_error(code) == 1
-    await settle()
+    await until(lambda: seen, f"code {code} in errorEvent")
     assert seen == [(-1, code, text)]
 
 
@@ -79,7 +81,7 @@ async def test_1300_names_the_port(gw: FakeGateway, connect: Connect) -> None:
     seen: list[tuple[int, int, str]] = []
     ib.errorEvent += lambda req_id, err, msg, contract: seen.append((req_id, err, msg))
     await gw.send_error(1300)
-    await settle()
+    await until(lambda: seen, "1300 in errorEvent")
     expected = (
         "TWS socket port has been reset and this connection is being dropped. "
         f"Please reconnect on the new port - {gw.port}"
@@ -95,8 +97,12 @@ async def test_error_to_one_client_only(gw: FakeGateway, connect: Connect) -> No
     ib1.errorEvent += lambda r, code, m, c: seen1.append(code)
     ib2.errorEvent += lambda r, code, m, c: seen2.append(code)
     await gw.send_error(4242, client_id=2, message="custom")
-    await settle()
-    assert seen1 == [] and seen2 == [4242]
+    await until(lambda: seen2, "4242 at client 2")
+    # A fence for the negative half: client 1's socket delivers in order, so once
+    # a later code reaches it, a stray 4242 would have arrived before.
+    await gw.send_error(4243, client_id=1, message="fence")
+    await until(lambda: seen1, "the fence at client 1")
+    assert seen1 == [4243] and seen2 == [4242]
 
 
 async def test_farm_helpers_pick_codes(gw: FakeGateway, connect: Connect) -> None:
@@ -107,7 +113,7 @@ async def test_farm_helpers_pick_codes(gw: FakeGateway, connect: Connect) -> Non
     await gw.farm_broken("usfarm.nj")
     await gw.farm_broken("euhmds")
     await gw.farm_ok("secdefnj")
-    await settle()
+    await until(lambda: len(seen) >= 3, "three farm codes")
     assert seen == [
         (2103, "Market data farm connection is broken:usfarm.nj"),
         (2105, "HMDS data farm connection is broken:euhmds"),
@@ -132,7 +138,7 @@ async def test_drop_emits_disconnected(gw: FakeGateway, connect: Connect) -> Non
     events: list[str] = []
     ib.disconnectedEvent += lambda: events.append("down")
     assert await gw.drop_clients() == 1
-    await settle()
+    await until(lambda: events, "disconnectedEvent")
     assert events == ["down"]
     assert not ib.isConnected()
     assert gw.clients == []
@@ -153,8 +159,9 @@ async def test_refused_while_not_listening(gw: FakeGateway) -> None:
 async def test_restart_refuses_then_accepts(gw: FakeGateway, connect: Connect) -> None:
     """restart drops clients, refuses during the outage and listens again after."""
     ib = await connect(1)
-    task = asyncio.ensure_future(gw.restart(outage=0.2))
-    await settle()
+    # the refused connect must land inside the outage: a window, so a generous one
+    task = asyncio.ensure_future(gw.restart(outage=1.0))
+    await until(lambda: not ib.isConnected() and not gw.listening, "the drop and the outage")
     assert not ib.isConnected()
     with pytest.raises(ConnectionRefusedError):
         await IB().connectAsync("127.0.0.1", gw.port, clientId=2, timeout=1)
@@ -170,7 +177,7 @@ async def test_reset_port_moves(gw: FakeGateway, connect: Connect) -> None:
     seen: list[tuple[int, str]] = []
     ib.errorEvent += lambda r, code, msg, c: seen.append((code, msg))
     new = await gw.reset_port(0)
-    await settle()
+    await until(lambda: seen and not ib.isConnected(), "1300 and the drop")
     assert new != old and gw.port == new
     assert seen and seen[0][0] == 1300 and seen[0][1].endswith(f"new port - {new}")
     assert not ib.isConnected()
@@ -191,7 +198,7 @@ async def test_duplicate_client_id_326(gw: FakeGateway, connect: Connect) -> Non
     assert seen == [(-1, 326)]
     assert [c.client_id for c in gw.clients] == [7]
     first.disconnect()
-    await settle()
+    await until(lambda: gw.clients == [], "the gateway freeing client id 7")
     await second.connectAsync("127.0.0.1", gw.port, clientId=7, timeout=1)
     assert second.isConnected()
     second.disconnect()
@@ -207,11 +214,8 @@ async def test_current_time_and_stall(gw: FakeGateway, connect: Connect) -> None
     pending = asyncio.ensure_future(ib.reqCurrentTimeAsync())
     [conn] = gw.connections
 
-    async def held() -> None:  # the request reached the gateway, which sits on it
-        while not conn.backlog:
-            await asyncio.sleep(0.001)
-
-    await asyncio.wait_for(held(), 5)
+    # the request reached the gateway, which sits on it
+    await until(lambda: conn.backlog, "the request held in the backlog")
     assert not pending.done() and ib.isConnected()
     gw.unstall()
     assert (await asyncio.wait_for(pending, 5)).timestamp() >= asked
@@ -227,7 +231,7 @@ async def test_order_filled_with_commission(gw: FakeGateway, connect: Connect) -
     ib.execDetailsEvent += lambda trade, fill: fills.append(fill.execution.shares)
     ib.commissionReportEvent += lambda trade, fill, rep: reports.append(rep.commission)
     trade = ib.placeOrder(AAPL, MarketOrder("BUY", 10))
-    await settle()
+    await until(lambda: trade.isDone() and reports, "the fill and its commission report")
     assert statuses[0] == "Submitted" and statuses[-1] == "Filled"
     assert fills == [10.0] and reports == [1.0]
     assert trade.orderStatus.avgFillPrice == 150.0
@@ -243,7 +247,7 @@ async def test_order_filled_in_two_parts(gw: FakeGateway, connect: Connect) -> N
     ib.execDetailsEvent += lambda trade, fill: fills.append(fill.execution.shares)
     ib.commissionReportEvent += lambda trade, fill, rep: reports.append(rep.execId)
     trade = ib.placeOrder(AAPL, MarketOrder("SELL", 5))
-    await settle()
+    await until(lambda: trade.isDone() and len(reports) >= 2, "both parts and their reports")
     assert fills == [2.0, 3.0]
     assert len(set(reports)) == 2
     assert trade.orderStatus.status == "Filled" and trade.orderStatus.filled == 5
@@ -252,14 +256,19 @@ async def test_order_filled_in_two_parts(gw: FakeGateway, connect: Connect) -> N
 async def test_positions_and_portfolio_updated(gw: FakeGateway, connect: Connect) -> None:
     """A fill updates ib.positions() and ib.portfolio() with PnL fields."""
     ib = await connect(1)
-    ib.placeOrder(AAPL, MarketOrder("BUY", 10))
-    await settle()
+    bought = ib.placeOrder(AAPL, MarketOrder("BUY", 10))
+    await until(lambda: bought.isDone() and ib.positions(), "the buy filled and booked")
     gw.push_tick("AAPL", 155.0)
     gw.fill_mode = "manual"
     trade = ib.placeOrder(AAPL, LimitOrder("SELL", 4, 160.0))
-    await settle()
+    await until(lambda: trade.orderStatus.status == "Submitted", "the sell working")
     gw.fill_order(trade.order.orderId)
-    await settle()
+    await until(
+        lambda: trade.isDone()
+        and [p.position for p in ib.positions()] == [6]
+        and [i.position for i in ib.portfolio()] == [6],
+        "the sell filled and booked",
+    )
     [pos] = ib.positions()
     assert pos.position == 6 and pos.avgCost == 150.0 and pos.account == ACCOUNT
     [item] = ib.portfolio()
@@ -272,10 +281,10 @@ async def test_manual_order_cancel(gw: FakeGateway, connect: Connect) -> None:
     gw.fill_mode = "manual"
     ib = await connect(1)
     trade = ib.placeOrder(AAPL, LimitOrder("BUY", 1, 140.0))
-    await settle()
+    await until(lambda: trade.orderStatus.status != "PendingSubmit", "the gateway's status")
     assert trade.orderStatus.status == "Submitted"
     ib.cancelOrder(trade.order)
-    await settle()
+    await until(trade.isDone, "the order done")
     assert trade.orderStatus.status == "Cancelled"
 
 
@@ -284,9 +293,9 @@ async def test_fill_while_disconnected(gw: FakeGateway, connect: Connect) -> Non
     gw.fill_mode = "manual"
     ib = await connect(3)
     trade = ib.placeOrder(AAPL, MarketOrder("BUY", 8))
-    await settle()
+    await until(lambda: trade.orderStatus.status == "Submitted", "the order working")
     await gw.drop_clients()  # a server-side drop also clears ib_insync's session state
-    await settle()
+    await until(lambda: not ib.isConnected(), "the client seeing the drop")
     assert gw.clients == [] and not ib.isConnected()
     ex = gw.fill_order(trade.order.orderId, price=151.0)
     await ib.connectAsync("127.0.0.1", gw.port, clientId=3, timeout=2)
@@ -303,9 +312,9 @@ async def test_open_orders_replayed(gw: FakeGateway, connect: Connect) -> None:
     gw.fill_mode = "manual"
     ib = await connect(4)
     trade = ib.placeOrder(AAPL, LimitOrder("BUY", 2, 100.0))
-    await settle()
+    await until(lambda: trade.orderStatus.status == "Submitted", "the order working")
     ib.disconnect()
-    await settle()
+    await until(lambda: gw.clients == [], "the gateway freeing client id 4")
     await ib.connectAsync("127.0.0.1", gw.port, clientId=4, timeout=2)
     [open_trade] = ib.openTrades()
     assert open_trade.order.orderId == trade.order.orderId
@@ -318,13 +327,16 @@ async def test_ticks_received(gw: FakeGateway, connect: Connect) -> None:
     batches: list[int] = []
     ib.pendingTickersEvent += lambda tickers: batches.append(len(tickers))
     ticker = ib.reqMktData(AAPL)
-    await settle()
+    await until(
+        lambda: not any(math.isnan(x) for x in (ticker.bid, ticker.ask, ticker.last)),
+        "bid, ask and last",
+    )
     assert (ticker.bid, ticker.ask, ticker.last) == (149.99, 150.01, 150.0)
     assert gw.push_tick("AAPL", 151.5) == 1
-    await settle()
+    await until(lambda: ticker.last != 150.0, "the pushed tick")
     assert ticker.last == 151.5 and batches
     ib.cancelMktData(AAPL)
-    await settle()
+    await until(lambda: gw.requests_named("cancelMktData"), "cancelMktData at the gateway")
     assert gw.push_tick("AAPL", 152.0) == 0
 
 
@@ -347,13 +359,25 @@ async def test_request_log_records_mkt_data(gw: FakeGateway, connect: Connect) -
         b"API\0" + struct.pack(">I", 9) + b"v157..176" + struct.pack(">I", 4) + b"zz\0\0",
     ],
 )
-async def test_malformed_input_isolated(gw: FakeGateway, connect: Connect, payload: bytes) -> None:
+async def test_malformed_input_isolated(
+    gw: FakeGateway, connect: Connect, payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     """Malformed frames close (or are ignored for) one client; others keep working."""
     ib = await connect(1)
+    caplog.clear()
     _reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     writer.write(payload)
     await writer.drain()
-    await settle()
+    # the gateway warns when it closes on, or ignores, a malformed frame, and logs
+    # a readable frame of an unknown kind in its request log (with no client id)
+    await until(
+        lambda: any(
+            r.levelno >= logging.WARNING and r.name.startswith("ibkr_connection.simulator")
+            for r in caplog.records
+        )
+        or any(r.client_id is None for r in gw.requests),
+        "the gateway dealing with the payload",
+    )
     await asyncio.wait_for(ib.reqCurrentTimeAsync(), 1)
     writer.close()
     ib2 = await connect(2)
@@ -368,7 +392,7 @@ async def test_handshake_delay_times_out(gw: FakeGateway) -> None:
         await ib.connectAsync("127.0.0.1", gw.port, clientId=1, timeout=0.2)
     assert gw.handshakes == 0
     gw.handshake_delay = 0.0
-    await settle(0.4)
+    await until(lambda: not gw.connections, "the gateway closing the timed-out connection")
     await ib.connectAsync("127.0.0.1", gw.port, clientId=1, timeout=1)
     ib.disconnect()
 
@@ -411,7 +435,7 @@ async def test_nightly_reset_story(gw: FakeGateway, connect: Connect) -> None:
     seen: list[int] = []
     ib.errorEvent += lambda r, code, m, c: seen.append(code)
     await gw.nightly_reset(silence=0.05, restore_code=1102)
-    await settle()
+    await until(lambda: len(seen) >= 8, "the whole story")
     assert seen == [1100, 2103, 2105, 2157, 1102, 2104, 2106, 2158]
 
 
@@ -426,7 +450,7 @@ async def test_ib_async_connects(gw: FakeGateway) -> None:
         trade = ib.placeOrder(
             ib_async.Stock("AAPL", "SMART", "USD"), ib_async.MarketOrder("BUY", 1)
         )
-        await settle()
+        await until(trade.isDone, "the order done")
         assert trade.orderStatus.status == "Filled"
         assert [f.execution.shares for f in trade.fills] == [1.0]
     finally:
