@@ -20,15 +20,22 @@ from ibkr_connection.demo import run_demo
 
 
 async def test_demo_tells_the_whole_story() -> None:
-    """The demo walks every chapter and ends disconnected, with three recoveries."""
+    """Every chapter, the wedge through one IBC restart; ends disconnected, five recoveries."""
     out = io.StringIO()
     status = await run_demo(out.write, pause=0.2)
     text = out.getvalue()
     assert status == 0
     for expected in ("connected -> degraded", "connected -> lost", "lost -> connected",
                      "socket_closed", "heartbeat_missed", "connected -> disconnected",
-                     "recoveries: 4"):
+                     "recoveries: 5"):
         assert expected in text, expected
+    # The wedge act: a heartbeat miss, an unanswered handshake, one RESTART through IBC.
+    assert re.search(r"connecting -> restarting +attempt_failed: no handshake .*"
+                     r"no handshake within 1s", text)
+    assert re.search(r"restarting -> connecting +gateway_back: the gateway at 127\.0\.0\.1:\d+ "
+                     r"answers the API handshake again", text)
+    assert "IBC command server received: RESTART\n" in text
+    assert text.count("-> restarting") == 1
     # The order act: Uncertain after the drop, then filled at the gateway, sent once.
     assert re.search(r"order \d+ \(demo-1\): Uncertain \(last status PendingSubmit", text)
     assert re.search(r"order \d+ \(demo-1\): resolved after the reconnect: Filled "

@@ -207,3 +207,20 @@ async def test_journal_of_a_real_session_carries_wall_clock_time(tmp_path: Path)
 def test_old_import_path_still_works() -> None:
     """``from ibkr_connection.manager import replay_journal`` is the journal module's function."""
     assert manager.replay_journal is journal.replay_journal
+
+
+def test_header_carries_the_controller_and_the_escalation_policy() -> None:
+    """The header says whether a controller could restart, and the restart policy's fields."""
+    out = io.StringIO()
+    config = ConnectionConfig(port=4002, client_id=7,
+                              policy=RecoveryPolicy(restart_after=5, restart_wait=60.0,
+                                                    restart_cooldown=120.0,
+                                                    farm_reconnect_after=30.0))
+    journal.JournalWriter(out, config, ManualClock(), controller_configured=True)
+    header = json.loads(out.getvalue())
+    assert {k: header[k] for k in ("controller_configured", "restart_after", "restart_wait",
+                                   "restart_cooldown", "farm_reconnect_after")} == {
+        "controller_configured": True, "restart_after": 5, "restart_wait": 60.0,
+        "restart_cooldown": 120.0, "farm_reconnect_after": 30.0}
+    journal.JournalWriter(out := io.StringIO(), ConnectionConfig(), ManualClock())
+    assert json.loads(out.getvalue())["controller_configured"] is False

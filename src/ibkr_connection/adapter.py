@@ -93,6 +93,15 @@ class SyncIncompleteError(ConnectionError):
     """The startup sync did not complete (a request timed out)."""
 
 
+class HandshakeTimeoutError(TimeoutError):
+    """The gateway accepted the socket but did not answer the API handshake in time.
+
+    A healthy gateway sends its server version within milliseconds; only the
+    startup sync that follows is slow. Silence here is a sign of a wedged
+    gateway, not of a slow one.
+    """
+
+
 class SyncTimeoutCatcher(logging.Handler):
     """Catches ib_insync's "<name> request timed out" log lines during a connect.
 
@@ -145,13 +154,20 @@ def watch_sync_timeouts(ib: Any, catcher: SyncTimeoutCatcher) -> Callable[[], No
 async def connect_session(
     ib: Any, *, host: str, port: int, client_id: int, timeout: float,
     readonly: bool, account: str, catcher: SyncTimeoutCatcher,
+    handshake_timeout: float | None = None,
 ) -> None:
     """Connect ``ib`` and complete the startup sync, or raise.
 
     Args:
+        timeout: seconds for the whole attempt (socket, handshake, sync).
         catcher: the catcher :func:`watch_sync_timeouts` attached to ``ib``.
+        handshake_timeout: seconds the gateway has, once the socket is open,
+            to answer the handshake with its server version; None: only
+            ``timeout`` applies. Checked every ``handshake_timeout`` seconds
+            from the start, so a socket that opens late gets up to twice that.
 
     Raises:
+        HandshakeTimeoutError: the socket opened but no server version came.
         SyncIncompleteError: a startup request timed out.
         TimeoutError: the handshake or the executions request timed out.
         ConnectionRefusedError / OSError: the TCP connect failed.
@@ -176,10 +192,34 @@ async def connect_session(
             closed.append(message)
             task.cancel()
 
+    # A wedged gateway accepts the socket and never answers: without a
+    # deadline of its own, the handshake waits out the whole connect timeout.
+    silent: list[float] = []
+    timer: asyncio.TimerHandle | None = None
+
+    def check_handshake(limit: float) -> None:
+        nonlocal timer
+        timer = None
+        if task is None or task.done() or ib.client.serverVersion() or closed:
+            return
+        if getattr(conn, "transport", None) is None:
+            # The socket is not open yet: that is the connect timeout's business.
+            timer = loop.call_later(limit, check_handshake, limit)
+            return
+        silent.append(limit)
+        task.cancel()
+
+    loop = asyncio.get_running_loop()
+    if handshake_timeout is not None and handshake_timeout < timeout:
+        timer = loop.call_later(handshake_timeout, check_handshake, handshake_timeout)
     conn.disconnected += on_closed
     try:
         await ib.connectAsync(**kwargs)
     except asyncio.CancelledError:
+        if silent:
+            raise HandshakeTimeoutError(
+                f"no handshake within {silent[0]:g}s: the gateway accepted the socket "
+                "but did not send its server version") from None
         if not closed:
             raise
         raise ConnectionError(
@@ -187,6 +227,8 @@ async def connect_session(
             + (f": {closed[0]}" if closed[0] else "")
         ) from None
     finally:
+        if timer is not None:
+            timer.cancel()
         conn.disconnected -= on_closed
     if catcher.timed_out:
         safe_disconnect(ib)

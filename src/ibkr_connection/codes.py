@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from ibkr_connection.adapter import SyncIncompleteError
+from ibkr_connection.adapter import HandshakeTimeoutError, SyncIncompleteError
 from ibkr_connection.errors import AccountError
 from ibkr_connection.inputs import Input, InputKind
 
@@ -171,6 +171,8 @@ FAILURES: tuple[FailureInfo, ...] = (
     FailureInfo((AccountError,), "the account check failed: retrying cannot fix it", _FATAL,
                 False),
     FailureInfo((ConnectionRefusedError,), "connection refused", _FAILED, False),
+    FailureInfo((HandshakeTimeoutError,), "no handshake (the gateway is silent: wedged?)",
+                _FAILED, True),
     FailureInfo((asyncio.TimeoutError, TimeoutError), "timed out", _FAILED, True),
     FailureInfo((SyncIncompleteError,), "startup sync incomplete", _FAILED, True),
     FailureInfo((ConnectionError,), "socket broke during the handshake or sync", _FAILED, True),

@@ -57,6 +57,13 @@ class ConnectionConfig:
             on that object is), and ib_insync skips its order sync. (TWS's own
             "Read-Only API" setting is the gateway's guard.)
         connect_timeout: seconds for one attempt (socket, handshake, sync).
+        handshake_timeout: seconds the gateway has, once it accepted the
+            socket, to answer the API handshake with its server version
+            (default 2). A healthy gateway answers within milliseconds (only
+            the startup sync after it is slow); a silent one fails the
+            attempt as "no handshake", a sign of a wedged gateway, without
+            waiting out ``connect_timeout``. Not applied when it is not
+            shorter than ``connect_timeout``.
         heartbeat_idle: seconds without any message before a probe is sent.
         heartbeat_timeout: seconds a probe may take before the gateway is
             declared hung.
@@ -86,6 +93,7 @@ class ConnectionConfig:
     account_fallback: AccountFallback = "error"
     readonly: bool = False
     connect_timeout: float = 10.0
+    handshake_timeout: float = 2.0
     heartbeat_idle: float = 3.0
     heartbeat_timeout: float = 2.0
     policy: RecoveryPolicy = field(default_factory=RecoveryPolicy)
@@ -107,7 +115,8 @@ class ConnectionConfig:
             _check_port("ibc_port", self.ibc_port)
         if not isinstance(self.ibc_host, str):
             raise ConfigError("ibc_host", f"must be a host name, got {self.ibc_host!r}")
-        for name in ("connect_timeout", "heartbeat_idle", "heartbeat_timeout"):
+        for name in ("connect_timeout", "handshake_timeout", "heartbeat_idle",
+                     "heartbeat_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(name, f"must be a positive number of seconds, got {value!r}")
@@ -137,7 +146,8 @@ class ConnectionConfig:
         Variables: ``IBKR_HOST``, ``IBKR_PORT``, ``IBKR_CLIENT_ID``,
         ``IBKR_FALLBACK_CLIENT_IDS`` (comma separated), ``IBKR_ACCOUNT``,
         ``IBKR_ACCOUNT_FALLBACK`` (``error`` or ``first``), ``IBKR_READONLY``
-        (true/false), ``IBKR_CONNECT_TIMEOUT``, ``IBKR_MAX_ATTEMPTS``
+        (true/false), ``IBKR_CONNECT_TIMEOUT``, ``IBKR_HANDSHAKE_TIMEOUT``,
+        ``IBKR_MAX_ATTEMPTS``
         (empty or ``none`` for no limit), ``IBKR_IBC_HOST`` and
         ``IBKR_IBC_PORT`` (IBC's command server, optional). Unset variables
         keep the defaults.
@@ -194,15 +204,17 @@ class ConnectionConfig:
             if readonly.lower() not in _TRUE | _FALSE:
                 raise ConfigError("IBKR_READONLY", f"must be true or false, got {readonly!r}")
             values["readonly"] = readonly.lower() in _TRUE
-        if (timeout := text("IBKR_CONNECT_TIMEOUT")) is not None:
-            try:
-                seconds = float(timeout)
-            except ValueError:
-                raise ConfigError("IBKR_CONNECT_TIMEOUT",
-                                  f"must be a number of seconds, got {timeout!r}") from None
-            if seconds <= 0:
-                raise ConfigError("IBKR_CONNECT_TIMEOUT", f"must be positive, got {timeout!r}")
-            values["connect_timeout"] = seconds
+        for var, name in (("IBKR_CONNECT_TIMEOUT", "connect_timeout"),
+                          ("IBKR_HANDSHAKE_TIMEOUT", "handshake_timeout")):
+            if (timeout := text(var)) is not None:
+                try:
+                    seconds = float(timeout)
+                except ValueError:
+                    raise ConfigError(var, f"must be a number of seconds, got {timeout!r}"
+                                      ) from None
+                if seconds <= 0:
+                    raise ConfigError(var, f"must be positive, got {timeout!r}")
+                values[name] = seconds
         if (ibc_host := text("IBKR_IBC_HOST")) is not None:
             if not ibc_host:
                 raise ConfigError("IBKR_IBC_HOST", "must not be empty")

@@ -2,7 +2,8 @@
 
 ``demo`` starts the embedded gateway simulator and walks a real ib_insync
 client through a farm outage, a nightly-reset style 1100/1101, a gateway
-restart, a hung gateway and an order whose answer is lost in a drop (shown
+restart, a hung gateway, a wedged gateway restarted through the simulator's
+IBC command server, and an order whose answer is lost in a drop (shown
 ``Uncertain``, then resolved by the reconnect's sync), printing every
 transition with its elapsed time and cause, then a summary. ``watch`` prints
 the same live view against a real gateway until Ctrl-C.
@@ -154,8 +155,14 @@ async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = No
     from ibkr_connection.policy import RecoveryPolicy
     from ibkr_connection.simulator import FakeGateway
 
-    async with FakeGateway(accounts=["DU1234567"], prices={"AAPL": 150.0}) as gw:
-        config = ConnectionConfig(port=gw.port, client_id=7, policy=RecoveryPolicy(seed=seed))
+    # The wedge act is shortened to keep the demo near 20 s: two wedge signs
+    # instead of three, a 1 s handshake deadline, a 0.5 s restart.
+    async with FakeGateway(accounts=["DU1234567"], prices={"AAPL": 150.0}, ibc_port=0,
+                           ibc_restart_outage=0.5) as gw:
+        assert gw.ibc is not None
+        config = ConnectionConfig(port=gw.port, client_id=7, handshake_timeout=1.0,
+                                  policy=RecoveryPolicy(seed=seed, restart_after=2),
+                                  ibc_port=gw.ibc.port)
         manager = ConnectionManager(adapter.new_ib(), config)
         loop = asyncio.get_running_loop()
         view = LiveView(write, started=loop.time())
@@ -168,7 +175,10 @@ async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = No
             raise
         write(f"simulated gateway on 127.0.0.1:{gw.port}; defaults: backoff 50-250 ms, "
               f"heartbeat after {config.heartbeat_idle:g}s idle + "
-              f"{config.heartbeat_timeout:g}s probe\n\n")
+              f"{config.heartbeat_timeout:g}s probe; IBC command server on "
+              f"127.0.0.1:{gw.ibc.port} (for the wedge: restart after "
+              f"{config.policy.restart_after} wedge signs, {config.handshake_timeout:g}s "
+              "handshake deadline, 0.5 s restart)\n\n")
 
         def chapter(text: str) -> None:
             write(f"{loop.time() - view.started:8.3f}s  --- {text}\n")
@@ -206,6 +216,12 @@ async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = No
             await manager.wait_for(ConnectionState.BACKOFF, timeout=15)
             gw.unstall()
             await manager.wait_for(ConnectionState.CONNECTED, timeout=10)
+
+            chapter("the gateway is wedged: reconnecting cannot help, IBC restarts it")
+            gw.wedge()
+            await manager.wait_for(ConnectionState.RESTARTING, timeout=30)
+            await manager.wait_for(ConnectionState.CONNECTED, timeout=30)
+            write(f"          IBC command server received: {', '.join(gw.ibc.commands)}\n")
 
             chapter("an order goes out as the socket drops: the gateway's answer is lost")
             await _uncertain_order(manager, gw, write)

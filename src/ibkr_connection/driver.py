@@ -161,6 +161,7 @@ class Driver:
                 ib, host=config.host, port=port, client_id=client_id,
                 timeout=config.connect_timeout, readonly=config.readonly,
                 account=config.account, catcher=self._sync_catcher,
+                handshake_timeout=config.handshake_timeout,
             )
             account = self._choose_account()
         except asyncio.CancelledError:

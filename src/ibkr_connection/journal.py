@@ -76,10 +76,13 @@ class JournalWriter:
             replay rebuilds the same machine.
         clock: the manager's clock: ``at`` is its monotonic reading, ``wall``
             its time of day.
+        controller_configured: the manager has a controller (IBC, a command)
+            that can restart the gateway; the machine's ``restarting`` moves
+            depend on it.
     """
 
     def __init__(self, target: str | Path | IO[str], config: ConnectionConfig,
-                 clock: Clock) -> None:
+                 clock: Clock, *, controller_configured: bool = False) -> None:
         self._clock = clock
         self._owned = isinstance(target, (str, Path))
         self._file: IO[str] | None
@@ -113,6 +116,11 @@ class JournalWriter:
             "restore_timeout": policy.restore_timeout,
             "maintenance_restore_timeout": policy.maintenance_restore_timeout,
             "same_client_id_retries": policy.same_client_id_retries,
+            "controller_configured": controller_configured,
+            "restart_after": policy.restart_after,
+            "restart_wait": policy.restart_wait,
+            "restart_cooldown": policy.restart_cooldown,
+            "farm_reconnect_after": policy.farm_reconnect_after,
         }
         self._file.write(json.dumps(header) + "\n")
         self._file.flush()
@@ -193,21 +201,28 @@ class _NullEffects:
         return lambda *args: None
 
 
+#: Header fields that older journals lack; a missing one keeps the default.
+_RESTART_FIELDS = ("restart_after", "restart_wait", "restart_cooldown", "farm_reconnect_after")
+
+
 def _machine(header: dict[str, Any], number: int) -> tuple[ConnectionMachine, ManualClock]:
     try:
+        restart = {name: header[name] for name in _RESTART_FIELDS if name in header}
         policy = RecoveryPolicy(
             backoff=BackoffPolicy(**header["backoff"]), seed=header["seed"],
             restore_timeout=header["restore_timeout"],
             maintenance_restore_timeout=header["maintenance_restore_timeout"],
-            same_client_id_retries=header["same_client_id_retries"],
+            same_client_id_retries=header["same_client_id_retries"], **restart,
         )
         # The header's readings, when it has them, put the replay's clock at
         # the same time of day as the session (the nightly reset window).
         start = float(header.get("at", 0.0))
         wall = parse_wall(header["wall"]) if "wall" in header else None
         clock = ManualClock(start=start, wall_start=wall)
-        machine = ConnectionMachine(_NullEffects(), clock, port=header["port"],
-                                    client_ids=header["client_ids"], policy=policy)
+        machine = ConnectionMachine(
+            _NullEffects(), clock, port=header["port"], client_ids=header["client_ids"],
+            policy=policy,
+            controller_configured=bool(header.get("controller_configured", False)))
     except (KeyError, TypeError, ValueError) as exc:
         raise JournalError(number, f"bad header: {exc!r}") from exc
     return machine, clock

@@ -495,7 +495,8 @@ class ConnectionManager:
     # -- journal --------------------------------------------------------------------
 
     def _open_journal(self, journal: str | Path | IO[str]) -> None:
-        self._journal = JournalWriter(journal, self.config, self._clock)
+        self._journal = JournalWriter(journal, self.config, self._clock,
+                                      controller_configured=self.controller is not None)
 
     def _flush_journal(self) -> None:
         if self._journal is None:

@@ -128,7 +128,8 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
     Action("note_port", _N, "the next attempt uses the port the input names (1300)"),
     Action("note_wedge_sign", _N, "count a sign of a wedged gateway: a heartbeat miss, or "
                                   "an attempt that reached the socket and got no handshake "
-                                  "or no startup sync (classified costly); a refused connect "
+                                  "(within handshake_timeout) or no startup sync (classified "
+                                  "costly); a refused connect "
                                   "(cheap: the gateway is down, not wedged) clears the count"),
     Action("first_attempt", _B, "a user's connect starts a fresh series: attempt 1, no "
                                 "failure counted, the client id's 326 retries forgotten"),

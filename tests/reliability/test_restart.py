@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -21,6 +23,7 @@ from ib_insync import IB
 
 from ibkr_connection import ConnectionManager, ConnectionState, IBCController
 from ibkr_connection.inputs import InputKind
+from ibkr_connection.journal import replay
 from ibkr_connection.simulator import FakeGateway
 
 from .conftest import ACCOUNT, FAST_POLICY, fast_config, settle, wait_until
@@ -280,3 +283,36 @@ async def test_a_broken_farm_gets_one_reconnect_data(
     await wait_until(lambda: manager.state is S.CONNECTED, 3.0)
     assert manager.transcript[-1].trigger is InputKind.FARM_OK
     assert ibc_gw.ibc.commands == ["RECONNECTDATA"]
+
+
+async def test_a_journal_of_a_restart_replays_with_every_transition_matching(
+    ibc_gw: FakeGateway, managers: list[ConnectionManager]
+) -> None:
+    """Wedged, restarted through IBC, connected: the journal replays move for move."""
+    assert ibc_gw.ibc is not None
+    out = io.StringIO()
+    controller = IBCController("127.0.0.1", ibc_gw.ibc.port, timeout=1.0)
+    manager = ConnectionManager(IB(), fast_config(ibc_gw.port, policy=POLICY),
+                                controller=controller, journal=out)
+    managers.append(manager)
+    await manager.start(timeout=5)
+    ibc_gw.wedge()
+    await wait_until(lambda: manager.machine.restarts == 1, 10.0, "a restart")
+    await settle(manager, S.CONNECTED, quiet=0.5, timeout=10.0)
+    await manager.stop()
+    lines = out.getvalue().splitlines()
+    header = json.loads(lines[0])
+    assert header["controller_configured"] is True
+    assert (header["restart_after"], header["restart_wait"], header["restart_cooldown"],
+            header["farm_reconnect_after"]) == (3, 2.0, 30.0, 300.0)
+    result = replay(lines)
+    assert result.mismatches == []
+    replayed = [(step.input, step.replayed) for step in result.inputs]
+    assert ("attempt_failed", "restarting") in replayed
+    assert ("gateway_back", "connecting") in replayed
+    assert ("disconnect", "disconnected") in replayed
+    # The same journal read as an older one (no controller in its header) would
+    # never have restarted: the header field is what makes the replay agree.
+    older = [json.dumps({k: v for k, v in header.items() if k != "controller_configured"}),
+             *lines[1:]]
+    assert replay(older).mismatches != []
