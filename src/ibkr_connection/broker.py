@@ -69,11 +69,11 @@ from eventkit import Event
 from ibkr_connection import adapter
 from ibkr_connection.book import DONE_STATUSES, NOT_RECEIVED, UNCERTAIN, OrderBook
 from ibkr_connection.config import ConnectionConfig, mask_account
-from ibkr_connection.errors import ConfigError, OrderRejectedError, UsageError
+from ibkr_connection.errors import ConfigError, OrderRejectedError
 from ibkr_connection.inflight import PLACE, Resolution
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.machine import SESSION_STATES, ConnectionState, Transition
-from ibkr_connection.manager import USABLE_STATES, ConnectionManager
+from ibkr_connection.manager import USABLE_STATES, ConnectionManager, refuse_inside_loop
 from ibkr_connection.policy import RecoveryPolicy
 
 logger = logging.getLogger(__name__)
@@ -369,7 +369,7 @@ class IBKRIBInsyncApi:
         Raises:
             UsageError: if called while the event loop runs (from a handler).
         """
-        self._refuse_inside_loop("connect()")
+        refuse_inside_loop("connect()", "await api.connect_async()")
         begun: list[asyncio.Future[bool]] = []
 
         async def begin() -> bool:
@@ -437,7 +437,7 @@ class IBKRIBInsyncApi:
         Raises:
             UsageError: if called while the event loop runs (from a handler).
         """
-        self._refuse_inside_loop("disconnect()")
+        refuse_inside_loop("disconnect()", "await api.disconnect_async()")
         try:
             self.ib.run(self.disconnect_async())
         except (ConnectionError, OSError) as exc:
@@ -466,24 +466,12 @@ class IBKRIBInsyncApi:
         Raises:
             UsageError: if called while the event loop runs (from a handler).
         """
-        self._refuse_inside_loop("handle_callbacks()")
+        refuse_inside_loop("handle_callbacks()", "await asyncio.sleep() in a coroutine")
         try:
             self.ib.sleep(timeout)
         except (ConnectionError, OSError) as exc:
             logger.info("connection dropped while handling callbacks (%r); state %s",
                         exc, self.manager.state.value)
-
-    @staticmethod
-    def _refuse_inside_loop(what: str) -> None:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        raise UsageError(
-            f"{what} runs the event loop and cannot be called while it runs (from an "
-            "event handler or a coroutine); use the async twin or call it from the bot's "
-            "main code"
-        )
 
     def _on_state_change(self, transition: Transition) -> None:
         dest = transition.dest

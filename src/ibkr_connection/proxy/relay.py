@@ -41,6 +41,7 @@ from ibkr_connection.proxy import wire
 from ibkr_connection.proxy.recording import RecordingWriter
 from ibkr_connection.proxy.session import SYNC_ENDS, ClientSide, RelaySession, addr
 from ibkr_connection.simulator import protocol as p
+from ibkr_connection.simulator.faults import play_nightly_reset
 
 logger = logging.getLogger(__name__)
 
@@ -450,14 +451,4 @@ class ProxyServer:
         self.report_fault("nightly_reset", {"silence": silence, "restore_code": restore_code,
                                       "farms": ",".join(names), "stall": stall},
                     len(self.ready_sessions))
-        await self.send_error(1100)
-        for farm in names:
-            await self.farm_broken(farm)
-        if stall:
-            self.stall()
-        await asyncio.sleep(silence)
-        if stall:
-            self.unstall()
-        await self.send_error(restore_code)
-        for farm in names:
-            await self.farm_ok(farm)
+        await play_nightly_reset(self, names, silence, restore_code, stall)

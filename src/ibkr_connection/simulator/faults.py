@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from ibkr_connection.simulator import messages
 from ibkr_connection.simulator import protocol as p
@@ -43,6 +44,36 @@ ORDER_REQUESTS = ("placeOrder", "cancelOrder")
 
 #: What an order fault does to the request it catches (see :meth:`FaultInjection.order_fault`).
 ORDER_FAULTS = ("lost", "ack_lost", "drop_after")
+
+
+class _ResetTarget(Protocol):
+    """What a nightly reset acts on: the simulator, or the proxy's sessions."""
+
+    async def send_error(self, code: int) -> object: ...
+    async def farm_broken(self, farm: str) -> object: ...
+    async def farm_ok(self, farm: str) -> object: ...
+    def stall(self) -> object: ...
+    def unstall(self) -> object: ...
+
+
+async def play_nightly_reset(target: _ResetTarget, farms: Sequence[str], silence: float,
+                             restore_code: int, stall: bool) -> None:
+    """IB's nightly reset as the client sees it, played on ``target``.
+
+    1100, every farm broken, optionally a hang, ``silence`` seconds, then the
+    restore code (1101 or 1102) and every farm OK again.
+    """
+    await target.send_error(1100)
+    for farm in farms:
+        await target.farm_broken(farm)
+    if stall:
+        target.stall()
+    await asyncio.sleep(silence)
+    if stall:
+        target.unstall()
+    await target.send_error(restore_code)
+    for farm in farms:
+        await target.farm_ok(farm)
 
 
 class FaultInjection(GatewayTransport):
@@ -308,17 +339,7 @@ class FaultInjection(GatewayTransport):
         """
         names = list(farms) if farms is not None else list(self.farms) or ["usfarm"]
         logger.info("fault: nightly reset, silence %.2fs, restore %d", silence, restore_code)
-        await self.send_error(1100)
-        for farm in names:
-            await self.farm_broken(farm)
-        if stall:
-            self.stall()
-        await asyncio.sleep(silence)
-        if stall:
-            self.unstall()
-        await self.send_error(restore_code)
-        for farm in names:
-            await self.farm_ok(farm)
+        await play_nightly_reset(self, names, silence, restore_code, stall)
 
     # ------------------------------------------------------------ orders caught by a drop
     def lose_next_order(self, request: str = "placeOrder", client_id: int | None = None) -> None:
