@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -126,17 +127,39 @@ def _watch(args: argparse.Namespace) -> int:
         return 2
 
 
+def _is_proxy_recording(path: Path) -> bool:
+    """True if ``path`` starts with a proxy recording's header (``proxy --record`` wrote it)."""
+    from ibkr_connection.proxy.recording import RECORDING_KIND
+
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            first = next((line for line in fh if line.strip()), "")
+        header = json.loads(first)
+    except (OSError, ValueError):
+        return False
+    return (isinstance(header, dict) and header.get("type") == "header"
+            and header.get("recording") == RECORDING_KIND)
+
+
 def _replay(args: argparse.Namespace) -> int:
     from ibkr_connection.errors import JournalError
     from ibkr_connection.journal import replay_file
 
+    # The fresh machine logs each replayed move as if it happened now, stamped
+    # with today's time: the output is the verdict and the differences only.
+    _quiet_client_logs(args)
     try:
         result = replay_file(args.journal)
     except OSError as exc:
         sys.stderr.write(f"ibkr-connection replay: cannot read {args.journal}: {exc}\n")
         return 2
     except JournalError as exc:
-        sys.stderr.write(f"ibkr-connection replay: {args.journal}: {exc}\n")
+        if _is_proxy_recording(args.journal):
+            sys.stderr.write(f"ibkr-connection replay: {args.journal} is a proxy recording, "
+                             f"not a journal: use `ibkr-connection sim --replay "
+                             f"{args.journal}`\n")
+        else:
+            sys.stderr.write(f"ibkr-connection replay: {args.journal}: {exc}\n")
         return 2
     for index, step in enumerate(result.inputs):
         if not step.matches:
