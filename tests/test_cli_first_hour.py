@@ -6,10 +6,16 @@ Every test runs ``ibkr-connection`` as a child process, against real sockets.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+
+import pytest
 
 from ibkr_connection import ConnectionConfig, ConnectionManager, ConnectionState, adapter
 from ibkr_connection.proxy import ProxyServer
@@ -69,3 +75,108 @@ async def test_replay_of_a_proxy_recording_names_the_mistake(tmp_path: Path) -> 
     assert done.stderr == (
         f"ibkr-connection replay: {recording} is a proxy recording, not a journal: "
         f"use `ibkr-connection sim --replay {recording}`\n")
+
+
+# -- signals and the journal ---------------------------------------------------------------
+
+_TRANSITION = re.compile(r"^ *\d+\.\d{3}s +[a-z]+ -> [a-z]+ ")
+
+
+async def _run_until_signal(
+        args: list[str], seen: str, sig: signal.Signals,
+        acts: Sequence[tuple[str, Callable[[], Awaitable[object]]]] = ()
+) -> tuple[int, list[str], str]:
+    """Start ``ibkr-connection ARGS``, send ``sig`` once a stdout line matches ``seen``.
+
+    Args:
+        args: the command line.
+        seen: the pattern of the line after which the signal goes.
+        sig: the signal.
+        acts: (pattern, act): each act is awaited once a line matches its pattern,
+            in order, before ``seen`` is looked for.
+
+    Returns:
+        The exit status, every stdout line, stderr.
+    """
+    child = await asyncio.create_subprocess_exec(
+        *_CLI, *args, env=_CHILD_ENV, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    assert child.stdout is not None
+    lines: list[str] = []
+    try:
+        for pattern, act in [*acts, (seen, None)]:
+            # The child writes into a pipe: a line arrives only because it flushes each one.
+            while not any(re.search(pattern, line) for line in lines):
+                line = (await asyncio.wait_for(child.stdout.readline(), 60)).decode()
+                assert line, f"exited before {pattern!r}: {lines}"
+                lines.append(line)
+            if act is not None:
+                await act()
+        child.send_signal(sig)
+        rest, err = await asyncio.wait_for(child.communicate(), 60)
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    assert child.returncode is not None
+    return child.returncode, lines + rest.decode().splitlines(keepends=True), err.decode()
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+async def test_demo_stops_cleanly_on_a_signal(sig: signal.Signals, status: int) -> None:
+    """A signal mid-demo stops the manager, says so in one line, exits 128 + the signal."""
+    code, lines, err = await _run_until_signal(["demo"], _TRANSITION.pattern, sig)
+    assert code == status, err
+    assert err == ""
+    assert re.match(rf"^ *\d+\.\d{{3}}s  --- stopped by {sig.name}: the manager is stopped, "
+                    r"the simulator closed\n$", lines[-1]), lines[-1]
+    assert re.search(r"-> disconnected +disconnect: stop\(\) called", lines[-2]), lines[-2]
+
+
+async def test_demo_journal_replays(tmp_path: Path) -> None:
+    """demo --journal FILE, stopped by Ctrl-C: the journal so far replays, exit 0."""
+    journal = tmp_path / "demo.jsonl"
+    code, _, err = await _run_until_signal(
+        ["demo", "--journal", str(journal)], "connected -> degraded", signal.SIGINT)
+    assert code == 130, err
+    done = await asyncio.to_thread(_cli, "replay", str(journal))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.fullmatch(r"\d+ inputs replayed: all transitions match\n", done.stdout)
+    states = [json.loads(line).get("state") for line in journal.read_text().splitlines()]
+    assert "degraded" in states
+    assert states[-1] == "disconnected"
+
+
+async def test_watch_journal_replays(tmp_path: Path) -> None:
+    """watch --journal FILE writes the manager's journal; after Ctrl-C, replay FILE exits 0."""
+    journal = tmp_path / "watch.jsonl"
+    async with FakeGateway(accounts=["DU1234567"]) as gw:
+        code, lines, err = await _run_until_signal(
+            ["watch", "-q", "--port", str(gw.port), "--client-id", "8",
+             "--journal", str(journal)], "connected -> degraded", signal.SIGINT,
+            acts=[("connecting -> connected", lambda: gw.farm_broken("usfarm"))])
+    assert code == 0, err
+    assert any("degraded -> disconnected" in line for line in lines), lines
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert records[0]["type"] == "header"
+    assert records[0]["port"] == gw.port
+    # Every input is journaled, the ones that move nothing too (the farm notices at connect).
+    moves = [(r["input"], r["state"]) for r in records[1:]]
+    changes = [move for before, move in zip([("", "disconnected"), *moves[:-1]], moves, strict=True)
+               if move[1] != before[1]]
+    assert changes == [("connect", "connecting"), ("attempt_succeeded", "connected"),
+                       ("farm_broken", "degraded"), ("disconnect", "disconnected")]
+    done = await asyncio.to_thread(_cli, "replay", str(journal))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{len(moves)} inputs replayed: all transitions match\n"
+
+
+def test_journal_that_cannot_be_written_is_refused(tmp_path: Path) -> None:
+    """watch --journal in a missing folder: one line naming the file, exit 2, nothing run."""
+    journal = tmp_path / "no such folder" / "watch.jsonl"
+    done = _cli("watch", "--port", "9", "--journal", str(journal))
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == (f"ibkr-connection watch: cannot write the journal {journal}: "
+                           "No such file or directory\n")

@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="tell a recovery story against the embedded simulator")
     demo.add_argument("--seed", type=int, default=0, help="jitter seed")
+    _add_journal_option(demo)
     _add_metrics_options(demo)
     demo.set_defaults(func=_demo)
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="client id (default IBKR_CLIENT_ID or 1)")
     watch.add_argument("-q", "--quiet", action="store_true",
                        help="print the transition lines only (no endpoint notice, no summary)")
+    _add_journal_option(watch)
     _add_metrics_options(watch)
     watch.set_defaults(func=_watch)
 
@@ -79,6 +81,27 @@ def _add_metrics_options(command: argparse.ArgumentParser) -> None:
                          help="/healthz answers 200 while degraded too")
 
 
+def _add_journal_option(command: argparse.ArgumentParser) -> None:
+    """``--journal FILE``, shared by ``demo`` and ``watch``."""
+    command.add_argument("--journal", type=Path, default=None, metavar="FILE",
+                         help="append the manager's journal to FILE (JSON Lines; check it "
+                              "with 'ibkr-connection replay FILE')")
+
+
+def _journal_refused(command: str, path: Path | None) -> bool:
+    """Say in one line, before anything connects, that the journal cannot be written."""
+    if path is None:
+        return False
+    try:
+        with path.open("a", encoding="utf-8"):
+            pass  # the manager appends to it too: nothing is lost
+    except OSError as exc:
+        sys.stderr.write(f"ibkr-connection {command}: cannot write the journal {path}: "
+                         f"{exc.strerror or exc}\n")
+        return True
+    return False
+
+
 def _quiet_client_logs(args: argparse.Namespace) -> None:
     if not args.verbose:
         for name in ("ib_insync", "ib_async", "ibkr_connection", "asyncio"):
@@ -95,14 +118,19 @@ def _demo(args: argparse.Namespace) -> int:
     from ibkr_connection.demo import EndpointUnavailable, run_demo
 
     _quiet_client_logs(args)
+    if _journal_refused("demo", args.journal):
+        return 2
     try:
         return asyncio.run(run_demo(_write, seed=args.seed,
                                     metrics_port=args.metrics_port,
                                     degraded_ok=args.healthz_degraded_ok,
-                                    metrics_host=args.metrics_host))
+                                    metrics_host=args.metrics_host, journal=args.journal))
     except EndpointUnavailable as exc:
         sys.stderr.write(f"ibkr-connection demo: {exc}\n")
         return 2
+    except KeyboardInterrupt:  # before the demo's own handler is in place, or after
+        _write("demo stopped by SIGINT\n")
+        return 130
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -118,10 +146,13 @@ def _watch(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"ibkr-connection watch: {exc}\n")
         return 2
+    if _journal_refused("watch", args.journal):
+        return 2
     try:
         return asyncio.run(run_watch(_write, config, metrics_port=args.metrics_port,
                                      degraded_ok=args.healthz_degraded_ok,
-                                     metrics_host=args.metrics_host, quiet=args.quiet))
+                                     metrics_host=args.metrics_host, quiet=args.quiet,
+                                     journal=args.journal))
     except EndpointUnavailable as exc:
         sys.stderr.write(f"ibkr-connection watch: {exc}\n")
         return 2
