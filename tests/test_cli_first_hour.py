@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -180,3 +181,52 @@ def test_journal_that_cannot_be_written_is_refused(tmp_path: Path) -> None:
     assert done.stdout == ""
     assert done.stderr == (f"ibkr-connection watch: cannot write the journal {journal}: "
                            "No such file or directory\n")
+
+
+# -- diagram: the checkout's files, wherever it runs ---------------------------------------
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("where", ["checkout", "elsewhere"])
+def test_diagram_check_finds_the_checkout_and_says_up_to_date(where: str, tmp_path: Path
+                                                              ) -> None:
+    """diagram --check checks the package's own checkout from any folder and says so on success."""
+    cwd = _ROOT if where == "checkout" else tmp_path
+    done = _cli("diagram", "--check", cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    shown = "" if where == "checkout" else f"{_ROOT}/"
+    assert done.stdout == f"{shown}diagrams/ and {shown}docs/ are up to date\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("check", [False, True], ids=["diagram", "diagram --check"])
+def test_diagram_outside_a_checkout_is_refused(check: bool, tmp_path: Path) -> None:
+    """An installed package (no checkout around it) refuses in one line and creates nothing."""
+    # The package as pip installs it: its folder alone on the path, no pyproject.toml above.
+    site = tmp_path / "site"
+    shutil.copytree(_ROOT / "src" / "ibkr_connection", site / "ibkr_connection",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    env = {**_CHILD_ENV, "PYTHONPATH": str(site)}
+    done = _cli("diagram", *(["--check"] if check else []), cwd=cwd, env=env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert done.stderr == (
+        "ibkr-connection diagram: not run from a checkout of ibkr-connection (the package is "
+        "installed, not in a source tree): run it in a clone, or pass --out DIR\n")
+    assert list(cwd.iterdir()) == []
+
+
+def test_diagram_check_names_missing_files(tmp_path: Path) -> None:
+    """diagram --check --out DIR with nothing in DIR calls each file missing, not out of date."""
+    out = tmp_path / "diagrams"
+    done = _cli("diagram", "--check", "--out", str(out))
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert f"{out}/connection.mmd is missing: run 'ibkr-connection diagram --out {out}'" in lines
+    assert f"{tmp_path}/docs/scenarios.md is missing: run 'ibkr-connection diagram --out {out}'" \
+        in lines
+    assert not any("out of date" in line for line in lines)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         "diagram", help="write the state diagrams and tables into diagrams/, and the "
                         "scenario reference into docs/"
     )
-    diagram.add_argument("--out", type=Path, default=Path("diagrams"), help="output folder")
+    diagram.add_argument("--out", type=Path, default=None,
+                         help="output folder (default: diagrams/ of the checkout the package "
+                              "runs from, wherever the command is run)")
     diagram.add_argument(
         "--check", action="store_true", help="only report files that drifted from the code"
     )
@@ -208,16 +211,56 @@ def _replay(args: argparse.Namespace) -> int:
     return 1 if mismatches else 0
 
 
+def _checkout_root() -> Path | None:
+    """The checkout the running package comes from (``src/ibkr_connection`` in it), or None.
+
+    An installed package (site-packages) has no checkout: there are no
+    committed diagrams to check or rewrite.
+    """
+    import ibkr_connection
+
+    root = Path(ibkr_connection.__file__).resolve().parent.parent.parent
+    try:
+        project = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return root if re.search(r'^name = "ibkr-connection"$', project, re.MULTILINE) else None
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when it is below it, as given otherwise."""
+    try:
+        return f"{path.resolve().relative_to(Path.cwd().resolve())}/"
+    except ValueError:
+        return f"{path}/"
+
+
 def _diagram(args: argparse.Namespace) -> int:
     from ibkr_connection import diagram
 
-    docs = args.docs if args.docs is not None else args.out.parent / "docs"
+    out: Path | None = args.out
+    if out is None:
+        # The files live in the package's own source tree, not wherever the
+        # command happens to run: never create diagrams/ and docs/ in a stranger's folder.
+        root = _checkout_root()
+        if root is None:
+            sys.stderr.write(
+                "ibkr-connection diagram: not run from a checkout of ibkr-connection (the "
+                "package is installed, not in a source tree): run it in a clone, or pass "
+                "--out DIR\n")
+            return 2
+        out = root / "diagrams"
+    docs = args.docs if args.docs is not None else out.parent / "docs"
+    rerun = "ibkr-connection diagram" + (f" --out {args.out}" if args.out else "")
     if args.check:
-        stale = diagram.stale_paths(args.out, docs)
+        stale = diagram.stale_paths(out, docs)
         for path in stale:
-            sys.stderr.write(f"{path} is out of date: run 'ibkr-connection diagram'\n")
+            why = "is out of date" if path.exists() else "is missing"
+            sys.stderr.write(f"{path} {why}: run '{rerun}'\n")
+        if not stale:
+            _write(f"{_shown(out)} and {_shown(docs)} are up to date\n")
         return 1 if stale else 0
-    for path in diagram.write_all(args.out, with_svg=not args.no_svg, docs=docs):
+    for path in diagram.write_all(out, with_svg=not args.no_svg, docs=docs):
         sys.stdout.write(f"wrote {path}\n")
     return 0
 
