@@ -251,7 +251,9 @@ def _diagram(args: argparse.Namespace) -> int:
             return 2
         out = root / "diagrams"
     docs = args.docs if args.docs is not None else out.parent / "docs"
-    rerun = "ibkr-connection diagram" + (f" --out {args.out}" if args.out else "")
+    rerun = "ibkr-connection diagram" + "".join(
+        f" --{name} {value}" for name, value in (("out", args.out), ("docs", args.docs))
+        if value is not None)
     if args.check:
         stale = diagram.stale_paths(out, docs)
         for path in stale:

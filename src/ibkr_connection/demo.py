@@ -5,8 +5,9 @@ client through a farm outage, a nightly-reset style 1100/1101, a gateway
 restart, a hung gateway, a wedged gateway restarted through the simulator's
 IBC command server, and an order whose answer is lost in a drop (shown
 ``Uncertain``, then resolved by the reconnect's sync), printing every
-transition with its elapsed time and cause, then a summary. ``watch`` prints
-the same live view against a real gateway until Ctrl-C.
+transition with its elapsed time and cause, then a summary; Ctrl-C or SIGTERM
+ends it early, cleanly, in one line. ``watch`` prints the same live view
+against a real gateway until Ctrl-C. Both can write the manager's journal.
 
 Both can serve ``/metrics`` and ``/healthz`` (``metrics_port``); an endpoint
 that cannot be served (the ``metrics`` extra is missing, the port is taken)
