@@ -34,7 +34,10 @@ async def test_demo_tells_the_whole_story() -> None:
                      r"no handshake within 1s", text)
     assert re.search(r"restarting -> connecting +gateway_back: the gateway at 127\.0\.0\.1:\d+ "
                      r"answers the API handshake again", text)
-    assert "IBC command server received: RESTART\n" in text
+    # Told when it arrives, timed like the transitions: after the move to restarting,
+    # before the gateway is back.
+    assert re.search(r"-> restarting .*\n *\d+\.\d{3}s  IBC command server received: RESTART\n"
+                     r" *\d+\.\d{3}s +restarting -> connecting", text), text
     assert text.count("-> restarting") == 1
     # The order act: Uncertain after the drop, then filled at the gateway, sent once.
     assert re.search(r"order \d+ \(demo-1\): Uncertain \(last status PendingSubmit", text)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         "diagram", help="write the state diagrams and tables into diagrams/, and the "
                         "scenario reference into docs/"
     )
-    diagram.add_argument("--out", type=Path, default=Path("diagrams"), help="output folder")
+    diagram.add_argument("--out", type=Path, default=None,
+                         help="output folder (default: diagrams/ of the checkout the package "
+                              "runs from, wherever the command is run)")
     diagram.add_argument(
         "--check", action="store_true", help="only report files that drifted from the code"
     )
@@ -35,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="tell a recovery story against the embedded simulator")
     demo.add_argument("--seed", type=int, default=0, help="jitter seed")
+    _add_journal_option(demo)
     _add_metrics_options(demo)
     demo.set_defaults(func=_demo)
 
@@ -47,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="client id (default IBKR_CLIENT_ID or 1)")
     watch.add_argument("-q", "--quiet", action="store_true",
                        help="print the transition lines only (no endpoint notice, no summary)")
+    _add_journal_option(watch)
     _add_metrics_options(watch)
     watch.set_defaults(func=_watch)
 
@@ -78,6 +84,27 @@ def _add_metrics_options(command: argparse.ArgumentParser) -> None:
                          help="/healthz answers 200 while degraded too")
 
 
+def _add_journal_option(command: argparse.ArgumentParser) -> None:
+    """``--journal FILE``, shared by ``demo`` and ``watch``."""
+    command.add_argument("--journal", type=Path, default=None, metavar="FILE",
+                         help="append the manager's journal to FILE (JSON Lines; check it "
+                              "with 'ibkr-connection replay FILE')")
+
+
+def _journal_refused(command: str, path: Path | None) -> bool:
+    """Say in one line, before anything connects, that the journal cannot be written."""
+    if path is None:
+        return False
+    try:
+        with path.open("a", encoding="utf-8"):
+            pass  # the manager appends to it too: nothing is lost
+    except OSError as exc:
+        sys.stderr.write(f"ibkr-connection {command}: cannot write the journal {path}: "
+                         f"{exc.strerror or exc}\n")
+        return True
+    return False
+
+
 def _quiet_client_logs(args: argparse.Namespace) -> None:
     if not args.verbose:
         for name in ("ib_insync", "ib_async", "ibkr_connection", "asyncio"):
@@ -94,14 +121,19 @@ def _demo(args: argparse.Namespace) -> int:
     from ibkr_connection.demo import EndpointUnavailable, run_demo
 
     _quiet_client_logs(args)
+    if _journal_refused("demo", args.journal):
+        return 2
     try:
         return asyncio.run(run_demo(_write, seed=args.seed,
                                     metrics_port=args.metrics_port,
                                     degraded_ok=args.healthz_degraded_ok,
-                                    metrics_host=args.metrics_host))
+                                    metrics_host=args.metrics_host, journal=args.journal))
     except EndpointUnavailable as exc:
         sys.stderr.write(f"ibkr-connection demo: {exc}\n")
         return 2
+    except KeyboardInterrupt:  # before the demo's own handler is in place, or after
+        _write("demo stopped by SIGINT\n")
+        return 130
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -117,26 +149,51 @@ def _watch(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"ibkr-connection watch: {exc}\n")
         return 2
+    if _journal_refused("watch", args.journal):
+        return 2
     try:
         return asyncio.run(run_watch(_write, config, metrics_port=args.metrics_port,
                                      degraded_ok=args.healthz_degraded_ok,
-                                     metrics_host=args.metrics_host, quiet=args.quiet))
+                                     metrics_host=args.metrics_host, quiet=args.quiet,
+                                     journal=args.journal))
     except EndpointUnavailable as exc:
         sys.stderr.write(f"ibkr-connection watch: {exc}\n")
         return 2
+
+
+def _is_proxy_recording(path: Path) -> bool:
+    """True if ``path`` starts with a proxy recording's header (``proxy --record`` wrote it)."""
+    from ibkr_connection.proxy.recording import RECORDING_KIND
+
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            first = next((line for line in fh if line.strip()), "")
+        header = json.loads(first)
+    except (OSError, ValueError):
+        return False
+    return (isinstance(header, dict) and header.get("type") == "header"
+            and header.get("recording") == RECORDING_KIND)
 
 
 def _replay(args: argparse.Namespace) -> int:
     from ibkr_connection.errors import JournalError
     from ibkr_connection.journal import replay_file
 
+    # The fresh machine logs each replayed move as if it happened now, stamped
+    # with today's time: the output is the verdict and the differences only.
+    _quiet_client_logs(args)
     try:
         result = replay_file(args.journal)
     except OSError as exc:
         sys.stderr.write(f"ibkr-connection replay: cannot read {args.journal}: {exc}\n")
         return 2
     except JournalError as exc:
-        sys.stderr.write(f"ibkr-connection replay: {args.journal}: {exc}\n")
+        if _is_proxy_recording(args.journal):
+            sys.stderr.write(f"ibkr-connection replay: {args.journal} is a proxy recording, "
+                             f"not a journal: use `ibkr-connection sim --replay "
+                             f"{args.journal}`\n")
+        else:
+            sys.stderr.write(f"ibkr-connection replay: {args.journal}: {exc}\n")
         return 2
     for index, step in enumerate(result.inputs):
         if not step.matches:
@@ -154,16 +211,58 @@ def _replay(args: argparse.Namespace) -> int:
     return 1 if mismatches else 0
 
 
+def _checkout_root() -> Path | None:
+    """The checkout the running package comes from (``src/ibkr_connection`` in it), or None.
+
+    An installed package (site-packages) has no checkout: there are no
+    committed diagrams to check or rewrite.
+    """
+    import ibkr_connection
+
+    root = Path(ibkr_connection.__file__).resolve().parent.parent.parent
+    try:
+        project = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return root if re.search(r'^name = "ibkr-connection"$', project, re.MULTILINE) else None
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when it is below it, as given otherwise."""
+    try:
+        return f"{path.resolve().relative_to(Path.cwd().resolve())}/"
+    except ValueError:
+        return f"{path}/"
+
+
 def _diagram(args: argparse.Namespace) -> int:
     from ibkr_connection import diagram
 
-    docs = args.docs if args.docs is not None else args.out.parent / "docs"
+    out: Path | None = args.out
+    if out is None:
+        # The files live in the package's own source tree, not wherever the
+        # command happens to run: never create diagrams/ and docs/ in a stranger's folder.
+        root = _checkout_root()
+        if root is None:
+            sys.stderr.write(
+                "ibkr-connection diagram: not run from a checkout of ibkr-connection (the "
+                "package is installed, not in a source tree): run it in a clone, or pass "
+                "--out DIR\n")
+            return 2
+        out = root / "diagrams"
+    docs = args.docs if args.docs is not None else out.parent / "docs"
+    rerun = "ibkr-connection diagram" + "".join(
+        f" --{name} {value}" for name, value in (("out", args.out), ("docs", args.docs))
+        if value is not None)
     if args.check:
-        stale = diagram.stale_paths(args.out, docs)
+        stale = diagram.stale_paths(out, docs)
         for path in stale:
-            sys.stderr.write(f"{path} is out of date: run 'ibkr-connection diagram'\n")
+            why = "is out of date" if path.exists() else "is missing"
+            sys.stderr.write(f"{path} {why}: run '{rerun}'\n")
+        if not stale:
+            _write(f"{_shown(out)} and {_shown(docs)} are up to date\n")
         return 1 if stale else 0
-    for path in diagram.write_all(args.out, with_svg=not args.no_svg, docs=docs):
+    for path in diagram.write_all(out, with_svg=not args.no_svg, docs=docs):
         sys.stdout.write(f"wrote {path}\n")
     return 0
 

@@ -5,8 +5,9 @@ client through a farm outage, a nightly-reset style 1100/1101, a gateway
 restart, a hung gateway, a wedged gateway restarted through the simulator's
 IBC command server, and an order whose answer is lost in a drop (shown
 ``Uncertain``, then resolved by the reconnect's sync), printing every
-transition with its elapsed time and cause, then a summary. ``watch`` prints
-the same live view against a real gateway until Ctrl-C.
+transition with its elapsed time and cause, then a summary; Ctrl-C or SIGTERM
+ends it early, cleanly, in one line. ``watch`` prints the same live view
+against a real gateway until Ctrl-C. Both can write the manager's journal.
 
 Both can serve ``/metrics`` and ``/healthz`` (``metrics_port``); an endpoint
 that cannot be served (the ``metrics`` extra is missing, the port is taken)
@@ -22,6 +23,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ibkr_connection import adapter
@@ -146,12 +148,82 @@ async def _serve_metrics(manager: ConnectionManager, port: int | None, write: Wr
 
 async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = None,
                    pause: float = 1.0, degraded_ok: bool = False,
-                   metrics_host: str = DEFAULT_HOST) -> int:
+                   metrics_host: str = DEFAULT_HOST,
+                   journal: str | Path | None = None) -> int:
     """Tell the recovery story against the embedded simulator; return an exit status.
+
+    SIGINT (Ctrl-C) and SIGTERM end the story where it is: the manager is
+    stopped, the simulator closed, one line says so, and the status is
+    128 + the signal's number (130, 143), as a shell reports a process the
+    signal ended; the story was cut short, unlike ``watch``'s, which has no end.
+
+    Args:
+        write: where the story goes.
+        seed: the jitter seed.
+        metrics_port: serve ``/metrics`` and ``/healthz`` on this port.
+        pause: seconds each act lets the live view run.
+        degraded_ok: ``/healthz`` reports ``degraded`` as healthy.
+        metrics_host: the address the endpoint binds.
+        journal: write the manager's journal here (appended; see
+            ``docs/journal.md``), for ``ibkr-connection replay``.
+
+    Returns:
+        0 once the story is told, 128 + the signal's number if one ended it.
 
     Raises:
         EndpointUnavailable: ``metrics_port`` cannot be served.
     """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    received: list[signal.Signals] = []
+    stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        stop.set()
+
+    signals = _handle_stop_signals(loop, on_signal)
+    try:
+        story = asyncio.ensure_future(_tell_story(
+            write, started, seed=seed, metrics_port=metrics_port, pause=pause,
+            degraded_ok=degraded_ok, metrics_host=metrics_host, journal=journal))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([story, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if story.done():
+            return story.result()
+        # The story's own ``finally`` stops the manager and closes the simulator.
+        story.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await story
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    sig = received[0]
+    write(f"{loop.time() - started:8.3f}s  --- stopped by {sig.name}: the manager is "
+          "stopped, the simulator closed\n")
+    return 128 + int(sig)
+
+
+def _handle_stop_signals(loop: asyncio.AbstractEventLoop,
+                         handler: Callable[[signal.Signals], None]) -> list[signal.Signals]:
+    """Route SIGINT and SIGTERM to ``handler`` (as ``watch``, ``sim``, ``proxy`` do).
+
+    Returns:
+        The signals handled (none where the loop cannot, e.g. off the main thread).
+    """
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, handler, sig)
+            handled.append(sig)
+    return handled
+
+
+async def _tell_story(write: Write, started: float, *, seed: int, metrics_port: int | None,
+                      pause: float, degraded_ok: bool, metrics_host: str,
+                      journal: str | Path | None) -> int:
+    """The demo's acts, from the simulator's start to the summary (see :func:`run_demo`)."""
     from ibkr_connection.policy import RecoveryPolicy
     from ibkr_connection.simulator import FakeGateway
 
@@ -163,14 +235,14 @@ async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = No
         config = ConnectionConfig(port=gw.port, client_id=7, handshake_timeout=1.0,
                                   policy=RecoveryPolicy(seed=seed, restart_after=2),
                                   ibc_port=gw.ibc.port)
-        manager = ConnectionManager(adapter.new_ib(), config)
+        manager = ConnectionManager(adapter.new_ib(), config, journal=journal)
         loop = asyncio.get_running_loop()
-        view = LiveView(write, started=loop.time())
+        view = LiveView(write, started=started)
         manager.stateChangeEvent += view.on_transition
         try:
             server = await _serve_metrics(manager, metrics_port, write, degraded_ok,
                                           metrics_host)
-        except EndpointUnavailable:
+        except (EndpointUnavailable, asyncio.CancelledError):
             await manager.stop()
             raise
         write(f"simulated gateway on 127.0.0.1:{gw.port}; defaults: backoff 50-250 ms, "
@@ -220,8 +292,13 @@ async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = No
             chapter("the gateway is wedged: reconnecting cannot help, IBC restarts it")
             gw.wedge()
             await manager.wait_for(ConnectionState.RESTARTING, timeout=30)
+            # Told, timed, when the command arrives (the manager goes on meanwhile).
+            deadline = loop.time() + 30
+            while not gw.ibc.commands and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            write(f"{loop.time() - view.started:8.3f}s  IBC command server received: "
+                  f"{', '.join(gw.ibc.commands) or 'nothing'}\n")
             await manager.wait_for(ConnectionState.CONNECTED, timeout=30)
-            write(f"          IBC command server received: {', '.join(gw.ibc.commands)}\n")
 
             chapter("an order goes out as the socket drops: the gateway's answer is lost")
             await _uncertain_order(manager, gw, write)
@@ -234,6 +311,8 @@ async def run_demo(write: Write, *, seed: int = 0, metrics_port: int | None = No
                 await server.stop()
         write(view.summary(loop.time()))
         write(f"handshakes served by the simulator: {gw.handshakes}\n")
+        if journal is not None:
+            write(f"journal: {journal} (check it: ibkr-connection replay {journal})\n")
     return 0
 
 
@@ -270,7 +349,8 @@ async def _uncertain_order(manager: ConnectionManager, gw: Any, write: Write) ->
 async def run_watch(write: Write, config: ConnectionConfig,
                     metrics_port: int | None = None, degraded_ok: bool = False,
                     stop: asyncio.Event | None = None, ib: Any = None, *,
-                    metrics_host: str = DEFAULT_HOST, quiet: bool = False) -> int:
+                    metrics_host: str = DEFAULT_HOST, quiet: bool = False,
+                    journal: str | Path | None = None) -> int:
     """Connect to a gateway and print transitions until Ctrl-C (or ``stop`` is set).
 
     Args:
@@ -282,13 +362,16 @@ async def run_watch(write: Write, config: ConnectionConfig,
         ib: the IB object (a new ``ib_insync.IB`` by default).
         metrics_host: the address the endpoint binds.
         quiet: write the transition lines only (no endpoint notice, no summary).
+        journal: write the manager's journal here (appended; see
+            ``docs/journal.md``), for ``ibkr-connection replay``.
 
     Raises:
         EndpointUnavailable: ``metrics_port`` cannot be served; raised before
             any connection attempt.
     """
     chatter = _ignore if quiet else write
-    manager = ConnectionManager(ib if ib is not None else adapter.new_ib(), config)
+    manager = ConnectionManager(ib if ib is not None else adapter.new_ib(), config,
+                                journal=journal)
     loop = asyncio.get_running_loop()
     view = LiveView(write, started=loop.time())
     manager.stateChangeEvent += view.on_transition

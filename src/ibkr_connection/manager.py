@@ -403,6 +403,7 @@ class ConnectionManager:
 
     def _add_subscription(self, sub: _S) -> _S:
         self._check_not_stopped()
+        sub.check(self.ib)  # refused before it is registered, so never re-issued either
         self.subscriptions.add(sub)
         # Whether to issue it now is the table's decision (the ``subscribed`` rows).
         self._feed(Input(InputKind.SUBSCRIBED, message=sub.name))

@@ -97,6 +97,13 @@ class Subscription:
         if self._registry is not None:
             self._registry.failed(self, error)
 
+    def check(self, ib: Any) -> None:
+        """Refuse, before anything is registered or sent, a request ``ib`` cannot make.
+
+        Raises:
+            UsageError: the request cannot be made on ``ib`` (see the subclasses).
+        """
+
     def issue(self, ib: Any, fresh_session: bool) -> None:
         """Send the request on ``ib``.
 
@@ -134,6 +141,18 @@ class MarketDataSubscription(Subscription):
         self.generic_ticks = generic_ticks
         self.ticker: Any = None
         self._qualifying: asyncio.Future[None] | None = None
+
+    def check(self, ib: Any) -> None:
+        """Refuse a contract of the other client library (the check ``place_order`` makes).
+
+        Sent anyway, ib_insync writes an ib_async contract as garbage fields
+        and the gateway answers error 320 long after ``wait_ready()`` returned.
+
+        Raises:
+            UsageError: the contract comes from ib_async and ``ib`` is
+                ib_insync's, or the other way round.
+        """
+        adapter.check_same_backend(ib, self.contract)
 
     def issue(self, ib: Any, fresh_session: bool) -> None:
         """Request the market data (cancelling the dead stream first after a 1101).
