@@ -11,9 +11,11 @@ import asyncio
 import inspect
 import logging
 import re
+import weakref
 from collections.abc import Callable
 from typing import Any
 
+from ibkr_connection.config import mask_account
 from ibkr_connection.errors import OrderRejectedError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -352,29 +354,53 @@ def request_account_updates(ib: Any, account: str) -> None:
 #: The client's per-attempt error lines, which the manager's transitions say better.
 _ATTEMPT_NOISE = ("API connection failed", "Make sure API port on TWS/IBG is open",
                   "Peer closed connection")
-#: The client's copy of an IB message: ``Error 1100, reqId -1: ...``.
+#: The client's copy of an IB message: ``Error 1100, reqId -1: ...`` (ib_insync and
+#: ib_async log codes 2100-2199 and a few others as ``Warning``, at INFO).
 _CODE_LINE = re.compile(r"(?:Error|Warning) (\d+), reqId (-?\d+):")
+#: What an IB account id looks like: one or two capital letters and digits
+#: (``U1234567``, paper ``DU1234567``, advisor ``F1234567`` / ``DF1234567``), as a
+#: word of its own. It catches an account before the client has learnt it (the
+#: raw ``managedAccounts`` message itself, logged at DEBUG as ``<<< 15,1,DU...``).
+_ACCOUNT_SHAPE = r"[A-Z]{1,2}\d{5,}"
+#: Where a match may start and end: not inside a longer word (``DU1`` in ``DU12``).
+_WORD = r"(?<![A-Za-z0-9])(?:{})(?![A-Za-z0-9])"
+#: The attributes holding a client's loggers, on the IB, its client, wrapper and decoder.
+_LOGGER_ATTRIBUTES = ("_logger", "logger")
 
 
 class _ManagedClientLogs(logging.Filter):
-    """Demotes, on a managed client's loggers, what the manager reports itself.
+    """Masks account ids in, and demotes, what a managed client logs.
 
-    It changes the level of a record and drops it if the logger is not
-    enabled for the new level; it never drops anything else.
+    One filter sits on each ``<client logger>.managed`` logger and serves
+    every managed ``IB`` object of the process. Each managed object that asks
+    for masking registers where its accounts are known; while one is
+    registered, the account ids in a record's message (the known ones, and
+    anything shaped like one) are replaced by
+    :func:`~ibkr_connection.config.mask_account`'s mask, at every level. Then
+    what the manager reports itself is demoted: the per-attempt errors to
+    INFO, the copy of an IB code the manager logs (a request-less one,
+    ``reqId -1``) to DEBUG, whatever level the client gave it. A demoted
+    record is dropped if its logger is not enabled for the new level; nothing
+    else is ever dropped.
     """
 
     def __init__(self, known_code: Callable[[int], bool]) -> None:
         super().__init__()
         self.known_code = known_code
+        #: Per registration: the accounts source and the accounts learnt from it.
+        self.masking: dict[object, tuple[Callable[[], list[str]], set[str]]] = {}
+        self._pattern: tuple[frozenset[str], re.Pattern[str]] | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
         message = record.getMessage()
+        if self.masking:
+            masked = self._mask(message)
+            if masked != message:
+                record.msg, record.args, message = masked, None, masked
         level: int | None = None
-        if message.startswith(_ATTEMPT_NOISE):
+        if record.levelno >= logging.WARNING and message.startswith(_ATTEMPT_NOISE):
             level = logging.INFO
-        else:
+        elif record.levelno > logging.DEBUG:
             match = _CODE_LINE.match(message)
             if match and int(match.group(2)) < 0 and self.known_code(int(match.group(1))):
                 level = logging.DEBUG
@@ -384,40 +410,80 @@ class _ManagedClientLogs(logging.Filter):
         record.levelname = logging.getLevelName(level)
         return logging.getLogger(record.name).isEnabledFor(level)
 
+    def _mask(self, message: str) -> str:
+        known: set[str] = set()
+        for accounts, learnt in self.masking.values():
+            # Kept once learnt: a closed session's lines may still name its accounts.
+            learnt.update(a for a in accounts() if a)
+            known |= learnt
+        key = frozenset(known)
+        if self._pattern is None or self._pattern[0] != key:
+            names = sorted(key, key=len, reverse=True)  # the longest first
+            alternatives = "|".join([*map(re.escape, names), _ACCOUNT_SHAPE])
+            self._pattern = (key, re.compile(_WORD.format(alternatives)))
+        return self._pattern[1].sub(lambda m: mask_account(m.group(0)), message)
 
-def manage_client_logs(ib: Any, known_code: Callable[[int], bool]) -> Callable[[], None]:
-    """Route ``ib``'s own log lines through ``<logger>.managed``, demoting the noise.
 
-    ib_insync and ib_async keep their logger as an instance attribute
-    (``_logger``) of the ``IB``, its client and its wrapper; only this
-    object's are swapped, for a child logger that propagates to the original
-    (so its handlers and levels still apply). The application's logging
-    configuration is never changed.
+def manage_client_logs(ib: Any, known_code: Callable[[int], bool], *,
+                       mask_accounts: bool = True) -> Callable[[], None]:
+    """Route ``ib``'s own log lines through ``<logger>.managed``, masked and demoted.
+
+    ib_insync and ib_async keep their loggers as instance attributes
+    (``_logger`` on the ``IB``, its client and its wrapper, ``logger`` on the
+    client's decoder); only this object's are swapped, for a child logger
+    that propagates to the original (so its handlers and levels still
+    apply). The application's logging configuration is never changed.
 
     Args:
         ib: the managed ``IB`` object.
         known_code: True for the IB codes the manager logs itself.
+        mask_accounts: mask the account ids in every line (see
+            :class:`_ManagedClientLogs`).
 
     Returns:
         The undo, which puts the original loggers back.
     """
-    swapped: list[tuple[Any, logging.Logger, logging.Logger]] = []
-    owners: tuple[Any, ...] = (ib, getattr(ib, "client", None), getattr(ib, "wrapper", None))
+    swapped: list[tuple[Any, str, logging.Logger, logging.Logger]] = []
+    filters: list[_ManagedClientLogs] = []
+    client = getattr(ib, "client", None)
+    owners: tuple[Any, ...] = (ib, client, getattr(ib, "wrapper", None),
+                               getattr(client, "decoder", None))
     for owner in owners:
-        original = getattr(owner, "_logger", None)
-        if not isinstance(original, logging.Logger) or original.name.endswith(".managed"):
+        for attribute in _LOGGER_ATTRIBUTES:
+            original = getattr(owner, attribute, None)
+            if isinstance(original, logging.Logger) and not original.name.endswith(".managed"):
+                break
+        else:
             continue
         managed = logging.getLogger(original.name + ".managed")
-        if not any(isinstance(f, _ManagedClientLogs) for f in managed.filters):
-            managed.addFilter(_ManagedClientLogs(known_code))
-        owner._logger = managed
-        swapped.append((owner, original, managed))
+        log_filter = next((f for f in managed.filters if isinstance(f, _ManagedClientLogs)),
+                          None)
+        if log_filter is None:
+            log_filter = _ManagedClientLogs(known_code)
+            managed.addFilter(log_filter)
+        filters.append(log_filter)
+        setattr(owner, attribute, managed)
+        swapped.append((owner, attribute, original, managed))
+    token = object()
+    if mask_accounts:
+        # A weak reference: a manager never stopped must not keep its IB alive.
+        alive = weakref.ref(ib)
+
+        def accounts() -> list[str]:
+            target = alive()
+            return managed_accounts(target) if target is not None else []
+
+        for log_filter in filters:
+            log_filter.masking[token] = (accounts, set())
 
     def undo() -> None:
-        for owner, original, managed in swapped:
-            if getattr(owner, "_logger", None) is managed:
-                owner._logger = original
+        for owner, attribute, original, managed in swapped:
+            if getattr(owner, attribute, None) is managed:
+                setattr(owner, attribute, original)
+        for log_filter in filters:
+            log_filter.masking.pop(token, None)
         swapped.clear()
+        filters.clear()
 
     return undo
 
