@@ -88,15 +88,19 @@ class ConnectionConfig:
         heartbeat_timeout: seconds a probe may take before the gateway is
             declared hung.
         policy: backoff, restore patience, reset windows, jitter seed.
-        mask_accounts: mask account ids in logs (``DU***567``).
-        quiet_client_logs: while the manager owns the retries, log the
-            client library's own per-attempt errors ("API connection failed",
-            "Make sure API port on TWS/IBG is open", "Peer closed
-            connection") at INFO and its copy of the IB codes the manager
-            logs itself ("Error 1100, reqId -1") at DEBUG, under the logger
-            ``<client logger>.managed`` (e.g. ``ib_insync.client.managed``).
-            Only this manager's ``IB`` object is affected. False leaves the
-            client's logging untouched.
+        mask_accounts: mask account ids in logs (``DU***567``): the
+            manager's own lines, and (with ``quiet_client_logs``) every line
+            its ``IB`` object writes, at every level.
+        quiet_client_logs: while the manager runs, route the lines its
+            ``IB`` object writes through ``<client logger>.managed`` (e.g.
+            ``ib_insync.client.managed``), masking account ids (see
+            ``mask_accounts``) and logging the client library's own
+            per-attempt errors ("API connection failed", "Make sure API port
+            on TWS/IBG is open", "Peer closed connection") at INFO and its
+            copy of the IB codes the manager logs itself ("Error 1100, reqId
+            -1", "Warning 2104, reqId -1") at DEBUG. Only this manager's
+            ``IB`` object is affected. False leaves the client's logging
+            untouched, account ids included.
         ibc_host: where IBC's command server runs (for restarting a wedged
             gateway); empty: no IBC controller.
         ibc_port: IBC's ``CommandServerPort``; None: no IBC controller. When
