@@ -250,6 +250,20 @@ async def test_no_raw_account_in_any_line_the_managed_ib_logs(
     assert all(r.name.endswith(".managed") for r in client_lines)
 
 
+async def test_mask_accounts_off_shows_the_client_the_raw_account(
+    make_manager: Any, gw: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """mask_accounts=False: the client's position line names the account as it is."""
+    caplog.set_level(logging.INFO)
+    earlier = gw.create_order("AAPL", "BUY", 10, client_id=7)
+    gw.fill_order(earlier.order_id)
+    manager = make_manager(mask_accounts=False)
+    await manager.start()
+    await manager.ib.reqCurrentTimeAsync()
+    assert any(r.getMessage().startswith("position") and ACCOUNT in r.getMessage()
+               for r in caplog.records if r.name.endswith(".managed"))
+
+
 async def _until(predicate: Any) -> None:
     """Return once ``predicate()`` holds (the caller bounds the wait)."""
     while not predicate():
