@@ -293,6 +293,8 @@ def test_seed_mock_config_with_an_ibc_port() -> None:
         ("IBKR_HANDSHAKE_TIMEOUT", {"IBKR_HANDSHAKE_TIMEOUT": -1.0}),
         ("IBKR_MAX_ATTEMPTS", {"IBKR_MAX_ATTEMPTS": 0}),
         ("IBKR_READONLY", {"IBKR_READONLY": "maybe"}),
+        ("IBKR_PORT", {"IBKR_PORT": [4002]}),
+        ("IBKR_IBC_PORT", {"IBKR_IBC_PORT": object()}),
     ],
 )
 def test_config_refuses_a_bad_setting_naming_it(field: str, kwargs: dict[str, object]) -> None:

@@ -199,9 +199,9 @@ def _as_text(name: str, value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, (str, int, float)):
         return str(value)
-    if isinstance(value, (tuple, list)):
+    if name == "IBKR_FALLBACK_CLIENT_IDS" and isinstance(value, (tuple, list)):
         return ",".join(str(item) for item in value)
-    raise ConfigError(name, f"must be a {name.lower()} setting, got {value!r}")
+    raise ConfigError(name, f"must be a number, text or true/false, got {value!r}")
 
 
 def _connection_config(config: object, *, connect_timeout: float | None = None,
