@@ -392,7 +392,10 @@ class _ManagedClientLogs(logging.Filter):
         self._pattern: tuple[frozenset[str], re.Pattern[str]] | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed logging call: the handler reports it, not us
+            return True
         if self.masking:
             masked = self._mask(message)
             if masked != message:
