@@ -13,7 +13,8 @@ import logging
 import re
 import weakref
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from ibkr_connection.config import mask_account
 from ibkr_connection.errors import OrderRejectedError, UsageError
@@ -145,6 +146,8 @@ def watch_sync_timeouts(ib: Any, catcher: SyncTimeoutCatcher) -> Callable[[], No
     of the attempt that replaced it), and no handler is built per attempt.
     """
     ib_logger = getattr(ib, "_logger", None) or logging.getLogger(type(ib).__module__)
+    if isinstance(ib_logger, logging.LoggerAdapter):
+        ib_logger = ib_logger.logger  # another manager's view of the IB's logger
     ib_logger.addHandler(catcher)
 
     def undo() -> None:
@@ -366,38 +369,85 @@ _ACCOUNT_SHAPE = r"[A-Z]{1,2}\d{5,}"
 _WORD = r"(?<![A-Za-z0-9])(?:{})(?![A-Za-z0-9])"
 #: The attributes holding a client's loggers, on the IB, its client, wrapper and decoder.
 _LOGGER_ATTRIBUTES = ("_logger", "logger")
+#: The record attribute carrying a managed client's :class:`_ClientLogPolicy`.
+_POLICY_ATTRIBUTE = "ibkr_connection_client_logs"
+
+
+@dataclass
+class _ClientLogPolicy:
+    """How one managed ``IB`` object's log lines are treated (see :class:`_ManagedClientLogs`).
+
+    Attributes:
+        known_code: True for the IB codes the manager logs itself.
+        accounts: the accounts the client knows now; None: no masking.
+        learnt: every account seen so far (a closed session's lines may
+            still name its accounts).
+    """
+
+    known_code: Callable[[int], bool]
+    accounts: Callable[[], list[str]] | None
+    learnt: set[str] = field(default_factory=set)
+    pattern: tuple[frozenset[str], re.Pattern[str]] | None = None
+
+    def mask(self, message: str) -> str:
+        """Return ``message`` with every account id (known, or shaped like one) masked."""
+        assert self.accounts is not None
+        self.learnt.update(a for a in self.accounts() if a)
+        key = frozenset(self.learnt)
+        if self.pattern is None or self.pattern[0] != key:
+            names = sorted(key, key=len, reverse=True)  # the longest first
+            alternatives = "|".join([*map(re.escape, names), _ACCOUNT_SHAPE])
+            self.pattern = (key, re.compile(_WORD.format(alternatives)))
+        return self.pattern[1].sub(lambda m: mask_account(m.group(0)), message)
+
+
+if TYPE_CHECKING:
+    _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
+else:
+    _LoggerAdapter = logging.LoggerAdapter
+
+
+class _ManagedLogger(_LoggerAdapter):
+    """A managed client's logger: ``<logger>.managed``, each record stamped with its policy.
+
+    The policy travels on the record (an ``extra`` attribute), so the one
+    filter on the shared ``.managed`` logger treats every ``IB`` object by
+    its own manager's settings, with no registry to leak.
+    """
+
+    def __init__(self, logger: logging.Logger, policy: _ClientLogPolicy) -> None:
+        super().__init__(logger, {_POLICY_ATTRIBUTE: policy})
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(kwargs.get("extra") or {}), **(self.extra or {})}
+        return msg, kwargs
 
 
 class _ManagedClientLogs(logging.Filter):
     """Masks account ids in, and demotes, what a managed client logs.
 
-    One filter sits on each ``<client logger>.managed`` logger and serves
-    every managed ``IB`` object of the process. Each managed object that asks
-    for masking registers where its accounts are known; while one is
-    registered, the account ids in a record's message (the known ones, and
-    anything shaped like one) are replaced by
+    One filter sits on each ``<client logger>.managed`` logger; each record a
+    managed ``IB`` object writes there carries its manager's
+    :class:`_ClientLogPolicy`. With masking on, the account ids in the
+    message (the known ones, and anything shaped like one) are replaced by
     :func:`~ibkr_connection.config.mask_account`'s mask, at every level. Then
     what the manager reports itself is demoted: the per-attempt errors to
     INFO, the copy of an IB code the manager logs (a request-less one,
     ``reqId -1``) to DEBUG, whatever level the client gave it. A demoted
     record is dropped if its logger is not enabled for the new level; nothing
-    else is ever dropped.
+    else is ever dropped, and a record without a policy passes untouched.
     """
 
-    def __init__(self, known_code: Callable[[int], bool]) -> None:
-        super().__init__()
-        self.known_code = known_code
-        #: Per registration: the accounts source and the accounts learnt from it.
-        self.masking: dict[object, tuple[Callable[[], list[str]], set[str]]] = {}
-        self._pattern: tuple[frozenset[str], re.Pattern[str]] | None = None
-
     def filter(self, record: logging.LogRecord) -> bool:
+        policy = getattr(record, _POLICY_ATTRIBUTE, None)
+        if not isinstance(policy, _ClientLogPolicy):
+            return True
         try:
             message = record.getMessage()
         except Exception:  # a malformed logging call: the handler reports it, not us
             return True
-        if self.masking:
-            masked = self._mask(message)
+        if policy.accounts is not None:
+            masked = policy.mask(message)
             if masked != message:
                 record.msg, record.args, message = masked, None, masked
         level: int | None = None
@@ -405,26 +455,13 @@ class _ManagedClientLogs(logging.Filter):
             level = logging.INFO
         elif record.levelno > logging.DEBUG:
             match = _CODE_LINE.match(message)
-            if match and int(match.group(2)) < 0 and self.known_code(int(match.group(1))):
+            if match and int(match.group(2)) < 0 and policy.known_code(int(match.group(1))):
                 level = logging.DEBUG
         if level is None:
             return True
         record.levelno = level
         record.levelname = logging.getLevelName(level)
         return logging.getLogger(record.name).isEnabledFor(level)
-
-    def _mask(self, message: str) -> str:
-        known: set[str] = set()
-        for accounts, learnt in self.masking.values():
-            # Kept once learnt: a closed session's lines may still name its accounts.
-            learnt.update(a for a in accounts() if a)
-            known |= learnt
-        key = frozenset(known)
-        if self._pattern is None or self._pattern[0] != key:
-            names = sorted(key, key=len, reverse=True)  # the longest first
-            alternatives = "|".join([*map(re.escape, names), _ACCOUNT_SHAPE])
-            self._pattern = (key, re.compile(_WORD.format(alternatives)))
-        return self._pattern[1].sub(lambda m: mask_account(m.group(0)), message)
 
 
 def manage_client_logs(ib: Any, known_code: Callable[[int], bool], *,
@@ -433,8 +470,8 @@ def manage_client_logs(ib: Any, known_code: Callable[[int], bool], *,
 
     ib_insync and ib_async keep their loggers as instance attributes
     (``_logger`` on the ``IB``, its client and its wrapper, ``logger`` on the
-    client's decoder); only this object's are swapped, for a child logger
-    that propagates to the original (so its handlers and levels still
+    client's decoder); only this object's are swapped, for a view of a child
+    logger that propagates to the original (so its handlers and levels still
     apply). The application's logging configuration is never changed.
 
     Args:
@@ -446,28 +483,7 @@ def manage_client_logs(ib: Any, known_code: Callable[[int], bool], *,
     Returns:
         The undo, which puts the original loggers back.
     """
-    swapped: list[tuple[Any, str, logging.Logger, logging.Logger]] = []
-    filters: list[_ManagedClientLogs] = []
-    client = getattr(ib, "client", None)
-    owners: tuple[Any, ...] = (ib, client, getattr(ib, "wrapper", None),
-                               getattr(client, "decoder", None))
-    for owner in owners:
-        for attribute in _LOGGER_ATTRIBUTES:
-            original = getattr(owner, attribute, None)
-            if isinstance(original, logging.Logger) and not original.name.endswith(".managed"):
-                break
-        else:
-            continue
-        managed = logging.getLogger(original.name + ".managed")
-        log_filter = next((f for f in managed.filters if isinstance(f, _ManagedClientLogs)),
-                          None)
-        if log_filter is None:
-            log_filter = _ManagedClientLogs(known_code)
-            managed.addFilter(log_filter)
-        filters.append(log_filter)
-        setattr(owner, attribute, managed)
-        swapped.append((owner, attribute, original, managed))
-    token = object()
+    accounts: Callable[[], list[str]] | None = None
     if mask_accounts:
         # A weak reference: a manager never stopped must not keep its IB alive.
         alive = weakref.ref(ib)
@@ -476,17 +492,30 @@ def manage_client_logs(ib: Any, known_code: Callable[[int], bool], *,
             target = alive()
             return managed_accounts(target) if target is not None else []
 
-        for log_filter in filters:
-            log_filter.masking[token] = (accounts, set())
+    policy = _ClientLogPolicy(known_code, accounts)
+    swapped: list[tuple[Any, str, logging.Logger, _ManagedLogger]] = []
+    client = getattr(ib, "client", None)
+    owners: tuple[Any, ...] = (ib, client, getattr(ib, "wrapper", None),
+                               getattr(client, "decoder", None))
+    for owner in owners:
+        for attribute in _LOGGER_ATTRIBUTES:
+            original = getattr(owner, attribute, None)
+            if isinstance(original, logging.Logger):
+                break
+        else:
+            continue  # no logger, or another manager's view of it already
+        managed = logging.getLogger(original.name + ".managed")
+        if not any(isinstance(f, _ManagedClientLogs) for f in managed.filters):
+            managed.addFilter(_ManagedClientLogs())
+        view = _ManagedLogger(managed, policy)
+        setattr(owner, attribute, view)
+        swapped.append((owner, attribute, original, view))
 
     def undo() -> None:
-        for owner, attribute, original, managed in swapped:
-            if getattr(owner, attribute, None) is managed:
+        for owner, attribute, original, view in swapped:
+            if getattr(owner, attribute, None) is view:
                 setattr(owner, attribute, original)
-        for log_filter in filters:
-            log_filter.masking.pop(token, None)
         swapped.clear()
-        filters.clear()
 
     return undo
 

@@ -264,6 +264,25 @@ async def test_mask_accounts_off_shows_the_client_the_raw_account(
                for r in caplog.records if r.name.endswith(".managed"))
 
 
+async def test_each_manager_masks_by_its_own_setting(
+    make_manager: Any, gw: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two managers in one process, masking on and off: each IB's lines follow its own."""
+    caplog.set_level(logging.INFO)
+    earlier = gw.create_order("AAPL", "BUY", 10, client_id=7)
+    gw.fill_order(earlier.order_id)
+    masked = make_manager(client_id=7)
+    await masked.start()
+    raw = make_manager(client_id=8, mask_accounts=False)
+    await raw.start()
+    for manager in (masked, raw):
+        await manager.ib.reqCurrentTimeAsync()
+    positions = [r.getMessage() for r in caplog.records
+                 if r.name.endswith(".managed") and r.getMessage().startswith("position")]
+    assert sum("DU***567" in line for line in positions) >= 1
+    assert sum(ACCOUNT in line for line in positions) >= 1
+
+
 async def _until(predicate: Any) -> None:
     """Return once ``predicate()`` holds (the caller bounds the wait)."""
     while not predicate():
