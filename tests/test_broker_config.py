@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+import re
 from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Any
 from unittest.mock import MagicMock
 
 import pytest
@@ -195,3 +198,107 @@ def test_an_unrecognised_config_is_refused(config: object) -> None:
         IBKRIBInsyncApi(config, ib=MagicMock())
     assert caught.value.field == "config"
     assert "ConnectionConfig" in str(caught.value) and "IBKR_PORT" in str(caught.value)
+
+
+# -- every IBKR_* variable through the seed's Config (issue 18, item 2) -------------------
+
+#: (variable, text, what the manager's ConnectionConfig must then say): every variable
+#: ConnectionConfig.from_env reads, with a value that is not its default.
+EVERY_VARIABLE = [
+    ("IBKR_HOST", "gateway.example", lambda c: c.host, "gateway.example"),
+    ("IBKR_PORT", "4001", lambda c: c.port, 4001),
+    ("IBKR_CLIENT_ID", "17", lambda c: c.client_id, 17),
+    ("IBKR_FALLBACK_CLIENT_IDS", "18, 19", lambda c: c.fallback_client_ids, (18, 19)),
+    ("IBKR_ACCOUNT", "DU7654321", lambda c: c.account, "DU7654321"),
+    ("IBKR_ACCOUNT_FALLBACK", "error", lambda c: c.account_fallback, "error"),
+    ("IBKR_READONLY", "yes", lambda c: c.readonly, True),
+    ("IBKR_CONNECT_TIMEOUT", "3.5", lambda c: c.connect_timeout, 3.5),
+    ("IBKR_HANDSHAKE_TIMEOUT", "0.75", lambda c: c.handshake_timeout, 0.75),
+    ("IBKR_MAX_ATTEMPTS", "5", lambda c: c.policy.backoff.max_attempts, 5),
+    ("IBKR_IBC_HOST", "10.0.0.5", lambda c: repr(c.controller()),
+     "IBCController(host='10.0.0.5', port=7462)"),
+    ("IBKR_IBC_PORT", "7463", lambda c: repr(c.controller()),
+     "IBCController(host='127.0.0.1', port=7463)"),
+]
+
+
+@pytest.mark.parametrize(("variable", "text", "read", "expected"), EVERY_VARIABLE,
+                         ids=[row[0] for row in EVERY_VARIABLE])
+def test_every_connection_config_variable_is_honoured_through_config(
+    variable: str, text: str, read: Any, expected: object,
+) -> None:
+    """IBKRIBInsyncApi(Config.from_env()) runs on each IBKR_* variable as ConnectionConfig does."""
+    environ = {variable: text}
+    assert read(ConnectionConfig.from_env(environ)) == expected
+    api = IBKRIBInsyncApi(Config.from_env(environ), ib=MagicMock())
+    assert read(api.config) == expected
+    assert read(api.manager.config) == expected
+
+
+def test_the_table_above_names_every_variable_connection_config_reads() -> None:
+    """A variable added to ConnectionConfig.from_env without a row above fails here."""
+    source = inspect.getsource(ConnectionConfig.from_env)
+    read = set(re.findall(r'"(IBKR_[A-Z_]+)"', source))
+    assert read == {row[0] for row in EVERY_VARIABLE}
+
+
+def test_config_from_env_with_an_ibc_port_gives_the_manager_a_controller() -> None:
+    """The documented sync set-up with IBKR_IBC_PORT builds the IBC controller."""
+    api = IBKRIBInsyncApi(Config.from_env({"IBKR_IBC_PORT": "7462"}), ib=MagicMock())
+    assert repr(api.manager.controller) == "IBCController(host='127.0.0.1', port=7462)"
+
+
+def test_config_unset_keeps_the_seed_defaults() -> None:
+    """With nothing set: first managed account, 10 s attempts, unbounded recovery, no IBC."""
+    api = IBKRIBInsyncApi(Config.from_env({}), ib=MagicMock())
+    assert api.config.account_fallback == "first"
+    assert api.config.connect_timeout == 10.0
+    assert api.config.policy.backoff.max_attempts is None
+    assert api.manager.controller is None
+
+
+def test_config_in_code_carries_the_other_settings() -> None:
+    """Config built in code takes the same settings, as typed values."""
+    config = Config(IBKR_FALLBACK_CLIENT_IDS=(2, 3), IBKR_ACCOUNT_FALLBACK="error",
+                    IBKR_CONNECT_TIMEOUT=4.0, IBKR_HANDSHAKE_TIMEOUT=0.5, IBKR_MAX_ATTEMPTS=2,
+                    IBKR_IBC_HOST="ibc.local", IBKR_IBC_PORT=7470)
+    api = IBKRIBInsyncApi(config, ib=MagicMock())
+    assert api.config.fallback_client_ids == (2, 3)
+    assert api.config.account_fallback == "error"
+    assert (api.config.connect_timeout, api.config.handshake_timeout) == (4.0, 0.5)
+    assert api.config.policy.backoff.max_attempts == 2
+    assert repr(api.manager.controller) == "IBCController(host='ibc.local', port=7470)"
+
+
+def test_seed_mock_config_with_an_ibc_port() -> None:
+    """A MagicMock(spec=Config) given IBKR_IBC_PORT gets the controller; the rest defaults."""
+    config = MagicMock(spec=Config)
+    config.IBKR_PORT = 4002
+    config.IBKR_IBC_PORT = 7462
+    api = IBKRIBInsyncApi(config, ib=MagicMock())
+    assert repr(api.manager.controller) == "IBCController(host='127.0.0.1', port=7462)"
+    assert api.config.fallback_client_ids == ()
+    assert api.config.handshake_timeout == 2.0
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("IBKR_IBC_PORT", {"IBKR_IBC_PORT": 0}),
+        ("IBKR_IBC_PORT", {"IBKR_IBC_PORT": "seventy"}),
+        ("IBKR_IBC_HOST", {"IBKR_IBC_HOST": " "}),
+        ("IBKR_FALLBACK_CLIENT_IDS", {"IBKR_FALLBACK_CLIENT_IDS": (2, -1)}),
+        ("IBKR_ACCOUNT_FALLBACK", {"IBKR_ACCOUNT_FALLBACK": "last"}),
+        ("IBKR_CONNECT_TIMEOUT", {"IBKR_CONNECT_TIMEOUT": 0}),
+        ("IBKR_HANDSHAKE_TIMEOUT", {"IBKR_HANDSHAKE_TIMEOUT": -1.0}),
+        ("IBKR_MAX_ATTEMPTS", {"IBKR_MAX_ATTEMPTS": 0}),
+        ("IBKR_READONLY", {"IBKR_READONLY": "maybe"}),
+        ("IBKR_PORT", {"IBKR_PORT": [4002]}),
+        ("IBKR_IBC_PORT", {"IBKR_IBC_PORT": object()}),
+    ],
+)
+def test_config_refuses_a_bad_setting_naming_it(field: str, kwargs: dict[str, object]) -> None:
+    """Every setting of Config is validated as its variable would be, naming it."""
+    with pytest.raises(ConfigError) as caught:
+        Config(**kwargs)  # type: ignore[arg-type]
+    assert caught.value.field == field

@@ -10,8 +10,9 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -247,3 +248,68 @@ async def test_watch_quiet_prints_transition_lines_only() -> None:
     assert "connected -> degraded" in "".join(lines)
     assert [line for line in lines if not _TRANSITION_LINE.match(line.rstrip("\n"))] == []
     assert len(lines) >= 4  # connect, connected, degraded, disconnect
+
+
+async def _read_until(stream: asyncio.StreamReader, lines: list[str], pattern: str,
+                      count: int = 1) -> None:
+    """Read lines into ``lines`` until ``pattern`` matched ``count`` of them (60 s hang guard)."""
+    while sum(1 for line in lines if re.search(pattern, line)) < count:
+        line = await asyncio.wait_for(stream.readline(), 60)
+        assert line, f"the child closed stdout early: {lines}"
+        lines.append(line.decode())
+
+
+async def _watch_quiet(port: int, until: Callable[[asyncio.StreamReader, list[str]], Any]
+                       ) -> tuple[list[str], list[str], int | None]:
+    """Run ``watch -q --port PORT`` until ``until`` returns, then SIGINT: (stdout, stderr, rc)."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CHILD, "show", "watch", "-q", "--port", str(port),
+        "--client-id", "3", env={k: v for k, v in _CHILD_ENV.items()
+                                 if not k.startswith("IBKR_")},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert child.stdout is not None
+    lines: list[str] = []
+    try:
+        await until(child.stdout, lines)
+        child.send_signal(signal.SIGINT)
+        rest, err = await asyncio.wait_for(child.communicate(), 60)
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    return lines + rest.decode().splitlines(keepends=True), err.decode().splitlines(), \
+        child.returncode
+
+
+async def test_watch_quiet_logs_nothing_per_connect() -> None:
+    """watch -q over two connects: the transition lines on stdout, not one line on stderr."""
+    from ibkr_connection.simulator import FakeGateway
+
+    async with FakeGateway(accounts=["DU1234567"]) as gw:
+
+        async def two_connects(stdout: asyncio.StreamReader, lines: list[str]) -> None:
+            await _read_until(stdout, lines, r"connecting -> connected")
+            await gw.drop_clients()  # the second connect
+            await _read_until(stdout, lines, r"connecting -> connected", count=2)
+
+        out, err, status = await _watch_quiet(gw.port, two_connects)
+    assert status == 0
+    assert err == []
+    assert [line for line in out if not _TRANSITION_LINE.match(line.rstrip("\n"))] == []
+    assert sum("-> connected" in line for line in out) == 2
+
+
+async def test_watch_quiet_against_a_closed_port_logs_nothing() -> None:
+    """watch -q against a closed port: a line per transition on stdout, none on stderr."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the block ends: connects are refused
+
+    async def refusals(stdout: asyncio.StreamReader, lines: list[str]) -> None:
+        await _read_until(stdout, lines, r"connecting -> backoff +attempt_failed", count=5)
+
+    out, err, status = await _watch_quiet(port, refusals)
+    assert status == 0
+    assert err == []
+    assert [line for line in out if not _TRANSITION_LINE.match(line.rstrip("\n"))] == []
+    assert sum("connection refused" in line for line in out) >= 5

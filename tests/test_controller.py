@@ -202,3 +202,17 @@ def test_config_from_env_builds_the_ibc_controller() -> None:
         ConnectionConfig.from_env({"IBKR_IBC_PORT": "0"})
     with pytest.raises(ConfigError, match="IBKR_IBC_HOST"):
         ConnectionConfig.from_env({"IBKR_IBC_HOST": " ", "IBKR_IBC_PORT": "7462"})
+
+
+def test_ibc_host_alone_means_ibc_at_its_conventional_port() -> None:
+    """IBKR_IBC_HOST without IBKR_IBC_PORT: IBC at 7462 (IBC's config.ini suggests it), not none."""
+    from unittest.mock import MagicMock
+
+    from ibkr_connection import Config, ConnectionConfig, IBKRIBInsyncApi
+
+    controller = ConnectionConfig.from_env({"IBKR_IBC_HOST": "10.0.0.5"}).controller()
+    assert repr(controller) == "IBCController(host='10.0.0.5', port=7462)"
+    api = IBKRIBInsyncApi(Config.from_env({"IBKR_IBC_HOST": "10.0.0.5"}), ib=MagicMock())
+    assert repr(api.manager.controller) == "IBCController(host='10.0.0.5', port=7462)"
+    explicit = ConnectionConfig.from_env({"IBKR_IBC_HOST": "10.0.0.5", "IBKR_IBC_PORT": "7470"})
+    assert repr(explicit.controller()) == "IBCController(host='10.0.0.5', port=7470)"

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import ib_async
 import pytest
 from ib_insync import IB, MarketOrder
 
 import broker_support
-from broker_support import pump
-from ibkr_connection import Config, IBKRIBInsyncApi, UsageError
+from broker_support import pump, pump_until, run
+from ibkr_connection import (
+    BackoffPolicy,
+    Config,
+    IBKRIBInsyncApi,
+    RecoveryPolicy,
+    UsageError,
+)
+from ibkr_connection.simulator import FakeGateway
 
 loop = broker_support.loop
 gw = broker_support.gw
@@ -44,3 +52,34 @@ def test_unknown_account_is_not_a_dead_gateway(gw, loop, caplog) -> None:  # typ
                    for r in caplog.records)
     finally:
         api.disconnect()
+
+
+def test_config_from_env_with_ibc_port_restarts_a_wedged_gateway(loop, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """IBKRIBInsyncApi(Config.from_env(), IB()) with IBKR_IBC_PORT: one RESTART through IBC."""
+    gateway = FakeGateway(accounts=[broker_support.ACCOUNT], ibc_port=0, ibc_restart_outage=0.3)
+    run(loop, gateway.start())
+    assert gateway.ibc is not None
+    for name in [n for n in os.environ if n.startswith("IBKR_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("IBKR_PORT", str(gateway.port))
+    monkeypatch.setenv("IBKR_CLIENT_ID", "5")
+    monkeypatch.setenv("IBKR_IBC_PORT", str(gateway.ibc.port))
+    monkeypatch.setenv("IBKR_HANDSHAKE_TIMEOUT", "0.3")
+    monkeypatch.setenv("IBKR_CONNECT_TIMEOUT", "2")
+    # Quick retries and a short restart wait; the restart rule itself is the default one.
+    policy = RecoveryPolicy(backoff=BackoffPolicy(costly_delay=0.05, max_costly_delay=0.2),
+                            restart_wait=5.0, restart_cooldown=60.0)
+    api = IBKRIBInsyncApi(Config.from_env(), IB(), policy=policy)
+    try:
+        assert api.connect()  # a session first: only a gateway that had one is restarted
+        gateway.wedge()
+        run(loop, gateway.drop_clients())
+        assert pump_until(api, lambda: gateway.ibc.restarts == 1, timeout=30), (
+            [str(t) for t in api.manager.transcript])
+        assert pump_until(api, lambda: api.connected, timeout=30)
+        assert gateway.ibc.commands == ["RESTART"]
+        assert [t.dest.value for t in api.manager.transcript].count("restarting") == 1
+    finally:
+        api.disconnect()
+        gateway.unstall()
+        run(loop, gateway.stop())

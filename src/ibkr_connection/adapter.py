@@ -11,9 +11,12 @@ import asyncio
 import inspect
 import logging
 import re
+import weakref
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from ibkr_connection.config import mask_account
 from ibkr_connection.errors import OrderRejectedError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -143,6 +146,8 @@ def watch_sync_timeouts(ib: Any, catcher: SyncTimeoutCatcher) -> Callable[[], No
     of the attempt that replaced it), and no handler is built per attempt.
     """
     ib_logger = getattr(ib, "_logger", None) or logging.getLogger(type(ib).__module__)
+    if isinstance(ib_logger, logging.LoggerAdapter):
+        ib_logger = ib_logger.logger  # another manager's view of the IB's logger
     ib_logger.addHandler(catcher)
 
     def undo() -> None:
@@ -352,31 +357,105 @@ def request_account_updates(ib: Any, account: str) -> None:
 #: The client's per-attempt error lines, which the manager's transitions say better.
 _ATTEMPT_NOISE = ("API connection failed", "Make sure API port on TWS/IBG is open",
                   "Peer closed connection")
-#: The client's copy of an IB message: ``Error 1100, reqId -1: ...``.
+#: The client's copy of an IB message: ``Error 1100, reqId -1: ...`` (ib_insync and
+#: ib_async log codes 2100-2199 and a few others as ``Warning``, at INFO).
 _CODE_LINE = re.compile(r"(?:Error|Warning) (\d+), reqId (-?\d+):")
+#: What an IB account id looks like: one or two capital letters and digits
+#: (``U1234567``, paper ``DU1234567``, advisor ``F1234567`` / ``DF1234567``), as a
+#: word of its own. It catches an account before the client has learnt it (the
+#: raw ``managedAccounts`` message itself, logged at DEBUG as ``<<< 15,1,DU...``).
+_ACCOUNT_SHAPE = r"[A-Z]{1,2}\d{5,}"
+#: Where a match may start and end: not inside a longer word (``DU1`` in ``DU12``).
+_WORD = r"(?<![A-Za-z0-9])(?:{})(?![A-Za-z0-9])"
+#: The attributes holding a client's loggers, on the IB, its client, wrapper and decoder.
+_LOGGER_ATTRIBUTES = ("_logger", "logger")
+#: The record attribute carrying a managed client's :class:`_ClientLogPolicy`.
+_POLICY_ATTRIBUTE = "ibkr_connection_client_logs"
+
+
+@dataclass
+class _ClientLogPolicy:
+    """How one managed ``IB`` object's log lines are treated (see :class:`_ManagedClientLogs`).
+
+    Attributes:
+        known_code: True for the IB codes the manager logs itself.
+        accounts: the accounts the client knows now; None: no masking.
+        learnt: every account seen so far (a closed session's lines may
+            still name its accounts).
+    """
+
+    known_code: Callable[[int], bool]
+    accounts: Callable[[], list[str]] | None
+    learnt: set[str] = field(default_factory=set)
+    pattern: tuple[frozenset[str], re.Pattern[str]] | None = None
+
+    def mask(self, message: str) -> str:
+        """Return ``message`` with every account id (known, or shaped like one) masked."""
+        assert self.accounts is not None
+        self.learnt.update(a for a in self.accounts() if a)
+        key = frozenset(self.learnt)
+        if self.pattern is None or self.pattern[0] != key:
+            names = sorted(key, key=len, reverse=True)  # the longest first
+            alternatives = "|".join([*map(re.escape, names), _ACCOUNT_SHAPE])
+            self.pattern = (key, re.compile(_WORD.format(alternatives)))
+        return self.pattern[1].sub(lambda m: mask_account(m.group(0)), message)
+
+
+if TYPE_CHECKING:
+    _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
+else:
+    _LoggerAdapter = logging.LoggerAdapter
+
+
+class _ManagedLogger(_LoggerAdapter):
+    """A managed client's logger: ``<logger>.managed``, each record stamped with its policy.
+
+    The policy travels on the record (an ``extra`` attribute), so the one
+    filter on the shared ``.managed`` logger treats every ``IB`` object by
+    its own manager's settings, with no registry to leak.
+    """
+
+    def __init__(self, logger: logging.Logger, policy: _ClientLogPolicy) -> None:
+        super().__init__(logger, {_POLICY_ATTRIBUTE: policy})
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(kwargs.get("extra") or {}), **(self.extra or {})}
+        return msg, kwargs
 
 
 class _ManagedClientLogs(logging.Filter):
-    """Demotes, on a managed client's loggers, what the manager reports itself.
+    """Masks account ids in, and demotes, what a managed client logs.
 
-    It changes the level of a record and drops it if the logger is not
-    enabled for the new level; it never drops anything else.
+    One filter sits on each ``<client logger>.managed`` logger; each record a
+    managed ``IB`` object writes there carries its manager's
+    :class:`_ClientLogPolicy`. With masking on, the account ids in the
+    message (the known ones, and anything shaped like one) are replaced by
+    :func:`~ibkr_connection.config.mask_account`'s mask, at every level. Then
+    what the manager reports itself is demoted: the per-attempt errors to
+    INFO, the copy of an IB code the manager logs (a request-less one,
+    ``reqId -1``) to DEBUG, whatever level the client gave it. A demoted
+    record is dropped if its logger is not enabled for the new level; nothing
+    else is ever dropped, and a record without a policy passes untouched.
     """
 
-    def __init__(self, known_code: Callable[[int], bool]) -> None:
-        super().__init__()
-        self.known_code = known_code
-
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        policy = getattr(record, _POLICY_ATTRIBUTE, None)
+        if not isinstance(policy, _ClientLogPolicy):
             return True
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed logging call: the handler reports it, not us
+            return True
+        if policy.accounts is not None:
+            masked = policy.mask(message)
+            if masked != message:
+                record.msg, record.args, message = masked, None, masked
         level: int | None = None
-        if message.startswith(_ATTEMPT_NOISE):
+        if record.levelno >= logging.WARNING and message.startswith(_ATTEMPT_NOISE):
             level = logging.INFO
-        else:
+        elif record.levelno > logging.DEBUG:
             match = _CODE_LINE.match(message)
-            if match and int(match.group(2)) < 0 and self.known_code(int(match.group(1))):
+            if match and int(match.group(2)) < 0 and policy.known_code(int(match.group(1))):
                 level = logging.DEBUG
         if level is None:
             return True
@@ -385,38 +464,57 @@ class _ManagedClientLogs(logging.Filter):
         return logging.getLogger(record.name).isEnabledFor(level)
 
 
-def manage_client_logs(ib: Any, known_code: Callable[[int], bool]) -> Callable[[], None]:
-    """Route ``ib``'s own log lines through ``<logger>.managed``, demoting the noise.
+def manage_client_logs(ib: Any, known_code: Callable[[int], bool], *,
+                       mask_accounts: bool = True) -> Callable[[], None]:
+    """Route ``ib``'s own log lines through ``<logger>.managed``, masked and demoted.
 
-    ib_insync and ib_async keep their logger as an instance attribute
-    (``_logger``) of the ``IB``, its client and its wrapper; only this
-    object's are swapped, for a child logger that propagates to the original
-    (so its handlers and levels still apply). The application's logging
-    configuration is never changed.
+    ib_insync and ib_async keep their loggers as instance attributes
+    (``_logger`` on the ``IB``, its client and its wrapper, ``logger`` on the
+    client's decoder); only this object's are swapped, for a view of a child
+    logger that propagates to the original (so its handlers and levels still
+    apply). The application's logging configuration is never changed.
 
     Args:
         ib: the managed ``IB`` object.
         known_code: True for the IB codes the manager logs itself.
+        mask_accounts: mask the account ids in every line (see
+            :class:`_ManagedClientLogs`).
 
     Returns:
         The undo, which puts the original loggers back.
     """
-    swapped: list[tuple[Any, logging.Logger, logging.Logger]] = []
-    owners: tuple[Any, ...] = (ib, getattr(ib, "client", None), getattr(ib, "wrapper", None))
+    accounts: Callable[[], list[str]] | None = None
+    if mask_accounts:
+        # A weak reference: a manager never stopped must not keep its IB alive.
+        alive = weakref.ref(ib)
+
+        def accounts() -> list[str]:
+            target = alive()
+            return managed_accounts(target) if target is not None else []
+
+    policy = _ClientLogPolicy(known_code, accounts)
+    swapped: list[tuple[Any, str, logging.Logger, _ManagedLogger]] = []
+    client = getattr(ib, "client", None)
+    owners: tuple[Any, ...] = (ib, client, getattr(ib, "wrapper", None),
+                               getattr(client, "decoder", None))
     for owner in owners:
-        original = getattr(owner, "_logger", None)
-        if not isinstance(original, logging.Logger) or original.name.endswith(".managed"):
-            continue
+        for attribute in _LOGGER_ATTRIBUTES:
+            original = getattr(owner, attribute, None)
+            if isinstance(original, logging.Logger):
+                break
+        else:
+            continue  # no logger, or another manager's view of it already
         managed = logging.getLogger(original.name + ".managed")
         if not any(isinstance(f, _ManagedClientLogs) for f in managed.filters):
-            managed.addFilter(_ManagedClientLogs(known_code))
-        owner._logger = managed
-        swapped.append((owner, original, managed))
+            managed.addFilter(_ManagedClientLogs())
+        view = _ManagedLogger(managed, policy)
+        setattr(owner, attribute, view)
+        swapped.append((owner, attribute, original, view))
 
     def undo() -> None:
-        for owner, original, managed in swapped:
-            if getattr(owner, "_logger", None) is managed:
-                owner._logger = original
+        for owner, attribute, original, view in swapped:
+            if getattr(owner, attribute, None) is view:
+                setattr(owner, attribute, original)
         swapped.clear()
 
     return undo

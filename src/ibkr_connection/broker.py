@@ -24,10 +24,13 @@ Configs:
     used as given (host, port, client id, fallback ids, account and
     ``account_fallback``, readonly, timeouts, policy; ``connect_timeout=``
     and ``policy=`` passed to the wrapper replace the config's), or the
-    seed's :class:`Config` (any object with ``IBKR_*`` attributes), which the
-    wrapper completes as the seed did: the first managed account when none
-    is configured (``account_fallback="first"``), a 10 s attempt timeout and
-    an unbounded recovery policy. Anything else is refused with
+    seed's :class:`Config` (any object with ``IBKR_*`` attributes). Each of
+    its attributes is read as the environment variable of the same name
+    (IBC, fallback ids, timeouts and ``IBKR_MAX_ATTEMPTS`` included), by
+    :meth:`ConnectionConfig.from_env`'s own parser; what it leaves unset is
+    completed as the seed did: the first managed account when none is
+    configured (``account_fallback="first"``), a 10 s attempt timeout and an
+    unbounded recovery policy. Anything else is refused with
     :class:`~ibkr_connection.errors.ConfigError` at construction.
 
 The book:
@@ -59,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -68,7 +72,12 @@ from eventkit import Event
 
 from ibkr_connection import adapter
 from ibkr_connection.book import DONE_STATUSES, NOT_RECEIVED, UNCERTAIN, OrderBook
-from ibkr_connection.config import ConnectionConfig, mask_account
+from ibkr_connection.config import (
+    ENV_VARIABLES,
+    AccountFallback,
+    ConnectionConfig,
+    mask_account,
+)
 from ibkr_connection.errors import ConfigError, OrderRejectedError
 from ibkr_connection.inflight import PLACE, Resolution
 from ibkr_connection.inputs import Input, InputKind
@@ -78,9 +87,6 @@ from ibkr_connection.policy import RecoveryPolicy
 
 logger = logging.getLogger(__name__)
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
 #: The seed's attribute names; an object carrying any of them is a seed-style config.
 _SEED_NAMES = ("IBKR_HOST", "IBKR_PORT", "IBKR_CLIENT_ID", "IBKR_ACCOUNT", "IBKR_READONLY")
 
@@ -89,12 +95,31 @@ _SEED_NAMES = ("IBKR_HOST", "IBKR_PORT", "IBKR_CLIENT_ID", "IBKR_ACCOUNT", "IBKR
 class Config:
     """The seed's connection settings, validated.
 
+    Each attribute is named after the environment variable
+    :meth:`ConnectionConfig.from_env` reads for it and means what that
+    variable means (see :data:`~ibkr_connection.config.ENV_VARIABLES`); the
+    first five are the seed's own.
+
     Attributes:
         IBKR_HOST: the gateway's host.
         IBKR_PORT: the gateway's API port.
-        IBKR_CLIENT_ID: the API client id (not negative).
+        IBKR_CLIENT_ID: the API client id (0 to 2147483646).
         IBKR_ACCOUNT: the account to use; empty for the first managed one.
         IBKR_READONLY: read-only session: orders are refused.
+        IBKR_FALLBACK_CLIENT_IDS: client ids to use, in order, when
+            ``IBKR_CLIENT_ID`` is rejected with 326.
+        IBKR_ACCOUNT_FALLBACK: with no account and several managed ones,
+            ``"first"`` (the seed's way) takes the first, ``"error"`` fails.
+        IBKR_CONNECT_TIMEOUT: seconds for one attempt.
+        IBKR_HANDSHAKE_TIMEOUT: seconds the gateway has to answer the API
+            handshake once it accepted the socket.
+        IBKR_MAX_ATTEMPTS: failed attempts after which the background
+            recovery gives up (``failed``); None: never (the seed's way).
+        IBKR_IBC_HOST: where IBC's command server runs; None: 127.0.0.1 if
+            ``IBKR_IBC_PORT`` is set, else no IBC.
+        IBKR_IBC_PORT: IBC's ``CommandServerPort``; None: 7462 if
+            ``IBKR_IBC_HOST`` is set, else no IBC. With either, the manager
+            restarts a wedged gateway through IBC.
 
     Raises:
         ConfigError: naming the attribute, if a value is invalid.
@@ -105,13 +130,25 @@ class Config:
     IBKR_CLIENT_ID: int = 1
     IBKR_ACCOUNT: str = ""
     IBKR_READONLY: bool = False
+    IBKR_FALLBACK_CLIENT_IDS: tuple[int, ...] = ()
+    IBKR_ACCOUNT_FALLBACK: AccountFallback = "first"
+    IBKR_CONNECT_TIMEOUT: float = 10.0
+    IBKR_HANDSHAKE_TIMEOUT: float = 2.0
+    IBKR_MAX_ATTEMPTS: int | None = None
+    IBKR_IBC_HOST: str | None = None
+    IBKR_IBC_PORT: int | None = None
 
     def __post_init__(self) -> None:
-        _settings_of(self)
+        _connection_config(self)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         """Read the settings from the environment variables of the same names.
+
+        Every variable :meth:`ConnectionConfig.from_env` reads is read, by
+        the same parser, so ``IBKRIBInsyncApi(Config.from_env())`` runs on
+        what ``ConnectionConfig.from_env()`` would, except where the seed's
+        defaults differ (unset ``IBKR_ACCOUNT_FALLBACK``: ``first``).
 
         Args:
             environ: the mapping to read (``os.environ`` by default).
@@ -119,63 +156,52 @@ class Config:
         Returns:
             The config; unset variables keep the defaults.
 
-        The other ``IBKR_*`` variables of :meth:`ConnectionConfig.from_env` are
-        validated but not used here: give :class:`IBKRIBInsyncApi` a
-        ``ConnectionConfig.from_env()`` to use them all.
-
         Raises:
             ConfigError: naming the variable, if a value is invalid.
         """
-        parsed = ConnectionConfig.from_env(environ)
-        return cls(
-            IBKR_HOST=parsed.host, IBKR_PORT=parsed.port, IBKR_CLIENT_ID=parsed.client_id,
-            IBKR_ACCOUNT=parsed.account, IBKR_READONLY=parsed.readonly,
-        )
+        env = os.environ if environ is None else environ
+        parsed = ConnectionConfig.from_env(env)
+        values: dict[str, Any] = {
+            "IBKR_HOST": parsed.host, "IBKR_PORT": parsed.port,
+            "IBKR_CLIENT_ID": parsed.client_id, "IBKR_ACCOUNT": parsed.account,
+            "IBKR_READONLY": parsed.readonly,
+            "IBKR_FALLBACK_CLIENT_IDS": parsed.fallback_client_ids,
+            "IBKR_CONNECT_TIMEOUT": parsed.connect_timeout,
+            "IBKR_HANDSHAKE_TIMEOUT": parsed.handshake_timeout,
+            "IBKR_MAX_ATTEMPTS": parsed.policy.backoff.max_attempts,
+            "IBKR_IBC_PORT": parsed.ibc_port,
+        }
+        # Where the seed's default differs from ConnectionConfig's, or "unset"
+        # means something, only a variable that is set is taken over.
+        if env.get("IBKR_ACCOUNT_FALLBACK") is not None:
+            values["IBKR_ACCOUNT_FALLBACK"] = parsed.account_fallback
+        if env.get("IBKR_IBC_HOST") is not None:
+            values["IBKR_IBC_HOST"] = parsed.ibc_host
+        return cls(**values)
 
 
-def _integer(name: str, value: object) -> int:
+def _seed_value(config: object, name: str) -> object:
+    """Return ``config``'s attribute ``name``, or None when it is absent or unset.
+
+    The seed's tests build ``MagicMock(spec=Config)`` and set a few
+    attributes; such a mock answers every other one with a child mock, which
+    stands for "not set" here (the default applies), not for a value.
+    """
+    value = getattr(config, name, None)
+    if type(value).__module__ == "unittest.mock":
+        return None
+    return value
+
+
+def _as_text(name: str, value: object) -> str:
+    """Write an attribute's value as its environment variable would hold it."""
     if isinstance(value, bool):
-        raise ConfigError(name, f"must be an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    raise ConfigError(name, f"must be an integer, got {value!r}")
-
-
-def _readonly(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return value != 0
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text not in _TRUE | _FALSE:
-            raise ConfigError("IBKR_READONLY", f"must be true or false, got {value!r}")
-        return text in _TRUE
-    # Absent (None) or not set on a MagicMock(spec=Config): the seed's default.
-    return False
-
-
-def _settings_of(config: object) -> tuple[str, int, int, str, bool]:
-    """Read and validate the seed's attributes from an object carrying some of them."""
-    host = getattr(config, "IBKR_HOST", "127.0.0.1")
-    if not isinstance(host, str) or not host.strip():
-        raise ConfigError("IBKR_HOST", f"must be a non-empty host name, got {host!r}")
-    port = _integer("IBKR_PORT", getattr(config, "IBKR_PORT", 4002))
-    if not 0 < port < 65536:
-        raise ConfigError("IBKR_PORT", f"must be between 1 and 65535, got {port}")
-    client_id = _integer("IBKR_CLIENT_ID", getattr(config, "IBKR_CLIENT_ID", 1))
-    if client_id < 0:
-        raise ConfigError("IBKR_CLIENT_ID", f"must not be negative, got {client_id}")
-    account = getattr(config, "IBKR_ACCOUNT", "")
-    if not isinstance(account, str):
-        account = ""
-    readonly = _readonly(getattr(config, "IBKR_READONLY", False))
-    return host.strip(), port, client_id, account.strip(), readonly
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    if name == "IBKR_FALLBACK_CLIENT_IDS" and isinstance(value, (tuple, list)):
+        return ",".join(str(item) for item in value)
+    raise ConfigError(name, f"must be a number, text or true/false, got {value!r}")
 
 
 def _connection_config(config: object, *, connect_timeout: float | None = None,
@@ -184,12 +210,14 @@ def _connection_config(config: object, *, connect_timeout: float | None = None,
 
     Args:
         config: a ``ConnectionConfig`` (used as given) or a seed-style config
-            (an object with any of the ``IBKR_*`` attributes of :class:`Config`;
-            the ones it lacks take the seed's defaults).
-        connect_timeout: seconds for one attempt; replaces a ConnectionConfig's
-            when given (a seed-style config: 10 s when not given).
-        policy: the background recovery policy; replaces a ConnectionConfig's
-            when given (a seed-style config: unbounded when not given).
+            (an object with any of the seed's ``IBKR_*`` attributes; each
+            attribute of :data:`~ibkr_connection.config.ENV_VARIABLES` it has
+            is read as that variable, the others keep the defaults).
+        connect_timeout: seconds for one attempt; replaces the config's
+            when given.
+        policy: the background recovery policy; replaces the config's (and
+            a seed-style ``IBKR_MAX_ATTEMPTS``) when given (a seed-style
+            config: unbounded unless ``IBKR_MAX_ATTEMPTS`` says otherwise).
 
     Raises:
         ConfigError: ``config`` is neither kind (field ``config``), or a
@@ -207,14 +235,18 @@ def _connection_config(config: object, *, connect_timeout: float | None = None,
             "expected a ConnectionConfig, or an object with the seed's attributes "
             f"({', '.join(_SEED_NAMES)}) such as Config; got {type(config).__name__}"
         ))
-    host, port, client_id, account, readonly = _settings_of(config)
-    return ConnectionConfig(
-        host=host, port=port, client_id=client_id, account=account,
+    # One parser for both: the attributes are read as the variables they are named after.
+    environ = {name: _as_text(name, value) for name in ENV_VARIABLES
+               if (value := _seed_value(config, name)) is not None}
+    overrides: dict[str, object] = {}
+    if "IBKR_ACCOUNT_FALLBACK" not in environ:
         # The seed took the first managed account when none was configured.
-        account_fallback="first", readonly=readonly,
-        connect_timeout=10.0 if connect_timeout is None else connect_timeout,
-        policy=policy or RecoveryPolicy(),
-    )
+        overrides["account_fallback"] = "first"
+    if connect_timeout is not None:
+        overrides["connect_timeout"] = connect_timeout
+    if policy is not None:
+        overrides["policy"] = policy
+    return ConnectionConfig.from_env(environ, **overrides)
 
 
 class IBKRIBInsyncApi:
@@ -224,7 +256,8 @@ class IBKRIBInsyncApi:
         config: a :class:`~ibkr_connection.config.ConnectionConfig` (used as
             given), or the seed's :class:`Config` (any object with some of
             ``IBKR_HOST``, ``IBKR_PORT``, ``IBKR_CLIENT_ID``, ``IBKR_ACCOUNT``,
-            ``IBKR_READONLY``; the first managed account is used when none
+            ``IBKR_READONLY``, and optionally the other attributes of
+            :class:`Config`; the first managed account is used when none
             is configured).
         ib: the ``ib_insync.IB`` to use (a new one by default).
         max_attempts: failed attempts after which :meth:`connect` gives up.

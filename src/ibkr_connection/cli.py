@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--client-id", type=int, default=None,
                        help="client id (default IBKR_CLIENT_ID or 1)")
     watch.add_argument("-q", "--quiet", action="store_true",
-                       help="print the transition lines only (no endpoint notice, no summary)")
+                       help="print the transition lines only (no endpoint notice, no summary) "
+                            "and log warnings and errors only")
     _add_journal_option(watch)
     _add_metrics_options(watch)
     watch.set_defaults(func=_watch)
@@ -147,10 +148,15 @@ def _watch(args: argparse.Namespace) -> int:
     try:
         config = ConnectionConfig.from_env(**overrides)
     except ConfigError as exc:
-        sys.stderr.write(f"ibkr-connection watch: {exc}\n")
+        # A bad flag is named as the operator typed it (--client-id, not client_id).
+        flag = "--" + exc.field.replace("_", "-") if exc.field in overrides else exc.field
+        sys.stderr.write(f"ibkr-connection watch: {flag}{str(exc)[len(exc.field):]}\n")
         return 2
     if _journal_refused("watch", args.journal):
         return 2
+    if args.quiet and not args.verbose:
+        # Transitions are on stdout already: stderr keeps warnings and errors only.
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         return asyncio.run(run_watch(_write, config, metrics_port=args.metrics_port,
                                      degraded_ok=args.healthz_degraded_ok,

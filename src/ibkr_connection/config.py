@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
+from ibkr_connection.controller import IBC_DEFAULT_PORT
 from ibkr_connection.errors import ConfigError
 from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
 
@@ -14,6 +15,15 @@ if TYPE_CHECKING:
     from ibkr_connection.controller import IBCController
 
 AccountFallback = Literal["error", "first"]
+
+#: Every environment variable :meth:`ConnectionConfig.from_env` reads. The seed's
+#: :class:`~ibkr_connection.broker.Config` has an attribute of each name, read by
+#: the same parser, so a setting means the same thing whichever way it comes.
+ENV_VARIABLES = (
+    "IBKR_HOST", "IBKR_PORT", "IBKR_CLIENT_ID", "IBKR_FALLBACK_CLIENT_IDS", "IBKR_ACCOUNT",
+    "IBKR_ACCOUNT_FALLBACK", "IBKR_READONLY", "IBKR_CONNECT_TIMEOUT",
+    "IBKR_HANDSHAKE_TIMEOUT", "IBKR_MAX_ATTEMPTS", "IBKR_IBC_HOST", "IBKR_IBC_PORT",
+)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -27,11 +37,21 @@ def _check_port(name: str, value: object) -> int:
     return value
 
 
+#: The highest API client id. TWS reads the client id as a Java ``int``
+#: (``EClient.eConnect(String host, int port, int clientId)`` in IB's API), so
+#: anything above 2**31-1 cannot reach it intact; and 2**31-1 itself is the
+#: API's ``UNSET_INTEGER`` (``ib_insync/util.py``, ``ibapi/common.py``), which
+#: TWS does not take as a client id: hadrianl/ibapi issue 45 reports that
+#: 2147483647 fails the handshake where 2147483646 succeeds.
+MAX_CLIENT_ID = 2**31 - 2
+
+
 def _check_client_id(name: str, value: object) -> int:
+    """Return ``value`` if it is a client id TWS accepts; raise ConfigError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(name, f"must be an integer client id, got {value!r}")
-    if value < 0:
-        raise ConfigError(name, f"must not be negative, got {value}")
+    if not 0 <= value <= MAX_CLIENT_ID:
+        raise ConfigError(name, f"must be a client id from 0 to {MAX_CLIENT_ID}, got {value}")
     return value
 
 
@@ -68,21 +88,26 @@ class ConnectionConfig:
         heartbeat_timeout: seconds a probe may take before the gateway is
             declared hung.
         policy: backoff, restore patience, reset windows, jitter seed.
-        mask_accounts: mask account ids in logs (``DU***567``).
-        quiet_client_logs: while the manager owns the retries, log the
-            client library's own per-attempt errors ("API connection failed",
-            "Make sure API port on TWS/IBG is open", "Peer closed
-            connection") at INFO and its copy of the IB codes the manager
-            logs itself ("Error 1100, reqId -1") at DEBUG, under the logger
-            ``<client logger>.managed`` (e.g. ``ib_insync.client.managed``).
-            Only this manager's ``IB`` object is affected. False leaves the
-            client's logging untouched.
+        mask_accounts: mask account ids in logs (``DU***567``): the
+            manager's own lines, and (with ``quiet_client_logs``) every line
+            its ``IB`` object writes, at every level.
+        quiet_client_logs: while the manager runs, route the lines its
+            ``IB`` object writes through ``<client logger>.managed`` (e.g.
+            ``ib_insync.client.managed``), masking account ids (see
+            ``mask_accounts``) and logging the client library's own
+            per-attempt errors ("API connection failed", "Make sure API port
+            on TWS/IBG is open", "Peer closed connection") at INFO and its
+            copy of the IB codes the manager logs itself ("Error 1100, reqId
+            -1", "Warning 2104, reqId -1") at DEBUG. Only this manager's
+            ``IB`` object is affected. False leaves the client's logging
+            untouched, account ids included.
         ibc_host: where IBC's command server runs (for restarting a wedged
             gateway); empty: no IBC controller.
         ibc_port: IBC's ``CommandServerPort``; None: no IBC controller. When
             set, :meth:`controller` builds an
             :class:`~ibkr_connection.controller.IBCController` (``watch`` and
-            the sync wrapper use it).
+            the sync wrapper use it). :meth:`from_env` sets it to 7462 when
+            only ``IBKR_IBC_HOST`` is given.
     """
 
     host: str = "127.0.0.1"
@@ -149,8 +174,9 @@ class ConnectionConfig:
         (true/false), ``IBKR_CONNECT_TIMEOUT``, ``IBKR_HANDSHAKE_TIMEOUT``,
         ``IBKR_MAX_ATTEMPTS``
         (empty or ``none`` for no limit), ``IBKR_IBC_HOST`` and
-        ``IBKR_IBC_PORT`` (IBC's command server, optional). Unset variables
-        keep the defaults.
+        ``IBKR_IBC_PORT`` (IBC's command server, optional; either one turns
+        the IBC controller on: the host defaults to 127.0.0.1, the port to
+        IBC's 7462). Unset variables keep the defaults.
 
         Args:
             environ: the mapping to read (``os.environ`` by default).
@@ -219,6 +245,9 @@ class ConnectionConfig:
             if not ibc_host:
                 raise ConfigError("IBKR_IBC_HOST", "must not be empty")
             values["ibc_host"] = ibc_host
+            # A host alone asks for IBC: at the port IBC's own config.ini suggests
+            # (IBKR_IBC_PORT, read next, replaces it), never silently none.
+            values["ibc_port"] = IBC_DEFAULT_PORT
         if (ibc_port := integer("IBKR_IBC_PORT")) is not None:
             values["ibc_port"] = _check_port("IBKR_IBC_PORT", ibc_port)
         if (attempts := text("IBKR_MAX_ATTEMPTS")) is not None:

@@ -35,7 +35,10 @@ from ibkr_connection.errors import ConfigError, GatewayError
 
 logger = logging.getLogger(__name__)
 
-#: IBC's conventional command server port (IBC's own default is 0: off).
+#: IBC's conventional command server port. IBC's own default is 0 (no command
+#: server); the config.ini IBC ships (``resources/config.ini``, section "IBC
+#: Command Server Settings") suggests ``CommandServerPort=7462``, which is what
+#: an IBC set up for commands listens on unless its owner chose otherwise.
 IBC_DEFAULT_PORT = 7462
 
 _ANSWER = re.compile(r"\b(OK|ERROR)\b ?(.*)$")

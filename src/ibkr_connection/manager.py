@@ -154,7 +154,8 @@ class ConnectionManager:
         self._unquiet_logs: Callable[[], None] | None = None
         if self.config.quiet_client_logs:
             self._unquiet_logs = adapter.manage_client_logs(
-                ib, lambda code: codes.lookup(code) is not None)
+                ib, lambda code: codes.lookup(code) is not None,
+                mask_accounts=self.config.mask_accounts)
 
     # -- state ----------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ from ibkr_connection import (
 from ibkr_connection.inputs import InputKind
 from ibkr_connection.simulator import FakeGateway
 
+from .conftest import ACCOUNT
+
 S = ConnectionState
 
 
@@ -203,6 +205,88 @@ async def test_quiet_client_logs_off_leaves_the_client_alone(
     lines = [r for r in caplog.records if r.getMessage().startswith("Error 1100")]
     assert lines and all(r.levelno == logging.ERROR and not r.name.endswith(".managed")
                          for r in lines)
+
+
+async def test_a_farm_code_is_logged_once_at_info(
+    make_manager: Any, gw: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The startup 2104 is one line at INFO (the manager's); the client's copy is at DEBUG."""
+    caplog.set_level(logging.DEBUG)
+    manager = make_manager()
+    await manager.start()
+    await manager.ib.reqCurrentTimeAsync()  # every startup notice is in by its answer
+    lines = [r for r in caplog.records if "2104" in r.getMessage()]
+    shown = [(r.name, r.levelname) for r in lines if r.levelno >= logging.INFO]
+    assert shown == [("ibkr_connection.driver", "INFO")]
+    assert any(r.name.endswith(".managed") and r.levelno == logging.DEBUG for r in lines)
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG], ids=["INFO", "DEBUG"])
+async def test_no_raw_account_in_any_line_the_managed_ib_logs(
+    make_manager: Any, gw: FakeGateway, caplog: pytest.LogCaptureFixture, level: int
+) -> None:
+    """Executions, positions, portfolio and account lines carry DU***567, never DU1234567."""
+    caplog.set_level(level)  # the root logger, as logging.basicConfig(level=...) sets it
+    earlier = gw.create_order("AAPL", "BUY", 10, client_id=7)
+    gw.fill_order(earlier.order_id)  # an execution and a position for the startup sync
+    manager = make_manager()
+    await manager.start()
+    ib = manager.ib
+    library = importlib.import_module(type(ib).__module__.split(".")[0])
+    contract = _stock(ib, "AAPL")
+    await ib.qualifyContractsAsync(contract)
+    trade = ib.placeOrder(contract, library.MarketOrder("BUY", 5))  # fills at once
+    await asyncio.wait_for(_until(lambda: len(trade.fills) == 1), 30)
+    await ib.reqCurrentTimeAsync()  # what the gateway sent before this answer is logged
+    client_lines = [r for r in caplog.records if r.name.startswith(("ib_insync", "ib_async"))]
+    leaks = [r.getMessage() for r in caplog.records
+             if not r.name.startswith("ibkr_connection.simulator")
+             and ACCOUNT in r.getMessage()]
+    assert leaks == []
+    # The client did log its account lines, masked: the check above is not vacuous.
+    for start in ("position", "execDetails", "updatePortfolio"):
+        assert any(r.getMessage().startswith(start) and "DU***567" in r.getMessage()
+                   for r in client_lines), start
+    assert all(r.name.endswith(".managed") for r in client_lines)
+
+
+async def test_mask_accounts_off_shows_the_client_the_raw_account(
+    make_manager: Any, gw: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """mask_accounts=False: the client's position line names the account as it is."""
+    caplog.set_level(logging.INFO)
+    earlier = gw.create_order("AAPL", "BUY", 10, client_id=7)
+    gw.fill_order(earlier.order_id)
+    manager = make_manager(mask_accounts=False)
+    await manager.start()
+    await manager.ib.reqCurrentTimeAsync()
+    assert any(r.getMessage().startswith("position") and ACCOUNT in r.getMessage()
+               for r in caplog.records if r.name.endswith(".managed"))
+
+
+async def test_each_manager_masks_by_its_own_setting(
+    make_manager: Any, gw: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two managers in one process, masking on and off: each IB's lines follow its own."""
+    caplog.set_level(logging.INFO)
+    earlier = gw.create_order("AAPL", "BUY", 10, client_id=7)
+    gw.fill_order(earlier.order_id)
+    masked = make_manager(client_id=7)
+    await masked.start()
+    raw = make_manager(client_id=8, mask_accounts=False)
+    await raw.start()
+    for manager in (masked, raw):
+        await manager.ib.reqCurrentTimeAsync()
+    positions = [r.getMessage() for r in caplog.records
+                 if r.name.endswith(".managed") and r.getMessage().startswith("position")]
+    assert sum("DU***567" in line for line in positions) >= 1
+    assert sum(ACCOUNT in line for line in positions) >= 1
+
+
+async def _until(predicate: Any) -> None:
+    """Return once ``predicate()`` holds (the caller bounds the wait)."""
+    while not predicate():
+        await asyncio.sleep(0.005)
 
 
 async def test_stop_gives_the_client_its_loggers_back(make_manager: Any) -> None:
