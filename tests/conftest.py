@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -137,3 +139,45 @@ def clock() -> ManualClock:
 def machine(effects: RecordingEffects, clock: ManualClock) -> ConnectionMachine:
     """A machine on port 4002 with client id 7 and default policy."""
     return ConnectionMachine(effects, clock, port=4002, client_ids=[7], policy=RecoveryPolicy())
+
+
+# -- waits: for events, never for time ---------------------------------------------------------
+
+#: A hang guard, not an assertion: generous, so that a loaded machine never trips it.
+GUARD = 30.0
+
+
+async def wait_until(predicate: Callable[[], object], timeout: float = GUARD,
+                     what: str = "") -> None:
+    """Poll ``predicate`` on the running loop until it holds; fail after ``timeout`` s.
+
+    Args:
+        predicate: the condition awaited.
+        timeout: a hang guard: the test fails with ``what`` once it has passed.
+        what: what the test waits for, for the failure message.
+
+    Raises:
+        AssertionError: ``predicate`` did not hold within ``timeout`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or predicate}")
+        await asyncio.sleep(0.002)
+
+
+async def round_trip(ib: Any, guard: float = GUARD) -> None:
+    """A barrier: send a reqCurrentTime on ``ib``'s socket and wait for the answer.
+
+    One socket carries everything in order both ways, and the simulator answers
+    requests in the order they come: once the answer is back, the client has
+    handled every message the gateway sent before it, and the gateway has acted
+    on every request the client sent before it. A negative check ("nothing was
+    sent", "nothing changed") closes on this, never on a sleep.
+
+    Args:
+        ib: a connected ``IB`` of ib_insync or ib_async.
+        guard: a hang guard only.
+    """
+    await asyncio.wait_for(ib.reqCurrentTimeAsync(), guard)
