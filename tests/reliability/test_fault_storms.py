@@ -18,6 +18,7 @@ from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
 from ibkr_connection.simulator import FakeGateway, storm
 
 from .conftest import TracebackCatcher, fast_config, handler_counts
+from conftest import round_trip
 
 S = ConnectionState
 Make = Callable[..., ConnectionManager]
@@ -72,7 +73,7 @@ async def test_storm_against_real_client_recovers(
         backoff = manager.config.policy.backoff
         cap = max(backoff.max_delay, backoff.max_costly_delay)
         assert all(t.delay <= cap for t in manager.transcript if t.delay is not None)
-        await asyncio.sleep(0.1)
+        await round_trip(manager.ib)  # nothing the gateway sent moves it on
         assert manager.state is S.CONNECTED
         assert handler_counts(manager.ib) == counts
         assert sum(t.dest is S.BACKOFF for t in manager.transcript) >= 5, "the storm did no harm"

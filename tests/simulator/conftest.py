@@ -40,11 +40,6 @@ async def connect(
     await asyncio.sleep(0)
 
 
-async def settle(seconds: float = 0.05) -> None:
-    """Let loopback traffic flow for a fixed time (prefer ``until`` for what must happen)."""
-    await asyncio.sleep(seconds)
-
-
 async def until(predicate: Callable[[], object], what: str, guard: float = 30.0) -> None:
     """Poll the loop until ``predicate()`` holds; raise if ``what`` never happens.
 
