@@ -18,7 +18,7 @@ from ib_insync import IB
 from ibkr_connection import Config, ConnectionState, IBKRIBInsyncApi
 from ibkr_connection.simulator import FakeGateway
 
-ACCOUNT = "DU1234567"
+from conftest import ACCOUNT
 
 
 @dataclass

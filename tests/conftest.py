@@ -1,17 +1,27 @@
-"""Fixtures shared by the whole suite."""
+"""Fixtures shared by the whole suite.
+
+Here, once: the pure machine's recording effects port, the fast policy, the
+gateway simulator (``gw``), the client library of a run (``wire``, ``ib_factory``),
+a manager factory (``make_manager``), and the waits (``wait_until``, ``round_trip``).
+A directory's conftest.py changes a fixture's inputs (``wire``'s parameters,
+``manager_settings``, ``manager_port``), never builds a second copy of it.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import importlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
+from ibkr_connection import ConnectionConfig, ConnectionManager
 from ibkr_connection.clock import ManualClock
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.machine import ConnectionMachine, ConnectionState
-from ibkr_connection.policy import RecoveryPolicy
+from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
+from ibkr_connection.simulator import FakeGateway
 
 
 class RecordingEffects:
@@ -181,3 +191,76 @@ async def round_trip(ib: Any, guard: float = GUARD) -> None:
         guard: a hang guard only.
     """
     await asyncio.wait_for(ib.reqCurrentTimeAsync(), guard)
+
+
+# -- the simulator and managers on it ----------------------------------------------------------
+
+#: The simulator's one account.
+ACCOUNT = "DU1234567"
+
+#: A fast policy for tests: the defaults' shape, shorter costly delays.
+FAST_POLICY = RecoveryPolicy(backoff=BackoffPolicy(costly_delay=0.05, max_costly_delay=0.2))
+
+#: (client library, the simulator's highest server version) of a test that does not
+#: choose: ib_insync against a current gateway (178; ib_insync 0.9.86 speaks 176 to it).
+DEFAULT_WIRE = ("ib_insync", 178)
+
+
+@pytest.fixture
+def wire(request: pytest.FixtureRequest) -> tuple[str, int]:
+    """The client library and the simulator's highest server version of this run."""
+    return getattr(request, "param", DEFAULT_WIRE)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def ib_factory(wire: tuple[str, int]) -> Callable[[], Any]:
+    """Makes ``IB`` objects of the wire's client library."""
+    return importlib.import_module(wire[0]).IB  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def gw(wire: tuple[str, int]) -> AsyncIterator[FakeGateway]:
+    """A running simulator with one account and AAPL at 150, speaking up to the wire's version.
+
+    Faults a test left in force are healed before it stops.
+    """
+    gateway = FakeGateway(accounts=[ACCOUNT], next_order_id=100, prices={"AAPL": 150.0},
+                          server_version=wire[1])
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        gateway.unstall()
+        gateway.release_sync()
+        await gateway.stop()
+
+
+@pytest.fixture
+def manager_settings() -> dict[str, Any]:
+    """The ConnectionConfig fields of ``make_manager``'s managers (a directory may override)."""
+    return {"client_id": 7, "connect_timeout": 2.0, "policy": FAST_POLICY}
+
+
+@pytest.fixture
+def manager_port(gw: FakeGateway) -> int:
+    """The port ``make_manager``'s managers connect to (the proxy's, under tests/proxy)."""
+    return gw.port
+
+
+@pytest.fixture
+async def make_manager(
+    manager_port: int, ib_factory: Callable[[], Any], manager_settings: dict[str, Any],
+) -> AsyncIterator[Callable[..., ConnectionManager]]:
+    """Factory of managers driving a real ``IB`` on ``manager_port``; all stopped afterwards."""
+    made: list[ConnectionManager] = []
+
+    def make(**overrides: Any) -> ConnectionManager:
+        fields = dict(manager_settings, port=manager_port)
+        fields.update(overrides)
+        manager = ConnectionManager(ib_factory(), ConnectionConfig(**fields))
+        made.append(manager)
+        return manager
+
+    yield make
+    for manager in made:
+        await asyncio.wait_for(manager.stop(), GUARD)  # a stop that hangs is a failure

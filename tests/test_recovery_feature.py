@@ -12,23 +12,21 @@ from ib_insync import IB, Stock
 from pytest_bdd import given, parsers, scenarios, then, when
 
 from ibkr_connection import (
-    BackoffPolicy,
     ConnectionConfig,
     ConnectionManager,
     IBCController,
-    RecoveryPolicy,
 )
 from ibkr_connection.inputs import InputKind
 from ibkr_connection.machine import ConnectionState, Transition
 from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator.ibc import IbcCommandServer
 
+from conftest import FAST_POLICY as FAST
 from conftest import round_trip, wait_until
 
 scenarios("recovery.feature")
 
 T = TypeVar("T")
-FAST = RecoveryPolicy(backoff=BackoffPolicy(costly_delay=0.05, max_costly_delay=0.2))
 
 
 class World:

@@ -1,26 +1,22 @@
-"""Fixtures and helpers for the reliability suite: fast configs, condition waits, log capture."""
+"""The reliability suite: tight timeouts, a settle wait, log capture (shared: tests/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from ibkr_connection import BackoffPolicy, ConnectionConfig, ConnectionManager, RecoveryPolicy
+from ibkr_connection import ConnectionConfig, ConnectionManager
 from ibkr_connection.machine import ConnectionState
-from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator.storm import TracebackCatcher
 
-ACCOUNT = "DU1234567"
+from conftest import ACCOUNT, FAST_POLICY, wait_until
 
-#: The issue's tight policy: same shape as the defaults, short costly delays.
-FAST_POLICY = RecoveryPolicy(backoff=BackoffPolicy(costly_delay=0.05, max_costly_delay=0.2))
+__all__ = ["ACCOUNT", "FAST_POLICY", "TracebackCatcher", "wait_until"]
 
 #: The issue's tight timeouts, for every manager of this suite unless overridden.
 FAST_SETTINGS: dict[str, Any] = {
@@ -31,8 +27,6 @@ FAST_SETTINGS: dict[str, Any] = {
     "policy": FAST_POLICY,
 }
 
-Predicate = Callable[[], bool]
-
 
 def fast_config(port: int, **overrides: Any) -> ConnectionConfig:
     """Return the suite's tight config for ``port``, with ``overrides`` applied."""
@@ -41,13 +35,10 @@ def fast_config(port: int, **overrides: Any) -> ConnectionConfig:
     return ConnectionConfig(**fields)
 
 
-async def wait_until(predicate: Predicate, timeout: float = 5.0, what: str = "") -> None:
-    """Poll ``predicate`` on the running loop until it holds; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {what or predicate}")
-        await asyncio.sleep(0.005)
+@pytest.fixture
+def manager_settings() -> dict[str, Any]:
+    """``make_manager``'s managers here get the suite's tight timeouts."""
+    return dict(FAST_SETTINGS)
 
 
 async def settle(
@@ -110,7 +101,6 @@ WIRES: dict[str, list[tuple[str, int]]] = {
     "test_fault_matrix": [("ib_insync", 176), ("ib_async", 178)],
     "test_fault_storms": [("ib_insync", 176), ("ib_async", 178)],
 }
-DEFAULT_WIRE = ("ib_insync", 178)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -119,46 +109,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "wire" in metafunc.fixturenames and wires:
         ids = [f"{lib}-v{version}" for lib, version in wires]
         metafunc.parametrize("wire", wires, ids=ids, indirect=True)
-
-
-@pytest.fixture
-def wire(request: pytest.FixtureRequest) -> tuple[str, int]:
-    """The client library and the simulator's highest server version of this run."""
-    return getattr(request, "param", DEFAULT_WIRE)  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-async def gw(wire: tuple[str, int]) -> AsyncIterator[FakeGateway]:
-    """A running simulator with one account and AAPL at 150, speaking up to the wire's version."""
-    gateway = FakeGateway(accounts=[ACCOUNT], next_order_id=100, prices={"AAPL": 150.0},
-                          server_version=wire[1])
-    await gateway.start()
-    try:
-        yield gateway
-    finally:
-        gateway.unstall()
-        gateway.release_sync()
-        await gateway.stop()
-
-
-@pytest.fixture
-async def make_manager(
-    gw: FakeGateway, wire: tuple[str, int]
-) -> AsyncIterator[Callable[..., ConnectionManager]]:
-    """Factory of managers driving a real ``IB`` of the wire's library (ib_insync by
-    default) on ``gw``; all stopped afterwards."""
-    made: list[ConnectionManager] = []
-    ib_class = importlib.import_module(wire[0]).IB
-
-    def make(**overrides: Any) -> ConnectionManager:
-        manager = ConnectionManager(ib_class(), fast_config(gw.port, **overrides))
-        made.append(manager)
-        return manager
-
-    yield make
-    for manager in made:
-        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-            await asyncio.wait_for(manager.stop(), 2.0)
 
 
 def handler_counts(ib: Any) -> tuple[int, int, int]:
