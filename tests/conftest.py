@@ -156,6 +156,9 @@ def machine(effects: RecordingEffects, clock: ManualClock) -> ConnectionMachine:
 #: A hang guard, not an assertion: generous, so that a loaded machine never trips it.
 GUARD = 30.0
 
+#: Seconds after which a barrier's reqCurrentTime is sent again (see ``round_trip``).
+RESEND = 1.0
+
 
 async def wait_until(predicate: Callable[[], object], timeout: float = GUARD,
                      what: str = "") -> None:
@@ -186,11 +189,23 @@ async def round_trip(ib: Any, guard: float = GUARD) -> None:
     on every request the client sent before it. A negative check ("nothing was
     sent", "nothing changed") closes on this, never on a sleep.
 
+    A request whose answer has not come within a second is sent again: the client
+    keeps one pending reqCurrentTime (``wrapper.startReq("currentTime")``), so a
+    manager's heartbeat probe sent at the same moment takes the answer.
+
     Args:
         ib: a connected ``IB`` of ib_insync or ib_async.
         guard: a hang guard only.
     """
-    await asyncio.wait_for(ib.reqCurrentTimeAsync(), guard)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + guard
+    while True:
+        try:
+            await asyncio.wait_for(ib.reqCurrentTimeAsync(), RESEND)
+            return
+        except (TimeoutError, asyncio.TimeoutError):
+            if loop.time() > deadline:
+                raise AssertionError(f"hang guard: no reqCurrentTime answer in {guard} s") from None
 
 
 # -- the simulator and managers on it ----------------------------------------------------------
@@ -264,3 +279,48 @@ async def make_manager(
     yield make
     for manager in made:
         await asyncio.wait_for(manager.stop(), GUARD)  # a stop that hangs is a failure
+
+
+async def on_live_session(manager: ConnectionManager, state: ConnectionState,
+                          timeout: float = GUARD) -> None:
+    """Wait until ``manager`` is in ``state`` on a live session: a round trip answered in it.
+
+    The state alone does not say the manager has caught up: right after the gateway
+    drops the socket, the manager is "connected" until its client reads the close. A
+    reqCurrentTime answered proves the socket is live, so every message the gateway
+    sent before has been handled (and the machine's moves are made as they are fed);
+    ``state`` must still hold after it. A round trip lost with a closing socket is
+    retried on the next session, and one whose answer a heartbeat probe took (see
+    ``round_trip``) is sent again.
+
+    Args:
+        manager: the manager to watch.
+        state: a state with a session (connected, degraded, lost).
+        timeout: a hang guard: AssertionError once it has passed.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    others = [s for s in ConnectionState if s is not state]
+    while True:
+        left = deadline - loop.time()
+        if left <= 0:
+            moves = [t.dest.value for t in manager.transcript[-8:]]
+            raise AssertionError(f"no live session in {state.value} within {timeout} s; now "
+                                 f"{manager.state.value}, last moves {moves}")
+        try:
+            await manager.wait_for(state, timeout=left)
+        except TimeoutError:
+            continue
+        # The answer, or the manager leaving the state (its client then drops the
+        # round trip with the socket): whichever comes first.
+        answer = asyncio.ensure_future(manager.ib.reqCurrentTimeAsync())
+        away = asyncio.ensure_future(manager.wait_for(*others))
+        await asyncio.wait({answer, away}, timeout=min(left, RESEND),
+                           return_when=asyncio.FIRST_COMPLETED)
+        for task in (answer, away):
+            task.cancel()
+        await asyncio.gather(answer, away, return_exceptions=True)
+        if (answer.done() and not answer.cancelled() and answer.exception() is None
+                and manager.state is state):
+            return
+        await asyncio.sleep(0.002)  # the old socket is closing: poll for the next session

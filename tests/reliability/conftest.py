@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from ibkr_connection import ConnectionConfig, ConnectionManager
+from ibkr_connection.inputs import InputKind
 from ibkr_connection.machine import ConnectionState
 from ibkr_connection.simulator.storm import TracebackCatcher
 
-from conftest import ACCOUNT, FAST_POLICY, wait_until
+from conftest import ACCOUNT, FAST_POLICY, on_live_session, wait_until
 
-__all__ = ["ACCOUNT", "FAST_POLICY", "TracebackCatcher", "wait_until"]
+__all__ = ["ACCOUNT", "FAST_POLICY", "TracebackCatcher", "on_live_session", "wait_until"]
+
+S = ConnectionState
 
 #: The issue's tight timeouts, for every manager of this suite unless overridden.
 FAST_SETTINGS: dict[str, Any] = {
@@ -42,38 +43,39 @@ def manager_settings() -> dict[str, Any]:
 
 
 async def settle(
-    manager: ConnectionManager, expected: ConnectionState, *, quiet: float = 0.12,
-    timeout: float = 6.0, cycling: frozenset[ConnectionState] = frozenset(),
+    manager: ConnectionManager, expected: ConnectionState, *, before: int, healed: int,
+    timeout: float = 10.0,
 ) -> None:
-    """Wait until the manager is in ``expected`` and made no other move for ``quiet`` s.
+    """Wait for the events that show a fault played out, the manager resting in ``expected``.
+
+    No quiet window: each end state has its own closing event.
+
+    - connected, degraded, lost: a round trip answered on a live session in that state
+      (``on_live_session``);
+    - backoff: the gateway refuses connections, so the manager cycles through
+      connecting; an attempt refused after the heal shows it backing off again, and
+      no move after the heal went anywhere else;
+    - disconnected, failed: no timer runs there and the gateway cannot reach the
+      manager, so nothing moves it: no move since the fault.
 
     Args:
         manager: the manager to watch.
         expected: the state it must end in.
-        quiet: seconds without a move (other than within ``cycling``) that count as settled.
-        timeout: give up (AssertionError) after this many seconds.
-        cycling: states the manager may pass through while settled (``backoff`` cycles
-            through ``connecting`` while the gateway refuses connections).
+        before: the length of its transcript before the fault.
+        healed: the length of its transcript once the fault was healed.
+        timeout: a hang guard (AssertionError).
     """
-    allowed = cycling | {expected}
-    deadline = time.monotonic() + timeout
-    seen = len(manager.transcript)
-    calm_since = time.monotonic()
-    while True:
-        now = time.monotonic()
-        moves = manager.transcript[seen:]
-        seen = len(manager.transcript)
-        if any(t.dest not in allowed for t in moves) or manager.state not in allowed:
-            calm_since = now
-        if manager.state is expected and now - calm_since >= quiet:
-            return
-        if now > deadline:
-            path = [t.dest.value for t in manager.transcript[-8:]]
-            raise AssertionError(
-                f"did not settle in {expected.value} within {timeout}s; now "
-                f"{manager.state.value}, last moves {path}"
-            )
-        await asyncio.sleep(0.005)
+    if expected in (S.CONNECTED, S.DEGRADED, S.LOST):
+        await on_live_session(manager, expected, timeout)
+    elif expected is S.BACKOFF:
+        await wait_until(lambda: any(t.dest is S.BACKOFF and t.trigger is InputKind.ATTEMPT_FAILED
+                                     for t in manager.transcript[healed:]),
+                         timeout, "an attempt refused after the heal")
+        later = [t.dest for t in manager.transcript[healed:]]
+        assert set(later) <= {S.BACKOFF, S.CONNECTING}, later
+    else:
+        assert manager.state is expected, manager.state
+        assert manager.transcript[before:] == [], manager.transcript[before:]
 
 
 @pytest.fixture
