@@ -83,7 +83,10 @@ async def test_storm_against_real_client_recovers(
         audit = storm.audit_orders(gw, api.orders, client_id=7)
         assert audit.clean, audit.line()
         assert manager.in_flight.uncertain == []
-        assert bot.placed >= 5 and sum(bot.outcomes.values()) >= 1, (
+        # How many orders the bot places depends on how long the sessions between
+        # faults last, which a loaded machine shortens (2..4 seen where 5 was asked):
+        # the audit needs orders that the storm caught, not a count.
+        assert bot.placed >= 1 and sum(bot.outcomes.values()) >= 1, (
             f"the storm must place orders and catch some: {audit.line()}, {bot.outcomes}")
     finally:
         await manager.stop()
