@@ -18,7 +18,7 @@ from ib_insync import IB
 from ibkr_connection import Config, ConnectionState, IBKRIBInsyncApi
 from ibkr_connection.simulator import FakeGateway
 
-ACCOUNT = "DU1234567"
+from conftest import ACCOUNT
 
 
 @dataclass
@@ -49,16 +49,16 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 #: The simulator's highest server version for the broker suites. Their client is
 #: ib_insync 0.9.86, which offers up to 176: against a 178 gateway (as against a
-#: current TWS) it speaks 176. tests/test_broker_versions.py drives the wrapper
-#: with ib_async at 178.
-SERVER_VERSIONS = [157, 176, 178]
+#: current TWS) it speaks 176. No decision of the wrapper depends on the version:
+#: tests/test_broker_versions.py drives it at 157, 176 and with ib_async at 178.
+SERVER_VERSION = 178
 
 
-@pytest.fixture(params=SERVER_VERSIONS, ids=["v157", "v176", "v178-gateway"])
-def gw(loop: asyncio.AbstractEventLoop, request: pytest.FixtureRequest) -> Iterator[FakeGateway]:
-    """A running gateway on a free port with one account and AAPL at 150, once per version."""
+@pytest.fixture
+def gw(loop: asyncio.AbstractEventLoop) -> Iterator[FakeGateway]:
+    """A running gateway on a free port with one account and AAPL at 150."""
     gateway = FakeGateway(accounts=[ACCOUNT], next_order_id=100, prices={"AAPL": 150.0},
-                          server_version=request.param)
+                          server_version=SERVER_VERSION)
     loop.run_until_complete(gateway.start())
     yield gateway
     loop.run_until_complete(gateway.stop())
@@ -116,11 +116,6 @@ def round_trip(api: IBKRIBInsyncApi, guard: float = 30.0) -> None:
     answer.result()
 
 
-def pump(api: IBKRIBInsyncApi, seconds: float = 0.1) -> None:
-    """Let loopback traffic flow for ``seconds``."""
-    api.handle_callbacks(seconds)
-
-
 def sessions(api: IBKRIBInsyncApi) -> int:
     """Count the sessions the manager has opened so far."""
     return sum(
@@ -130,5 +125,5 @@ def sessions(api: IBKRIBInsyncApi) -> int:
     )
 
 
-__all__ = ["ACCOUNT", "Context", "ctx", "gw", "loop", "make_api", "pump", "pump_until", "run",
-           "sessions"]
+__all__ = ["ACCOUNT", "Context", "ctx", "gw", "loop", "make_api", "pump_until", "round_trip",
+           "run", "sessions"]

@@ -1,15 +1,27 @@
-"""Fixtures shared by the whole suite."""
+"""Fixtures shared by the whole suite.
+
+Here, once: the pure machine's recording effects port, the fast policy, the
+gateway simulator (``gw``), the client library of a run (``wire``, ``ib_factory``),
+a manager factory (``make_manager``), and the waits (``wait_until``, ``round_trip``).
+A directory's conftest.py changes a fixture's inputs (``wire``'s parameters,
+``manager_settings``, ``manager_port``), never builds a second copy of it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
+from ibkr_connection import ConnectionConfig, ConnectionManager
 from ibkr_connection.clock import ManualClock
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.machine import ConnectionMachine, ConnectionState
-from ibkr_connection.policy import RecoveryPolicy
+from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
+from ibkr_connection.simulator import FakeGateway
 
 
 class RecordingEffects:
@@ -137,3 +149,178 @@ def clock() -> ManualClock:
 def machine(effects: RecordingEffects, clock: ManualClock) -> ConnectionMachine:
     """A machine on port 4002 with client id 7 and default policy."""
     return ConnectionMachine(effects, clock, port=4002, client_ids=[7], policy=RecoveryPolicy())
+
+
+# -- waits: for events, never for time ---------------------------------------------------------
+
+#: A hang guard, not an assertion: generous, so that a loaded machine never trips it.
+GUARD = 30.0
+
+#: Seconds after which a barrier's reqCurrentTime is sent again (see ``round_trip``).
+RESEND = 1.0
+
+
+async def wait_until(predicate: Callable[[], object], timeout: float = GUARD,
+                     what: str = "") -> None:
+    """Poll ``predicate`` on the running loop until it holds; fail after ``timeout`` s.
+
+    Args:
+        predicate: the condition awaited.
+        timeout: a hang guard: the test fails with ``what`` once it has passed.
+        what: what the test waits for, for the failure message.
+
+    Raises:
+        AssertionError: ``predicate`` did not hold within ``timeout`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or predicate}")
+        await asyncio.sleep(0.002)
+
+
+async def round_trip(ib: Any, guard: float = GUARD) -> None:
+    """A barrier: send a reqCurrentTime on ``ib``'s socket and wait for the answer.
+
+    One socket carries everything in order both ways, and the simulator answers
+    requests in the order they come: once the answer is back, the client has
+    handled every message the gateway sent before it, and the gateway has acted
+    on every request the client sent before it. A negative check ("nothing was
+    sent", "nothing changed") closes on this, never on a sleep.
+
+    A request whose answer has not come within a second is sent again: the client
+    keeps one pending reqCurrentTime (``wrapper.startReq("currentTime")``), so a
+    manager's heartbeat probe sent at the same moment takes the answer.
+
+    Args:
+        ib: a connected ``IB`` of ib_insync or ib_async.
+        guard: a hang guard only.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + guard
+    while True:
+        try:
+            await asyncio.wait_for(ib.reqCurrentTimeAsync(), RESEND)
+            return
+        except (TimeoutError, asyncio.TimeoutError):
+            if loop.time() > deadline:
+                raise AssertionError(f"hang guard: no reqCurrentTime answer in {guard} s") from None
+
+
+# -- the simulator and managers on it ----------------------------------------------------------
+
+#: The simulator's one account.
+ACCOUNT = "DU1234567"
+
+#: A fast policy for tests: the defaults' shape, shorter costly delays.
+FAST_POLICY = RecoveryPolicy(backoff=BackoffPolicy(costly_delay=0.05, max_costly_delay=0.2))
+
+#: (client library, the simulator's highest server version) of a test that does not
+#: choose: ib_insync against a current gateway (178; ib_insync 0.9.86 speaks 176 to it).
+DEFAULT_WIRE = ("ib_insync", 178)
+
+
+@pytest.fixture
+def wire(request: pytest.FixtureRequest) -> tuple[str, int]:
+    """The client library and the simulator's highest server version of this run."""
+    return getattr(request, "param", DEFAULT_WIRE)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def ib_factory(wire: tuple[str, int]) -> Callable[[], Any]:
+    """Makes ``IB`` objects of the wire's client library."""
+    return importlib.import_module(wire[0]).IB  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def gw(wire: tuple[str, int]) -> AsyncIterator[FakeGateway]:
+    """A running simulator with one account and AAPL at 150, speaking up to the wire's version.
+
+    Faults a test left in force are healed before it stops.
+    """
+    gateway = FakeGateway(accounts=[ACCOUNT], next_order_id=100, prices={"AAPL": 150.0},
+                          server_version=wire[1])
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        gateway.unstall()
+        gateway.release_sync()
+        await gateway.stop()
+
+
+@pytest.fixture
+def manager_settings() -> dict[str, Any]:
+    """The ConnectionConfig fields of ``make_manager``'s managers (a directory may override)."""
+    return {"client_id": 7, "connect_timeout": 2.0, "policy": FAST_POLICY}
+
+
+@pytest.fixture
+def manager_port(gw: FakeGateway) -> int:
+    """The port ``make_manager``'s managers connect to (the proxy's, under tests/proxy)."""
+    return gw.port
+
+
+@pytest.fixture
+async def make_manager(
+    manager_port: int, ib_factory: Callable[[], Any], manager_settings: dict[str, Any],
+) -> AsyncIterator[Callable[..., ConnectionManager]]:
+    """Factory of managers driving a real ``IB`` on ``manager_port``; all stopped afterwards."""
+    made: list[ConnectionManager] = []
+
+    def make(**overrides: Any) -> ConnectionManager:
+        fields = dict(manager_settings, port=manager_port)
+        fields.update(overrides)
+        manager = ConnectionManager(ib_factory(), ConnectionConfig(**fields))
+        made.append(manager)
+        return manager
+
+    yield make
+    for manager in made:
+        await asyncio.wait_for(manager.stop(), GUARD)  # a stop that hangs is a failure
+
+
+async def on_live_session(manager: ConnectionManager, state: ConnectionState,
+                          timeout: float = GUARD) -> None:
+    """Wait until ``manager`` is in ``state`` on a live session: a round trip answered in it.
+
+    The state alone does not say the manager has caught up: right after the gateway
+    drops the socket, the manager is "connected" until its client reads the close. A
+    reqCurrentTime answered proves the socket is live, so every message the gateway
+    sent before has been handled (and the machine's moves are made as they are fed);
+    ``state`` must still hold after it. A round trip lost with a closing socket is
+    retried on the next session, and one whose answer a heartbeat probe took (see
+    ``round_trip``) is sent again.
+
+    Args:
+        manager: the manager to watch.
+        state: a state with a session (connected, degraded, lost).
+        timeout: a hang guard: AssertionError once it has passed.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    others = [s for s in ConnectionState if s is not state]
+    while True:
+        left = deadline - loop.time()
+        if left <= 0:
+            moves = [t.dest.value for t in manager.transcript[-8:]]
+            raise AssertionError(f"no live session in {state.value} within {timeout} s; now "
+                                 f"{manager.state.value}, last moves {moves}")
+        try:
+            await manager.wait_for(state, timeout=left)
+        except TimeoutError:
+            continue
+        # The answer, or the manager leaving the state (its client then drops the
+        # round trip with the socket): whichever comes first.
+        answer = asyncio.ensure_future(manager.ib.reqCurrentTimeAsync())
+        away = asyncio.ensure_future(manager.wait_for(*others))
+        await asyncio.wait({answer, away}, timeout=min(left, RESEND),
+                           return_when=asyncio.FIRST_COMPLETED)
+        for task in (answer, away):
+            task.cancel()
+        await asyncio.gather(answer, away, return_exceptions=True)
+        if (answer.done() and not answer.cancelled() and answer.exception() is None
+                and manager.state is state):
+            return
+        await asyncio.sleep(0.002)  # the old socket is closing: poll for the next session

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from ib_insync import LimitOrder, MarketOrder, Stock
 
 import broker_support
-from broker_support import pump, pump_until, run, sessions
+from broker_support import pump_until, round_trip, run, sessions
 from ibkr_connection import IBKRIBInsyncApi
 from ibkr_connection.simulator import FakeGateway
 
@@ -37,7 +37,7 @@ def test_master_session_keeps_another_clients_order_apart(
     other_exec = gw.fill_order(own.order.orderId, price=151.0)
     run(loop, gw.drop_clients())
     assert pump_until(api, lambda: api.connected and sessions(api) == 2)
-    pump(api, 0.1)
+    round_trip(api)
     orders = api.snapshot()["orders"]
     assert [e["execution_id"] for e in orders[key]["executions"]] == [own_exec]
     assert [c["execution_id"] for c in orders[key]["commissions"]] == [own_exec]
@@ -67,5 +67,5 @@ def test_order_cancelled_while_away_shows_cancelled_after_the_reconnect(
     gw.cancel_order(working.order.orderId)
     run(loop, gw.start_listening())
     assert pump_until(api, lambda: api.connected and sessions(api) == 2)
-    pump(api, 0.05)
+    round_trip(api)
     assert api.orders[key]["status"] == "Cancelled"

@@ -156,7 +156,7 @@ def test_connection_config_fallback_ids_and_readonly_are_used(
         assert sorted(c.client_id for c in gw.clients) == [32, 33]
         with pytest.raises(OrderRejectedError, match="read-only"):
             api.place_order(Stock("AAPL", "SMART", "USD"), MarketOrder("BUY", 1))
-        api.handle_callbacks(0.05)
+        broker_support.round_trip(api)
         assert gw.requests_named("placeOrder") == []
     finally:
         squatter.disconnect()

@@ -14,7 +14,7 @@ import ib_async
 import pytest
 
 import broker_support
-from broker_support import pump, pump_until, run, sessions
+from broker_support import pump_until, round_trip, run, sessions
 from ibkr_connection import Config, IBKRIBInsyncApi
 from ibkr_connection.simulator import FakeGateway
 
@@ -95,7 +95,7 @@ def test_fills_and_cancel_while_away_are_recovered_once(
     assert pump_until(api, lambda: sorted(
         e["execution_id"] for e in api.snapshot()["orders"][str(filled.order.orderId)][
             "executions"]) == wanted)
-    pump(api, 0.1)
+    round_trip(api)
     book = api.snapshot()["orders"]
     entry = book[str(filled.order.orderId)]
     assert (entry["filled"], entry["status"]) == (6.0, "Filled")

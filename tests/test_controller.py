@@ -19,6 +19,8 @@ from ibkr_connection.errors import ConfigError
 from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator.ibc import IbcCommandServer
 
+from conftest import wait_until
+
 
 @pytest.fixture
 async def gw() -> AsyncIterator[FakeGateway]:
@@ -65,8 +67,7 @@ async def test_restart_drops_clients_and_comes_back_healthy(
     controller = IBCController(port=ibc.port)
     assert await controller.restart() == "RESTART in progress"
     await asyncio.sleep(0)
-    while ibc.restarting:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: not ibc.restarting, what="the restart is over")
     assert not ib.isConnected()
     assert ibc.restarts == 1 and not gw.stalled
     await ib.connectAsync("127.0.0.1", gw.port, clientId=1, timeout=5)

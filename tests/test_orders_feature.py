@@ -29,9 +29,6 @@ loop = broker_support.loop
 make_api = broker_support.make_api
 
 scenarios("orders.feature")
-# Every scenario on each of the simulator's versions (broker_support.gw is parametrized):
-# steps ask for fixtures only while running, so the parameter must be known up front.
-pytestmark = pytest.mark.usefixtures("gw")
 
 AAPL = Stock("AAPL", "SMART", "USD")
 

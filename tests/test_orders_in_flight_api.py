@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import broker_support
-from broker_support import pump, pump_until, run, sessions
+from broker_support import pump_until, round_trip, run, sessions
 from ibkr_connection import Config, IBKRIBInsyncApi, OrderRejectedError
 from ibkr_connection.inflight import Resolution
 from ibkr_connection.simulator import FakeGateway
@@ -71,7 +71,7 @@ def _back(api: IBKRIBInsyncApi, gw: FakeGateway, loop: asyncio.AbstractEventLoop
     """Accept connections again and wait for the ``count``-th session."""
     run(loop, gw.start_listening())
     assert pump_until(api, lambda: api.connected and sessions(api) >= count)
-    pump(api, 0.05)
+    round_trip(api)
 
 
 def test_order_whose_answer_is_lost_is_uncertain_then_filled_once(
@@ -154,7 +154,7 @@ def test_cancel_and_order_while_away_are_refused_and_never_sent_later(
     with pytest.raises(OrderRejectedError, match="not connected"):
         api.place_order(_aapl(lib), trade.order)
     _back(api, gw, loop)
-    pump(api, 0.1)
+    round_trip(api)
     assert gw.requests_named("cancelOrder") == []
     assert len(gw.requests_named("placeOrder")) == 1
     assert gw.orders[trade.order.orderId].total_quantity == 3

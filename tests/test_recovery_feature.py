@@ -12,21 +12,21 @@ from ib_insync import IB, Stock
 from pytest_bdd import given, parsers, scenarios, then, when
 
 from ibkr_connection import (
-    BackoffPolicy,
     ConnectionConfig,
     ConnectionManager,
     IBCController,
-    RecoveryPolicy,
 )
 from ibkr_connection.inputs import InputKind
 from ibkr_connection.machine import ConnectionState, Transition
 from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator.ibc import IbcCommandServer
 
+from conftest import FAST_POLICY as FAST
+from conftest import round_trip, wait_until
+
 scenarios("recovery.feature")
 
 T = TypeVar("T")
-FAST = RecoveryPolicy(backoff=BackoffPolicy(costly_delay=0.05, max_costly_delay=0.2))
 
 
 class World:
@@ -39,6 +39,7 @@ class World:
         self.manager: ConnectionManager | None = None
         self.others: list[IB] = []
         self.mark = 0
+        self.dropped = 0
         self.connections = 0
         self.new_port = 0
 
@@ -103,6 +104,7 @@ def _bot(world: World, client_id: int) -> None:
 @given(parsers.parse("another program is connected with client id {client_id:d}"))
 def _squatter(world: World, client_id: int) -> None:
     gw = world.gateway
+    world.dropped = len(world.bot.transcript)
     world.run(gw.drop_clients())
     squatter = IB()
     world.others.append(squatter)
@@ -164,19 +166,19 @@ def _restart(world: World, outage: float) -> None:
 @when(parsers.parse("IB reports code {code:d}"))
 def _code(world: World, code: int) -> None:
     world.run(world.gateway.send_error(code))
-    world.run(asyncio.sleep(0.05))
+    world.run(round_trip(world.bot.ib))  # the bot has heard the code
 
 
 @when(parsers.parse('the "{farm}" data farm breaks'))
 def _farm_broken(world: World, farm: str) -> None:
     world.run(world.gateway.farm_broken(farm))
-    world.run(asyncio.sleep(0.05))
+    world.run(round_trip(world.bot.ib))  # the bot has heard the farm's code
 
 
 @when(parsers.parse('the "{farm}" data farm is OK again'))
 def _farm_ok(world: World, farm: str) -> None:
     world.run(world.gateway.farm_ok(farm))
-    world.run(asyncio.sleep(0.05))
+    world.run(round_trip(world.bot.ib))  # the bot has heard the farm's code
 
 
 @when("the gateway stops answering")
@@ -191,7 +193,12 @@ def _unstall(world: World) -> None:
 
 @when("the connection drops")
 def _drop(world: World) -> None:
-    world.run(asyncio.sleep(0.05))
+    # The drop came with the squatter (it had to take the id while the bot was away):
+    # here the bot has noticed it.
+    world.run(wait_until(
+        lambda: any(t.source is ConnectionState.CONNECTED
+                    for t in world.bot.transcript[world.dropped:]),
+        what="the bot noticed the drop"))
 
 
 @when("the gateway resets its API port")
@@ -247,7 +254,8 @@ def _requested_again(world: World) -> None:
 
 @then("AAPL market data was not requested again")
 def _not_requested(world: World) -> None:
-    world.run(asyncio.sleep(0.05))
+    # A re-request would be sent when the bot handled the code, before this barrier.
+    world.run(round_trip(world.bot.ib))
     assert len(world.gateway.requests_named("reqMktData")) == 1
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.simulator import FakeGateway
 
 from .conftest import FAST
+from conftest import wait_until
 
 S = ConnectionState
 
@@ -33,8 +33,7 @@ async def test_a_close_during_the_attempt_is_forwarded_and_the_attempt_reports_i
                                        policy=FAST), journal=out)
     gw.hold_sync("reqPositions")
     manager.feed(Input(InputKind.CONNECT, message="connect"))
-    while not gw.requests_named("reqPositions"):
-        await asyncio.sleep(0.005)
+    await wait_until(lambda: gw.requests_named("reqPositions"), what="startup sync under way")
     await gw.drop_clients()
     await manager.wait_for(S.BACKOFF, timeout=2)
     gw.release_sync()
@@ -85,8 +84,8 @@ async def test_an_incomplete_sync_after_a_reconnect_is_still_caught(
     await manager.start()
     gw.hold_sync("reqPositions")
     await gw.drop_clients()
-    while not any(t.trigger is InputKind.ATTEMPT_FAILED for t in manager.transcript):
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: any(t.trigger is InputKind.ATTEMPT_FAILED for t in manager.transcript),
+                     what="an attempt failed")
     failure = next(t for t in manager.transcript if t.trigger is InputKind.ATTEMPT_FAILED)
     assert failure.source is S.CONNECTING and failure.dest is S.BACKOFF
     assert "sync" in failure.cause.lower() or "timed out" in failure.cause

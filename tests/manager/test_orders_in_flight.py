@@ -21,6 +21,8 @@ from ibkr_connection.inflight import Resolution
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.simulator import FakeGateway
 
+from conftest import round_trip
+
 S = ConnectionState
 Make = Callable[..., ConnectionManager]
 
@@ -187,7 +189,7 @@ async def test_order_answered_just_before_the_drop_is_not_uncertain(
     await _until(lambda: manager.state is not S.CONNECTED, what="the drop")
     assert trade.orderStatus.status == "Submitted"
     await _sessions(manager, 2)
-    await asyncio.sleep(0.05)
+    await round_trip(manager.ib)
     assert events.uncertain == [] and events.resolved == []
     assert _received(gw, "placeOrder", trade.order.orderId) == 1
 
@@ -250,7 +252,7 @@ async def test_cancel_or_modify_while_away_is_refused_never_queued(
         manager.ib.placeOrder(contract, order)
     await gw.start_listening()
     await _sessions(manager, 2)
-    await asyncio.sleep(0.1)
+    await round_trip(manager.ib)
     assert gw.requests_named("cancelOrder") == []
     assert _received(gw, "placeOrder", trade.order.orderId) == 1
     assert gw.orders[trade.order.orderId].total_quantity == 5

@@ -1,4 +1,4 @@
-"""Fixtures for the proxy tests: the simulator as the upstream gateway, the proxy in front."""
+"""The proxy tests: the simulator (tests/conftest.py ``gw``) upstream, the proxy in front."""
 
 from __future__ import annotations
 
@@ -6,28 +6,19 @@ import asyncio
 import contextlib
 import importlib
 import struct
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from ibkr_connection import BackoffPolicy, ConnectionConfig, ConnectionManager, RecoveryPolicy
 from ibkr_connection.proxy import ProxyServer
 from ibkr_connection.simulator import FakeGateway
 
-ACCOUNT = "DU1234567"
+from conftest import ACCOUNT, FAST_POLICY, wait_until
 
-#: A fast policy: the defaults' shape with short costly delays.
-FAST = RecoveryPolicy(backoff=BackoffPolicy(costly_delay=0.05, max_costly_delay=0.2))
-
-
-@pytest.fixture
-async def gw() -> AsyncIterator[FakeGateway]:
-    """The upstream: a simulator on 127.0.0.1, port 0, with AAPL at 150."""
-    async with FakeGateway(accounts=[ACCOUNT], next_order_id=100,
-                           prices={"AAPL": 150.0}) as gateway:
-        yield gateway
+#: The names this directory's modules import.
+FAST = FAST_POLICY
+__all__ = ["ACCOUNT", "FAST", "wait_until"]
 
 
 @pytest.fixture
@@ -46,32 +37,9 @@ def ib_factory(request: pytest.FixtureRequest) -> Callable[[], Any]:
 
 
 @pytest.fixture
-async def make_manager(
-    proxy: ProxyServer, ib_factory: Callable[[], Any]
-) -> AsyncIterator[Callable[..., ConnectionManager]]:
-    """Managers connecting through ``proxy``; every one is stopped afterwards."""
-    made: list[ConnectionManager] = []
-
-    def make(**overrides: Any) -> ConnectionManager:
-        fields: dict[str, Any] = {"port": proxy.port, "client_id": 7, "connect_timeout": 2.0,
-                                  "policy": FAST}
-        fields.update(overrides)
-        manager = ConnectionManager(ib_factory(), ConnectionConfig(**fields))
-        made.append(manager)
-        return manager
-
-    yield make
-    for manager in made:
-        await manager.stop()
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {what or predicate}")
-        await asyncio.sleep(0.005)
+def manager_port(proxy: ProxyServer) -> int:
+    """``make_manager``'s managers connect through the proxy."""
+    return proxy.port
 
 
 def frame(*fields: object) -> bytes:

@@ -24,6 +24,7 @@ from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator.scenario import ScenarioError
 
 from .conftest import RawClient, frame, wait_until
+from conftest import on_live_session
 
 Make = Callable[..., ConnectionManager]
 Row = tuple[str, str, str, int | None]
@@ -47,21 +48,9 @@ def _rows(manager: ConnectionManager, since: int = 0) -> list[Row]:
             for t in manager.transcript[since:]]
 
 
-async def _settled(manager: ConnectionManager, state: ConnectionState, quiet: float = 0.15,
-                   timeout: float = 8.0) -> None:
-    """Wait until the manager is in ``state`` and made no move for ``quiet`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    count, since = -1, loop.time()
-    while True:
-        now = loop.time()
-        if len(manager.transcript) != count:
-            count, since = len(manager.transcript), now
-        if manager.state is state and now - since >= quiet:
-            return
-        if now > deadline:
-            raise AssertionError(f"not settled in {state.value}: {_rows(manager)[-6:]}")
-        await asyncio.sleep(0.01)
+async def _settled(manager: ConnectionManager, state: ConnectionState) -> None:
+    """Wait until the manager is in ``state`` on a live session (a round trip answered)."""
+    await on_live_session(manager, state, timeout=8.0)
 
 
 async def _on_backoff(manager: ConnectionManager, heal: Callable[[], Any]) -> None:

@@ -27,6 +27,7 @@ from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator import protocol as wire
 
 from .conftest import TracebackCatcher, fast_config, wait_until
+from conftest import round_trip
 
 S = ConnectionState
 Make = Callable[..., ConnectionManager]
@@ -245,7 +246,7 @@ async def test_odd_codes_change_nothing(
     text = message.encode("utf-8", "replace").decode("utf-8")
     await gw.send_error(code, message=text)
     await gw.send_error(code, message=text, req_id=42)
-    await asyncio.sleep(0.05)
+    await round_trip(manager.ib)  # both codes handled
     assert manager.state is S.CONNECTED
     assert [t.dest for t in manager.transcript] == [S.CONNECTING, S.CONNECTED]
     assert tracebacks.escaped() == []

@@ -1,7 +1,19 @@
-"""Fault matrix: every simulator fault, in every reachable state, against a real ib_insync IB.
+"""Fault matrix: every socket-level fault in every reachable state, against a real IB client.
 
 The expected end states are written out by hand below (read off the README's
 machine and the simulator's behaviour), never derived from the code under test.
+
+Decisions are proved pure, integration once. Turning an IB code into an input
+does not depend on the state, and what each state does with each input is the
+hand-written grid of tests/test_machine_table.py (``test_outcome``, one case per
+(state, input)). So the socket faults run in every column here, and the IB codes
+in two representative columns only: ``connected`` (a session up, every code
+moves or keeps it) and ``lost`` (the restore codes end it). Each code cell left
+out is named by ``test_dropped_code_cells_are_in_the_pure_grid``. The simulator's
+``wedge`` and ``stall`` are one fault (sockets accepted, nothing answered): the
+``stall`` row is the wedge's. Each module runs on one wire per client library
+(ib_insync at 176, ib_async at 178, see conftest); test_fault_matrix_at_157 is
+the smoke run at 157.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ from dataclasses import replace
 import pytest
 from ib_insync import IB, LimitOrder, MarketOrder, Stock
 
+import test_machine_table as pure_grid
 from ibkr_connection import (
     BackoffPolicy,
     Config,
@@ -50,27 +63,19 @@ Make = Callable[..., ConnectionManager]
 #:   failed        max_attempts=1 exhausted against a closed port (the port reopens)
 #:   restarting    a controller (an IBC command server that never answers) was asked to
 #:                 restart the wedged gateway (restart_after=1); the wedge is then
-#:                 lifted, and restart_wait (1 s) ends the restart
+#:                 lifted, and a short restart_wait (RESTART_WAIT) ends the restart
 STATES = ("connected", "degraded", "lost", "backoff", "connecting_hs", "connecting_sy",
           "disconnected", "failed", "restarting")
 
-#: The end state per (fault, start state), once the fault played out (persistent
+#: The machine state each column starts in.
+START = {"connected": C, "degraded": D, "lost": L, "backoff": B,
+         "connecting_hs": S.CONNECTING, "connecting_sy": S.CONNECTING,
+         "disconnected": X, "failed": F, "restarting": S.RESTARTING}
+
+#: The end state per (socket fault, start state), once the fault played out (persistent
 #: faults are held, then healed) and the manager made no move for a while.
 EXPECTED: dict[str, tuple[ConnectionState, ...]] = {
     #                 conn  degr  lost  back  c_hs  c_sy  disc  fail  rest
-    "code_1100":     (L,    L,    L,    B,    C,    L,    X,    F,    C),
-    "code_1101":     (C,    D,    C,    B,    C,    C,    X,    F,    C),
-    "code_1102":     (C,    D,    C,    B,    C,    C,    X,    F,    C),
-    "code_2103":     (D,    D,    L,    B,    C,    D,    X,    F,    C),
-    "code_2104":     (C,    C,    L,    B,    C,    C,    X,    F,    C),
-    "code_2105":     (D,    D,    L,    B,    C,    D,    X,    F,    C),
-    "code_2106":     (C,    D,    L,    B,    C,    C,    X,    F,    C),
-    "code_2157":     (D,    D,    L,    B,    C,    D,    X,    F,    C),
-    "code_2158":     (C,    D,    L,    B,    C,    C,    X,    F,    C),
-    "code_2110":     (D,    D,    L,    B,    C,    D,    X,    F,    C),
-    "code_1300":     (C,    D,    C,    B,    C,    C,    X,    F,    C),
-    "code_10182":    (C,    D,    L,    B,    C,    C,    X,    F,    C),
-    "code_9999":     (C,    D,    L,    B,    C,    C,    X,    F,    C),
     "drop_clients":  (C,    D,    C,    B,    C,    C,    X,    F,    C),
     "stop_listening": (C,   D,    L,    B,    C,    C,    X,    F,    C),
     "restart":       (C,    D,    C,    C,    C,    C,    X,    F,    C),
@@ -79,10 +84,58 @@ EXPECTED: dict[str, tuple[ConnectionState, ...]] = {
     "held_sync":     (C,    D,    L,    B,    C,    C,    X,    F,    C),
 }
 
-CASES = [(state, fault) for fault in EXPECTED for state in STATES]
+#: The columns where the IB codes are played, in the column order of CODE_EXPECTED.
+CODE_STATES = ("connected", "lost")
+
+#: The end state per (IB code, start state) in those two columns.
+CODE_EXPECTED: dict[str, tuple[ConnectionState, ConnectionState]] = {
+    #                 conn  lost
+    "code_1100":     (L,    L),
+    "code_1101":     (C,    C),
+    "code_1102":     (C,    C),
+    "code_2103":     (D,    L),
+    "code_2104":     (C,    L),
+    "code_2105":     (D,    L),
+    "code_2106":     (C,    L),
+    "code_2157":     (D,    L),
+    "code_2158":     (C,    L),
+    "code_2110":     (D,    L),
+    "code_1300":     (C,    C),
+    "code_10182":    (C,    L),
+    "code_9999":     (C,    L),
+}
+
+#: The input each code becomes (None: logged only, no input in any state), written
+#: out by hand, and the grid row of each column: the code cells not played here are
+#: (row, input) cases of tests/test_machine_table.py::test_outcome.
+CODE_INPUT: dict[str, str | None] = {
+    "code_1100": "connectivity_lost", "code_1101": "restored_data_lost",
+    "code_1102": "restored_data_kept", "code_2103": "farm_broken", "code_2104": "farm_ok",
+    "code_2105": "farm_broken", "code_2106": "farm_ok", "code_2157": "farm_broken",
+    "code_2158": "farm_ok", "code_2110": "server_link_broken", "code_1300": "port_reset",
+    "code_10182": None, "code_9999": None,
+}
+GRID_ROW = {"connected": "connected", "degraded": "degraded", "lost": "lost",
+            "backoff": "backoff", "connecting_hs": "connecting", "connecting_sy": "connecting",
+            "disconnected": "disconnected", "failed": "failed", "restarting": "restarting"}
+
+CASES = ([(state, fault) for fault in EXPECTED for state in STATES]
+         + [(state, fault) for fault in CODE_EXPECTED for state in CODE_STATES])
+
+
+def _expected(state: str, fault: str) -> ConnectionState:
+    """The hand-written end state of the cell."""
+    if fault in CODE_EXPECTED:
+        return CODE_EXPECTED[fault][CODE_STATES.index(state)]
+    return EXPECTED[fault][STATES.index(state)]
+
 
 #: Seconds a persistent fault is held when the manager does not react to it sooner.
 HOLD = {"stop_listening": 0.25, "stall": 1.0, "handshake_delay": 0.25, "held_sync": 0.25}
+
+#: How long the restarting column's restart lasts: long enough for the fault to be
+#: injected while it runs, short enough that the column costs little.
+RESTART_WAIT = 0.3
 
 #: Attempts in the connecting columns get more time than 0.5 s so that the fault,
 #: not a timeout on a loaded machine, decides the outcome.
@@ -106,7 +159,7 @@ async def _enter(state: str, make: Make, gw: FakeGateway) -> ConnectionManager:
         gw.ibc = IbcCommandServer(gw, silent=True)
         await gw.ibc.start()
         manager = make(ibc_port=gw.ibc.port, policy=replace(
-            FAST_POLICY, restart_after=1, restart_wait=1.0, restart_cooldown=600.0))
+            FAST_POLICY, restart_after=1, restart_wait=RESTART_WAIT, restart_cooldown=600.0))
         await manager.start(timeout=3)
         gw.wedge()
         await manager.wait_for(S.RESTARTING, timeout=3)
@@ -194,7 +247,7 @@ async def test_fault_in_state(
     tracebacks: TracebackCatcher,
 ) -> None:
     """The fault leaves the manager in its declared state, with no leak and no escape."""
-    expected = EXPECTED[fault][STATES.index(state)]
+    expected = _expected(state, fault)
     # An execution booked before the session and one booked during the fault.
     gw.fill_mode = "manual"
     booked = gw.create_order("AAPL", "BUY", 10, client_id=7)
@@ -203,12 +256,13 @@ async def test_fault_in_state(
     manager = await _enter(state, make_manager, gw)
     ib = manager.ib
     counts = handler_counts(ib)
+    assert manager.state is START[state], "the fault would not hit the column's state"
 
+    before = len(manager.transcript)
     await _inject(fault, manager, gw)
     gw.fill_order(working.order_id)
     await _leave_connecting(state, gw)
-    cycling = frozenset({S.CONNECTING}) if expected is B else frozenset()
-    await settle(manager, expected, cycling=cycling)
+    await settle(manager, expected, before=before, healed=len(manager.transcript))
 
     assert handler_counts(ib) == counts, "handlers were added or removed"
     if expected in (C, D, L):
@@ -220,12 +274,22 @@ async def test_fault_in_state(
 
 def test_matrix_covers_every_reachable_state() -> None:
     """Every state of the machine is the start of a column of the matrix."""
-    starts = {"connected": C, "degraded": D, "lost": L, "backoff": B,
-              "connecting_hs": S.CONNECTING, "connecting_sy": S.CONNECTING,
-              "disconnected": X, "failed": F, "restarting": S.RESTARTING}
-    assert set(starts) == set(STATES)
-    assert set(starts.values()) == set(ConnectionState)
+    assert set(START) == set(STATES)
+    assert set(START.values()) == set(ConnectionState)
     assert all(len(row) == len(STATES) for row in EXPECTED.values())
+    assert set(CODE_STATES) <= set(STATES)
+
+
+def test_dropped_code_cells_are_in_the_pure_grid() -> None:
+    """Each code cell not played over a socket is a (state, input) case of the pure grid."""
+    dropped = [(state, fault) for fault in CODE_EXPECTED for state in STATES
+               if state not in CODE_STATES]
+    assert len(dropped) == len(CODE_EXPECTED) * (len(STATES) - len(CODE_STATES))
+    for state, fault in dropped:
+        row, column = GRID_ROW[state], CODE_INPUT[fault]
+        assert row in pure_grid.EXPECTED, (state, fault)
+        # A logged-only code is no input: nothing in any state (tests/test_codes.py).
+        assert column is None or column in pure_grid.COLUMNS, (state, fault)
 
 
 # -- fills across drops and restarts ----------------------------------------------------------

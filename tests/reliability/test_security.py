@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from ib_insync import IB, LimitOrder, MarketOrder, Stock
 
+from broker_support import round_trip as api_round_trip
 from ibkr_connection import (
     Config,
     ConnectionManager,
@@ -20,7 +21,8 @@ from ibkr_connection.health import HealthServer
 from ibkr_connection.metrics import ConnectionMetrics
 from ibkr_connection.simulator import FakeGateway
 
-from .conftest import ACCOUNT, FAST_POLICY, fast_config
+from .conftest import ACCOUNT, FAST_POLICY, fast_config, wait_until
+from conftest import round_trip
 
 S = ConnectionState
 Make = Callable[..., ConnectionManager]
@@ -85,8 +87,8 @@ async def _connect_and_fail(manager: ConnectionManager, gw: FakeGateway) -> None
     await manager.start(timeout=3)
     since = len(manager.transcript)
     await gw.drop_clients()
-    while not (manager.state is S.CONNECTED and len(manager.transcript) > since + 2):
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: manager.state is S.CONNECTED and len(manager.transcript) > since + 2,
+                     what="connected again after the drop")
     await manager.stop()
 
 
@@ -168,7 +170,7 @@ def test_read_only_refuses_orders_and_sends_none(sync_gw: FakeGateway) -> None:
                 api.place_order(contract, order)
         with pytest.raises(OrderRejectedError, match="read-only"):
             api.cancel_order(100)
-        api.handle_callbacks(0.1)
+        api_round_trip(api)
         assert sync_gw.requests_named("placeOrder") == []
         assert sync_gw.requests_named("cancelOrder") == []
         assert sync_gw.orders == {} and api.orders == {}
@@ -194,7 +196,7 @@ async def test_read_only_manager_refuses_orders_on_the_client(
         ib.cancelOrder(order)
     with pytest.raises(OrderRejectedError, match=r"IB\.reqGlobalCancel refused"):
         ib.reqGlobalCancel()
-    await asyncio.sleep(0.05)
+    await round_trip(ib)  # anything sent before has reached the gateway
     for name in ("placeOrder", "cancelOrder", "reqGlobalCancel"):
         assert gw.requests_named(name) == [], name
     assert ib.trades() == []

@@ -1,4 +1,4 @@
-"""Fixtures for the gateway simulator tests."""
+"""The gateway simulator tests: plain clients on the simulator (``gw``: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,9 @@ from ib_insync import IB
 
 from ibkr_connection.simulator import FakeGateway
 
-ACCOUNT = "DU1234567"
+from conftest import ACCOUNT, wait_until
 
-
-@pytest.fixture
-async def gw() -> AsyncIterator[FakeGateway]:
-    """A running gateway on a free port with one account and AAPL at 150."""
-    async with FakeGateway(accounts=[ACCOUNT], next_order_id=100, prices={"AAPL": 150.0}) as g:
-        yield g
+__all__ = ["ACCOUNT"]
 
 
 @pytest.fixture
@@ -40,18 +35,9 @@ async def connect(
     await asyncio.sleep(0)
 
 
-async def settle(seconds: float = 0.05) -> None:
-    """Let loopback traffic flow for a fixed time (prefer ``until`` for what must happen)."""
-    await asyncio.sleep(seconds)
-
-
 async def until(predicate: Callable[[], object], what: str, guard: float = 30.0) -> None:
     """Poll the loop until ``predicate()`` holds; raise if ``what`` never happens.
 
     The guard only stops a hung test: it is not the assertion, so it is generous.
     """
-    deadline = asyncio.get_running_loop().time() + guard
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"hang guard: {what} did not happen within {guard} s")
-        await asyncio.sleep(0.001)
+    await wait_until(predicate, guard, f"hang guard: {what}")

@@ -11,7 +11,7 @@ from ib_insync import IB, LimitOrder, Stock
 
 from ibkr_connection.simulator import FakeGateway
 
-from .conftest import settle
+from conftest import round_trip
 
 Connect = Callable[..., Coroutine[Any, Any, IB]]
 AAPL = Stock("AAPL", "SMART", "USD")
@@ -69,7 +69,7 @@ async def test_cancel_fault_catches_cancels_only(gw: FakeGateway, connect: Conne
     ib = await connect()
     gw.lose_next_order_ack("cancelOrder")
     trade = ib.placeOrder(AAPL, LimitOrder("BUY", 2, 140.0))
-    await settle()
+    await round_trip(ib)
     assert ib.isConnected() and trade.orderStatus.status == "Submitted"
     ib.cancelOrder(trade.order)
     await _gone(ib)
@@ -84,7 +84,7 @@ async def test_fault_for_one_client_spares_the_others(gw: FakeGateway, connect: 
     two = await connect(client_id=2)
     gw.lose_next_order(client_id=2)
     ones = one.placeOrder(AAPL, LimitOrder("BUY", 1, 140.0))
-    await settle()
+    await round_trip(one)
     assert one.isConnected() and ones.orderStatus.status == "Submitted"
     two.placeOrder(AAPL, LimitOrder("BUY", 1, 140.0))
     await _gone(two)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 from importlib import resources
 from pathlib import Path
@@ -23,6 +22,8 @@ from ibkr_connection.simulator.scenario import (
     run_scenario,
     shipped_scenarios,
 )
+
+from conftest import round_trip
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -167,7 +168,7 @@ async def test_run_scenario_delivers_steps() -> None:
         seen: list[int] = []
         ib.errorEvent += lambda r, code, m, c: seen.append(code)
         await run_scenario(gw, sc)
-        await asyncio.sleep(0.05)
+        await round_trip(ib)  # every code the scenario sent is heard
         ib.disconnect()
     assert seen == [1100, 2105, 1100, 2103, 2105, 1101, 2104, 2106]
     assert gw.fill_mode == ("parts", 3)

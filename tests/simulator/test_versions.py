@@ -18,7 +18,7 @@ from ibkr_connection.simulator import FakeGateway, layouts
 from ibkr_connection.simulator import cli as sim_cli
 from ibkr_connection.simulator import protocol as p
 
-from .conftest import settle
+from conftest import round_trip
 
 #: Highest version each client library offers in its handshake.
 CLIENT_MAX = {"ib_insync": 176, "ib_async": 178}
@@ -360,7 +360,7 @@ async def test_unreadable_request_gets_320_and_the_sessions_go_on(case: str) -> 
         ib.errorEvent += lambda r, code, text, contract: errors.append((r, code, text))
         try:
             ib.client.sendMsg("\0".join(fields) + "\0")
-            await settle(0.1)
+            await round_trip(ib)
             assert [(r, code) for r, code, _ in errors] == [(req_id, 320)]
             assert errors[0][2].startswith("Error reading request. ")
             assert gw.orders == {} and gw.clients[0].mkt_data == {}
@@ -389,9 +389,9 @@ async def test_order_fill_and_reject_over_a_session(lib: str, cap: int) -> None:
             contract = module.Stock("AAPL", "SMART", "USD")
             await ib.qualifyContractsAsync(contract)
             trade = ib.placeOrder(contract, module.LimitOrder("BUY", 7, 149.5, orderRef="v"))
-            await settle()
+            await round_trip(ib)
             ex = gw.fill_order(trade.order.orderId, quantity=3)
-            await settle()
+            await round_trip(ib)
             [fill] = trade.fills
             assert (fill.execution.execId, fill.execution.price) == (ex.exec_id, 149.5)
             assert fill.execution.time == ex.time.replace(microsecond=0)
@@ -401,7 +401,7 @@ async def test_order_fill_and_reject_over_a_session(lib: str, cap: int) -> None:
             assert trade.orderStatus.filled == 3.0 and trade.order.orderRef == "v"
             await gw.send_error(201, 4, "Order rejected - reason: size",
                                 req_id=trade.order.orderId, advanced_reject_json=REJECT_JSON)
-            await settle()
+            await round_trip(ib)
             assert trade.advancedError == (REJECT_JSON if cap >= 166 else "")
         finally:
             ib.disconnect()

@@ -10,7 +10,7 @@ import pytest
 from ib_insync import IB, MarketOrder
 
 import broker_support
-from broker_support import pump, pump_until, run
+from broker_support import pump_until, round_trip, run
 from ibkr_connection import (
     BackoffPolicy,
     Config,
@@ -31,7 +31,7 @@ def test_a_contract_of_the_other_backend_is_refused_before_sending(make_api, gw)
     assert api.connect()
     with pytest.raises(UsageError, match="ib_async"):
         api.place_order(ib_async.Stock("AAPL", "SMART", "USD"), MarketOrder("BUY", 1))
-    pump(api, 0.1)
+    round_trip(api)
     assert gw.requests_named("placeOrder") == []
     assert api.orders == {}
 

@@ -21,9 +21,6 @@ gw = broker_support.gw
 loop = broker_support.loop
 
 scenarios("connection.feature")
-# Every scenario on each of the simulator's versions (broker_support.gw is parametrized):
-# steps ask for fixtures only while running, so the parameter must be known up front.
-pytestmark = pytest.mark.usefixtures("gw")
 
 
 @pytest.fixture
@@ -142,6 +139,7 @@ def _graceful(api: IBKRIBInsyncApi, ctx: Context, gw: FakeGateway) -> None:
     """No exception, state disconnected, no reconnect, and the gateway saw the client leave."""
     assert ctx.error is None
     assert pump_until(api, lambda: not gw.connections, timeout=2.0)
-    api.handle_callbacks(0.3)
+    # "No reconnect later" is a decision: disconnected ignores every timer
+    # (tests/test_machine_table.py::test_outcome, its disconnected row).
     assert api.state is ConnectionState.DISCONNECTED
     assert gw.clients == [] and gw.handshakes == 1
