@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from ibkr_connection.proxy.injection import (
@@ -54,7 +55,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                              "cannot play are rejected")
     parser.add_argument("--record", default=None, metavar="FILE",
                         help="write every relayed session to FILE (JSON Lines, "
-                             "docs/recording.md)")
+                             "docs/recording.md); FILE is created once the proxy listens, "
+                             "and an existing FILE is refused unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --record replace an existing FILE")
     parser.add_argument("--mask-accounts", action="store_true",
                         help="mask account ids in the recording (MASKED1, MASKED2 ...)")
     parser.add_argument("--duration", type=float, default=None,
@@ -101,10 +105,8 @@ async def serve(args: argparse.Namespace, scenario: Scenario | None,
         Exit status.
     """
     host, port = parse_endpoint(args.upstream)
-    recorder = (RecordingWriter(args.record, upstream=f"{host}:{port}",
-                                mask_accounts=args.mask_accounts)
-                if args.record else None)
-    proxy = ProxyServer(host, port, host=args.host, port=args.port, recorder=recorder,
+    recorder: RecordingWriter | None = None
+    proxy = ProxyServer(host, port, host=args.host, port=args.port,
                         notify=_write, inspect=scenario is not None and needs_inspection(scenario))
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -114,6 +116,13 @@ async def serve(args: argparse.Namespace, scenario: Scenario | None,
     tasks: list[asyncio.Task[None]] = []
     try:
         await proxy.start()
+        if args.record:
+            # Opened only now that the proxy listens: a proxy that cannot start
+            # leaves the file as it was.
+            recorder = RecordingWriter(args.record, upstream=f"{host}:{port}",
+                                       mask_accounts=args.mask_accounts,
+                                       overwrite=args.overwrite)
+            proxy.recorder = recorder
         _write(f"proxy listening on {args.host}:{proxy.port}, relaying to {proxy.upstream}"
                + (f", recording to {recorder.path}" if recorder else ""))
         if scenario is not None:
@@ -146,11 +155,15 @@ def run(args: argparse.Namespace) -> int:
 
     Returns:
         0 on a clean exit (Ctrl-C and SIGTERM included), 2 for a bad
-        ``--upstream`` or scenario, 1 if the port or the recording file is unusable.
+        ``--upstream`` or scenario or an existing ``--record`` file without
+        ``--overwrite``, 1 if the port or the recording file is unusable.
     """
     try:
         parse_endpoint(args.upstream)
         scenario = load_relay_scenario(args.scenario) if args.scenario else None
+        if args.record and not args.overwrite and Path(args.record).exists():
+            raise ValueError(f"--record {args.record}: the file exists; pass --overwrite to "
+                             "replace it, or name another file")
     except (ValueError, ScenarioError) as exc:
         sys.stderr.write(f"ibkr-connection proxy: {exc}\n")
         return 2

@@ -110,6 +110,8 @@ class RecordingWriter:
         upstream: ``host:port`` of the gateway relayed to, for the header.
         mask_accounts: Mask account ids (see the module docstring).
         clock: Monotonic clock; ``t`` is seconds since the writer was made.
+        overwrite: Replace a file that exists at ``target``; when False, an
+            existing file raises :class:`FileExistsError` and is left as it was.
 
     Attributes:
         lines: Lines written so far, header included.
@@ -123,10 +125,13 @@ class RecordingWriter:
         upstream: str = "",
         mask_accounts: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        overwrite: bool = True,
     ) -> None:
         if isinstance(target, (str, Path)):
-            # Line buffered: each line reaches the OS as it is written.
-            self._file: IO[str] = open(target, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
+            # Line buffered: each line reaches the OS as it is written. Mode "x"
+            # never truncates: a recording already there is not lost.
+            mode = "w" if overwrite else "x"
+            self._file: IO[str] = open(target, mode, encoding="utf-8", buffering=1)  # noqa: SIM115
             self._owned = True
             self.path = str(target)
         else:
