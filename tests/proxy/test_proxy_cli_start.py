@@ -5,6 +5,9 @@ Each test runs the real CLI as a child process.
 
 from __future__ import annotations
 
+import asyncio
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -70,3 +73,71 @@ def test_record_overwrite_replaces_the_file_once_listening(tmp_path: Path) -> No
     assert len(lines) == 1, lines
     assert lines[0].startswith('{"type":"header","recording":"ibkr-connection","format":1,')
     assert lines[0].endswith(',"upstream":"127.0.0.1:4002","masked":false}')
+
+
+@pytest.mark.parametrize("upstream", ["localhost:4002:1", "::1:4002", "[::1]x:4002"])
+def test_upstream_with_a_stray_colon_is_refused_at_start(upstream: str) -> None:
+    """An --upstream that is not HOST:PORT is one line naming it, exit 2, before listening."""
+    done = _run("proxy", "--upstream", upstream, "--port", "0", "--duration", "5")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"ibkr-connection proxy: --upstream {upstream!r}: expected HOST:PORT (an IPv6 host in "
+        "brackets, e.g. [::1]:4002)"]
+
+
+def _proxy_lines(upstream: str) -> list[str]:
+    done = _run("proxy", "--upstream", upstream, "--port", "0", "--duration", "3")
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_the_proxy_says_at_start_that_the_upstream_answers() -> None:
+    """A live upstream: a line saying it answers the API handshake, with its version."""
+    from ibkr_connection.simulator import FakeGateway
+
+    async def main() -> list[str]:
+        async with FakeGateway(server_version=176) as gw:
+            child = await asyncio.create_subprocess_exec(
+                *COMMAND, "proxy", "--upstream", f"127.0.0.1:{gw.port}", "--port", "0",
+                "--duration", "60", stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            assert child.stdout is not None
+            try:
+                return [(await asyncio.wait_for(child.stdout.readline(), 60)).decode().rstrip()
+                        for _ in range(2)]
+            finally:
+                child.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(child.communicate(), 60)
+
+    lines = asyncio.run(main())
+    assert lines[0].startswith("proxy listening on 127.0.0.1:"), lines
+    assert re.fullmatch(r"upstream 127\.0\.0\.1:\d+ answers the API handshake "
+                        r"\(server version 176\)", lines[1]), lines
+
+
+def test_the_proxy_says_at_start_that_the_upstream_is_down(free_port: int) -> None:
+    """Nothing on the upstream port: a notice that it does not answer yet; the proxy runs on."""
+    lines = _proxy_lines(f"127.0.0.1:{free_port}")
+    assert lines[1].startswith(f"upstream 127.0.0.1:{free_port} does not answer yet ("), lines
+    assert lines[1].endswith("sessions that open before it does are closed"), lines
+    assert lines[-1] == "proxy stopped"
+
+
+def test_the_proxy_says_at_start_that_the_upstream_is_not_an_api_port(
+    taken_port: int,
+) -> None:
+    """A socket that accepts and never speaks the API: named as maybe not a TWS API port."""
+    lines = _proxy_lines(f"127.0.0.1:{taken_port}")
+    assert lines[1] == (
+        f"upstream 127.0.0.1:{taken_port} accepts connections but does not answer the API "
+        "handshake within 2s: not a TWS API port, or a gateway still starting?"), lines
+    assert lines[-1] == "proxy stopped"
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -45,7 +45,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                     "a scenario's faults, records every session.",
     )
     parser.add_argument("--upstream", required=True, metavar="HOST:PORT",
-                        help="the real gateway, e.g. 127.0.0.1:4002")
+                        help="the real gateway, e.g. 127.0.0.1:4002 ([::1]:4002 for IPv6); "
+                             "a line at start says whether it answers the API handshake")
     parser.add_argument("--port", type=int, required=True,
                         help="port the bots connect to (0 = any free port, printed)")
     parser.add_argument("--host", default="127.0.0.1",
@@ -74,9 +75,15 @@ def parse_endpoint(text: str) -> tuple[str, int]:
         ValueError: Not a host and a port from 1 to 65535.
     """
     host, sep, port_s = text.rpartition(":")
-    host = host.strip("[]")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
     if not sep or not host:
         raise ValueError(f"--upstream {text!r}: expected HOST:PORT")
+    if ":" in host and not bracketed:
+        # "localhost:4002:1" would otherwise connect to port 1 of a host named
+        # "localhost:4002" and fail every session; an IPv6 host needs brackets.
+        raise ValueError(f"--upstream {text!r}: expected HOST:PORT (an IPv6 host in "
+                         "brackets, e.g. [::1]:4002)")
     try:
         port = int(port_s)
     except ValueError:
@@ -90,6 +97,10 @@ def _write(text: str) -> None:
     """Write a line to stdout at once (a supervisor's pipe must not sit on it)."""
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+async def _probe(proxy: ProxyServer) -> None:
+    await proxy.probe_upstream()
 
 
 async def serve(args: argparse.Namespace, scenario: Scenario | None,
@@ -128,6 +139,8 @@ async def serve(args: argparse.Namespace, scenario: Scenario | None,
         if scenario is not None:
             _write(f"scenario {scenario.source}: {len(scenario.steps)} step(s)")
             tasks.append(asyncio.ensure_future(run_relay_scenario(proxy, scenario)))
+        # Whether the gateway answers, said once it is known; the proxy serves meanwhile.
+        tasks.append(asyncio.ensure_future(_probe(proxy)))
         waiter = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait([waiter], timeout=args.duration)

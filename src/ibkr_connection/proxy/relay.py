@@ -51,6 +51,10 @@ DEFAULT_FARMS = ("usfarm", "ushmds", "secdefil")
 #: Receives the operator's lines: one per session and per fault.
 Notify = Callable[[str], None]
 
+#: The version range :meth:`ProxyServer.probe_upstream` offers: the simulator's
+#: whole range, which a real gateway of any recent build answers.
+_PROBE_RANGE = b"v157..178"
+
 class ProxyServer:
     """A fault-injecting, recording relay in front of a real TWS / IB Gateway.
 
@@ -242,6 +246,50 @@ class ProxyServer:
                   f"{sessions} session(s)")
         if self.recorder is not None:
             self.recorder.fault(action, params, sessions)
+
+    async def probe_upstream(self, timeout: float = 2.0) -> str:
+        """Say whether the gateway answers: a TCP connect and the API handshake.
+
+        The probe sends the ``API\\0`` opening and a version range and reads the
+        gateway's answer, then closes without ``startApi`` (no client id is
+        taken), as the manager's own gateway probe does. Never fatal: the
+        gateway may come later, and sessions connect to it when they open.
+
+        Args:
+            timeout: Seconds allowed for the connect, and again for the answer.
+
+        Returns:
+            The one-line notice, also said (see :meth:`say`).
+        """
+        where = f"upstream {self.upstream}"
+        opened: asyncio.StreamWriter | None = None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.upstream_host, self.upstream_port), timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            line = (f"{where} does not answer yet ({str(exc) or type(exc).__name__}); "
+                    "sessions that open before it does are closed")
+        else:
+            opened = writer
+            try:
+                writer.write(wire.API_PREFIX + wire.frame(_PROBE_RANGE))
+                await writer.drain()
+                size = wire.frame_size(await asyncio.wait_for(reader.readexactly(4), timeout))
+                version = wire.parse_server_hello(
+                    await asyncio.wait_for(reader.readexactly(size), timeout))
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+                version = None
+            if version is None:
+                line = (f"{where} accepts connections but does not answer the API "
+                        f"handshake within {timeout:g}s: not a TWS API port, or a gateway "
+                        "still starting?")
+            else:
+                line = f"{where} answers the API handshake (server version {version})"
+        finally:
+            if opened is not None:
+                opened.close()
+        self.say(line)
+        return line
 
     # ------------------------------------------------------------------ faults
     def _inject_error(self, code: int, client_id: int | None, text: str, req_id: int) -> int:

@@ -151,6 +151,18 @@ def iter_payloads(frames: bytes) -> list[bytes]:
     return out
 
 
+def frame_size(prefix: bytes) -> int:
+    """Read a frame's 4-byte length prefix.
+
+    Raises:
+        ValueError: The length is beyond :data:`MAX_FRAME` (not a TWS stream).
+    """
+    size = int(_LEN.unpack(prefix)[0])
+    if size > MAX_FRAME:
+        raise ValueError(f"frame length {size} is not a TWS frame's")
+    return size
+
+
 def frame(payload: bytes) -> bytes:
     """Prefix a payload with its 4-byte big-endian length."""
     return _LEN.pack(len(payload)) + payload
