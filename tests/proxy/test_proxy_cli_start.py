@@ -50,15 +50,15 @@ def test_record_refuses_an_existing_file_without_overwrite(tmp_path: Path) -> No
 
 
 def test_record_keeps_the_file_when_the_port_is_taken(tmp_path: Path, taken_port: int) -> None:
-    """--record --overwrite with the listening port taken: exit 1 and the file untouched."""
+    """--record --overwrite with the listening port taken: one line naming it, exit 2, file kept."""
     record = tmp_path / "rec.jsonl"
     record.write_text(KEPT)
     done = _run("proxy", "--upstream", "127.0.0.1:4002", "--port", str(taken_port),
                 "--record", str(record), "--overwrite", "--duration", "0.1")
-    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stdout == ""
-    [line] = done.stderr.splitlines()
-    assert line.startswith("ibkr-connection proxy: ") and str(taken_port) in line, line
+    assert done.stderr.splitlines() == [
+        f"ibkr-connection proxy: cannot listen on 127.0.0.1:{taken_port}: Address already in use"]
     assert record.read_text() == KEPT
 
 

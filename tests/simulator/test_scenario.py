@@ -225,11 +225,11 @@ def test_cli_runs_a_shipped_scenario_by_name(name: str) -> None:
     assert args.func(args) == 0
 
 
-def test_cli_unknown_scenario_name_exit_code(caplog: pytest.LogCaptureFixture) -> None:
+def test_cli_unknown_scenario_name_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     """An unknown scenario name exits 2 and lists the shipped ones."""
     args = _sim("--port", "0", "--scenario", "nightly_rest")
     assert args.func(args) == 2
-    assert "shipped: gateway_restart, hung_gateway, nightly_reset" in caplog.text
+    assert "shipped: gateway_restart, hung_gateway, nightly_reset" in capsys.readouterr().err
 
 
 def test_cli_lists_shipped_scenarios(capsys: pytest.CaptureFixture[str]) -> None:

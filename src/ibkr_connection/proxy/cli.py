@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from ibkr_connection.proxy.injection import (
 )
 from ibkr_connection.proxy.recording import RecordingWriter
 from ibkr_connection.proxy.relay import ProxyServer
+from ibkr_connection.proxy.session import addr
 from ibkr_connection.simulator.scenario import Scenario, ScenarioError
 
 logger = logging.getLogger(__name__)
@@ -126,7 +128,14 @@ async def serve(args: argparse.Namespace, scenario: Scenario | None,
             loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[None]] = []
     try:
-        await proxy.start()
+        try:
+            await proxy.start()
+        except OSError as exc:
+            # asyncio rewords the error ("error while attempting to bind on
+            # address ..."); the errno's own text is the reason.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ListenError(f"cannot listen on {addr(args.host, args.port)}: {reason}"
+                              ) from exc
         if args.record:
             # Opened only now that the proxy listens: a proxy that cannot start
             # leaves the file as it was.
@@ -163,13 +172,18 @@ async def serve(args: argparse.Namespace, scenario: Scenario | None,
     return 0
 
 
+class ListenError(Exception):
+    """The port the proxy was told to listen on cannot be bound (one line, exit 2)."""
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ibkr-connection proxy``.
 
     Returns:
-        0 on a clean exit (Ctrl-C and SIGTERM included), 2 for a bad
-        ``--upstream`` or scenario or an existing ``--record`` file without
-        ``--overwrite``, 1 if the port or the recording file is unusable.
+        0 on a clean exit (Ctrl-C and SIGTERM included); 2, after one line on
+        stderr, for a bad ``--upstream`` or scenario, an existing ``--record``
+        file without ``--overwrite``, or a port that cannot be listened on; 1
+        if the recording file cannot be written.
     """
     try:
         parse_endpoint(args.upstream)
@@ -184,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(serve(args, scenario))
     except KeyboardInterrupt:  # a second Ctrl-C while stopping
         return 0
+    except ListenError as exc:
+        sys.stderr.write(f"ibkr-connection proxy: {exc}\n")
+        return 2
     except OSError as exc:
         sys.stderr.write(f"ibkr-connection proxy: {exc}\n")
         return 1

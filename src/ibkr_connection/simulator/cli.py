@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -159,10 +160,20 @@ async def serve(args: argparse.Namespace) -> int:
         gw = ReplayGateway(recording, **settings)
         spoken = f"replaying server version {recording.version or gw.server_version}"
     ibc_port = getattr(args, "ibc_port", None)
+    try:
+        await gw.start()
+    except OSError as exc:
+        raise ListenError(args.host, args.port, "", exc) from exc
     if ibc_port is not None:
-        gw.ibc = IbcCommandServer(gw, args.host, ibc_port,
-                                  restart_outage=getattr(args, "ibc_restart_outage", 1.0))
-    async with gw:
+        ibc = IbcCommandServer(gw, args.host, ibc_port,
+                               restart_outage=getattr(args, "ibc_restart_outage", 1.0))
+        try:
+            await ibc.start()
+        except OSError as exc:
+            await gw.stop()
+            raise ListenError(args.host, ibc_port, " (IBC command server)", exc) from exc
+        gw.ibc = ibc  # stopped with the gateway
+    try:
         logger.info(
             "simulator ready on %s:%d accounts=%s %s",
             args.host,
@@ -193,8 +204,26 @@ async def serve(args: argparse.Namespace) -> int:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+    finally:
+        await gw.stop()
     logger.info("simulator stopped")
     return 0
+
+
+class ListenError(Exception):
+    """A port the simulator was told to listen on cannot be bound; says which, in one line."""
+
+    def __init__(self, host: str, port: int, what: str, exc: OSError) -> None:
+        # asyncio rewords the error ("error while attempting to bind on address
+        # ...: address already in use"); the errno's own text is the reason.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        super().__init__(f"cannot listen on {host}:{port}{what}: {reason}")
+
+
+def _fail(message: object) -> int:
+    """Say why ``sim`` cannot run, in the one-line style of the other commands; return 2."""
+    sys.stderr.write(f"ibkr-connection sim: {message}\n")
+    return 2
 
 
 def run(args: argparse.Namespace) -> int:
@@ -204,8 +233,9 @@ def run(args: argparse.Namespace) -> int:
         args: Parsed arguments.
 
     Returns:
-        0 on a clean exit (or after listing the scenarios), 2 for a bad or
-        unknown scenario or an unreadable recording, 1 if the port is unusable.
+        0 on a clean exit (or after listing the scenarios); 2, after one line
+        on stderr, for a bad or unknown scenario, an unreadable recording, or
+        a port (the gateway's or IBC's) that cannot be listened on.
     """
     if args.list_scenarios:
         return list_scenarios()
@@ -214,15 +244,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         logger.info("simulator stopped")
         return 0
-    except ScenarioError as exc:
-        logger.error("%s", exc)
-        return 2
-    except RecordingError as exc:
-        sys.stderr.write(f"ibkr-connection sim: {exc}\n")
-        return 2
-    except OSError as exc:
-        logger.error("cannot listen on %s:%s: %s", args.host, args.port, exc)
-        return 1
+    except (ScenarioError, RecordingError, ListenError) as exc:
+        return _fail(exc)
 
 
 def list_scenarios() -> int:
@@ -233,12 +256,8 @@ def list_scenarios() -> int:
     """
     try:
         shipped = shipped_scenarios()
-    except ScenarioError as exc:
-        logger.error("%s", exc)
-        return 2
-    except RecordingError as exc:
-        sys.stderr.write(f"ibkr-connection sim: {exc}\n")
-        return 2
+    except (ScenarioError, RecordingError) as exc:
+        return _fail(exc)
     width = max((len(name) for name in shipped), default=0)
     for name, scenario in shipped.items():
         sys.stdout.write(f"{name:<{width}}  {scenario.description}\n")
