@@ -141,3 +141,46 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_the_proxy_says_each_event_once(tmp_path: Path) -> None:
+    """stdout and stderr together: one line for the start, one per fault, none repeated."""
+    from ib_insync import IB
+
+    from ibkr_connection.simulator import FakeGateway
+
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('[[step]]\nat = 1.0\naction = "farm_broken"\nfarm = "usfarm"\n'
+                        '[[step]]\nat = 1.1\naction = "restart"\noutage = 0.1\n')
+
+    async def main() -> list[str]:
+        async with FakeGateway() as gw:
+            child = await asyncio.create_subprocess_exec(
+                *COMMAND, "proxy", "--upstream", f"127.0.0.1:{gw.port}", "--port", "0",
+                "--scenario", str(scenario), "--duration", "60",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            assert child.stdout is not None
+            try:
+                first = (await asyncio.wait_for(child.stdout.readline(), 60)).decode()
+                port = int(first.split(":")[1].split(",")[0])
+                ib = IB()
+                await ib.connectAsync("127.0.0.1", port, clientId=5, timeout=10)
+                # The restart drops the client: its disconnect is the cue to stop.
+                await asyncio.wait_for(ib.disconnectedEvent, 30)
+                child.send_signal(signal.SIGTERM)
+                out, err = await asyncio.wait_for(child.communicate(), 60)
+            finally:
+                if child.returncode is None:
+                    child.kill()
+                    await child.wait()
+            return [first, *out.decode().splitlines(), *err.decode().splitlines()]
+
+    lines = asyncio.run(main())
+
+    def count(pattern: str) -> int:
+        return sum(1 for line in lines if re.search(pattern, line))
+
+    assert count(r"listening on") == 1, lines
+    assert count(r"farm_broken") == 1, lines
+    assert count(r"restart") == 1, lines
+    assert count(r"session 1 .*closed after") == 1, lines

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -53,3 +56,50 @@ def test_sim_bad_scenario_is_one_line_and_status_2(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     [line] = done.stderr.splitlines()
     assert line.startswith(f"ibkr-connection sim: {path}: invalid TOML"), line
+
+
+async def _sim_session(scenario: Path) -> list[str]:
+    """Run ``sim`` with IBC and ``scenario``, connect a client once, stop it; its stderr lines."""
+    from ib_insync import IB
+
+    child = await asyncio.create_subprocess_exec(
+        *COMMAND, "sim", "--port", "0", "--ibc-port", "0", "--scenario", str(scenario),
+        "--duration", "60", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert child.stderr is not None
+    seen: list[str] = []
+    try:
+        while not any("simulator ready on" in line for line in seen):
+            raw = await asyncio.wait_for(child.stderr.readline(), 60)
+            assert raw, seen
+            seen.append(raw.decode().rstrip("\n"))
+        port = int(re.search(r"ready on 127\.0\.0\.1:(\d+)", seen[-1]).group(1))  # type: ignore[union-attr]
+        ib = IB()
+        await ib.connectAsync("127.0.0.1", port, clientId=5, timeout=10)
+        # The scenario's last step drops the client: its disconnect is the cue to stop.
+        await asyncio.wait_for(ib.disconnectedEvent, 30)
+        child.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(child.communicate(), 60)
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    assert child.returncode == 0
+    return seen + err.decode().splitlines()
+
+
+async def test_sim_says_each_event_once(tmp_path: Path) -> None:
+    """In a terminal, sim gives each event one line: start, IBC, a connect, a fault, a restart."""
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('[[step]]\nat = 1.0\naction = "farm_broken"\nfarm = "usfarm"\n'
+                        '[[step]]\nat = 1.5\naction = "restart"\noutage = 0.1\n')
+    lines = await _sim_session(scenario)
+
+    def count(pattern: str) -> int:
+        return sum(1 for line in lines if re.search(pattern, line))
+
+    assert count(r"IBC command server on") == 1, lines
+    assert count(r"ready on|gateway listening on") == 1, lines
+    assert count(r"client 5 connected|connection 1 ") == 1, lines
+    assert count(r"farm_broken|2103") == 1, lines
+    assert count(r"gateway restart|dropped") == 1, lines
+    assert count(r"stopped listening") == 0, lines

@@ -59,7 +59,8 @@ async def apply_relay_step(proxy: ProxyServer, step: Step) -> None:
             for the simulator and handed over as is).
     """
     a, prm = step.action, step.params
-    logger.info("scenario t=%.2f: %s %s", step.at, a, prm)
+    # DEBUG: every relay action says itself once (ProxyServer.report_fault).
+    logger.debug("scenario t=%.2f: %s %s", step.at, a, prm)
     if a == "error":
         await proxy.send_error(prm["code"], prm.get("client_id"), prm.get("message"),
                                prm.get("req_id", -1))

@@ -151,9 +151,11 @@ class ProxyServer:
         return [s for s in self.ready_sessions if client_id is None or s.client_id == client_id]
 
     def say(self, line: str) -> None:
-        logger.info("%s", line)
+        """Tell the operator one event, once: to ``notify`` if given, else to the log."""
         if self.notify is not None:
             self.notify(line)
+        else:
+            logger.info("%s", line)
 
     def elapsed(self) -> float:
         """Seconds since the proxy started listening."""
@@ -194,15 +196,16 @@ class ProxyServer:
         if self._server is not None:
             return
         self._server, self._port = await self._create_server(self._port)
-        logger.info("proxy listening on %s, relaying to %s", addr(self.host, self._port),
-                    self.upstream)
+        # DEBUG: the CLI's first line says it, and a restart's fault line covers the rest.
+        logger.debug("proxy listening on %s, relaying to %s", addr(self.host, self._port),
+                     self.upstream)
 
     async def stop_listening(self) -> None:
         """Refuse new connections; open sessions stay."""
         server, self._server = self._server, None
         if server is not None:
             server.close()
-            logger.info("proxy stopped listening on port %d", self._port)
+            logger.debug("proxy stopped listening on port %d", self._port)
         await asyncio.sleep(0)
 
     async def _create_server(self, port: int) -> tuple[asyncio.base_events.Server, int]:
@@ -399,7 +402,7 @@ class ProxyServer:
             session.drop()
         await self.stop_listening()
         self._server, self._port = server, port
-        logger.info("proxy moved to port %d", port)
+        logger.debug("proxy moved to port %d", port)  # said by the fault line
         return port
 
     def stall(self) -> None:

@@ -174,15 +174,9 @@ async def serve(args: argparse.Namespace) -> int:
             raise ListenError(args.host, ibc_port, " (IBC command server)", exc) from exc
         gw.ibc = ibc  # stopped with the gateway
     try:
-        logger.info(
-            "simulator ready on %s:%d accounts=%s %s",
-            args.host,
-            gw.port,
-            ",".join(accounts),
-            spoken,
-        )
-        if gw.ibc is not None:
-            logger.info("IBC command server on %s:%d", args.host, gw.ibc.port)
+        ibc_line = "" if gw.ibc is None else f"; IBC command server on {args.host}:{gw.ibc.port}"
+        logger.info("simulator ready on %s:%d accounts=%s %s%s", args.host, gw.port,
+                    ",".join(accounts), spoken, ibc_line)
         tasks: list[asyncio.Task[None]] = []
         if scenario is not None:
             tasks.append(asyncio.create_task(run_scenario(gw, scenario)))

@@ -212,11 +212,15 @@ class FaultInjection(GatewayTransport):
         Returns:
             Number of connections aborted.
         """
+        dropped = self._abort(client_id)
+        logger.info("fault: dropped %d connection(s)", dropped)
+        await asyncio.sleep(0)
+        return dropped
+
+    def _abort(self, client_id: int | None = None) -> int:
         victims = [c for c in self._conns.values() if client_id is None or c.client_id == client_id]
         for conn in victims:
             conn.transport.abort()
-        logger.info("fault: dropped %d connection(s)", len(victims))
-        await asyncio.sleep(0)
         return len(victims)
 
     async def restart(self, outage: float = 1.0) -> None:
@@ -225,11 +229,14 @@ class FaultInjection(GatewayTransport):
         Args:
             outage: Seconds during which connections are refused.
         """
-        logger.info("fault: gateway restart, outage %.2fs", outage)
-        await self.stop_listening()
-        await self.drop_clients()
+        # One line as it goes down, one as it comes back: the parts are DEBUG.
+        await self._stop_listening(logging.DEBUG)
+        dropped = self._abort()
+        logger.info("fault: gateway restart: %d connection(s) dropped, refusing connections "
+                    "for %.2fs", dropped, outage)
         await asyncio.sleep(outage)
-        await self.start_listening()
+        await self._listen(logging.DEBUG)
+        logger.info("gateway back after the restart, listening on %s:%d", self.host, self._port)
 
     async def reset_port(self, new_port: int = 0) -> int:
         """Move to a new port: send 1300 naming it, drop clients, listen there only.
@@ -241,12 +248,16 @@ class FaultInjection(GatewayTransport):
             The new port.
         """
         new_server, port = await self._create_server(new_port)
-        await self.send_error(1300, message=p.default_message(1300, port=port))
-        await self.drop_clients()
-        await self.stop_listening()
+        targets = self._client(None)
+        for conn in targets:
+            conn.send_error(-1, 1300, p.default_message(1300, port=port))
+        await asyncio.sleep(0)
+        dropped = self._abort()
+        await self._stop_listening(logging.DEBUG)
         self._server = new_server
         self._port = port
-        logger.info("fault: socket port reset, now listening on %d", port)
+        logger.info("fault: socket port reset: 1300 sent to %d client(s), %d connection(s) "
+                    "dropped, now listening on %d", len(targets), dropped, port)
         return port
 
     def stall(self) -> None:

@@ -74,7 +74,8 @@ class IbcCommandServer:
         """Listen for commands."""
         self._server = await asyncio.start_server(self._channel, self.host, self._port)
         self._port = self._server.sockets[0].getsockname()[1]
-        logger.info("IBC command server on %s:%d", self.host, self._port)
+        # DEBUG: whoever started it says where it listens (the CLI's ready line).
+        logger.debug("IBC command server on %s:%d", self.host, self._port)
 
     async def stop(self) -> None:
         """Stop listening, end the channels and any restart in progress."""

@@ -499,7 +499,7 @@ class ReplayGateway(FakeGateway):
             return
 
         async def outage() -> None:
-            await self.stop_listening()
+            await self._stop_listening(logging.DEBUG)  # the line below says it
             await asyncio.sleep(seconds)
             await self.start_listening()
 

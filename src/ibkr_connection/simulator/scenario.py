@@ -448,6 +448,11 @@ def resolve_scenario(name_or_path: str, *, target: str = "sim") -> Scenario:
                         f"(shipped: {', '.join(shipped)})")
 
 
+#: Actions whose gateway method logs nothing itself: the scenario says them.
+_UNLOGGED_ACTIONS = frozenset({"handshake_delay", "delay_sync", "push_tick",
+                               "set_next_valid_id", "fill_mode"})
+
+
 async def apply_step(gw: FakeGateway, step: Step) -> None:
     """Perform one step on the gateway.
 
@@ -456,7 +461,9 @@ async def apply_step(gw: FakeGateway, step: Step) -> None:
         step: The step.
     """
     a, prm = step.action, step.params
-    logger.info("scenario t=%.2f: %s %s", step.at, a, prm)
+    # One line per step: the gateway's own line where its method logs one.
+    level = logging.INFO if a in _UNLOGGED_ACTIONS else logging.DEBUG
+    logger.log(level, "scenario t=%.2f: %s %s", step.at, a, prm)
     if a == "error":
         await gw.send_error(
             prm["code"], prm.get("client_id"), prm.get("message"), prm.get("req_id", -1)
