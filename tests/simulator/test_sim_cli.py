@@ -103,3 +103,33 @@ async def test_sim_says_each_event_once(tmp_path: Path) -> None:
     assert count(r"farm_broken|2103") == 1, lines
     assert count(r"gateway restart|dropped") == 1, lines
     assert count(r"stopped listening") == 0, lines
+
+
+async def test_sim_fill_mode_parts_fills_in_that_many_executions() -> None:
+    """``sim --fill-mode parts --fill-parts 3``: a 30-share order fills in three executions."""
+    from ib_insync import IB, MarketOrder, Stock
+
+    child = await asyncio.create_subprocess_exec(
+        *COMMAND, "sim", "--port", "0", "--fill-mode", "parts", "--fill-parts", "3",
+        "--duration", "60", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert child.stderr is not None
+    try:
+        line = ""
+        while "simulator ready on" not in line:
+            raw = await asyncio.wait_for(child.stderr.readline(), 60)
+            assert raw, "sim ended early"
+            line = raw.decode()
+        port = int(re.search(r"ready on 127\.0\.0\.1:(\d+)", line).group(1))  # type: ignore[union-attr]
+        ib = IB()
+        await ib.connectAsync("127.0.0.1", port, clientId=5, timeout=10)
+        trade = ib.placeOrder(Stock("AAPL", "SMART", "USD"), MarketOrder("BUY", 30))
+        deadline = asyncio.get_running_loop().time() + 30
+        while not trade.isDone():
+            assert asyncio.get_running_loop().time() < deadline, trade
+            await asyncio.sleep(0.01)
+        ib.disconnect()
+    finally:
+        child.send_signal(signal.SIGINT)
+        await asyncio.wait_for(child.communicate(), 60)
+    assert trade.orderStatus.status == "Filled"
+    assert [fill.execution.shares for fill in trade.fills] == [10.0, 10.0, 10.0]

@@ -47,6 +47,17 @@ def server_version(text: str) -> int:
         ) from None
 
 
+def _positive(text: str) -> int:
+    """Parse a count of at least 1 (``--fill-parts``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``sim`` sub-command to an argparse subparsers object.
 
@@ -90,7 +101,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="list the shipped scenarios with what each does, and exit",
     )
     parser.add_argument(
-        "--fill-mode", choices=("immediate", "manual"), default="immediate", help="order fills"
+        "--fill-mode",
+        choices=("immediate", "manual", "parts"),
+        default="immediate",
+        help="order fills: in full at once, never (a scenario's fill_order fills them), or "
+        "in --fill-parts executions, as the scenario action fill_mode",
+    )
+    parser.add_argument(
+        "--fill-parts",
+        type=_positive,
+        default=2,
+        metavar="N",
+        help="executions per order with --fill-mode parts (default 2)",
     )
     parser.add_argument(
         "--replay",
@@ -150,7 +172,8 @@ async def serve(args: argparse.Namespace) -> int:
         "next_order_id": args.next_order_id,
         "port": args.port,
         "host": args.host,
-        "fill_mode": args.fill_mode,
+        "fill_mode": (("parts", args.fill_parts) if args.fill_mode == "parts"
+                      else args.fill_mode),
     }
     if recording is None:
         gw: FakeGateway = FakeGateway(server_version=args.server_version, **settings)

@@ -230,13 +230,26 @@ class FaultInjection(GatewayTransport):
             outage: Seconds during which connections are refused.
         """
         # One line as it goes down, one as it comes back: the parts are DEBUG.
-        await self._stop_listening(logging.DEBUG)
-        dropped = self._abort()
+        dropped = await self.shut_down()
         logger.info("fault: gateway restart: %d connection(s) dropped, refusing connections "
                     "for %.2fs", dropped, outage)
         await asyncio.sleep(outage)
-        await self._listen(logging.DEBUG)
+        await self.start_listening(quiet=True)
         logger.info("gateway back after the restart, listening on %s:%d", self.host, self._port)
+
+    async def shut_down(self) -> int:
+        """Stop listening and abort every connection, saying nothing (the caller says it).
+
+        The parts of a restart (this one, or IBC's); :meth:`start_listening`
+        or :meth:`restart` bring the gateway back.
+
+        Returns:
+            The number of connections aborted.
+        """
+        await self._stop_listening(logging.DEBUG)
+        dropped = self._abort()
+        await asyncio.sleep(0)  # the aborted connections' callbacks run
+        return dropped
 
     async def reset_port(self, new_port: int = 0) -> int:
         """Move to a new port: send 1300 naming it, drop clients, listen there only.
@@ -288,6 +301,36 @@ class FaultInjection(GatewayTransport):
             data, conn.backlog = bytes(conn.backlog), bytearray()
             if data:
                 self._on_data(conn, data)
+
+    def clear_faults(self) -> list[str]:
+        """Forget the faults of this run, as a restarted gateway does; nothing is sent.
+
+        Clears a stall or wedge, held and delayed sync replies, a slow
+        handshake and broken farms. Called with no client connected (after a
+        drop), so nothing held is delivered.
+
+        Returns:
+            What was cleared, one phrase each (empty when nothing was set).
+        """
+        cleared: list[str] = []
+        if self._stalled:
+            self._stalled = False
+            cleared.append("the stall")
+        if self._held:
+            cleared.append(f"held ends of {', '.join(sorted(self._held))}")
+            self._held.clear()
+        if self.sync_delays:
+            cleared.append(f"delays of {', '.join(sorted(self.sync_delays))}")
+            self.sync_delays.clear()
+        if self.handshake_delay:
+            cleared.append(f"the {self.handshake_delay:g}s handshake delay")
+            self.handshake_delay = 0.0
+        broken = [farm for farm, ok in self.farms.items() if not ok]
+        if broken:
+            cleared.append(f"broken farms {', '.join(broken)}")
+            for farm in broken:
+                self.farms[farm] = True
+        return cleared
 
     def hold_sync(self, name: str) -> None:
         """Withhold the end message of a request type (e.g. ``execDetailsEnd``).

@@ -15,13 +15,15 @@ connections for ``restart_outage`` seconds and comes back healthy (every
 fault cleared: stall, held or delayed sync, slow handshake, broken farms);
 ``RECONNECTDATA`` marks every farm OK and sends the farm-OK notices;
 ``RECONNECTACCOUNT`` sends 1102 (connectivity restored, data kept); ``STOP``
-stops listening. Binds 127.0.0.1 unless told otherwise.
+stops listening and drops every client (the process stays: ``RESTART`` brings
+the gateway back). Binds 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -44,6 +46,9 @@ class IbcCommandServer:
     Attributes:
         commands: every command received, in order (upper-cased).
         restarts: how many restarts were carried out.
+        on_command: called with each command as it is received (upper-cased),
+            before it is carried out; e.g. a demo printing it in its own
+            time style.
     """
 
     def __init__(self, gateway: FakeGateway, host: str = "127.0.0.1", port: int = 0,
@@ -54,6 +59,7 @@ class IbcCommandServer:
         self.silent = silent
         self.commands: list[str] = []
         self.restarts = 0
+        self.on_command: Callable[[str], None] | None = None
         self._port = port
         self._server: asyncio.Server | None = None
         self._restart_task: asyncio.Task[None] | None = None
@@ -111,7 +117,9 @@ class IbcCommandServer:
                 if not command:
                     continue
                 self.commands.append(command.upper())
-                logger.info("IBC command server received command: %s", command)
+                logger.info("IBC command server received: %s", command)
+                if self.on_command is not None:
+                    self.on_command(command.upper())
                 if self.silent:
                     continue
                 answer, close = await self._dispatch(command.upper())
@@ -142,8 +150,10 @@ class IbcCommandServer:
             await gateway.send_error(1102)
             return "OK ", False
         if command == "STOP":
-            await gateway.stop_listening()
-            await gateway.drop_clients()
+            dropped = await gateway.shut_down()
+            # IBC's STOP ends the gateway; the simulator's process stays, deaf.
+            logger.info("IBC: STOP: the gateway stopped listening (%d connection(s) dropped); "
+                        "RESTART through this command server brings it back", dropped)
             return "OK Shutting down", True
         if command == "EXIT":
             return "OK Goodbye", True
@@ -151,20 +161,18 @@ class IbcCommandServer:
 
     async def _restart(self) -> None:
         gateway = self.gateway
-        logger.info("IBC: restarting the gateway (outage %.2fs)", self.restart_outage)
-        await gateway.stop_listening()
-        await gateway.drop_clients()
+        # One line going down, one coming back; the parts say nothing.
+        dropped = await gateway.shut_down()
         # A restarted gateway remembers none of the faults of the last run.
-        gateway.unstall()
-        gateway.release_sync()
-        gateway.sync_delays.clear()
-        gateway.handshake_delay = 0.0
-        for farm in gateway.farms:
-            gateway.farms[farm] = True
+        cleared = gateway.clear_faults()
+        logger.info("IBC: restarting the gateway: %d connection(s) dropped, refusing "
+                    "connections for %.2fs%s", dropped, self.restart_outage,
+                    f", cleared {'; '.join(cleared)}" if cleared else "")
         await asyncio.sleep(self.restart_outage)
-        await gateway.start_listening()
+        await gateway.start_listening(quiet=True)
         self.restarts += 1
-        logger.info("IBC: gateway restarted (%d so far)", self.restarts)
+        logger.info("IBC: gateway restarted (%d so far), listening on %s:%d", self.restarts,
+                    gateway.host, gateway.port)
 
 
 __all__ = ["IbcCommandServer"]

@@ -171,7 +171,8 @@ ACTION_DOCS: dict[str, tuple[str, dict[str, str]]] = {
         {"value": "the next valid order id"},
     ),
     "fill_mode": (
-        "Choose how new orders are filled.",
+        "Choose how new orders are filled (from the start: `sim --fill-mode MODE "
+        "[--fill-parts N]`).",
         {"mode": "`immediate` (in full once submitted), `manual` (only by `fill_order`) or "
                  "`parts` (in `parts` executions)",
          "parts": "the number of executions in `parts` mode; 2 if omitted"},

@@ -236,9 +236,13 @@ class GatewayTransport:
             conn.transport.abort()
         await asyncio.sleep(0)
 
-    async def start_listening(self) -> None:
-        """Listen again on the same port (no-op if already listening)."""
-        await self._listen(logging.INFO)
+    async def start_listening(self, *, quiet: bool = False) -> None:
+        """Listen again on the same port (no-op if already listening).
+
+        Args:
+            quiet: Log at DEBUG: the caller says it in its own line.
+        """
+        await self._listen(logging.DEBUG if quiet else logging.INFO)
 
     async def stop_listening(self) -> None:
         """Stop accepting connections (new ones are refused); existing stay."""
