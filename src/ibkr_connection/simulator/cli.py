@@ -17,6 +17,7 @@ from ibkr_connection.simulator.gateway import FakeGateway
 from ibkr_connection.simulator.ibc import IbcCommandServer
 from ibkr_connection.simulator.replay import ReplayGateway
 from ibkr_connection.simulator.scenario import (
+    Scenario,
     ScenarioError,
     resolve_scenario,
     run_scenario,
@@ -147,6 +148,21 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def add_scenario_instruments(gw: FakeGateway, scenario: Scenario) -> list[str]:
+    """Add the instruments of a scenario's ``[gateway]`` table to the gateway.
+
+    Returns:
+        The symbols added, in order.
+    """
+    added: list[str] = []
+    for entry in scenario.gateway.get("instruments", []):
+        fields = dict(entry)
+        symbol = fields.pop("symbol")
+        gw.add_instrument(symbol, float(fields.pop("price", 100.0)), **fields)
+        added.append(symbol)
+    return added
+
+
 async def serve(args: argparse.Namespace) -> int:
     """Run the simulator (and the scenario) until cancelled or ``--duration`` passes.
 
@@ -182,6 +198,8 @@ async def serve(args: argparse.Namespace) -> int:
         # A replay answers the handshake with the recording's own version, never another.
         gw = ReplayGateway(recording, **settings)
         spoken = f"replaying server version {recording.version or gw.server_version}"
+    if scenario is not None:
+        add_scenario_instruments(gw, scenario)
     ibc_port = getattr(args, "ibc_port", None)
     try:
         await gw.start()

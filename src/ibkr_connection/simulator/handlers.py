@@ -36,6 +36,10 @@ START_API = 71
 #: field missing or left over for the negotiated version.
 ERROR_READING_REQUEST = 320
 
+#: TWS's code for a contract it does not know ("No security definition has been
+#: found for the request").
+NO_SECURITY_DEFINITION = 200
+
 
 def dispatch(gw: FakeGateway, conn: ApiClient, request: Request) -> None:
     """Run the handler of a request, if it has one and the client may send it.
@@ -217,7 +221,12 @@ def place_order(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
         conn.send_raw(messages.order_status(existing))
         return
     ref = request.contract
-    inst = book.get_or_create(ref.con_id, ref.symbol, ref.sec_type, ref.currency)
+    inst = book.lookup(ref.con_id, ref.symbol, sec_type=ref.sec_type, currency=ref.currency)
+    if inst is None:
+        # TWS rejects an order for a contract it does not know with 200 on the
+        # order id (ib_insync's wrapper.error then marks the trade Cancelled).
+        _no_security_definition(conn, order_id, ref)
+        return
     order = SimOrder(
         order_id=order_id,
         client_id=conn.client_id,
@@ -295,13 +304,27 @@ def req_executions(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     gw.send_reply(conn, "reqExecutions", body, messages.exec_details_end(req_id))
 
 
+def _no_security_definition(conn: ApiClient, req_id: int, ref: layouts.ContractRef) -> None:
+    """Answer a request naming an unknown contract as TWS does: error 200, nothing else.
+
+    IB's message codes: 200 "No security definition has been found for the
+    request" (interactivebrokers.github.io/tws-api/message_codes.html), for a
+    reqContractDetails, a reqMktData or a placeOrder alike (erdewit/ib_insync
+    #140, pilwon/node-ib #25). No contractDetailsEnd follows: ib_insync's and
+    ib_async's ``Wrapper.error`` end the pending request on the error itself.
+    """
+    logger.info("client %s named an unknown contract (conId %s, %s %s %s): error 200",
+                conn.client_id, ref.con_id, ref.symbol, ref.sec_type, ref.currency)
+    conn.send_error(req_id, NO_SECURITY_DEFINITION, p.default_message(NO_SECURITY_DEFINITION))
+
+
 def req_contract_details(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqContractDetails``: a known instrument's details, or 200."""
     request = layouts.contract_details(fields, conn.version)
-    req_id = request.req_id
-    inst = gw.book.lookup(request.contract.con_id, request.contract.symbol, create=False)
+    req_id, ref = request.req_id, request.contract
+    inst = gw.book.lookup(ref.con_id, ref.symbol, sec_type=ref.sec_type, currency=ref.currency)
     if inst is None:
-        conn.send_error(req_id, 200, p.default_message(200))
+        _no_security_definition(conn, req_id, ref)
         return
     body = [messages.contract_details(inst, req_id, version=conn.version)]
     end = messages.contract_details_end(req_id)
@@ -313,7 +336,10 @@ def req_mkt_data(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqMktData``: subscribe (or snapshot) and send the current quote."""
     request = layouts.mkt_data(fields, conn.version)
     req_id, ref, snapshot = request.req_id, request.contract, request.snapshot
-    inst = gw.book.get_or_create(ref.con_id, ref.symbol, ref.sec_type, ref.currency)
+    inst = gw.book.lookup(ref.con_id, ref.symbol, sec_type=ref.sec_type, currency=ref.currency)
+    if inst is None:
+        _no_security_definition(conn, req_id, ref)
+        return
     if not snapshot:
         conn.mkt_data[req_id] = inst
     if gw.stalled:

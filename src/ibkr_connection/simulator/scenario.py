@@ -9,6 +9,10 @@ simulator's start) and ``action`` plus the action's fields::
     [gateway]                 # optional defaults for the CLI
     accounts = ["DU1234567"]
 
+    [[gateway.instruments]]   # optional: contracts known besides the default list
+    symbol = "TSLA"
+    price = 250.0
+
     [[step]]
     at = 1.0
     action = "error"
@@ -31,6 +35,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ibkr_connection.simulator.brokerage import DEFAULT_INSTRUMENTS
 from ibkr_connection.simulator.gateway import SYNC_REQUESTS, FakeGateway
 
 if sys.version_info >= (3, 11):
@@ -71,7 +76,19 @@ STEP_FIELDS = ("at", "action")
 TOP_LEVEL_KEYS = ("description", "gateway", "step")
 
 #: The keys of the ``[gateway]`` table (read by ``ibkr-connection sim``).
-GATEWAY_KEYS = ("accounts",)
+GATEWAY_KEYS = ("accounts", "instruments")
+
+#: The fields of one ``[[gateway.instruments]]`` entry: name -> (types, required),
+#: the arguments of ``FakeGateway.add_instrument``.
+INSTRUMENT_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "symbol": ((str,), True),
+    "price": ((int, float), False),
+    "con_id": ((int,), False),
+    "sec_type": ((str,), False),
+    "currency": ((str,), False),
+    "exchange": ((str,), False),
+    "primary_exchange": ((str,), False),
+}
 
 _CLIENT = "only the client with this id; every connected client if omitted"
 _SYNC = ", ".join(f"`{name}`" for name in SYNC_REQUESTS)
@@ -280,6 +297,25 @@ def _check_type(where: str, name: str, value: Any, types: tuple[type, ...]) -> N
         raise ScenarioError(f"{where}: {name!r} must be {expected}, got {value!r}")
 
 
+def _check_instruments(source: str, entries: Any) -> None:
+    if not isinstance(entries, list):
+        raise ScenarioError(f"{source}: [gateway] 'instruments' must be an array of tables "
+                            "([[gateway.instruments]])")
+    for index, entry in enumerate(entries, start=1):
+        where = f"{source}: [gateway] instrument {index}"
+        if not isinstance(entry, dict):
+            raise ScenarioError(f"{where}: must be a table")
+        unknown = set(entry) - set(INSTRUMENT_FIELDS)
+        if unknown:
+            raise ScenarioError(f"{where}: unknown field(s) {sorted(unknown)}; valid fields: "
+                                f"{', '.join(INSTRUMENT_FIELDS)}")
+        for name, (types, required) in INSTRUMENT_FIELDS.items():
+            if name in entry:
+                _check_type(where, name, entry[name], types)
+            elif required:
+                raise ScenarioError(f"{where}: missing field {name!r}")
+
+
 def parse_scenario(
     data: dict[str, Any], source: str = "<string>", *, target: str = "sim"
 ) -> Scenario:
@@ -315,6 +351,7 @@ def parse_scenario(
     if unknown_gateway:
         raise ScenarioError(f"{source}: unknown [gateway] key(s) {sorted(unknown_gateway)}; "
                             f"valid keys: {', '.join(GATEWAY_KEYS)}")
+    _check_instruments(source, gateway.get("instruments", []))
     steps: list[Step] = []
     for index, raw in enumerate(raw_steps, start=1):
         where = f"{source}: step {index}"
@@ -569,6 +606,11 @@ def reference_markdown() -> str:
         "[gateway]                  # optional",
         'accounts = ["DU1234567"]   # the managed accounts (--accounts overrides them)',
         "",
+        "[[gateway.instruments]]    # optional, repeated: a contract the simulator knows",
+        'symbol = "TSLA"            # required; price (100), con_id, sec_type ("STK"),',
+        "price = 250.0              # currency (\"USD\"), exchange (\"SMART\") and",
+        "                           # primary_exchange (\"NASDAQ\") are optional",
+        "",
         "[[step]]",
         "at = 5.0",
         'action = "error"',
@@ -590,6 +632,20 @@ def reference_markdown() -> str:
         "",
         "A field the action does not have, an unknown action or a missing required field "
         "is an error that names the step and lists what is valid.",
+        "",
+        "## Instruments",
+        "",
+        "The simulator knows a short list of contracts, US stocks in USD at price 100 "
+        "(IB's own conIds): "
+        + ", ".join(f"{symbol} (conId {con_id}, {primary})"
+                    for symbol, con_id, primary in DEFAULT_INSTRUMENTS)
+        + ". A scenario adds more with `[[gateway.instruments]]` (above), a program with "
+        "`FakeGateway.add_instrument(symbol, price, con_id=..., sec_type=..., "
+        "currency=...)` or `FakeGateway(prices={symbol: price})`; `push_tick` adds the "
+        "symbol it names. A request naming any other contract is answered as TWS answers "
+        "it: `reqContractDetails` (so `qualifyContracts`), `reqMktData` and `placeOrder` "
+        "get error 200, \"No security definition has been found for the request\", and "
+        "nothing else (no `contractDetailsEnd`, no ticks, no order).",
         "",
         "## Shipped scenarios",
         "",
