@@ -22,10 +22,10 @@ from ibkr_connection.proxy.injection import (
     needs_inspection,
     run_relay_scenario,
 )
-from ibkr_connection.proxy.recording import RecordingWriter
 from ibkr_connection.proxy.relay import ProxyServer
 from ibkr_connection.proxy.session import addr
 from ibkr_connection.simulator.scenario import Scenario, ScenarioError
+from ibkr_connection.wire.recording import RecordingWriter
 
 logger = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ so that it can
 * tell the negotiated server version and the bot's client id,
 * inject IB error and system messages into the bot's stream at a message
   boundary, in the layout of the negotiated version
-  (:func:`~ibkr_connection.proxy.wire.proxy_error_frame`),
+  (:func:`~ibkr_connection.wire.framing.proxy_error_frame`),
 * hold the gateway's bytes (a hung gateway), delay its handshake answer, or
   hold or delay the end message of one startup request,
 * drop sessions, stop listening, restart, or move to a new port,
 * and write every message each way to a recording
-  (:class:`~ibkr_connection.proxy.recording.RecordingWriter`).
+  (:class:`~ibkr_connection.wire.recording.RecordingWriter`).
 
 The proxy writes whole frames only, both ways: a read that ends inside a
 frame keeps that frame's start until the rest arrives. A stream that is not
@@ -37,11 +37,11 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from ibkr_connection.proxy import wire
-from ibkr_connection.proxy.recording import RecordingWriter
 from ibkr_connection.proxy.session import SYNC_ENDS, ClientSide, RelaySession, addr
-from ibkr_connection.simulator import protocol as p
 from ibkr_connection.simulator.faults import play_nightly_reset
+from ibkr_connection.wire import framing
+from ibkr_connection.wire import protocol as p
+from ibkr_connection.wire.recording import RecordingWriter
 
 logger = logging.getLogger(__name__)
 
@@ -275,10 +275,10 @@ class ProxyServer:
         else:
             opened = writer
             try:
-                writer.write(wire.API_PREFIX + wire.frame(_PROBE_RANGE))
+                writer.write(framing.API_PREFIX + framing.frame(_PROBE_RANGE))
                 await writer.drain()
-                size = wire.frame_size(await asyncio.wait_for(reader.readexactly(4), timeout))
-                version = wire.parse_server_hello(
+                size = framing.frame_size(await asyncio.wait_for(reader.readexactly(4), timeout))
+                version = framing.parse_server_hello(
                     await asyncio.wait_for(reader.readexactly(size), timeout))
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
                 version = None
@@ -299,7 +299,7 @@ class ProxyServer:
         targets = self._targets(client_id)
         now_ms = int(time.time() * 1000)
         for session in targets:
-            session.inject(wire.proxy_error_frame(session.version, req_id, code, text,
+            session.inject(framing.proxy_error_frame(session.version, req_id, code, text,
                                                   error_time_ms=now_ms))
         return len(targets)
 

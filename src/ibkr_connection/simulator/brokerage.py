@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
 
-from ibkr_connection.simulator import messages
-from ibkr_connection.simulator.protocol import Field
+from ibkr_connection.wire import protocol as p
 
 logger = logging.getLogger(__name__)
 
@@ -63,20 +62,6 @@ class Instrument:
     last: float = 100.0
     bid: float = 99.99
     ask: float = 100.01
-
-    def contract_fields(self, *, exchange: bool = True) -> list[Field]:
-        """Contract fields in the common decoder order.
-
-        Args:
-            exchange: Emit ``exchange`` (True) or ``primaryExchange`` (False)
-                in the exchange slot (``updatePortfolio`` uses the latter).
-
-        Returns:
-            conId, symbol, secType, expiry, strike, right, multiplier,
-            exchange, currency, localSymbol, tradingClass.
-        """
-        # The layout belongs to the encoders; this stays for existing callers.
-        return messages.contract_fields(self, exchange=exchange)
 
 
 @dataclass
@@ -434,7 +419,7 @@ class Brokerage:
         now = datetime.now(timezone.utc)
         if order.remaining <= 0:
             order.status = "Filled"
-            order.completed_time = now.strftime(messages.TIME_FORMAT)
+            order.completed_time = now.strftime(p.TIME_FORMAT)
         realized = self._book_position(order, qty, price)
         ex = SimExecution(
             exec_id=f"0000e0d5.{next(self._exec_seq):08x}.01.01",
@@ -497,6 +482,6 @@ class Brokerage:
         if order.is_done:
             return False
         order.status = "Cancelled"
-        order.completed_time = datetime.now(timezone.utc).strftime(messages.TIME_FORMAT)
+        order.completed_time = datetime.now(timezone.utc).strftime(p.TIME_FORMAT)
         logger.info("order %d cancelled", order_id)
         return True

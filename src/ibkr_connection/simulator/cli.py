@@ -11,8 +11,6 @@ import signal
 import sys
 from typing import Any
 
-from ibkr_connection.proxy.recording import RecordingError, load_recording
-from ibkr_connection.simulator import versions
 from ibkr_connection.simulator.gateway import FakeGateway
 from ibkr_connection.simulator.ibc import IbcCommandServer
 from ibkr_connection.simulator.replay import ReplayGateway
@@ -23,6 +21,8 @@ from ibkr_connection.simulator.scenario import (
     run_scenario,
     shipped_scenarios,
 )
+from ibkr_connection.wire import versions
+from ibkr_connection.wire.recording import RecordingError, load_recording
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from ibkr_connection.simulator import messages
-from ibkr_connection.simulator import protocol as p
 from ibkr_connection.simulator.transport import ApiClient, GatewayTransport, Request
+from ibkr_connection.wire import protocol as p
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +199,7 @@ class FaultInjection(GatewayTransport):
             broken_code, ok_code = p.farm_codes(farm)
             code = ok_code if ok else broken_code
             text = p.default_message(code, farm=farm)
-            notices.append(messages.error(-1, code, text, version=version))
+            notices.append(p.error(-1, code, text, version=version))
         return notices
 
     async def drop_clients(self, client_id: int | None = None) -> int:

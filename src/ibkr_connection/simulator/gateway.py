@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from ibkr_connection.simulator import handlers, messages
-from ibkr_connection.simulator import protocol as p
 from ibkr_connection.simulator.brokerage import (
     DEFAULT_ACCOUNT_VALUES,
     Brokerage,
@@ -40,6 +39,7 @@ from ibkr_connection.simulator.brokerage import (
 from ibkr_connection.simulator.faults import SYNC_REQUESTS, FaultInjection
 from ibkr_connection.simulator.ibc import IbcCommandServer
 from ibkr_connection.simulator.transport import ApiClient, Request
+from ibkr_connection.wire import protocol as p
 
 __all__ = [
     "DEFAULT_ACCOUNT_VALUES",

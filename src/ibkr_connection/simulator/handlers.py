@@ -17,9 +17,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ibkr_connection.simulator import layouts, messages
-from ibkr_connection.simulator import protocol as p
 from ibkr_connection.simulator.brokerage import SimOrder
 from ibkr_connection.simulator.transport import ApiClient, Request
+from ibkr_connection.wire import protocol as p
 
 if TYPE_CHECKING:
     # Only for annotations: the gateway imports this module to dispatch.

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from ibkr_connection.simulator import messages, versions
-from ibkr_connection.simulator import protocol as p
-from ibkr_connection.simulator.protocol import Field
+from ibkr_connection.simulator import messages
+from ibkr_connection.wire import protocol as p
+from ibkr_connection.wire import versions
+from ibkr_connection.wire.protocol import Field
 
 if TYPE_CHECKING:
     # Only for annotations: the transport carries instruments, never reads them.
@@ -123,7 +124,7 @@ class ApiClient:
                 (only sent at version 166 and later).
         """
         self.send_raw(
-            messages.error(
+            p.error(
                 req_id, code, text, version=self.version, advanced_reject_json=advanced_reject_json
             )
         )
@@ -381,7 +382,7 @@ class GatewayTransport:
         """The version to speak with a client that offered ``low..high``; ``None`` refuses it.
 
         Like TWS: the highest version in the range up to the cap
-        (:func:`~ibkr_connection.simulator.versions.negotiate`). A replay
+        (:func:`~ibkr_connection.wire.versions.negotiate`). A replay
         overrides it to speak the recorded version or nothing.
 
         Args:
