@@ -13,14 +13,14 @@ from ib_insync import IB
 
 from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator import cli as sim_cli
-from ibkr_connection.simulator.scenario import (
+from ibkr_connection.simulator.scenario import run_scenario
+from ibkr_connection.wire.scenario import (
     ACTION_DOCS,
     ACTIONS,
     ScenarioError,
     load_scenario,
     parse_scenario,
     resolve_scenario,
-    run_scenario,
     shipped_scenarios,
 )
 
@@ -107,7 +107,7 @@ SHIPPED = ["gateway_restart", "hung_gateway", "nightly_reset"]
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_scenario_is_package_data_and_valid(name: str) -> None:
     """Each shipped scenario is a package resource that loads and says what it does."""
-    ref = resources.files("ibkr_connection.simulator").joinpath("scenarios", f"{name}.toml")
+    ref = resources.files("ibkr_connection.wire").joinpath("scenarios", f"{name}.toml")
     assert ref.is_file()
     sc = load_scenario(str(ref))
     assert sc.steps and sc.description
@@ -120,7 +120,7 @@ def test_shipped_scenarios_are_all_listed() -> None:
 
 def test_shipped_example_is_valid() -> None:
     """The packaged nightly_reset.toml example loses and restores the link."""
-    ref = resources.files("ibkr_connection.simulator") / "scenarios" / "nightly_reset.toml"
+    ref = resources.files("ibkr_connection.wire") / "scenarios" / "nightly_reset.toml"
     sc = load_scenario(str(ref))
     assert {s.action for s in sc.steps} >= {"error", "farm_broken", "farm_ok"}
 

@@ -24,8 +24,8 @@ from ibkr_connection.proxy.injection import (
 )
 from ibkr_connection.proxy.relay import ProxyServer
 from ibkr_connection.proxy.session import addr
-from ibkr_connection.simulator.scenario import Scenario, ScenarioError
 from ibkr_connection.wire.recording import RecordingWriter
+from ibkr_connection.wire.scenario import Scenario, ScenarioError
 
 logger = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ from types import TracebackType
 from typing import Any
 
 from ibkr_connection.proxy.session import SYNC_ENDS, ClientSide, RelaySession, addr
-from ibkr_connection.simulator.faults import play_nightly_reset
 from ibkr_connection.wire import framing
 from ibkr_connection.wire import protocol as p
+from ibkr_connection.wire.nightly import play_nightly_reset
 from ibkr_connection.wire.recording import RecordingWriter
 
 logger = logging.getLogger(__name__)

@@ -14,15 +14,15 @@ from typing import Any
 from ibkr_connection.simulator.gateway import FakeGateway
 from ibkr_connection.simulator.ibc import IbcCommandServer
 from ibkr_connection.simulator.replay import ReplayGateway
-from ibkr_connection.simulator.scenario import (
+from ibkr_connection.simulator.scenario import run_scenario
+from ibkr_connection.wire import versions
+from ibkr_connection.wire.recording import RecordingError, load_recording
+from ibkr_connection.wire.scenario import (
     Scenario,
     ScenarioError,
     resolve_scenario,
-    run_scenario,
     shipped_scenarios,
 )
-from ibkr_connection.wire import versions
-from ibkr_connection.wire.recording import RecordingError, load_recording
 
 logger = logging.getLogger(__name__)
 

@@ -15,64 +15,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Protocol
 
 from ibkr_connection.simulator.transport import ApiClient, GatewayTransport, Request
 from ibkr_connection.wire import protocol as p
+from ibkr_connection.wire.nightly import play_nightly_reset
+from ibkr_connection.wire.scenario import SYNC_REQUESTS
 
 logger = logging.getLogger(__name__)
-
-#: Requests whose replies end with an "end" message that :meth:`FakeGateway.hold_sync`
-#: can withhold, and that :attr:`FakeGateway.sync_delays` can delay.
-SYNC_REQUESTS = (
-    "reqPositions",
-    "reqOpenOrders",
-    "reqAllOpenOrders",
-    "reqCompletedOrders",
-    "reqAccountUpdates",
-    "reqAccountUpdatesMulti",
-    "reqExecutions",
-    "reqAccountSummary",
-    "reqPositionsMulti",
-    "reqCurrentTime",
-    "reqContractDetails",
-)
 
 #: Requests an order fault can catch: a new order or a modification, and a cancel.
 ORDER_REQUESTS = ("placeOrder", "cancelOrder")
 
 #: What an order fault does to the request it catches (see :meth:`FaultInjection.order_fault`).
 ORDER_FAULTS = ("lost", "ack_lost", "drop_after")
-
-
-class _ResetTarget(Protocol):
-    """What a nightly reset acts on: the simulator, or the proxy's sessions."""
-
-    async def send_error(self, code: int) -> object: ...
-    async def farm_broken(self, farm: str) -> object: ...
-    async def farm_ok(self, farm: str) -> object: ...
-    def stall(self) -> object: ...
-    def unstall(self) -> object: ...
-
-
-async def play_nightly_reset(target: _ResetTarget, farms: Sequence[str], silence: float,
-                             restore_code: int, stall: bool) -> None:
-    """IB's nightly reset as the client sees it, played on ``target``.
-
-    1100, every farm broken, optionally a hang, ``silence`` seconds, then the
-    restore code (1101 or 1102) and every farm OK again.
-    """
-    await target.send_error(1100)
-    for farm in farms:
-        await target.farm_broken(farm)
-    if stall:
-        target.stall()
-    await asyncio.sleep(silence)
-    if stall:
-        target.unstall()
-    await target.send_error(restore_code)
-    for farm in farms:
-        await target.farm_ok(farm)
 
 
 class FaultInjection(GatewayTransport):

@@ -36,10 +36,11 @@ from ibkr_connection.simulator.brokerage import (
     SimOrder,
     SimPosition,
 )
-from ibkr_connection.simulator.faults import SYNC_REQUESTS, FaultInjection
+from ibkr_connection.simulator.faults import FaultInjection
 from ibkr_connection.simulator.ibc import IbcCommandServer
 from ibkr_connection.simulator.transport import ApiClient, Request
 from ibkr_connection.wire import protocol as p
+from ibkr_connection.wire.scenario import SYNC_REQUESTS
 
 __all__ = [
     "DEFAULT_ACCOUNT_VALUES",
