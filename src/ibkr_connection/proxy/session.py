@@ -16,13 +16,10 @@ import collections
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ibkr_connection.wire import framing
-
-if TYPE_CHECKING:
-    # Only for annotations: the proxy imports this module to make sessions.
-    from ibkr_connection.proxy.relay import ProxyServer
+from ibkr_connection.wire.recording import RecordingWriter
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +53,36 @@ def addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class SessionHost(Protocol):
+    """What a session needs of the relay that owns it (:class:`ProxyServer
+    <ibkr_connection.proxy.relay.ProxyServer>`): its settings and faults in
+    force, the recorder, and the calls that tell it a session opened, closed
+    or has something to say. Declared here so that a session does not import
+    the relay that makes it.
+    """
+
+    upstream_host: str
+    upstream_port: int
+    connect_timeout: float
+    recorder: RecordingWriter | None
+    inspect: bool
+    handshake_delay: float
+    sync_delays: dict[str, float]
+    held_syncs: set[str]
+
+    @property
+    def upstream(self) -> str: ...
+
+    @property
+    def stalled(self) -> bool: ...
+
+    def say(self, line: str) -> None: ...
+
+    def session_opened(self, transport: asyncio.Transport) -> RelaySession: ...
+
+    def session_closed(self, session: RelaySession) -> None: ...
+
+
 class RelaySession:
     """One bot's connection through the proxy, and its connection to the gateway.
 
@@ -70,7 +97,7 @@ class RelaySession:
         farms: Data farms the gateway named to this bot, in order.
     """
 
-    def __init__(self, proxy: ProxyServer, number: int, client: asyncio.Transport) -> None:
+    def __init__(self, proxy: SessionHost, number: int, client: asyncio.Transport) -> None:
         self.proxy = proxy
         self.number = number
         peer = client.get_extra_info("peername")
@@ -466,7 +493,7 @@ def _msg_id(buf: bytes, start: int, end: int, version: int) -> int:
 class ClientSide(asyncio.Protocol):
     """The bot's socket."""
 
-    def __init__(self, proxy: ProxyServer) -> None:
+    def __init__(self, proxy: SessionHost) -> None:
         self.proxy = proxy
         self.session: RelaySession | None = None
 
