@@ -25,12 +25,34 @@ import asyncio
 import logging
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ibkr_connection.simulator.gateway import FakeGateway
+from typing import Protocol
 
 logger = logging.getLogger(__name__)
+
+
+class Controlled(Protocol):
+    """What IBC's commands act on (:class:`FakeGateway
+    <ibkr_connection.simulator.gateway.FakeGateway>` is one). Declared here so
+    that this module does not import the gateway that runs it.
+    """
+
+    farms: dict[str, bool]
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    async def shut_down(self) -> int: ...
+
+    async def start_listening(self, *, quiet: bool = False) -> None: ...
+
+    def clear_faults(self) -> list[str]: ...
+
+    async def farm_ok(self, farm: str) -> object: ...
+
+    async def send_error(self, code: int) -> object: ...
 
 
 class IbcCommandServer:
@@ -51,7 +73,7 @@ class IbcCommandServer:
             time style.
     """
 
-    def __init__(self, gateway: FakeGateway, host: str = "127.0.0.1", port: int = 0,
+    def __init__(self, gateway: Controlled, host: str = "127.0.0.1", port: int = 0,
                  *, restart_outage: float = 1.0, silent: bool = False) -> None:
         self.gateway = gateway
         self.host = host
