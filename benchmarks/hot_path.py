@@ -32,8 +32,8 @@ from _common import contract, header, median, parser, quiet_logging, table, verd
 from ib_insync import IB, LimitOrder
 
 from ibkr_connection.broker import Config, IBKRIBInsyncApi
-from ibkr_connection.simulator import protocol as p
 from ibkr_connection.simulator.gateway import FakeGateway
+from ibkr_connection.wire import protocol as p
 
 BARE_ID, MANAGED_ID = 41, 42
 MESSAGES = 100_000

@@ -42,8 +42,8 @@ from _common import contract, header, median, parser, quiet_logging, table, verd
 from ib_insync import IB
 
 from ibkr_connection.proxy import ProxyServer, RecordingWriter
-from ibkr_connection.simulator import protocol as p
 from ibkr_connection.simulator.gateway import FakeGateway
+from ibkr_connection.wire import protocol as p
 
 DIRECT_ID, PROXIED_ID = 51, 52
 MESSAGES = 100_000

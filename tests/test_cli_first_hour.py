@@ -20,8 +20,8 @@ import pytest
 
 from ibkr_connection import ConnectionConfig, ConnectionManager, ConnectionState, adapter
 from ibkr_connection.proxy import ProxyServer
-from ibkr_connection.proxy.recording import RecordingWriter
 from ibkr_connection.simulator import FakeGateway
+from ibkr_connection.wire.recording import RecordingWriter
 
 #: The child's environment: stdout a pipe, block-buffered, as under a process supervisor.
 _CHILD_ENV = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}

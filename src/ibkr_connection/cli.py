@@ -169,7 +169,7 @@ def _watch(args: argparse.Namespace) -> int:
 
 def _is_proxy_recording(path: Path) -> bool:
     """True if ``path`` starts with a proxy recording's header (``proxy --record`` wrote it)."""
-    from ibkr_connection.proxy.recording import RECORDING_KIND
+    from ibkr_connection.wire.recording import RECORDING_KIND
 
     try:
         with path.open(encoding="utf-8", errors="replace") as fh:

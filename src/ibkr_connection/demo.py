@@ -255,6 +255,10 @@ async def _tell_story(write: Write, started: float, *, seed: int, metrics_port: 
         def chapter(text: str) -> None:
             write(f"{loop.time() - view.started:8.3f}s  --- {text}\n")
 
+        # Said when IBC gets it, in the transitions' time style.
+        gw.ibc.on_command = lambda command: write(
+            f"{loop.time() - view.started:8.3f}s  IBC command server received: {command}\n")
+
         try:
             chapter("connect")
             await manager.start(timeout=10)

@@ -11,7 +11,7 @@
 * ``codes.md``: the IB code table,
 
 and, into ``docs/``, ``scenarios.md``: the simulator's scenario reference,
-generated from :data:`ibkr_connection.simulator.scenario.ACTIONS`, and the
+generated from :data:`ibkr_connection.wire.scenario.ACTIONS`, and the
 data-flow drawing of ``architecture.md`` (between its generated markers),
 from the code and failure tables, :data:`~ibkr_connection.table.ACTIONS`,
 :data:`~ibkr_connection.table.TABLE` and the

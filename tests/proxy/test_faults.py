@@ -21,7 +21,7 @@ from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.proxy import ProxyServer
 from ibkr_connection.proxy.injection import load_relay_scenario, run_relay_scenario
 from ibkr_connection.simulator import FakeGateway
-from ibkr_connection.simulator.scenario import ScenarioError
+from ibkr_connection.wire.scenario import ScenarioError
 
 from .conftest import RawClient, frame, wait_until
 from conftest import on_live_session
@@ -363,7 +363,7 @@ def test_actions_a_relay_cannot_play_are_rejected_at_load(
 
 def test_discard_is_a_proxy_only_field(tmp_path: Path) -> None:
     """unstall's discard loads for the proxy and is refused by the simulator, by name."""
-    from ibkr_connection.simulator.scenario import load_scenario
+    from ibkr_connection.wire.scenario import load_scenario
 
     path = tmp_path / "s.toml"
     path.write_text('[[step]]\nat = 1.0\naction = "unstall"\ndiscard = true\n')
@@ -374,7 +374,7 @@ def test_discard_is_a_proxy_only_field(tmp_path: Path) -> None:
 
 def test_shipped_scenarios_load_for_the_proxy() -> None:
     """Every shipped scenario uses actions a relay can play."""
-    from ibkr_connection.simulator.scenario import shipped_scenarios
+    from ibkr_connection.wire.scenario import shipped_scenarios
 
     assert set(shipped_scenarios(target="proxy")) == {"gateway_restart", "hung_gateway",
                                                       "nightly_reset"}
@@ -400,7 +400,7 @@ async def test_a_fault_reaches_only_the_named_client(gw: FakeGateway, proxy: Pro
 
 def test_every_scenario_action_says_whether_the_proxy_plays_it() -> None:
     """RELAY_ACTIONS has a row, with a reason, for every action of the scenario table."""
-    from ibkr_connection.simulator.scenario import ACTIONS, RELAY_ACTIONS
+    from ibkr_connection.wire.scenario import ACTIONS, RELAY_ACTIONS
 
     assert set(RELAY_ACTIONS) == set(ACTIONS)
     assert all(len(why) > 10 for _, why in RELAY_ACTIONS.values())

@@ -50,6 +50,8 @@ async def test_proxy_relays_injects_records_and_stops_cleanly(
                                  rf"127\.0\.0\.1:{gw.port}, recording to (.+)", first)
             assert match and match.group(2) == str(record), first
             assert await _line(child.stdout) == f"scenario {scenario}: 1 step(s)"
+            assert await _line(child.stdout) == (
+                f"upstream 127.0.0.1:{gw.port} answers the API handshake (server version 178)")
             manager = ConnectionManager(IB(), ConnectionConfig(
                 port=int(match.group(1)), client_id=7, policy=FAST))
             await manager.start(timeout=10)

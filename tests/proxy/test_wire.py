@@ -9,8 +9,9 @@ import struct
 import pytest
 
 from ibkr_connection.proxy import ProxyServer, proxy_error_frame
-from ibkr_connection.proxy.wire import FrameSplitter, decode, encode
-from ibkr_connection.simulator import FakeGateway, messages
+from ibkr_connection.simulator import FakeGateway
+from ibkr_connection.wire import protocol
+from ibkr_connection.wire.framing import FrameSplitter, decode, encode
 
 from .conftest import frame, wait_until
 
@@ -50,7 +51,7 @@ def test_error_frame_is_the_simulators_at_the_versions_it_speaks(
     version: int, req_id: int, code: int, text: str
 ) -> None:
     """From 157 to 178 the proxy's error frame is the simulator's own, byte for byte."""
-    assert proxy_error_frame(version, req_id, code, text) == messages.error(
+    assert proxy_error_frame(version, req_id, code, text) == protocol.error(
         req_id, code, text, version=version)
 
 

@@ -24,7 +24,7 @@ from ibkr_connection import (
 )
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.simulator import FakeGateway
-from ibkr_connection.simulator import protocol as wire
+from ibkr_connection.wire import protocol as wire
 
 from .conftest import TracebackCatcher, fast_config, wait_until
 from conftest import round_trip

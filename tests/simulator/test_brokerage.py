@@ -103,15 +103,18 @@ def test_next_valid_id_never_goes_back_on_orders() -> None:
 
 
 def test_instrument_lookup() -> None:
-    """By conId first, then symbol; unknown symbols are created unless told not to."""
+    """By conId first, then symbol of the same type and currency; unknown ones are not made."""
     book = make_book()
     aapl = book.instruments["AAPL"]
-    assert book.lookup(aapl.con_id, "") is aapl
-    assert book.lookup(0, "MSFT", create=False) is None
-    msft = book.get_or_create(0, "MSFT", "STK", "USD")
-    assert (msft.last, msft.bid, msft.ask) == (100.0, 99.99, 100.01)
-    with pytest.raises(ValueError, match="no symbol"):
-        book.get_or_create(0, "", "STK", "USD")
+    assert book.lookup(265598, "") is aapl
+    assert book.lookup(0, "AAPL", sec_type="STK", currency="USD") is aapl
+    assert book.lookup(0, "AAPL", sec_type="OPT") is None
+    assert book.lookup(0, "AAPL", currency="EUR") is None
+    assert book.lookup(0, "NOSUCHSYM") is None
+    assert "NOSUCHSYM" not in book.instruments
+    msft = book.lookup(272093, "")
+    assert msft is not None and (msft.symbol, msft.last, msft.bid, msft.ask) == (
+        "MSFT", 100.0, 99.99, 100.01)
     with pytest.raises(KeyError):
         book.find_instrument(123)
     moved = book.set_prices("AAPL", 150.0, bid=149.5)

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from ibkr_connection.simulator import messages
-from ibkr_connection.simulator import protocol as p
 from ibkr_connection.simulator.brokerage import Instrument, SimExecution, SimOrder
+from ibkr_connection.wire import protocol as p
 
 #: Highest version each client library offers in its handshake.
 CLIENT_MAX = {"ib_insync": 176, "ib_async": 178}
@@ -117,7 +117,7 @@ REJECT_JSON = '{"rejectReason":"size","options":["override"]}'
 @pytest.mark.parametrize(("lib", "version"), CASES, ids=IDS)
 def test_error_round_trips(lib: str, version: int) -> None:
     """An error's id, code, text and (from 166 on) advanced-reject JSON come back."""
-    frame = messages.error(
+    frame = p.error(
         41, 201, "Order rejected - reason: size", version=version, advanced_reject_json=REJECT_JSON
     )
     assert field_count(frame) == by_version(ERROR_FIELDS, version)

@@ -12,14 +12,14 @@ from ib_insync import IB
 
 from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator import cli as sim_cli
-from ibkr_connection.simulator.scenario import (
+from ibkr_connection.simulator.scenario import run_scenario
+from ibkr_connection.wire.scenario import (
     ACTION_DOCS,
     ACTIONS,
     ScenarioError,
     load_scenario,
     parse_scenario,
     resolve_scenario,
-    run_scenario,
     shipped_scenarios,
 )
 
@@ -108,7 +108,7 @@ SHIPPED = ["gateway_restart", "hung_gateway", "nightly_reset"]
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_scenario_is_package_data_and_valid(name: str) -> None:
     """Each shipped scenario is a package resource that loads and says what it does."""
-    ref = resources.files("ibkr_connection.simulator").joinpath("scenarios", f"{name}.toml")
+    ref = resources.files("ibkr_connection.wire").joinpath("scenarios", f"{name}.toml")
     assert ref.is_file()
     sc = load_scenario(str(ref))
     assert sc.steps and sc.description
@@ -121,7 +121,7 @@ def test_shipped_scenarios_are_all_listed() -> None:
 
 def test_shipped_example_is_valid() -> None:
     """The packaged nightly_reset.toml example loses and restores the link."""
-    ref = resources.files("ibkr_connection.simulator") / "scenarios" / "nightly_reset.toml"
+    ref = resources.files("ibkr_connection.wire") / "scenarios" / "nightly_reset.toml"
     sc = load_scenario(str(ref))
     assert {s.action for s in sc.steps} >= {"error", "farm_broken", "farm_ok"}
 
@@ -226,11 +226,11 @@ def test_cli_runs_a_shipped_scenario_by_name(name: str) -> None:
     assert args.func(args) == 0
 
 
-def test_cli_unknown_scenario_name_exit_code(caplog: pytest.LogCaptureFixture) -> None:
+def test_cli_unknown_scenario_name_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     """An unknown scenario name exits 2 and lists the shipped ones."""
     args = _sim("--port", "0", "--scenario", "nightly_rest")
     assert args.func(args) == 2
-    assert "shipped: gateway_restart, hung_gateway, nightly_reset" in caplog.text
+    assert "shipped: gateway_restart, hung_gateway, nightly_reset" in capsys.readouterr().err
 
 
 def test_cli_lists_shipped_scenarios(capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from ibkr_connection.simulator import FakeGateway, layouts
 from ibkr_connection.simulator import cli as sim_cli
-from ibkr_connection.simulator import protocol as p
+from ibkr_connection.wire import protocol as p
 
 from conftest import round_trip
 

@@ -12,16 +12,16 @@ Example::
         await proxy.send_error(1100)
 """
 
-from ibkr_connection.proxy.recording import (
+from ibkr_connection.proxy.relay import ProxyServer
+from ibkr_connection.proxy.session import RelaySession
+from ibkr_connection.wire.framing import proxy_error_frame
+from ibkr_connection.wire.recording import (
     FORMAT_VERSION,
     Recording,
     RecordingError,
     RecordingWriter,
     load_recording,
 )
-from ibkr_connection.proxy.relay import ProxyServer
-from ibkr_connection.proxy.session import RelaySession
-from ibkr_connection.proxy.wire import proxy_error_frame
 
 __all__ = [
     "FORMAT_VERSION",

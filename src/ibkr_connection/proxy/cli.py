@@ -11,8 +11,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from ibkr_connection.proxy.injection import (
@@ -20,9 +22,10 @@ from ibkr_connection.proxy.injection import (
     needs_inspection,
     run_relay_scenario,
 )
-from ibkr_connection.proxy.recording import RecordingWriter
 from ibkr_connection.proxy.relay import ProxyServer
-from ibkr_connection.simulator.scenario import Scenario, ScenarioError
+from ibkr_connection.proxy.session import addr
+from ibkr_connection.wire.recording import RecordingWriter
+from ibkr_connection.wire.scenario import Scenario, ScenarioError
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +47,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                     "a scenario's faults, records every session.",
     )
     parser.add_argument("--upstream", required=True, metavar="HOST:PORT",
-                        help="the real gateway, e.g. 127.0.0.1:4002")
+                        help="the real gateway, e.g. 127.0.0.1:4002 ([::1]:4002 for IPv6); "
+                             "a line at start says whether it answers the API handshake")
     parser.add_argument("--port", type=int, required=True,
                         help="port the bots connect to (0 = any free port, printed)")
     parser.add_argument("--host", default="127.0.0.1",
@@ -54,7 +58,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                              "cannot play are rejected")
     parser.add_argument("--record", default=None, metavar="FILE",
                         help="write every relayed session to FILE (JSON Lines, "
-                             "docs/recording.md)")
+                             "docs/recording.md); FILE is created once the proxy listens, "
+                             "and an existing FILE is refused unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --record replace an existing FILE")
     parser.add_argument("--mask-accounts", action="store_true",
                         help="mask account ids in the recording (MASKED1, MASKED2 ...)")
     parser.add_argument("--duration", type=float, default=None,
@@ -70,9 +77,15 @@ def parse_endpoint(text: str) -> tuple[str, int]:
         ValueError: Not a host and a port from 1 to 65535.
     """
     host, sep, port_s = text.rpartition(":")
-    host = host.strip("[]")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
     if not sep or not host:
         raise ValueError(f"--upstream {text!r}: expected HOST:PORT")
+    if ":" in host and not bracketed:
+        # "localhost:4002:1" would otherwise connect to port 1 of a host named
+        # "localhost:4002" and fail every session; an IPv6 host needs brackets.
+        raise ValueError(f"--upstream {text!r}: expected HOST:PORT (an IPv6 host in "
+                         "brackets, e.g. [::1]:4002)")
     try:
         port = int(port_s)
     except ValueError:
@@ -88,6 +101,10 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
+async def _probe(proxy: ProxyServer) -> None:
+    await proxy.probe_upstream()
+
+
 async def serve(args: argparse.Namespace, scenario: Scenario | None,
                 stop: asyncio.Event | None = None) -> int:
     """Run the proxy (and the scenario) until stopped or ``--duration`` passes.
@@ -101,10 +118,8 @@ async def serve(args: argparse.Namespace, scenario: Scenario | None,
         Exit status.
     """
     host, port = parse_endpoint(args.upstream)
-    recorder = (RecordingWriter(args.record, upstream=f"{host}:{port}",
-                                mask_accounts=args.mask_accounts)
-                if args.record else None)
-    proxy = ProxyServer(host, port, host=args.host, port=args.port, recorder=recorder,
+    recorder: RecordingWriter | None = None
+    proxy = ProxyServer(host, port, host=args.host, port=args.port,
                         notify=_write, inspect=scenario is not None and needs_inspection(scenario))
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -113,12 +128,28 @@ async def serve(args: argparse.Namespace, scenario: Scenario | None,
             loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[None]] = []
     try:
-        await proxy.start()
+        try:
+            await proxy.start()
+        except OSError as exc:
+            # asyncio rewords the error ("error while attempting to bind on
+            # address ..."); the errno's own text is the reason.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ListenError(f"cannot listen on {addr(args.host, args.port)}: {reason}"
+                              ) from exc
+        if args.record:
+            # Opened only now that the proxy listens: a proxy that cannot start
+            # leaves the file as it was.
+            recorder = RecordingWriter(args.record, upstream=f"{host}:{port}",
+                                       mask_accounts=args.mask_accounts,
+                                       overwrite=args.overwrite)
+            proxy.recorder = recorder
         _write(f"proxy listening on {args.host}:{proxy.port}, relaying to {proxy.upstream}"
                + (f", recording to {recorder.path}" if recorder else ""))
         if scenario is not None:
             _write(f"scenario {scenario.source}: {len(scenario.steps)} step(s)")
             tasks.append(asyncio.ensure_future(run_relay_scenario(proxy, scenario)))
+        # Whether the gateway answers, said once it is known; the proxy serves meanwhile.
+        tasks.append(asyncio.ensure_future(_probe(proxy)))
         waiter = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait([waiter], timeout=args.duration)
@@ -141,16 +172,25 @@ async def serve(args: argparse.Namespace, scenario: Scenario | None,
     return 0
 
 
+class ListenError(Exception):
+    """The port the proxy was told to listen on cannot be bound (one line, exit 2)."""
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ibkr-connection proxy``.
 
     Returns:
-        0 on a clean exit (Ctrl-C and SIGTERM included), 2 for a bad
-        ``--upstream`` or scenario, 1 if the port or the recording file is unusable.
+        0 on a clean exit (Ctrl-C and SIGTERM included); 2, after one line on
+        stderr, for a bad ``--upstream`` or scenario, an existing ``--record``
+        file without ``--overwrite``, or a port that cannot be listened on; 1
+        if the recording file cannot be written.
     """
     try:
         parse_endpoint(args.upstream)
         scenario = load_relay_scenario(args.scenario) if args.scenario else None
+        if args.record and not args.overwrite and Path(args.record).exists():
+            raise ValueError(f"--record {args.record}: the file exists; pass --overwrite to "
+                             "replace it, or name another file")
     except (ValueError, ScenarioError) as exc:
         sys.stderr.write(f"ibkr-connection proxy: {exc}\n")
         return 2
@@ -158,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(serve(args, scenario))
     except KeyboardInterrupt:  # a second Ctrl-C while stopping
         return 0
+    except ListenError as exc:
+        sys.stderr.write(f"ibkr-connection proxy: {exc}\n")
+        return 2
     except OSError as exc:
         sys.stderr.write(f"ibkr-connection proxy: {exc}\n")
         return 1

@@ -1,8 +1,8 @@
 """Scenario timelines played on the relay: ``ibkr-connection proxy --scenario``.
 
-The file is the simulator's (:mod:`ibkr_connection.simulator.scenario`),
+The file is the simulator's (:mod:`ibkr_connection.wire.scenario`),
 loaded with ``target="proxy"``: the actions a relay cannot play
-(:data:`~ibkr_connection.simulator.scenario.RELAY_ACTIONS`) are rejected
+(:data:`~ibkr_connection.wire.scenario.RELAY_ACTIONS`) are rejected
 with their reason when it is loaded. :func:`apply_relay_step` maps each
 remaining action onto :class:`~ibkr_connection.proxy.relay.ProxyServer`.
 """
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ibkr_connection.proxy.relay import ProxyServer
-from ibkr_connection.simulator.scenario import (
+from ibkr_connection.wire.scenario import (
     Scenario,
     ScenarioError,
     Step,
@@ -59,7 +59,8 @@ async def apply_relay_step(proxy: ProxyServer, step: Step) -> None:
             for the simulator and handed over as is).
     """
     a, prm = step.action, step.params
-    logger.info("scenario t=%.2f: %s %s", step.at, a, prm)
+    # DEBUG: every relay action says itself once (ProxyServer.report_fault).
+    logger.debug("scenario t=%.2f: %s %s", step.at, a, prm)
     if a == "error":
         await proxy.send_error(prm["code"], prm.get("client_id"), prm.get("message"),
                                prm.get("req_id", -1))

@@ -9,12 +9,12 @@ so that it can
 * tell the negotiated server version and the bot's client id,
 * inject IB error and system messages into the bot's stream at a message
   boundary, in the layout of the negotiated version
-  (:func:`~ibkr_connection.proxy.wire.proxy_error_frame`),
+  (:func:`~ibkr_connection.wire.framing.proxy_error_frame`),
 * hold the gateway's bytes (a hung gateway), delay its handshake answer, or
   hold or delay the end message of one startup request,
 * drop sessions, stop listening, restart, or move to a new port,
 * and write every message each way to a recording
-  (:class:`~ibkr_connection.proxy.recording.RecordingWriter`).
+  (:class:`~ibkr_connection.wire.recording.RecordingWriter`).
 
 The proxy writes whole frames only, both ways: a read that ends inside a
 frame keeps that frame's start until the rest arrives. A stream that is not
@@ -37,11 +37,11 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from ibkr_connection.proxy import wire
-from ibkr_connection.proxy.recording import RecordingWriter
 from ibkr_connection.proxy.session import SYNC_ENDS, ClientSide, RelaySession, addr
-from ibkr_connection.simulator import protocol as p
-from ibkr_connection.simulator.faults import play_nightly_reset
+from ibkr_connection.wire import framing
+from ibkr_connection.wire import protocol as p
+from ibkr_connection.wire.nightly import play_nightly_reset
+from ibkr_connection.wire.recording import RecordingWriter
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ DEFAULT_FARMS = ("usfarm", "ushmds", "secdefil")
 
 #: Receives the operator's lines: one per session and per fault.
 Notify = Callable[[str], None]
+
+#: The version range :meth:`ProxyServer.probe_upstream` offers: the simulator's
+#: whole range, which a real gateway of any recent build answers.
+_PROBE_RANGE = b"v157..178"
 
 class ProxyServer:
     """A fault-injecting, recording relay in front of a real TWS / IB Gateway.
@@ -147,9 +151,11 @@ class ProxyServer:
         return [s for s in self.ready_sessions if client_id is None or s.client_id == client_id]
 
     def say(self, line: str) -> None:
-        logger.info("%s", line)
+        """Tell the operator one event, once: to ``notify`` if given, else to the log."""
         if self.notify is not None:
             self.notify(line)
+        else:
+            logger.info("%s", line)
 
     def elapsed(self) -> float:
         """Seconds since the proxy started listening."""
@@ -190,15 +196,16 @@ class ProxyServer:
         if self._server is not None:
             return
         self._server, self._port = await self._create_server(self._port)
-        logger.info("proxy listening on %s, relaying to %s", addr(self.host, self._port),
-                    self.upstream)
+        # DEBUG: the CLI's first line says it, and a restart's fault line covers the rest.
+        logger.debug("proxy listening on %s, relaying to %s", addr(self.host, self._port),
+                     self.upstream)
 
     async def stop_listening(self) -> None:
         """Refuse new connections; open sessions stay."""
         server, self._server = self._server, None
         if server is not None:
             server.close()
-            logger.info("proxy stopped listening on port %d", self._port)
+            logger.debug("proxy stopped listening on port %d", self._port)
         await asyncio.sleep(0)
 
     async def _create_server(self, port: int) -> tuple[asyncio.base_events.Server, int]:
@@ -243,12 +250,56 @@ class ProxyServer:
         if self.recorder is not None:
             self.recorder.fault(action, params, sessions)
 
+    async def probe_upstream(self, timeout: float = 2.0) -> str:
+        """Say whether the gateway answers: a TCP connect and the API handshake.
+
+        The probe sends the ``API\\0`` opening and a version range and reads the
+        gateway's answer, then closes without ``startApi`` (no client id is
+        taken), as the manager's own gateway probe does. Never fatal: the
+        gateway may come later, and sessions connect to it when they open.
+
+        Args:
+            timeout: Seconds allowed for the connect, and again for the answer.
+
+        Returns:
+            The one-line notice, also said (see :meth:`say`).
+        """
+        where = f"upstream {self.upstream}"
+        opened: asyncio.StreamWriter | None = None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.upstream_host, self.upstream_port), timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            line = (f"{where} does not answer yet ({str(exc) or type(exc).__name__}); "
+                    "sessions that open before it does are closed")
+        else:
+            opened = writer
+            try:
+                writer.write(framing.API_PREFIX + framing.frame(_PROBE_RANGE))
+                await writer.drain()
+                size = framing.frame_size(await asyncio.wait_for(reader.readexactly(4), timeout))
+                version = framing.parse_server_hello(
+                    await asyncio.wait_for(reader.readexactly(size), timeout))
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+                version = None
+            if version is None:
+                line = (f"{where} accepts connections but does not answer the API "
+                        f"handshake within {timeout:g}s: not a TWS API port, or a gateway "
+                        "still starting?")
+            else:
+                line = f"{where} answers the API handshake (server version {version})"
+        finally:
+            if opened is not None:
+                opened.close()
+        self.say(line)
+        return line
+
     # ------------------------------------------------------------------ faults
     def _inject_error(self, code: int, client_id: int | None, text: str, req_id: int) -> int:
         targets = self._targets(client_id)
         now_ms = int(time.time() * 1000)
         for session in targets:
-            session.inject(wire.proxy_error_frame(session.version, req_id, code, text,
+            session.inject(framing.proxy_error_frame(session.version, req_id, code, text,
                                                   error_time_ms=now_ms))
         return len(targets)
 
@@ -351,7 +402,7 @@ class ProxyServer:
             session.drop()
         await self.stop_listening()
         self._server, self._port = server, port
-        logger.info("proxy moved to port %d", port)
+        logger.debug("proxy moved to port %d", port)  # said by the fault line
         return port
 
     def stall(self) -> None:

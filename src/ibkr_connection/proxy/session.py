@@ -16,13 +16,10 @@ import collections
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from ibkr_connection.proxy import wire
-
-if TYPE_CHECKING:
-    # Only for annotations: the proxy imports this module to make sessions.
-    from ibkr_connection.proxy.relay import ProxyServer
+from ibkr_connection.wire import framing
+from ibkr_connection.wire.recording import RecordingWriter
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +53,36 @@ def addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class SessionHost(Protocol):
+    """What a session needs of the relay that owns it (:class:`ProxyServer
+    <ibkr_connection.proxy.relay.ProxyServer>`): its settings and faults in
+    force, the recorder, and the calls that tell it a session opened, closed
+    or has something to say. Declared here so that a session does not import
+    the relay that makes it.
+    """
+
+    upstream_host: str
+    upstream_port: int
+    connect_timeout: float
+    recorder: RecordingWriter | None
+    inspect: bool
+    handshake_delay: float
+    sync_delays: dict[str, float]
+    held_syncs: set[str]
+
+    @property
+    def upstream(self) -> str: ...
+
+    @property
+    def stalled(self) -> bool: ...
+
+    def say(self, line: str) -> None: ...
+
+    def session_opened(self, transport: asyncio.Transport) -> RelaySession: ...
+
+    def session_closed(self, session: RelaySession) -> None: ...
+
+
 class RelaySession:
     """One bot's connection through the proxy, and its connection to the gateway.
 
@@ -70,7 +97,7 @@ class RelaySession:
         farms: Data farms the gateway named to this bot, in order.
     """
 
-    def __init__(self, proxy: ProxyServer, number: int, client: asyncio.Transport) -> None:
+    def __init__(self, proxy: SessionHost, number: int, client: asyncio.Transport) -> None:
         self.proxy = proxy
         self.number = number
         peer = client.get_extra_info("peername")
@@ -92,8 +119,8 @@ class RelaySession:
         self._c2s_state = "prefix"  # prefix -> hello -> frames | raw
         self._s2c_state = "hello"  # hello -> frames | raw
         self._prefix = b""
-        self._c2s = wire.FrameSplitter()
-        self._s2c = wire.FrameSplitter()
+        self._c2s = framing.FrameSplitter()
+        self._s2c = framing.FrameSplitter()
         self._held: list[tuple[bytes, bool]] = []
         self._hs_hold = False
         self._held_ends: dict[str, list[bytes]] = {}
@@ -151,18 +178,18 @@ class RelaySession:
         self.c2s_bytes += len(data)
         if self._c2s_state == "prefix":
             data = self._prefix + data
-            if len(data) < len(wire.API_PREFIX) and wire.API_PREFIX.startswith(data):
+            if len(data) < len(framing.API_PREFIX) and framing.API_PREFIX.startswith(data):
                 self._prefix = data
                 return
             self._prefix = b""
-            if not data.startswith(wire.API_PREFIX):
+            if not data.startswith(framing.API_PREFIX):
                 logger.warning("session %d: the client did not open with API\\0; relaying its "
                                "bytes unframed", self.number)
                 self._c2s_state = "raw"
             else:
                 self._c2s_state = "hello"
-                self._to_upstream(wire.API_PREFIX)
-                data = data[len(wire.API_PREFIX):]
+                self._to_upstream(framing.API_PREFIX)
+                data = data[len(framing.API_PREFIX):]
         if self._c2s_state == "raw":
             self._record_raw("c2s", data)
             self._to_upstream(data)
@@ -170,35 +197,35 @@ class RelaySession:
         whole = self._c2s.feed(data)
         if self._c2s.broken:
             logger.warning("session %d: the client sent a frame longer than %d bytes; relaying "
-                           "its bytes unframed from here", self.number, wire.MAX_FRAME)
+                           "its bytes unframed from here", self.number, framing.MAX_FRAME)
             self._c2s_state = "raw"
             self._record_raw("c2s", whole)
             self._to_upstream(whole)
             return
         if not whole:
             return
-        payloads = wire.iter_payloads(whole)
+        payloads = framing.iter_payloads(whole)
         recorder = self.proxy.recorder
         messages = whole
         if self._c2s_state == "hello":
             hello = payloads.pop(0)
             messages = whole[4 + len(hello):]
-            parsed = wire.parse_client_hello(hello)
+            parsed = framing.parse_client_hello(hello)
             if parsed is not None:
                 self.client_versions = parsed[:2]
             if recorder is not None:
-                recorder.client_hello(self.number, wire.API_PREFIX + wire.frame(hello),
+                recorder.client_hello(self.number, framing.API_PREFIX + framing.frame(hello),
                                       self.client_versions, parsed[2] if parsed else "")
             self._c2s_state = "frames"
         for payload in payloads:
-            self._on_request(wire.decode(payload, self.version))
+            self._on_request(framing.decode(payload, self.version))
         if recorder is not None and messages:
             recorder.frames(self.number, "c2s", messages, self.version)
         self._to_upstream(whole)
 
-    def _on_request(self, message: wire.Message) -> None:
+    def _on_request(self, message: framing.Message) -> None:
         fields = message.fields
-        if message.msg_id == wire.START_API and fields and len(fields) > 2:
+        if message.msg_id == framing.START_API and fields and len(fields) > 2:
             with contextlib.suppress(ValueError):
                 self.client_id = int(fields[2])
             return
@@ -255,7 +282,7 @@ class RelaySession:
 
     def _s2c_unframed(self, data: bytes) -> None:
         logger.warning("session %d: the gateway sent a frame longer than %d bytes; relaying "
-                       "its bytes unframed from here", self.number, wire.MAX_FRAME)
+                       "its bytes unframed from here", self.number, framing.MAX_FRAME)
         self._s2c_state = "raw"
         self._record_raw("s2c", data)
         self._deliver(data, raw=True)
@@ -263,7 +290,7 @@ class RelaySession:
     def _server_hello(self, whole: bytes) -> bytes:
         size = int.from_bytes(whole[:4], "big")
         hello, rest = whole[: 4 + size], whole[4 + size:]
-        version = wire.parse_server_hello(hello[4:])
+        version = framing.parse_server_hello(hello[4:])
         if self.proxy.recorder is not None:
             self.proxy.recorder.server_hello(self.number, hello, version)
         if version is None:
@@ -298,7 +325,7 @@ class RelaySession:
         while pos < size:
             end = pos + 4 + int.from_bytes(whole[pos:pos + 4], "big")
             msg_id = _msg_id(whole, pos + 4, end, version)
-            if msg_id == wire.ERR_MSG:
+            if msg_id == framing.ERR_MSG:
                 self._learn_farm(whole[pos + 4:end])
             elif msg_id in _END_IDS:
                 queue = self._pending_ends.get(msg_id)
@@ -320,11 +347,11 @@ class RelaySession:
         return b"".join(keep)
 
     def _learn_farm(self, payload: bytes) -> None:
-        message = wire.decode(payload, self.version)
+        message = framing.decode(payload, self.version)
         fields = message.fields
         if not fields:
             return
-        offset = 1 if self.version >= wire.ERROR_TIME_VERSION else 2
+        offset = 1 if self.version >= framing.ERROR_TIME_VERSION else 2
         try:
             code = int(fields[offset + 1])
             text = fields[offset + 2]
@@ -451,11 +478,11 @@ class RelaySession:
 
 
 def _msg_id(buf: bytes, start: int, end: int, version: int) -> int:
-    if version >= wire.BINARY_MSG_ID_VERSION:
+    if version >= framing.BINARY_MSG_ID_VERSION:
         if end - start < 4:
             return -1
         wire_id = int.from_bytes(buf[start:start + 4], "big")
-        return wire_id - wire.PROTOBUF_OFFSET if wire_id > wire.PROTOBUF_OFFSET else wire_id
+        return wire_id - framing.PROTOBUF_OFFSET if wire_id > framing.PROTOBUF_OFFSET else wire_id
     nul = buf.find(b"\0", start, end)
     try:
         return int(buf[start:nul if nul >= 0 else end])
@@ -466,7 +493,7 @@ def _msg_id(buf: bytes, start: int, end: int, version: int) -> int:
 class ClientSide(asyncio.Protocol):
     """The bot's socket."""
 
-    def __init__(self, proxy: ProxyServer) -> None:
+    def __init__(self, proxy: SessionHost) -> None:
         self.proxy = proxy
         self.session: RelaySession | None = None
 

@@ -5,7 +5,7 @@ It speaks API server versions 157 to 178 (:data:`MIN_SERVER_VERSION`,
 TWS does: with the highest version in that range up to its cap,
 ``FakeGateway(server_version=N)`` (178 by default), so ib_insync 0.9.86 gets
 176 and ib_async 2.x 178. Every message sent and every request read is laid
-out for the negotiated version; :mod:`~ibkr_connection.simulator.versions`
+out for the negotiated version; :mod:`~ibkr_connection.wire.versions`
 lists what changes at which version, with IB's ``ibapi`` as the source. A
 range it cannot serve is answered with its own highest version and the socket
 closed; a request whose fields do not fit the version gets error 320 ("Error
@@ -29,8 +29,8 @@ from ibkr_connection.simulator.gateway import (
     SimOrder,
     SimPosition,
 )
-from ibkr_connection.simulator.protocol import SERVER_VERSION, default_message, farm_codes
-from ibkr_connection.simulator.versions import MAX_SERVER_VERSION, MIN_SERVER_VERSION
+from ibkr_connection.wire.protocol import SERVER_VERSION, default_message, farm_codes
+from ibkr_connection.wire.versions import MAX_SERVER_VERSION, MIN_SERVER_VERSION
 
 __all__ = [
     "MAX_SERVER_VERSION",

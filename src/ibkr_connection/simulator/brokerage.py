@@ -1,8 +1,9 @@
 """The simulated brokerage: accounts, instruments, orders, fills and positions.
 
-:class:`Brokerage` is the gateway's book. It creates instruments on demand,
-records orders, books fills into executions and positions (with average cost
-and realized PnL), hands out order ids and decides how orders fill (the fill
+:class:`Brokerage` is the gateway's book. It knows a short list of
+instruments (:data:`DEFAULT_INSTRUMENTS`) and those added to it, records
+orders, books fills into executions and positions (with average cost and
+realized PnL), hands out order ids and decides how orders fill (the fill
 mode). It touches no socket and sends nothing: the gateway tells its clients
 about what the book did.
 """
@@ -16,8 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
 
-from ibkr_connection.simulator import messages
-from ibkr_connection.simulator.protocol import Field
+from ibkr_connection.wire import protocol as p
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +62,6 @@ class Instrument:
     last: float = 100.0
     bid: float = 99.99
     ask: float = 100.01
-
-    def contract_fields(self, *, exchange: bool = True) -> list[Field]:
-        """Contract fields in the common decoder order.
-
-        Args:
-            exchange: Emit ``exchange`` (True) or ``primaryExchange`` (False)
-                in the exchange slot (``updatePortfolio`` uses the latter).
-
-        Returns:
-            conId, symbol, secType, expiry, strike, right, multiplier,
-            exchange, currency, localSymbol, tradingClass.
-        """
-        # The layout belongs to the encoders; this stays for existing callers.
-        return messages.contract_fields(self, exchange=exchange)
 
 
 @dataclass
@@ -177,6 +163,20 @@ class SimPosition:
     realized_pnl: float = 0.0
 
 
+#: The instruments every simulator knows from the start, as (symbol, conId,
+#: primary exchange): US stocks in USD at price 100, with IB's own conIds. The
+#: project's tests, benchmarks, demo and README use AAPL (and the message tests
+#: MSFT). Anything else is unknown until added (``FakeGateway.add_instrument``,
+#: ``prices=``, or a scenario's ``[gateway] instruments``), and a request
+#: naming an unknown contract is answered as TWS does: error 200.
+DEFAULT_INSTRUMENTS: tuple[tuple[str, int, str], ...] = (
+    ("AAPL", 265598, "NASDAQ"),
+    ("MSFT", 272093, "NASDAQ"),
+    ("IBM", 8314, "NYSE"),
+    ("SPY", 756733, "ARCA"),
+)
+
+
 class Brokerage:
     """The book behind a simulated gateway.
 
@@ -185,7 +185,8 @@ class Brokerage:
         next_order_id: First ``nextValidId`` given out.
         fill_mode: How orders fill (see :data:`FillMode`).
         commission: Commission charged per execution.
-        prices: Initial last prices per symbol.
+        prices: Initial last prices per symbol; a symbol not in
+            :data:`DEFAULT_INSTRUMENTS` is added as a US stock.
 
     Attributes:
         accounts: Managed accounts.
@@ -219,6 +220,8 @@ class Brokerage:
         self._perm_seq = itertools.count(1_000_001)
         self._exec_seq = itertools.count(1)
         self._con_id_seq = itertools.count(700_001)
+        for symbol, con_id, primary in DEFAULT_INSTRUMENTS:
+            self.add_instrument(symbol, con_id=con_id, primary_exchange=primary)
         for symbol, price in (prices or {}).items():
             self.add_instrument(symbol, price)
 
@@ -232,6 +235,8 @@ class Brokerage:
         sec_type: str = "STK",
         currency: str = "USD",
         spread: float = 0.02,
+        exchange: str = "SMART",
+        primary_exchange: str = "NASDAQ",
     ) -> Instrument:
         """Add (or reprice) an instrument.
 
@@ -242,6 +247,8 @@ class Brokerage:
             sec_type: Security type.
             currency: Currency.
             spread: Bid/ask spread.
+            exchange: Routing exchange.
+            primary_exchange: Listing exchange.
 
         Returns:
             The instrument.
@@ -252,6 +259,8 @@ class Brokerage:
                 symbol=symbol,
                 con_id=con_id or next(self._con_id_seq),
                 sec_type=sec_type,
+                exchange=exchange,
+                primary_exchange=primary_exchange,
                 currency=currency,
             )
             self.instruments[symbol] = inst
@@ -261,56 +270,32 @@ class Brokerage:
         return inst
 
     def lookup(
-        self,
-        con_id: int,
-        symbol: str,
-        *,
-        sec_type: str = "STK",
-        currency: str = "USD",
-        create: bool = True,
+        self, con_id: int, symbol: str, *, sec_type: str = "", currency: str = ""
     ) -> Instrument | None:
-        """Find an instrument by conId, then by symbol, creating it if allowed.
+        """Find the known instrument a request names: by conId, then by symbol.
+
+        Never creates one: TWS answers a contract it does not know with error
+        200, and so do the handlers when this returns ``None``.
 
         Args:
-            con_id: Contract id (0: unknown).
+            con_id: Contract id (0: not given).
             symbol: Ticker symbol (may be empty).
-            sec_type: Security type of a created instrument.
-            currency: Currency of a created instrument.
-            create: Create an unknown symbol (at price 100).
+            sec_type: The request's security type; a known symbol of another
+                type does not match (empty: any).
+            currency: The request's currency, likewise.
 
         Returns:
-            The instrument, or ``None`` if unknown and not created.
+            The instrument, or ``None`` if no known instrument matches.
         """
         if con_id:
-            for inst in self.instruments.values():
-                if inst.con_id == con_id:
-                    return inst
-        if symbol in self.instruments:
-            return self.instruments[symbol]
-        if not create or not symbol:
+            for known in self.instruments.values():
+                if known.con_id == con_id:
+                    return known
+        inst = self.instruments.get(symbol)
+        if inst is None or sec_type not in ("", inst.sec_type):
             return None
-        return self.add_instrument(
-            symbol, con_id=con_id or None, sec_type=sec_type or "STK", currency=currency or "USD"
-        )
-
-    def get_or_create(self, con_id: int, symbol: str, sec_type: str, currency: str) -> Instrument:
-        """Find or create the instrument a request names.
-
-        Args:
-            con_id: Contract id (0: unknown).
-            symbol: Ticker symbol.
-            sec_type: Security type of a created instrument.
-            currency: Currency of a created instrument.
-
-        Returns:
-            The instrument.
-
-        Raises:
-            ValueError: If neither a symbol nor a known conId is given.
-        """
-        inst = self.lookup(con_id, symbol, sec_type=sec_type, currency=currency)
-        if inst is None:
-            raise ValueError(f"no symbol or known conId in request ({con_id}, {symbol!r})")
+        if currency not in ("", inst.currency):
+            return None
         return inst
 
     def find_instrument(self, key: str | int) -> Instrument:
@@ -325,11 +310,7 @@ class Brokerage:
         Raises:
             KeyError: For an unknown conId.
         """
-        inst = (
-            self.lookup(key, "", create=False)
-            if isinstance(key, int)
-            else self.instruments.get(key)
-        )
+        inst = self.lookup(key, "") if isinstance(key, int) else self.instruments.get(key)
         if inst is None:
             if isinstance(key, int):
                 raise KeyError(f"unknown conId {key}")
@@ -438,7 +419,7 @@ class Brokerage:
         now = datetime.now(timezone.utc)
         if order.remaining <= 0:
             order.status = "Filled"
-            order.completed_time = now.strftime(messages.TIME_FORMAT)
+            order.completed_time = now.strftime(p.TIME_FORMAT)
         realized = self._book_position(order, qty, price)
         ex = SimExecution(
             exec_id=f"0000e0d5.{next(self._exec_seq):08x}.01.01",
@@ -501,6 +482,6 @@ class Brokerage:
         if order.is_done:
             return False
         order.status = "Cancelled"
-        order.completed_time = datetime.now(timezone.utc).strftime(messages.TIME_FORMAT)
+        order.completed_time = datetime.now(timezone.utc).strftime(p.TIME_FORMAT)
         logger.info("order %d cancelled", order_id)
         return True

@@ -6,19 +6,21 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from typing import Any
 
-from ibkr_connection.proxy.recording import RecordingError, load_recording
-from ibkr_connection.simulator import versions
 from ibkr_connection.simulator.gateway import FakeGateway
 from ibkr_connection.simulator.ibc import IbcCommandServer
 from ibkr_connection.simulator.replay import ReplayGateway
-from ibkr_connection.simulator.scenario import (
+from ibkr_connection.simulator.scenario import run_scenario
+from ibkr_connection.wire import versions
+from ibkr_connection.wire.recording import RecordingError, load_recording
+from ibkr_connection.wire.scenario import (
+    Scenario,
     ScenarioError,
     resolve_scenario,
-    run_scenario,
     shipped_scenarios,
 )
 
@@ -44,6 +46,17 @@ def server_version(text: str) -> int:
             f"{text!r} is not a server version the simulator speaks "
             f"({versions.MIN_SERVER_VERSION}..{versions.MAX_SERVER_VERSION})"
         ) from None
+
+
+def _positive(text: str) -> int:
+    """Parse a count of at least 1 (``--fill-parts``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -89,7 +102,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="list the shipped scenarios with what each does, and exit",
     )
     parser.add_argument(
-        "--fill-mode", choices=("immediate", "manual"), default="immediate", help="order fills"
+        "--fill-mode",
+        choices=("immediate", "manual", "parts"),
+        default="immediate",
+        help="order fills: in full at once, never (a scenario's fill_order fills them), or "
+        "in --fill-parts executions, as the scenario action fill_mode",
+    )
+    parser.add_argument(
+        "--fill-parts",
+        type=_positive,
+        default=2,
+        metavar="N",
+        help="executions per order with --fill-mode parts (default 2)",
     )
     parser.add_argument(
         "--replay",
@@ -124,6 +148,21 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def add_scenario_instruments(gw: FakeGateway, scenario: Scenario) -> list[str]:
+    """Add the instruments of a scenario's ``[gateway]`` table to the gateway.
+
+    Returns:
+        The symbols added, in order.
+    """
+    added: list[str] = []
+    for entry in scenario.gateway.get("instruments", []):
+        fields = dict(entry)
+        symbol = fields.pop("symbol")
+        gw.add_instrument(symbol, float(fields.pop("price", 100.0)), **fields)
+        added.append(symbol)
+    return added
+
+
 async def serve(args: argparse.Namespace) -> int:
     """Run the simulator (and the scenario) until cancelled or ``--duration`` passes.
 
@@ -149,7 +188,8 @@ async def serve(args: argparse.Namespace) -> int:
         "next_order_id": args.next_order_id,
         "port": args.port,
         "host": args.host,
-        "fill_mode": args.fill_mode,
+        "fill_mode": (("parts", args.fill_parts) if args.fill_mode == "parts"
+                      else args.fill_mode),
     }
     if recording is None:
         gw: FakeGateway = FakeGateway(server_version=args.server_version, **settings)
@@ -158,20 +198,26 @@ async def serve(args: argparse.Namespace) -> int:
         # A replay answers the handshake with the recording's own version, never another.
         gw = ReplayGateway(recording, **settings)
         spoken = f"replaying server version {recording.version or gw.server_version}"
+    if scenario is not None:
+        add_scenario_instruments(gw, scenario)
     ibc_port = getattr(args, "ibc_port", None)
+    try:
+        await gw.start()
+    except OSError as exc:
+        raise ListenError(args.host, args.port, "", exc) from exc
     if ibc_port is not None:
-        gw.ibc = IbcCommandServer(gw, args.host, ibc_port,
-                                  restart_outage=getattr(args, "ibc_restart_outage", 1.0))
-    async with gw:
-        logger.info(
-            "simulator ready on %s:%d accounts=%s %s",
-            args.host,
-            gw.port,
-            ",".join(accounts),
-            spoken,
-        )
-        if gw.ibc is not None:
-            logger.info("IBC command server on %s:%d", args.host, gw.ibc.port)
+        ibc = IbcCommandServer(gw, args.host, ibc_port,
+                               restart_outage=getattr(args, "ibc_restart_outage", 1.0))
+        try:
+            await ibc.start()
+        except OSError as exc:
+            await gw.stop()
+            raise ListenError(args.host, ibc_port, " (IBC command server)", exc) from exc
+        gw.ibc = ibc  # stopped with the gateway
+    try:
+        ibc_line = "" if gw.ibc is None else f"; IBC command server on {args.host}:{gw.ibc.port}"
+        logger.info("simulator ready on %s:%d accounts=%s %s%s", args.host, gw.port,
+                    ",".join(accounts), spoken, ibc_line)
         tasks: list[asyncio.Task[None]] = []
         if scenario is not None:
             tasks.append(asyncio.create_task(run_scenario(gw, scenario)))
@@ -193,8 +239,26 @@ async def serve(args: argparse.Namespace) -> int:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+    finally:
+        await gw.stop()
     logger.info("simulator stopped")
     return 0
+
+
+class ListenError(Exception):
+    """A port the simulator was told to listen on cannot be bound; says which, in one line."""
+
+    def __init__(self, host: str, port: int, what: str, exc: OSError) -> None:
+        # asyncio rewords the error ("error while attempting to bind on address
+        # ...: address already in use"); the errno's own text is the reason.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        super().__init__(f"cannot listen on {host}:{port}{what}: {reason}")
+
+
+def _fail(message: object) -> int:
+    """Say why ``sim`` cannot run, in the one-line style of the other commands; return 2."""
+    sys.stderr.write(f"ibkr-connection sim: {message}\n")
+    return 2
 
 
 def run(args: argparse.Namespace) -> int:
@@ -204,8 +268,9 @@ def run(args: argparse.Namespace) -> int:
         args: Parsed arguments.
 
     Returns:
-        0 on a clean exit (or after listing the scenarios), 2 for a bad or
-        unknown scenario or an unreadable recording, 1 if the port is unusable.
+        0 on a clean exit (or after listing the scenarios); 2, after one line
+        on stderr, for a bad or unknown scenario, an unreadable recording, or
+        a port (the gateway's or IBC's) that cannot be listened on.
     """
     if args.list_scenarios:
         return list_scenarios()
@@ -214,15 +279,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         logger.info("simulator stopped")
         return 0
-    except ScenarioError as exc:
-        logger.error("%s", exc)
-        return 2
-    except RecordingError as exc:
-        sys.stderr.write(f"ibkr-connection sim: {exc}\n")
-        return 2
-    except OSError as exc:
-        logger.error("cannot listen on %s:%s: %s", args.host, args.port, exc)
-        return 1
+    except (ScenarioError, RecordingError, ListenError) as exc:
+        return _fail(exc)
 
 
 def list_scenarios() -> int:
@@ -233,12 +291,8 @@ def list_scenarios() -> int:
     """
     try:
         shipped = shipped_scenarios()
-    except ScenarioError as exc:
-        logger.error("%s", exc)
-        return 2
-    except RecordingError as exc:
-        sys.stderr.write(f"ibkr-connection sim: {exc}\n")
-        return 2
+    except (ScenarioError, RecordingError) as exc:
+        return _fail(exc)
     width = max((len(name) for name in shipped), default=0)
     for name, scenario in shipped.items():
         sys.stdout.write(f"{name:<{width}}  {scenario.description}\n")

@@ -15,65 +15,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Protocol
 
-from ibkr_connection.simulator import messages
-from ibkr_connection.simulator import protocol as p
 from ibkr_connection.simulator.transport import ApiClient, GatewayTransport, Request
+from ibkr_connection.wire import protocol as p
+from ibkr_connection.wire.nightly import play_nightly_reset
+from ibkr_connection.wire.scenario import SYNC_REQUESTS
 
 logger = logging.getLogger(__name__)
-
-#: Requests whose replies end with an "end" message that :meth:`FakeGateway.hold_sync`
-#: can withhold, and that :attr:`FakeGateway.sync_delays` can delay.
-SYNC_REQUESTS = (
-    "reqPositions",
-    "reqOpenOrders",
-    "reqAllOpenOrders",
-    "reqCompletedOrders",
-    "reqAccountUpdates",
-    "reqAccountUpdatesMulti",
-    "reqExecutions",
-    "reqAccountSummary",
-    "reqPositionsMulti",
-    "reqCurrentTime",
-    "reqContractDetails",
-)
 
 #: Requests an order fault can catch: a new order or a modification, and a cancel.
 ORDER_REQUESTS = ("placeOrder", "cancelOrder")
 
 #: What an order fault does to the request it catches (see :meth:`FaultInjection.order_fault`).
 ORDER_FAULTS = ("lost", "ack_lost", "drop_after")
-
-
-class _ResetTarget(Protocol):
-    """What a nightly reset acts on: the simulator, or the proxy's sessions."""
-
-    async def send_error(self, code: int) -> object: ...
-    async def farm_broken(self, farm: str) -> object: ...
-    async def farm_ok(self, farm: str) -> object: ...
-    def stall(self) -> object: ...
-    def unstall(self) -> object: ...
-
-
-async def play_nightly_reset(target: _ResetTarget, farms: Sequence[str], silence: float,
-                             restore_code: int, stall: bool) -> None:
-    """IB's nightly reset as the client sees it, played on ``target``.
-
-    1100, every farm broken, optionally a hang, ``silence`` seconds, then the
-    restore code (1101 or 1102) and every farm OK again.
-    """
-    await target.send_error(1100)
-    for farm in farms:
-        await target.farm_broken(farm)
-    if stall:
-        target.stall()
-    await asyncio.sleep(silence)
-    if stall:
-        target.unstall()
-    await target.send_error(restore_code)
-    for farm in farms:
-        await target.farm_ok(farm)
 
 
 class FaultInjection(GatewayTransport):
@@ -200,7 +154,7 @@ class FaultInjection(GatewayTransport):
             broken_code, ok_code = p.farm_codes(farm)
             code = ok_code if ok else broken_code
             text = p.default_message(code, farm=farm)
-            notices.append(messages.error(-1, code, text, version=version))
+            notices.append(p.error(-1, code, text, version=version))
         return notices
 
     async def drop_clients(self, client_id: int | None = None) -> int:
@@ -212,11 +166,15 @@ class FaultInjection(GatewayTransport):
         Returns:
             Number of connections aborted.
         """
+        dropped = self._abort(client_id)
+        logger.info("fault: dropped %d connection(s)", dropped)
+        await asyncio.sleep(0)
+        return dropped
+
+    def _abort(self, client_id: int | None = None) -> int:
         victims = [c for c in self._conns.values() if client_id is None or c.client_id == client_id]
         for conn in victims:
             conn.transport.abort()
-        logger.info("fault: dropped %d connection(s)", len(victims))
-        await asyncio.sleep(0)
         return len(victims)
 
     async def restart(self, outage: float = 1.0) -> None:
@@ -225,11 +183,27 @@ class FaultInjection(GatewayTransport):
         Args:
             outage: Seconds during which connections are refused.
         """
-        logger.info("fault: gateway restart, outage %.2fs", outage)
-        await self.stop_listening()
-        await self.drop_clients()
+        # One line as it goes down, one as it comes back: the parts are DEBUG.
+        dropped = await self.shut_down()
+        logger.info("fault: gateway restart: %d connection(s) dropped, refusing connections "
+                    "for %.2fs", dropped, outage)
         await asyncio.sleep(outage)
-        await self.start_listening()
+        await self.start_listening(quiet=True)
+        logger.info("gateway back after the restart, listening on %s:%d", self.host, self._port)
+
+    async def shut_down(self) -> int:
+        """Stop listening and abort every connection, saying nothing (the caller says it).
+
+        The parts of a restart (this one, or IBC's); :meth:`start_listening`
+        or :meth:`restart` bring the gateway back.
+
+        Returns:
+            The number of connections aborted.
+        """
+        await self._stop_listening(logging.DEBUG)
+        dropped = self._abort()
+        await asyncio.sleep(0)  # the aborted connections' callbacks run
+        return dropped
 
     async def reset_port(self, new_port: int = 0) -> int:
         """Move to a new port: send 1300 naming it, drop clients, listen there only.
@@ -241,12 +215,16 @@ class FaultInjection(GatewayTransport):
             The new port.
         """
         new_server, port = await self._create_server(new_port)
-        await self.send_error(1300, message=p.default_message(1300, port=port))
-        await self.drop_clients()
-        await self.stop_listening()
+        targets = self._client(None)
+        for conn in targets:
+            conn.send_error(-1, 1300, p.default_message(1300, port=port))
+        await asyncio.sleep(0)
+        dropped = self._abort()
+        await self._stop_listening(logging.DEBUG)
         self._server = new_server
         self._port = port
-        logger.info("fault: socket port reset, now listening on %d", port)
+        logger.info("fault: socket port reset: 1300 sent to %d client(s), %d connection(s) "
+                    "dropped, now listening on %d", len(targets), dropped, port)
         return port
 
     def stall(self) -> None:
@@ -277,6 +255,36 @@ class FaultInjection(GatewayTransport):
             data, conn.backlog = bytes(conn.backlog), bytearray()
             if data:
                 self._on_data(conn, data)
+
+    def clear_faults(self) -> list[str]:
+        """Forget the faults of this run, as a restarted gateway does; nothing is sent.
+
+        Clears a stall or wedge, held and delayed sync replies, a slow
+        handshake and broken farms. Called with no client connected (after a
+        drop), so nothing held is delivered.
+
+        Returns:
+            What was cleared, one phrase each (empty when nothing was set).
+        """
+        cleared: list[str] = []
+        if self._stalled:
+            self._stalled = False
+            cleared.append("the stall")
+        if self._held:
+            cleared.append(f"held ends of {', '.join(sorted(self._held))}")
+            self._held.clear()
+        if self.sync_delays:
+            cleared.append(f"delays of {', '.join(sorted(self.sync_delays))}")
+            self.sync_delays.clear()
+        if self.handshake_delay:
+            cleared.append(f"the {self.handshake_delay:g}s handshake delay")
+            self.handshake_delay = 0.0
+        broken = [farm for farm, ok in self.farms.items() if not ok]
+        if broken:
+            cleared.append(f"broken farms {', '.join(broken)}")
+            for farm in broken:
+                self.farms[farm] = True
+        return cleared
 
     def hold_sync(self, name: str) -> None:
         """Withhold the end message of a request type (e.g. ``execDetailsEnd``).

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from ibkr_connection.simulator import handlers, messages
-from ibkr_connection.simulator import protocol as p
 from ibkr_connection.simulator.brokerage import (
     DEFAULT_ACCOUNT_VALUES,
     Brokerage,
@@ -37,9 +36,11 @@ from ibkr_connection.simulator.brokerage import (
     SimOrder,
     SimPosition,
 )
-from ibkr_connection.simulator.faults import SYNC_REQUESTS, FaultInjection
+from ibkr_connection.simulator.faults import FaultInjection
 from ibkr_connection.simulator.ibc import IbcCommandServer
 from ibkr_connection.simulator.transport import ApiClient, Request
+from ibkr_connection.wire import protocol as p
+from ibkr_connection.wire.scenario import SYNC_REQUESTS
 
 __all__ = [
     "DEFAULT_ACCOUNT_VALUES",
@@ -67,8 +68,13 @@ class FakeGateway(FaultInjection):
         next_order_id: First ``nextValidId`` given out.
         port: TCP port; 0 picks a free one (see :attr:`port`).
         host: Interface to bind, 127.0.0.1 by default.
-        prices: Initial last prices per symbol; instruments are created on
-            demand for other symbols (price 100).
+        prices: Initial last prices per symbol. The gateway knows the
+            instruments of :data:`~ibkr_connection.simulator.brokerage.DEFAULT_INSTRUMENTS`
+            (AAPL, MSFT, IBM, SPY at 100), those named here, and those added by
+            :meth:`add_instrument`; a client request naming any other contract
+            (``reqContractDetails``, ``reqMktData``, ``placeOrder``) gets error
+            200, as from TWS. :meth:`push_tick` and :meth:`create_order` add
+            the symbol they name.
         fill_mode: ``"immediate"`` fills orders in full right after
             ``Submitted``; ``"manual"`` leaves them working until
             :meth:`fill_order`; ``("parts", n)`` fills in ``n`` executions.
@@ -242,8 +248,10 @@ class FakeGateway(FaultInjection):
         sec_type: str = "STK",
         currency: str = "USD",
         spread: float = 0.02,
+        exchange: str = "SMART",
+        primary_exchange: str = "NASDAQ",
     ) -> Instrument:
-        """Add (or reprice) an instrument.
+        """Add (or reprice) an instrument: clients can then qualify it, stream it, trade it.
 
         Args:
             symbol: Ticker symbol.
@@ -252,12 +260,15 @@ class FakeGateway(FaultInjection):
             sec_type: Security type.
             currency: Currency.
             spread: Bid/ask spread.
+            exchange: Routing exchange.
+            primary_exchange: Listing exchange.
 
         Returns:
             The instrument.
         """
         return self.book.add_instrument(
-            symbol, price, con_id=con_id, sec_type=sec_type, currency=currency, spread=spread
+            symbol, price, con_id=con_id, sec_type=sec_type, currency=currency, spread=spread,
+            exchange=exchange, primary_exchange=primary_exchange,
         )
 
     def create_order(

@@ -13,21 +13,62 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from ibkr_connection.simulator import layouts, messages
-from ibkr_connection.simulator import protocol as p
-from ibkr_connection.simulator.brokerage import SimOrder
+from ibkr_connection.simulator.brokerage import Brokerage, SimExecution, SimOrder, SimPosition
 from ibkr_connection.simulator.transport import ApiClient, Request
-
-if TYPE_CHECKING:
-    # Only for annotations: the gateway imports this module to dispatch.
-    from ibkr_connection.simulator.gateway import FakeGateway
+from ibkr_connection.wire import protocol as p
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[["FakeGateway", ApiClient, list[str]], None]
+
+class Gateway(Protocol):
+    """What a handler needs of the gateway (:class:`FakeGateway
+    <ibkr_connection.simulator.gateway.FakeGateway>` is one): the book, the
+    replies that faults may hold or delay, and the calls that answer a client.
+    Declared here so that the handlers do not import the gateway that
+    dispatches to them.
+    """
+
+    book: Brokerage
+
+    @property
+    def stalled(self) -> bool: ...
+
+    @property
+    def accounts(self) -> list[str]: ...
+
+    @property
+    def account_values(self) -> dict[str, tuple[str, str]]: ...
+
+    @property
+    def orders(self) -> dict[int, SimOrder]: ...
+
+    @property
+    def executions(self) -> list[SimExecution]: ...
+
+    @property
+    def positions(self) -> dict[tuple[str, int], SimPosition]: ...
+
+    @property
+    def next_valid_id(self) -> int: ...
+
+    def accept_client(self, conn: ApiClient, client_id: int) -> bool: ...
+
+    def farm_notices(self, version: int) -> list[bytes]: ...
+
+    def send_reply(self, conn: ApiClient, name: str, body: Iterable[bytes],
+                   end: bytes | None) -> None: ...
+
+    def fill_order(self, order_id: int, quantity: float | None = None,
+                   price: float | None = None) -> SimExecution: ...
+
+    def cancel_order(self, order_id: int) -> None: ...
+
+
+Handler = Callable[[Gateway, ApiClient, list[str]], None]
 
 #: Message id of ``startApi``, the one request accepted before the API is started.
 START_API = 71
@@ -36,8 +77,12 @@ START_API = 71
 #: field missing or left over for the negotiated version.
 ERROR_READING_REQUEST = 320
 
+#: TWS's code for a contract it does not know ("No security definition has been
+#: found for the request").
+NO_SECURITY_DEFINITION = 200
 
-def dispatch(gw: FakeGateway, conn: ApiClient, request: Request) -> None:
+
+def dispatch(gw: Gateway, conn: ApiClient, request: Request) -> None:
     """Run the handler of a request, if it has one and the client may send it.
 
     A request that does not match its layout at the connection's version
@@ -79,7 +124,7 @@ def dispatch(gw: FakeGateway, conn: ApiClient, request: Request) -> None:
 
 
 # ------------------------------------------------------------ session
-def start_api(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def start_api(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``startApi``: accept the client id, then greet as TWS does."""
     request = layouts.fixed("startApi", fields)
     if not gw.accept_client(conn, int(request["clientId"])):
@@ -90,26 +135,26 @@ def start_api(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
         conn.send_raw(notice)
 
 
-def req_current_time(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def req_current_time(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqCurrentTime``: the gateway's clock, in whole seconds."""
     layouts.fixed("reqCurrentTime", fields)
     gw.send_reply(conn, "reqCurrentTime", [], messages.current_time(int(time.time())))
 
 
-def req_ids(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def req_ids(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqIds``: the next valid order id."""
     layouts.fixed("reqIds", fields)
     conn.send_raw(messages.next_valid_id(gw.next_valid_id))
 
 
-def req_managed_accts(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def req_managed_accts(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqManagedAccts``: the managed accounts."""
     layouts.fixed("reqManagedAccts", fields)
     conn.send_raw(messages.managed_accounts(gw.accounts))
 
 
 # ------------------------------------------------------------ positions, account
-def req_positions(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def req_positions(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqPositions``: every position, then live updates on fills."""
     layouts.fixed("reqPositions", fields)
     conn.positions_subscribed = True
@@ -117,13 +162,13 @@ def req_positions(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     gw.send_reply(conn, "reqPositions", body, messages.position_end())
 
 
-def cancel_positions(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def cancel_positions(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``cancelPositions``: stop the live position updates."""
     layouts.fixed("cancelPositions", fields)
     conn.positions_subscribed = False
 
 
-def req_account_updates(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def req_account_updates(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqAccountUpdates``: (un)subscribe to one account's values and portfolio."""
     request = layouts.fixed("reqAccountUpdates", fields)
     subscribe = request["subscribe"] == "1"
@@ -142,7 +187,7 @@ def req_account_updates(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> 
     gw.send_reply(conn, "reqAccountUpdates", body, end)
 
 
-def req_account_updates_multi(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def req_account_updates_multi(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqAccountUpdatesMulti``: the account values (one snapshot)."""
     request = layouts.fixed("reqAccountUpdatesMulti", fields)
     req_id, account, model = int(request["reqId"]), request["account"], request["modelCode"]
@@ -154,13 +199,13 @@ def req_account_updates_multi(gw: FakeGateway, conn: ApiClient, fields: list[str
     gw.send_reply(conn, "reqAccountUpdatesMulti", body, end)
 
 
-def req_positions_multi(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def req_positions_multi(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqPositionsMulti``: no positions, only the end message."""
     req_id = int(layouts.fixed("reqPositionsMulti", fields)["reqId"])
     gw.send_reply(conn, "reqPositionsMulti", [], messages.position_multi_end(req_id))
 
 
-def req_account_summary(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def req_account_summary(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqAccountSummary``: the requested tags of every account."""
     request = layouts.fixed("reqAccountSummary", fields)
     req_id = int(request["reqId"])
@@ -176,7 +221,7 @@ def req_account_summary(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> 
 
 
 # ------------------------------------------------------------ orders
-def req_open_orders(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def req_open_orders(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqOpenOrders`` (own working orders) and ``reqAllOpenOrders`` (everyone's)."""
     everyone = fields[0] == "16"
     name = "reqAllOpenOrders" if everyone else "reqOpenOrders"
@@ -189,7 +234,7 @@ def req_open_orders(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None
     gw.send_reply(conn, name, body, messages.open_order_end())
 
 
-def req_completed_orders(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def req_completed_orders(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqCompletedOrders``: every filled or cancelled order."""
     layouts.fixed("reqCompletedOrders", fields)
     body = [
@@ -198,7 +243,7 @@ def req_completed_orders(gw: FakeGateway, conn: ApiClient, fields: list[str]) ->
     gw.send_reply(conn, "reqCompletedOrders", body, messages.completed_orders_end())
 
 
-def place_order(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def place_order(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``placeOrder``: a new order (filled per the fill mode) or a modification."""
     assert conn.client_id is not None
     book = gw.book
@@ -217,7 +262,12 @@ def place_order(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
         conn.send_raw(messages.order_status(existing))
         return
     ref = request.contract
-    inst = book.get_or_create(ref.con_id, ref.symbol, ref.sec_type, ref.currency)
+    inst = book.lookup(ref.con_id, ref.symbol, sec_type=ref.sec_type, currency=ref.currency)
+    if inst is None:
+        # TWS rejects an order for a contract it does not know with 200 on the
+        # order id (ib_insync's wrapper.error then marks the trade Cancelled).
+        _no_security_definition(conn, order_id, ref)
+        return
     order = SimOrder(
         order_id=order_id,
         client_id=conn.client_id,
@@ -248,7 +298,7 @@ def place_order(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
         gw.fill_order(order_id, quantity=quantity)
 
 
-def cancel_order(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def cancel_order(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``cancelOrder``: cancel a working order, or 10147 if there is none."""
     order_id = layouts.cancel_order(fields, conn.version)
     order = gw.orders.get(order_id)
@@ -259,7 +309,7 @@ def cancel_order(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     gw.cancel_order(order_id)
 
 
-def global_cancel(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def global_cancel(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqGlobalCancel``: cancel every working order, whoever placed it."""
     layouts.fixed("reqGlobalCancel", fields)
     for order in list(gw.orders.values()):
@@ -268,7 +318,7 @@ def global_cancel(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
 
 
 # ------------------------------------------------------------ executions, contracts
-def req_executions(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def req_executions(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqExecutions``: the executions matching the filter, with commissions."""
     request = layouts.fixed("reqExecutions", fields)
     req_id = int(request["reqId"])
@@ -295,13 +345,27 @@ def req_executions(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     gw.send_reply(conn, "reqExecutions", body, messages.exec_details_end(req_id))
 
 
-def req_contract_details(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def _no_security_definition(conn: ApiClient, req_id: int, ref: layouts.ContractRef) -> None:
+    """Answer a request naming an unknown contract as TWS does: error 200, nothing else.
+
+    IB's message codes: 200 "No security definition has been found for the
+    request" (interactivebrokers.github.io/tws-api/message_codes.html), for a
+    reqContractDetails, a reqMktData or a placeOrder alike (erdewit/ib_insync
+    #140, pilwon/node-ib #25). No contractDetailsEnd follows: ib_insync's and
+    ib_async's ``Wrapper.error`` end the pending request on the error itself.
+    """
+    logger.info("client %s named an unknown contract (conId %s, %s %s %s): error 200",
+                conn.client_id, ref.con_id, ref.symbol, ref.sec_type, ref.currency)
+    conn.send_error(req_id, NO_SECURITY_DEFINITION, p.default_message(NO_SECURITY_DEFINITION))
+
+
+def req_contract_details(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqContractDetails``: a known instrument's details, or 200."""
     request = layouts.contract_details(fields, conn.version)
-    req_id = request.req_id
-    inst = gw.book.lookup(request.contract.con_id, request.contract.symbol, create=False)
+    req_id, ref = request.req_id, request.contract
+    inst = gw.book.lookup(ref.con_id, ref.symbol, sec_type=ref.sec_type, currency=ref.currency)
     if inst is None:
-        conn.send_error(req_id, 200, p.default_message(200))
+        _no_security_definition(conn, req_id, ref)
         return
     body = [messages.contract_details(inst, req_id, version=conn.version)]
     end = messages.contract_details_end(req_id)
@@ -309,11 +373,14 @@ def req_contract_details(gw: FakeGateway, conn: ApiClient, fields: list[str]) ->
 
 
 # ------------------------------------------------------------ market data
-def req_mkt_data(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def req_mkt_data(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqMktData``: subscribe (or snapshot) and send the current quote."""
     request = layouts.mkt_data(fields, conn.version)
     req_id, ref, snapshot = request.req_id, request.contract, request.snapshot
-    inst = gw.book.get_or_create(ref.con_id, ref.symbol, ref.sec_type, ref.currency)
+    inst = gw.book.lookup(ref.con_id, ref.symbol, sec_type=ref.sec_type, currency=ref.currency)
+    if inst is None:
+        _no_security_definition(conn, req_id, ref)
+        return
     if not snapshot:
         conn.mkt_data[req_id] = inst
     if gw.stalled:
@@ -325,7 +392,7 @@ def req_mkt_data(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
         conn.send_raw(messages.tick_snapshot_end(req_id))
 
 
-def cancel_mkt_data(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
+def cancel_mkt_data(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``cancelMktData``: stop streaming a subscription."""
     conn.mkt_data.pop(int(layouts.fixed("cancelMktData", fields)["reqId"]), None)
 

@@ -15,20 +15,44 @@ connections for ``restart_outage`` seconds and comes back healthy (every
 fault cleared: stall, held or delayed sync, slow handshake, broken farms);
 ``RECONNECTDATA`` marks every farm OK and sends the farm-OK notices;
 ``RECONNECTACCOUNT`` sends 1102 (connectivity restored, data kept); ``STOP``
-stops listening. Binds 127.0.0.1 unless told otherwise.
+stops listening and drops every client (the process stays: ``RESTART`` brings
+the gateway back). Binds 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ibkr_connection.simulator.gateway import FakeGateway
+from typing import Protocol
 
 logger = logging.getLogger(__name__)
+
+
+class Controlled(Protocol):
+    """What IBC's commands act on (:class:`FakeGateway
+    <ibkr_connection.simulator.gateway.FakeGateway>` is one). Declared here so
+    that this module does not import the gateway that runs it.
+    """
+
+    farms: dict[str, bool]
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    async def shut_down(self) -> int: ...
+
+    async def start_listening(self, *, quiet: bool = False) -> None: ...
+
+    def clear_faults(self) -> list[str]: ...
+
+    async def farm_ok(self, farm: str) -> object: ...
+
+    async def send_error(self, code: int) -> object: ...
 
 
 class IbcCommandServer:
@@ -44,9 +68,12 @@ class IbcCommandServer:
     Attributes:
         commands: every command received, in order (upper-cased).
         restarts: how many restarts were carried out.
+        on_command: called with each command as it is received (upper-cased),
+            before it is carried out; e.g. a demo printing it in its own
+            time style.
     """
 
-    def __init__(self, gateway: FakeGateway, host: str = "127.0.0.1", port: int = 0,
+    def __init__(self, gateway: Controlled, host: str = "127.0.0.1", port: int = 0,
                  *, restart_outage: float = 1.0, silent: bool = False) -> None:
         self.gateway = gateway
         self.host = host
@@ -54,6 +81,7 @@ class IbcCommandServer:
         self.silent = silent
         self.commands: list[str] = []
         self.restarts = 0
+        self.on_command: Callable[[str], None] | None = None
         self._port = port
         self._server: asyncio.Server | None = None
         self._restart_task: asyncio.Task[None] | None = None
@@ -74,7 +102,8 @@ class IbcCommandServer:
         """Listen for commands."""
         self._server = await asyncio.start_server(self._channel, self.host, self._port)
         self._port = self._server.sockets[0].getsockname()[1]
-        logger.info("IBC command server on %s:%d", self.host, self._port)
+        # DEBUG: whoever started it says where it listens (the CLI's ready line).
+        logger.debug("IBC command server on %s:%d", self.host, self._port)
 
     async def stop(self) -> None:
         """Stop listening, end the channels and any restart in progress."""
@@ -110,7 +139,9 @@ class IbcCommandServer:
                 if not command:
                     continue
                 self.commands.append(command.upper())
-                logger.info("IBC command server received command: %s", command)
+                logger.info("IBC command server received: %s", command)
+                if self.on_command is not None:
+                    self.on_command(command.upper())
                 if self.silent:
                     continue
                 answer, close = await self._dispatch(command.upper())
@@ -141,8 +172,10 @@ class IbcCommandServer:
             await gateway.send_error(1102)
             return "OK ", False
         if command == "STOP":
-            await gateway.stop_listening()
-            await gateway.drop_clients()
+            dropped = await gateway.shut_down()
+            # IBC's STOP ends the gateway; the simulator's process stays, deaf.
+            logger.info("IBC: STOP: the gateway stopped listening (%d connection(s) dropped); "
+                        "RESTART through this command server brings it back", dropped)
             return "OK Shutting down", True
         if command == "EXIT":
             return "OK Goodbye", True
@@ -150,20 +183,18 @@ class IbcCommandServer:
 
     async def _restart(self) -> None:
         gateway = self.gateway
-        logger.info("IBC: restarting the gateway (outage %.2fs)", self.restart_outage)
-        await gateway.stop_listening()
-        await gateway.drop_clients()
+        # One line going down, one coming back; the parts say nothing.
+        dropped = await gateway.shut_down()
         # A restarted gateway remembers none of the faults of the last run.
-        gateway.unstall()
-        gateway.release_sync()
-        gateway.sync_delays.clear()
-        gateway.handshake_delay = 0.0
-        for farm in gateway.farms:
-            gateway.farms[farm] = True
+        cleared = gateway.clear_faults()
+        logger.info("IBC: restarting the gateway: %d connection(s) dropped, refusing "
+                    "connections for %.2fs%s", dropped, self.restart_outage,
+                    f", cleared {'; '.join(cleared)}" if cleared else "")
         await asyncio.sleep(self.restart_outage)
-        await gateway.start_listening()
+        await gateway.start_listening(quiet=True)
         self.restarts += 1
-        logger.info("IBC: gateway restarted (%d so far)", self.restarts)
+        logger.info("IBC: gateway restarted (%d so far), listening on %s:%d", self.restarts,
+                    gateway.host, gateway.port)
 
 
 __all__ = ["IbcCommandServer"]

@@ -7,7 +7,7 @@ checked against ib_insync 0.9.86's and ib_async 2.1's ``client.py`` (which
 send the same fields). Requests whose layout is the same at every version
 157..178 are rows of :data:`FIXED`; ``placeOrder``, ``cancelOrder``,
 ``reqContractDetails`` (which change with the version, see
-:mod:`~ibkr_connection.simulator.versions`) and ``reqMktData`` (whose combo
+:mod:`~ibkr_connection.wire.versions`) and ``reqMktData`` (whose combo
 legs make its length vary) have a reader each.
 
 A request that does not match its layout (a field missing, a field left
@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ibkr_connection.simulator import versions as v
+from ibkr_connection.wire import versions as v
 
 #: Largest finite double, IB's "unset" price (clients send it when not
 #: told to send an empty field instead).

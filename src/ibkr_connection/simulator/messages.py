@@ -8,7 +8,7 @@ sends is in this one file.
 The encoders of messages whose layout changes between server versions 157
 and 178 (errMsg, openOrder, completedOrder, execDetails, contractDetails)
 take the connection's negotiated ``version`` and lay the message out for it;
-:mod:`~ibkr_connection.simulator.versions` lists each change and its source.
+:mod:`~ibkr_connection.wire.versions` lists each change and its source.
 Every other message has one layout at every version the simulator speaks.
 """
 
@@ -18,22 +18,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from ibkr_connection.simulator import protocol as p
-from ibkr_connection.simulator import versions as v
-from ibkr_connection.simulator.protocol import Field
+from ibkr_connection.wire import protocol as p
+from ibkr_connection.wire import versions as v
+from ibkr_connection.wire.protocol import Field
 
 if TYPE_CHECKING:
-    # Only for annotations: brokerage imports this module for contract_fields.
+    # Only for annotations: the book's types, which this module lays out.
     from ibkr_connection.simulator.brokerage import (
         Instrument,
         SimExecution,
         SimOrder,
         SimPosition,
     )
-
-#: IB's time format in execDetails, completedOrder and the handshake reply.
-TIME_FORMAT = "%Y%m%d %H:%M:%S UTC"
-
 
 def contract_fields(inst: Instrument, *, exchange: bool = True) -> list[Field]:
     """Contract fields in the common decoder order.
@@ -85,29 +81,7 @@ def server_version(version: int, now: datetime) -> bytes:
     Returns:
         The framed message.
     """
-    return p.encode_message([version, now.strftime(TIME_FORMAT)])
-
-
-def error(
-    req_id: int, code: int, text: str, *, version: int, advanced_reject_json: str = ""
-) -> bytes:
-    """An error / system message (errMsg, version 2).
-
-    Args:
-        req_id: Request or order id; -1 for system messages.
-        code: IB message code.
-        text: Message text.
-        version: The connection's server version.
-        advanced_reject_json: IB's JSON detail of an order rejection (sent
-            from version 166 on, where it follows the text; empty otherwise).
-
-    Returns:
-        The framed message.
-    """
-    f: list[Field] = [p.ERR_MSG, 2, req_id, code, text]
-    if version >= v.ADVANCED_ORDER_REJECT:
-        f.append(advanced_reject_json)
-    return p.encode_message(f)
+    return p.encode_message([version, now.strftime(p.TIME_FORMAT)])
 
 
 def managed_accounts(accounts: Sequence[str]) -> bytes:
@@ -493,7 +467,7 @@ def exec_details(ex: SimExecution, req_id: int, *, version: int) -> bytes:
             order.order_id,
             *contract_fields(order.instrument),
             ex.exec_id,
-            ex.time.strftime(TIME_FORMAT),
+            ex.time.strftime(p.TIME_FORMAT),
             order.account,
             "ISLAND",
             exec_side(order.action),
@@ -601,7 +575,7 @@ def tick_price(req_id: int, tick_type: int, price: float, size: float) -> bytes:
 
     Args:
         req_id: Request id of the ``reqMktData``.
-        tick_type: Tick type, e.g. :data:`~ibkr_connection.simulator.protocol.TICK_LAST`.
+        tick_type: Tick type, e.g. :data:`~ibkr_connection.wire.protocol.TICK_LAST`.
         price: Price.
         size: Size.
 
@@ -616,7 +590,7 @@ def tick_size(req_id: int, tick_type: int, size: float) -> bytes:
 
     Args:
         req_id: Request id of the ``reqMktData``.
-        tick_type: Tick type, e.g. :data:`~ibkr_connection.simulator.protocol.TICK_VOLUME`.
+        tick_type: Tick type, e.g. :data:`~ibkr_connection.wire.protocol.TICK_VOLUME`.
         size: Size.
 
     Returns:

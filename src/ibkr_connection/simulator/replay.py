@@ -1,7 +1,7 @@
 """Serving a proxy recording: ``ibkr-connection sim --replay FILE``.
 
 :class:`ReplayGateway` is a :class:`~ibkr_connection.simulator.gateway.FakeGateway`
-that consults a recording (:mod:`ibkr_connection.proxy.recording`) before
+that consults a recording (:mod:`ibkr_connection.wire.recording`) before
 its own model:
 
 * The handshake is answered with the recorded server version, never a
@@ -55,12 +55,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ibkr_connection.proxy import wire
-from ibkr_connection.proxy.recording import RecordedMessage, RecordedSession, Recording
-from ibkr_connection.simulator import protocol as p
-from ibkr_connection.simulator import versions as v
 from ibkr_connection.simulator.gateway import FakeGateway
 from ibkr_connection.simulator.transport import ApiClient, Request
+from ibkr_connection.wire import framing
+from ibkr_connection.wire import protocol as p
+from ibkr_connection.wire import versions as v
+from ibkr_connection.wire.recording import RecordedMessage, RecordedSession, Recording
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +123,8 @@ def reply_id_fields(msg_id: int, version: int) -> tuple[int, ...]:
     Returns:
         Field positions (the message id is field 0); empty if it carries none.
     """
-    if msg_id == wire.ERR_MSG:
-        return (1,) if version >= wire.ERROR_TIME_VERSION else (2,)
+    if msg_id == framing.ERR_MSG:
+        return (1,) if version >= framing.ERROR_TIME_VERSION else (2,)
     if msg_id in (10, 18):
         # ib_insync decoder: the version field went away at 164.
         return (1,) if version >= 164 else (2,)
@@ -226,7 +226,7 @@ def build_plan(session: RecordedSession) -> Plan:
         The plan.
     """
     version = session.version
-    start = RecordedRequest(wire.START_API, ("startApi",), session.opened_at)
+    start = RecordedRequest(framing.START_API, ("startApi",), session.opened_at)
     requests: list[RecordedRequest] = []
     anchor = start
     by_id: dict[int, RecordedRequest] = {}
@@ -236,7 +236,7 @@ def build_plan(session: RecordedSession) -> Plan:
     for message in session.messages:
         fields = message.fields
         if message.direction == "c2s":
-            if message.msg_id == wire.START_API:
+            if message.msg_id == framing.START_API:
                 start.t = message.t
                 continue
             request = RecordedRequest(message.msg_id, request_key(fields or [str(message.msg_id)]),
@@ -369,13 +369,13 @@ class _Replay:
                 self.gw.refuse_for(self.plan.outage)
             return
         message = item.message
-        code_at = reply_id_fields(wire.ERR_MSG, self.version)[0] + 1
-        if message.msg_id == wire.ERR_MSG and _int(message.fields, code_at) == 1300 \
+        code_at = reply_id_fields(framing.ERR_MSG, self.version)[0] + 1
+        if message.msg_id == framing.ERR_MSG and _int(message.fields, code_at) == 1300 \
                 and message.fields is not None and len(message.fields) > code_at + 1:
             # The recorded 1300 names the proxy's new port; the client must come back here.
             fields = list(message.fields)
             fields[code_at + 1] = p.default_message(1300, port=self.gw.port)
-            self.conn.send_raw(wire.encode(fields, self.version))
+            self.conn.send_raw(framing.encode(fields, self.version))
             return
         if message.fields is None:
             self.conn.send_raw(message.frame(self.version))
@@ -386,7 +386,7 @@ class _Replay:
             if value is not None and value in self.ids:
                 fields = list(fields)
                 fields[index] = str(self.ids[value])
-        self.conn.send_raw(wire.encode(fields, self.version))
+        self.conn.send_raw(framing.encode(fields, self.version))
 
     def cancel(self) -> None:
         for task in list(self.tasks):
@@ -499,7 +499,7 @@ class ReplayGateway(FakeGateway):
             return
 
         async def outage() -> None:
-            await self.stop_listening()
+            await self._stop_listening(logging.DEBUG)  # the line below says it
             await asyncio.sleep(seconds)
             await self.start_listening()
 
@@ -508,7 +508,7 @@ class ReplayGateway(FakeGateway):
         self._outage = asyncio.ensure_future(outage())
 
     def _handle_request(self, conn: ApiClient, request: Request) -> None:
-        if request.msg_id == wire.START_API:
+        if request.msg_id == framing.START_API:
             self._start(conn, request)
             return
         replay = self._replays.get(conn.conn_id)

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from ibkr_connection.simulator import messages, versions
-from ibkr_connection.simulator import protocol as p
-from ibkr_connection.simulator.protocol import Field
+from ibkr_connection.simulator import messages
+from ibkr_connection.wire import protocol as p
+from ibkr_connection.wire import versions
+from ibkr_connection.wire.protocol import Field
 
 if TYPE_CHECKING:
     # Only for annotations: the transport carries instruments, never reads them.
@@ -123,7 +124,7 @@ class ApiClient:
                 (only sent at version 166 and later).
         """
         self.send_raw(
-            messages.error(
+            p.error(
                 req_id, code, text, version=self.version, advanced_reject_json=advanced_reject_json
             )
         )
@@ -226,28 +227,39 @@ class GatewayTransport:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Start listening on :attr:`host` / :attr:`port`."""
-        await self.start_listening()
+        # DEBUG: whoever started the gateway says it is ready (the CLI's one line).
+        await self._listen(logging.DEBUG)
 
     async def stop(self) -> None:
         """Stop listening and close every connection."""
-        await self.stop_listening()
+        await self._stop_listening(logging.DEBUG)
         for conn in list(self._conns.values()):
             conn.transport.abort()
         await asyncio.sleep(0)
 
-    async def start_listening(self) -> None:
-        """Listen again on the same port (no-op if already listening)."""
-        if self._server is not None:
-            return
-        self._server, self._port = await self._create_server(self._port)
-        logger.info("gateway listening on %s:%d", self.host, self._port)
+    async def start_listening(self, *, quiet: bool = False) -> None:
+        """Listen again on the same port (no-op if already listening).
+
+        Args:
+            quiet: Log at DEBUG: the caller says it in its own line.
+        """
+        await self._listen(logging.DEBUG if quiet else logging.INFO)
 
     async def stop_listening(self) -> None:
         """Stop accepting connections (new ones are refused); existing stay."""
+        await self._stop_listening(logging.INFO)
+
+    async def _listen(self, level: int) -> None:
+        if self._server is not None:
+            return
+        self._server, self._port = await self._create_server(self._port)
+        logger.log(level, "gateway listening on %s:%d", self.host, self._port)
+
+    async def _stop_listening(self, level: int) -> None:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-            logger.info("gateway stopped listening on port %d", self._port)
+            logger.log(level, "gateway stopped listening on port %d", self._port)
         await asyncio.sleep(0)
 
     async def _create_server(self, port: int) -> tuple[asyncio.base_events.Server, int]:
@@ -272,7 +284,7 @@ class GatewayTransport:
         )
         self._conns[conn.conn_id] = conn
         self.accepted_connections += 1
-        logger.info("connection %d accepted from %s", conn.conn_id, conn.peer)
+        logger.debug("connection %d accepted from %s", conn.conn_id, conn.peer)
         return conn
 
     def _on_disconnect(self, conn: ApiClient, exc: Exception | None) -> None:
@@ -361,7 +373,7 @@ class GatewayTransport:
             conn.transport.close()  # close() flushes the answer first; abort() would not
             return
         conn.version = version
-        logger.info(
+        logger.debug(
             "connection %d offered versions %d..%d; speaking %d", conn.conn_id, low, high, version
         )
         self._later(conn, self.handshake_delay, self._send_server_version, conn)
@@ -370,7 +382,7 @@ class GatewayTransport:
         """The version to speak with a client that offered ``low..high``; ``None`` refuses it.
 
         Like TWS: the highest version in the range up to the cap
-        (:func:`~ibkr_connection.simulator.versions.negotiate`). A replay
+        (:func:`~ibkr_connection.wire.versions.negotiate`). A replay
         overrides it to speak the recorded version or nothing.
 
         Args:
@@ -451,7 +463,9 @@ class GatewayTransport:
             return False
         conn.ready = True
         self.handshakes += 1
-        logger.info("client %d connected (connection %d)", client_id, conn.conn_id)
+        # One line per connect: the accept and the version were DEBUG.
+        logger.info("client %d connected (connection %d from %s, server version %d)",
+                    client_id, conn.conn_id, conn.peer, conn.version)
         return True
 
     # ------------------------------------------------------------ requests log

@@ -12,7 +12,7 @@ import math
 import struct
 from collections.abc import Iterable
 
-from ibkr_connection.simulator.versions import MAX_SERVER_VERSION
+from ibkr_connection.wire.versions import ADVANCED_ORDER_REJECT, MAX_SERVER_VERSION
 
 #: Highest server version the simulator speaks by default: it answers each
 #: client with the highest version in the client's range up to this cap
@@ -21,6 +21,9 @@ SERVER_VERSION = MAX_SERVER_VERSION
 
 #: Largest frame the simulator accepts from a client (bytes).
 MAX_FRAME = 1 << 20
+
+#: IB's time format in execDetails, completedOrder and the handshake reply.
+TIME_FORMAT = "%Y%m%d %H:%M:%S UTC"
 
 API_PREFIX = b"API\0"
 
@@ -278,16 +281,28 @@ def encode_message(fields: Iterable[Field]) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-def encode_raw(text: bytes) -> bytes:
-    """Frame already encoded bytes with the 4-byte length prefix.
+def error(
+    req_id: int, code: int, text: str, *, version: int, advanced_reject_json: str = ""
+) -> bytes:
+    """An error / system message (errMsg, version 2), laid out for ``version``.
+
+    The simulator sends it and the proxy injects it, so both lay it out alike.
 
     Args:
-        text: Payload bytes.
+        req_id: Request or order id; -1 for system messages.
+        code: IB message code.
+        text: Message text.
+        version: The connection's server version.
+        advanced_reject_json: IB's JSON detail of an order rejection (sent
+            from version 166 on, where it follows the text; empty otherwise).
 
     Returns:
-        The length prefix followed by the payload.
+        The framed message.
     """
-    return struct.pack(">I", len(text)) + text
+    f: list[Field] = [ERR_MSG, 2, req_id, code, text]
+    if version >= ADVANCED_ORDER_REJECT:
+        f.append(advanced_reject_json)
+    return encode_message(f)
 
 
 class ProtocolError(Exception):

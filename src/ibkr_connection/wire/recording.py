@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ibkr_connection.errors import IBKRConnectionError
-from ibkr_connection.proxy import wire
+from ibkr_connection.wire import framing
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,8 @@ class RecordingWriter:
         upstream: ``host:port`` of the gateway relayed to, for the header.
         mask_accounts: Mask account ids (see the module docstring).
         clock: Monotonic clock; ``t`` is seconds since the writer was made.
+        overwrite: Replace a file that exists at ``target``; when False, an
+            existing file raises :class:`FileExistsError` and is left as it was.
 
     Attributes:
         lines: Lines written so far, header included.
@@ -123,10 +125,13 @@ class RecordingWriter:
         upstream: str = "",
         mask_accounts: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        overwrite: bool = True,
     ) -> None:
         if isinstance(target, (str, Path)):
-            # Line buffered: each line reaches the OS as it is written.
-            self._file: IO[str] = open(target, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
+            # Line buffered: each line reaches the OS as it is written. Mode "x"
+            # never truncates: a recording already there is not lost.
+            mode = "w" if overwrite else "x"
+            self._file: IO[str] = open(target, mode, encoding="utf-8", buffering=1)  # noqa: SIM115
             self._owned = True
             self.path = str(target)
         else:
@@ -212,12 +217,12 @@ class RecordingWriter:
         encode = _ENCODER.encode
         mask = self.mask
         lines = []
-        for payload in wire.iter_payloads(data):
-            message = wire.decode(payload, version)
+        for payload in framing.iter_payloads(data):
+            message = framing.decode(payload, version)
             fields = message.fields
             if fields is not None:
                 if mask is not None:
-                    if message.msg_id == wire.MANAGED_ACCTS and direction == "s2c" \
+                    if message.msg_id == framing.MANAGED_ACCTS and direction == "s2c" \
                             and len(fields) > 2:
                         mask.learn(a.strip() for a in fields[2].split(","))
                     fields = [mask.text(f) for f in fields]
@@ -282,8 +287,8 @@ class RecordedMessage:
     def frame(self, version: int) -> bytes:
         """Return the message as a frame for ``version``."""
         if self.fields is not None:
-            return wire.encode(self.fields, version)
-        return wire.frame(self.raw or b"")
+            return framing.encode(self.fields, version)
+        return framing.frame(self.raw or b"")
 
 
 @dataclass
@@ -346,7 +351,7 @@ class Recording:
         """The accounts of the first recorded ``managedAccounts``, in order."""
         for session in self.sessions:
             for m in session.messages:
-                if m.direction == "s2c" and m.msg_id == wire.MANAGED_ACCTS and m.fields \
+                if m.direction == "s2c" and m.msg_id == framing.MANAGED_ACCTS and m.fields \
                         and len(m.fields) > 2:
                     return [a.strip() for a in m.fields[2].split(",") if a.strip()]
         return []
@@ -487,7 +492,7 @@ def _read_line(recording: Recording, sessions: dict[int, RecordedSession], sourc
         msg_id = obj.get("id", -1)
         message = RecordedMessage(direction, t, msg_id if isinstance(msg_id, int) else -1, None,
                                   raw=raw, injected=bool(obj.get("injected")), line=number)
-    if direction == "c2s" and message.msg_id == wire.START_API and message.fields \
+    if direction == "c2s" and message.msg_id == framing.START_API and message.fields \
             and len(message.fields) > 2 and session.client_id is None:
         with contextlib.suppress(ValueError):
             session.client_id = int(message.fields[2])

@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ibkr_connection.simulator import messages, versions
+from ibkr_connection.wire import protocol, versions
 
 #: The bytes a TWS API client opens its connection with.
 API_PREFIX = b"API\0"
@@ -149,6 +149,18 @@ def iter_payloads(frames: bytes) -> list[bytes]:
         out.append(frames[pos + 4 : end])
         pos = end
     return out
+
+
+def frame_size(prefix: bytes) -> int:
+    """Read a frame's 4-byte length prefix.
+
+    Raises:
+        ValueError: The length is beyond :data:`MAX_FRAME` (not a TWS stream).
+    """
+    size = int(_LEN.unpack(prefix)[0])
+    if size > MAX_FRAME:
+        raise ValueError(f"frame length {size} is not a TWS frame's")
+    return size
 
 
 def frame(payload: bytes) -> bytes:
@@ -277,7 +289,7 @@ def proxy_error_frame(
     """Frame an IB error / system message (id 4) in the layout of ``version``.
 
     At the versions the simulator speaks (157..178) this is the simulator's
-    own encoder, :func:`ibkr_connection.simulator.messages.error`, so the
+    own encoder, :func:`ibkr_connection.wire.protocol.error`, so the
     proxy and the simulator cannot disagree on a layout the tests check
     against ib_insync and ib_async. The proxy relays whatever version the real
     gateway negotiated, so it keeps its own rules for the versions the
@@ -316,7 +328,7 @@ def proxy_error_frame(
     """
     text = message if message.isascii() else "".join(_escape(c) for c in message)
     if versions.MIN_SERVER_VERSION <= version <= versions.MAX_SERVER_VERSION:
-        return messages.error(req_id, code, text, version=version)
+        return protocol.error(req_id, code, text, version=version)
     if version < ERROR_REJECT_JSON_VERSION:
         fields = ["4", "2", str(req_id), str(code), text]
     elif version < ERROR_TIME_VERSION:

@@ -1,0 +1,92 @@
+"""The simulator, the proxy and their shared wire layer form a graph without circles.
+
+Read from the source (every ``import``, those under ``TYPE_CHECKING`` too),
+not from what happens to be loaded.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import ibkr_connection
+
+SRC = Path(ibkr_connection.__file__).parent
+PACKAGES = ("simulator", "proxy", "wire")
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every ibkr_connection module a file imports, as a dotted name."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("ibkr_connection"))
+        elif (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+              and node.module.startswith("ibkr_connection")):
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if (SRC.parent / (sub.replace(".", "/") + ".py")).exists()
+                          else node.module)
+    return found
+
+
+GRAPH = {_module(path): _imports(path) for path in sorted(SRC.rglob("*.py"))}
+
+
+@pytest.mark.parametrize(("importer", "forbidden"), [
+    ("ibkr_connection.proxy", "ibkr_connection.simulator"),
+    ("ibkr_connection.simulator", "ibkr_connection.proxy"),
+    ("ibkr_connection.wire", "ibkr_connection.simulator"),
+    ("ibkr_connection.wire", "ibkr_connection.proxy"),
+    ("ibkr_connection.machine", "ibkr_connection.simulator"),
+    ("ibkr_connection.machine", "ibkr_connection.proxy"),
+    ("ibkr_connection.machine", "ibkr_connection.wire"),
+    ("ibkr_connection.driver", "ibkr_connection.simulator"),
+    ("ibkr_connection.driver", "ibkr_connection.proxy"),
+    ("ibkr_connection.driver", "ibkr_connection.wire"),
+    ("ibkr_connection.manager", "ibkr_connection.simulator"),
+    ("ibkr_connection.manager", "ibkr_connection.proxy"),
+    ("ibkr_connection.manager", "ibkr_connection.wire"),
+])
+def test_a_layer_does_not_import_what_it_must_not(importer: str, forbidden: str) -> None:
+    """The proxy and the simulator share the wire layer and never import each other."""
+    offenders = sorted(
+        f"{module} imports {target}"
+        for module, targets in GRAPH.items()
+        if module == importer or module.startswith(importer + ".")
+        for target in targets
+        if target == forbidden or target.startswith(forbidden + ".")
+    )
+    assert offenders == []
+
+
+def test_no_circle_in_the_simulator_the_proxy_or_the_wire_layer() -> None:
+    """No module of the three packages reaches itself through its imports."""
+    inside = {m for m in GRAPH if m.split(".")[1:2] and m.split(".")[1] in PACKAGES}
+
+    def reach(start: str) -> set[str]:
+        seen: set[str] = set()
+        todo = [t for t in GRAPH[start] if t in inside and t != _package(start)]
+        while todo:
+            module = todo.pop()
+            if module in seen:
+                continue
+            seen.add(module)
+            todo.extend(t for t in GRAPH.get(module, ()) if t in inside
+                        and t != _package(module))
+        return seen
+
+    circles = sorted(m for m in inside if not m.endswith(PACKAGES) and m in reach(m))
+    assert circles == []
+
+
+def _package(module: str) -> str:
+    # A module's own package face (its __init__) re-exports it: not a circle of code.
+    return module.rsplit(".", 1)[0]
