@@ -296,12 +296,6 @@ async def _tell_story(write: Write, started: float, *, seed: int, metrics_port: 
             chapter("the gateway is wedged: reconnecting cannot help, IBC restarts it")
             gw.wedge()
             await manager.wait_for(ConnectionState.RESTARTING, timeout=30)
-            # Told, timed, when the command arrives (the manager goes on meanwhile).
-            deadline = loop.time() + 30
-            while not gw.ibc.commands and loop.time() < deadline:
-                await asyncio.sleep(0.01)
-            write(f"{loop.time() - view.started:8.3f}s  IBC command server received: "
-                  f"{', '.join(gw.ibc.commands) or 'nothing'}\n")
             await manager.wait_for(ConnectionState.CONNECTED, timeout=30)
 
             chapter("an order goes out as the socket drops: the gateway's answer is lost")
