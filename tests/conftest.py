@@ -108,10 +108,12 @@ def drive_to(machine: ConnectionMachine, state: ConnectionState) -> None:
         ],
         ConnectionState.BACKOFF: [Input(InputKind.CONNECT), Input(InputKind.ATTEMPT_FAILED)],
         ConnectionState.FAILED: [Input(InputKind.CONNECT), Input(InputKind.FATAL_ERROR)],
-        # Needs a machine with a controller: three attempts in a row that
-        # reached the socket and got no handshake make a wedged gateway.
+        # Needs a machine with a controller: after a session (the endpoint is
+        # proven), a heartbeat miss and two attempts in a row that reached the
+        # socket and got no handshake make a wedged gateway.
         ConnectionState.RESTARTING: [
-            Input(InputKind.CONNECT), Input(InputKind.ATTEMPT_FAILED, costly=True),
+            Input(InputKind.CONNECT), Input(InputKind.ATTEMPT_SUCCEEDED),
+            Input(InputKind.HEARTBEAT_MISSED),
             Input(InputKind.RETRY_DUE), Input(InputKind.ATTEMPT_FAILED, costly=True),
             Input(InputKind.RETRY_DUE), Input(InputKind.ATTEMPT_FAILED, costly=True),
         ],

@@ -121,3 +121,43 @@ def _check_cell(machine: ConnectionMachine, state: str, column: str, cell: str) 
         transition = machine.transcript[-1]
         assert (transition.source.value, transition.dest.value) == (state, cell)
         assert transition.trigger.value == column
+
+
+#: connecting + attempt_failed, by what came before (with a controller, default
+#: policy: restart_after 3). The cell: where the third failure in a row leads.
+#: "proven": a session came up on this port earlier; "1300": it came up on
+#: another port, then a 1300 moved the port; "refused": proven, then a refused
+#: connect before the silent ones; "none": no session ever.
+WEDGE_GRID = {
+    ("none", "costly"): "backoff",
+    ("none", "cheap"): "backoff",
+    ("proven", "costly"): "restarting",
+    ("proven", "cheap"): "backoff",
+    ("1300", "costly"): "backoff",
+    ("refused", "costly"): "backoff",
+}
+
+
+@pytest.mark.parametrize(("history", "failure", "cell"),
+                         [(h, f, c) for (h, f), c in WEDGE_GRID.items()])
+def test_wedge_signs_count_only_on_a_proven_endpoint(
+    history: str, failure: str, cell: str, effects: RecordingEffects, clock: ManualClock
+) -> None:
+    """Three failed attempts in a row restart the gateway only where a session was had."""
+    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7],
+                                controller_configured=True)
+    machine.handle(Input(InputKind.CONNECT))
+    if history != "none":
+        machine.handle(Input(InputKind.ATTEMPT_SUCCEEDED))
+        machine.handle(Input(InputKind.SOCKET_CLOSED))
+        if history == "1300":
+            machine.handle(Input(InputKind.PORT_RESET, code=1300, port=4003))
+        machine.handle(Input(InputKind.RETRY_DUE))
+        if history == "refused":
+            machine.handle(Input(InputKind.ATTEMPT_FAILED))
+            machine.handle(Input(InputKind.RETRY_DUE))
+    for number in range(3):
+        if number:
+            machine.handle(Input(InputKind.RETRY_DUE))
+        machine.handle(Input(InputKind.ATTEMPT_FAILED, costly=failure == "costly"))
+    assert machine.state.value == cell

@@ -151,6 +151,7 @@ class ConnectionMachine:
             not grow without limit.
         controller_configured: a controller (IBC, a command) can restart the
             gateway; without one nothing escalates.
+        host: the gateway's host, for the log lines that name the endpoint.
 
     Raises:
         UsageError: if no client id is given.
@@ -167,6 +168,7 @@ class ConnectionMachine:
         record_journal: bool = True,
         transcript_limit: int | None = 10_000,
         controller_configured: bool = False,
+        host: str = "127.0.0.1",
     ) -> None:
         if not client_ids:
             raise UsageError("at least one client id is required")
@@ -175,6 +177,12 @@ class ConnectionMachine:
         self.policy = policy or RecoveryPolicy()
         self._rng = random.Random(self.policy.seed)
         self.port = port
+        self.host = host
+        #: A session came up on host:port (and it neither refused a connect nor
+        #: was restarted since): silence there is a wedge sign, not a wrong port.
+        self.endpoint_proven = False
+        #: The "not a TWS API port?" warning was logged in this series.
+        self._warned_not_api = False
         self.client_ids = tuple(client_ids)
         self._client_index = 0
         self._same_id_failures = 0
@@ -316,8 +324,12 @@ class ConnectionMachine:
             self._clock.monotonic() - last >= self.policy.restart_cooldown)
 
     def _guard_wedged(self, event: EventData) -> bool:
-        return (self.controller_configured and self.wedge_signs >= self.policy.restart_after
-                and self._cooldown_over())
+        return (self.controller_configured and self.endpoint_proven
+                and self.wedge_signs >= self.policy.restart_after and self._cooldown_over())
+
+    def _guard_silent_unproven(self, event: EventData) -> bool:
+        return (event.kwargs["inp"].costly and not self.endpoint_proven
+                and not self._warned_not_api)
 
     def _guard_link_stuck(self, event: EventData) -> bool:
         return (self.controller_configured and self._cooldown_over()
@@ -408,8 +420,11 @@ class ConnectionMachine:
         if inp.kind is InputKind.HEARTBEAT_MISSED or inp.costly:
             self.wedge_signs += 1
         else:
-            # Refused: the gateway is down (restarting already), not wedged.
+            # Refused: the gateway is down (restarting already), not wedged;
+            # the one that comes up must give a session before it counts as
+            # proven (it may sit at its login, 2FA pending, for minutes).
             self.wedge_signs = 0
+            self.endpoint_proven = False
 
     def _do_note_port(self, event: EventData) -> None:
         port = event.kwargs["inp"].port
@@ -417,6 +432,8 @@ class ConnectionMachine:
             return
         if port != self.port:
             logger.warning("API port reset: next attempt uses port %d (was %d)", port, self.port)
+            # A new endpoint: no session was had on it yet.
+            self.endpoint_proven = False
         self.port = port
 
     # -- actions named in the table: attempts and delays ----------------------------------
@@ -427,6 +444,16 @@ class ConnectionMachine:
 
     def _do_count_attempt(self, event: EventData) -> None:
         self.attempt += 1
+
+    def _do_warn_not_an_api_port(self, event: EventData) -> None:
+        self._warned_not_api = True
+        logger.warning(
+            "%s:%d accepts connections but did not answer the API handshake: not a TWS API "
+            "port? (%s) The gateway is not restarted: this manager never had a session on "
+            "%s:%d. Check the port (TWS 7497/7496, IB Gateway 4002/4001) and that the API "
+            "is enabled; a gateway still logging in (2FA) answers once logged in.",
+            self.host, self.port, event.kwargs["inp"].message or "no handshake",
+            self.host, self.port)
 
     def _do_draw_delay(self, event: EventData) -> None:
         self._draw(costly=event.kwargs["inp"].costly)
@@ -445,12 +472,19 @@ class ConnectionMachine:
         self._reset_counters()
 
     def _reset_counters(self) -> None:
+        self._warned_not_api = False
         self.attempt = 0
         self._failures = 0
         self._same_id_failures = 0
 
     def _do_forget_wedge_signs(self, event: EventData) -> None:
         self.wedge_signs = 0
+
+    def _do_note_endpoint_proven(self, event: EventData) -> None:
+        self.endpoint_proven = True
+
+    def _do_forget_endpoint(self, event: EventData) -> None:
+        self.endpoint_proven = False
 
     def _do_next_client_id(self, event: EventData) -> None:
         self._same_id_failures += 1

@@ -131,7 +131,7 @@ class ConnectionManager:
             self._driver, self._clock, port=self.config.port,
             client_ids=self.config.client_ids, policy=self.config.policy,
             record_journal=journal is not None,
-            controller_configured=controller is not None,
+            controller_configured=controller is not None, host=self.config.host,
         )
         self._machine.add_listener(self._on_transition)
         self._stopped = False

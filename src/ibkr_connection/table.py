@@ -14,6 +14,22 @@ a stay with actions, or an ignore with a logged reason. IB can send any code at
 any time, so no input ever raises. :func:`check_table` holds the table to its
 rules when this module is imported.
 
+When is a gateway wedged? Only where this manager has had a session. An
+endpoint (host:port) is *proven* once an attempt succeeded on it; a 1300 to
+another port, a refused connect (the gateway's process is down: whatever
+comes up there next is a new process) and a restart the controller accepted
+make it unproven again. Silence (a socket accepted, no handshake or sync) on
+a proven endpoint is a wedge sign; on an unproven one it is a wrong port (a
+web server, another service) or a gateway still logging in, and the
+``silent_unproven`` row warns once per series ("not a TWS API port?") and never
+restarts. A gateway that IBC starts, or restarts (its nightly restart, or
+ours), with 2FA pending either refuses the API port (ib-gateway-docker #227:
+"client connection refused" until the login completes), which is cheap and
+never a wedge sign, or, behind a relay such as the docker images' socat,
+accepts and closes or stays silent: after the refusal or the restart that
+preceded it the endpoint is unproven, so it is never restarted for a login
+that takes long; the first session proves it again.
+
 Nothing here runs anything: :class:`~ibkr_connection.machine.ConnectionMachine`
 builds a ``transitions`` machine from these tables and performs the actions.
 A new IB code is a row of :data:`ibkr_connection.codes.CODES`; a new input, a
@@ -125,15 +141,21 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
     Action("note_link_lost", _N, "remember that TWS lost IB (1100)"),
     Action("note_link_restored", _N, "TWS's links are back (1101/1102): forget a 1100 and a "
                                      "2110"),
-    Action("note_port", _N, "the next attempt uses the port the input names (1300)"),
+    Action("note_port", _N, "the next attempt uses the port the input names (1300); a new "
+                            "port is a new endpoint, unproven until a session comes up on it"),
     Action("note_wedge_sign", _N, "count a sign of a wedged gateway: a heartbeat miss, or "
                                   "an attempt that reached the socket and got no handshake "
                                   "(within handshake_timeout) or no startup sync (classified "
                                   "costly); a refused connect "
-                                  "(cheap: the gateway is down, not wedged) clears the count"),
+                                  "(cheap: the gateway is down, not wedged) clears the count, "
+                                  "and the endpoint is unproven again (the gateway that comes "
+                                  "up there must give a session before it can be restarted)"),
     Action("first_attempt", _B, "a user's connect starts a fresh series: attempt 1, no "
                                 "failure counted, the client id's 326 retries forgotten"),
     Action("count_attempt", _B, "count the attempt about to start"),
+    Action("warn_not_an_api_port", _B, "log one WARNING per series: host:port accepts sockets "
+                                       "but answers no API handshake, \"not a TWS API port?\"; "
+                                       "the gateway is not restarted, no session was had there"),
     Action("draw_delay", _B, "count a failure and draw the delay before the next attempt: "
                              "the costly schedule if the input is classified costly (the "
                              "attempt cost the gateway a handshake), else the cheap one; "
@@ -150,6 +172,11 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
     Action("start_heartbeat", _A, "effect: start probing the gateway when it is quiet"),
     Action("forget_wedge_signs", _A, "a session is up (handshake and startup sync done): "
                                      "the count of wedge signs back to zero"),
+    Action("note_endpoint_proven", _A, "a session is up on host:port: the endpoint is proven "
+                                       "a TWS API port, so silence there later is a wedge sign"),
+    Action("forget_endpoint", _A, "the controller restarts the gateway: the one that comes "
+                                  "back must give a session before it can be restarted again "
+                                  "(it may wait for a login, 2FA)"),
     Action("probe_gateway", _A, "effect: the restart was accepted; probe the gateway "
                                 "(TCP connect and API handshake) at the backoff's cheap "
                                 "cadence until it answers"),
@@ -207,7 +234,8 @@ def _rows(
 
 
 #: Actions of a row whose attempt produced a session.
-_ON_SESSION_UP = ("reset_backoff", "forget_wedge_signs", "select_account",
+_ON_SESSION_UP = ("reset_backoff", "forget_wedge_signs", "note_endpoint_proven",
+                  "select_account",
                   "restore_subscriptions", "start_heartbeat")
 _ATTEMPT_STATES = (_S.CONNECTING, *SESSION_STATES)
 
@@ -238,6 +266,11 @@ TABLE: tuple[Row, ...] = tuple(
             ("note_wedge_sign",), "no attempts left"),
         Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.RESTARTING, "wedged", ("note_wedge_sign",),
             "the gateway takes sockets but answers no handshake or sync: restart it"),
+        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, "silent_unproven",
+            ("note_wedge_sign", "warn_not_an_api_port", "draw_delay"),
+            "something accepts sockets on an endpoint where no session was ever had and "
+            "answers no API handshake: a wrong port, or a gateway still logging in; never "
+            "restart it, warn once"),
         Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, None,
             ("note_wedge_sign", "draw_delay"), "retry after the backoff delay"),
     ]
@@ -369,7 +402,7 @@ TABLE: tuple[Row, ...] = tuple(
             "502/504: the API says it is not connected; reconnect", actions=("draw_delay",))
     + _rows(_NO_SESSION, _I.NOT_CONNECTED, None, "the socket is already down")
     # -- restarting the gateway through its controller ------------------------------
-    + [Row(_S.RESTARTING, _I.RESTART_SENT, None, actions=("probe_gateway",),
+    + [Row(_S.RESTARTING, _I.RESTART_SENT, None, actions=("forget_endpoint", "probe_gateway"),
            note="the controller accepted the restart: wait for the gateway to come back")]
     + _rows([s for s in _ALL_STATES if s is not _S.RESTARTING], _I.RESTART_SENT, None,
             "stale answer to a restart this state no longer waits for")
@@ -403,8 +436,13 @@ GUARDS = {
     "retries_left": "the policy allows another attempt (`max_attempts`)",
     "farms_broken": "a data farm, or TWS's link to its server, is noted as broken",
     "link_lost": "a 1100 was noted and no 1101/1102 since",
-    "wedged": "a controller is configured, `restart_cooldown` has passed since the last "
-              "restart, and `restart_after` consecutive wedge signs were counted",
+    "wedged": "a controller is configured, the endpoint is proven (this manager had a "
+              "session on host:port and has seen it neither refuse a connect nor restart "
+              "since), `restart_cooldown` has passed since the last restart, and "
+              "`restart_after` consecutive wedge signs were counted",
+    "silent_unproven": "the failed attempt reached a socket and got no handshake or sync "
+                       "(classified costly) on an endpoint that is not proven, and no "
+                       "warning was logged in this series yet",
     "link_stuck": "a controller is configured, `restart_cooldown` has passed since the last "
                   "restart, and the clock is outside IB's reset windows",
     "controller_configured": "a controller (IBC, or a command) can act on the gateway",
