@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ibkr_connection import diagram
 from ibkr_connection.inputs import InputKind
-from ibkr_connection.machine import ConnectionState
+from ibkr_connection.table import ConnectionState
 
 DIAGRAMS = Path(__file__).resolve().parent.parent / "diagrams"
 DOCS = DIAGRAMS.parent / "docs"
@@ -21,7 +21,7 @@ def test_mermaid_names_every_state_and_move() -> None:
     """The Mermaid diagram shows every state and every input that moves the machine."""
     text = (DIAGRAMS / "connection.mmd").read_text()
     for state in ConnectionState:
-        assert f'state "{state.value}"' in text
+        assert f'state "{state.value}' in text
     for kind in InputKind:
         assert kind.value in text
 
@@ -125,3 +125,19 @@ def test_drawing_says_where_every_input_comes_from() -> None:
                  "table.TABLE", "port_reset (1300)",
                  "ConnectionRefusedError: attempt_failed, cheap"):
         assert name in text, name
+
+
+def test_state_boxes_show_entry_and_exit_actions() -> None:
+    """Each state's box lists its entry and exit actions, guards in brackets."""
+    text = (DIAGRAMS / "connection.mmd").read_text()
+    for line in (
+        'state "lost\\n- enter:\\n  + start_maintenance_restore_timer [in_reset_window]'
+        '\\n  + start_restore_timer [!in_reset_window]\\n- exit:\\n  + cancel_restore_timer"',
+        'state "degraded\\n- enter:\\n  + start_farm_timer [controller_configured]'
+        '\\n- exit:\\n  + cancel_farm_timer [controller_configured]"',
+        'state "connecting\\n- enter:\\n  + forget_session\\n  + start_attempt"',
+    ):
+        assert line in text, line
+    table = (DIAGRAMS / "transitions.md").read_text()
+    assert ("| backoff | stop_heartbeat, tear_down, schedule_retry | cancel_retry |"
+            in table)

@@ -22,9 +22,10 @@ import pytest
 
 from ibkr_connection.clock import ManualClock
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.machine import ConnectionMachine, ConnectionState
+from ibkr_connection.machine import ConnectionMachine
+from ibkr_connection.table import ConnectionState
 
-from conftest import RecordingEffects, drive_to
+from conftest import RecordedMachine, RecordingEffects, drive_to
 
 # Columns, in this order.
 COLUMNS = (
@@ -87,7 +88,7 @@ def test_outcome(
     state: str, column: str, cell: str, effects: RecordingEffects, clock: ManualClock
 ) -> None:
     """Each (state, input) pair has the outcome written in the grid (with a controller)."""
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7],
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7],
                                 controller_configured=True)
     _check_cell(machine, state, column, cell)
 
@@ -98,14 +99,14 @@ def test_outcome_without_controller(
     state: str, column: str, cell: str, effects: RecordingEffects, clock: ManualClock
 ) -> None:
     """Without a controller those cells do not escalate."""
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7])
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7])
     _check_cell(machine, state, column, cell)
 
 
 def _check_cell(machine: ConnectionMachine, state: str, column: str, cell: str) -> None:
     drive_to(machine, ConnectionState(state))
     before = len(machine.transcript)
-    result = machine.handle(Input(InputKind(column), **PAYLOAD.get(column, {})))  # type: ignore[arg-type]
+    result = machine.handle(Input(InputKind(column), **PAYLOAD.get(column, {}))).state  # type: ignore[arg-type]
     row = machine.last_row
     assert row is not None and row.source.value == state and row.input.value == column
     if cell == "-":
@@ -144,7 +145,7 @@ def test_wedge_signs_count_only_on_a_proven_endpoint(
     history: str, failure: str, cell: str, effects: RecordingEffects, clock: ManualClock
 ) -> None:
     """Three failed attempts in a row restart the gateway only where a session was had."""
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7],
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7],
                                 controller_configured=True)
     machine.handle(Input(InputKind.CONNECT))
     if history != "none":

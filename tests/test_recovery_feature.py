@@ -19,9 +19,10 @@ from ibkr_connection import (
     RecoveryPolicy,
 )
 from ibkr_connection.inputs import InputKind
-from ibkr_connection.machine import ConnectionState, Transition
+from ibkr_connection.outputs import Transition
 from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator.ibc import IbcCommandServer
+from ibkr_connection.table import ConnectionState
 
 scenarios("recovery.feature")
 

@@ -15,10 +15,11 @@ from freezegun import freeze_time
 
 from ibkr_connection.clock import ManualClock, SystemClock
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.machine import ConnectionMachine, ConnectionState
+from ibkr_connection.machine import ConnectionMachine
 from ibkr_connection.policy import RecoveryPolicy
+from ibkr_connection.table import ConnectionState
 
-from conftest import RecordingEffects, drive_to
+from conftest import RecordedMachine, RecordingEffects, drive_to
 
 S = ConnectionState
 K = InputKind
@@ -28,7 +29,7 @@ REFUSED = Input(K.ATTEMPT_FAILED, message="ConnectionRefusedError()")
 
 def _machine(effects: RecordingEffects, clock: ManualClock | SystemClock,
              controller: bool = True) -> ConnectionMachine:
-    return ConnectionMachine(effects, clock, port=4002, client_ids=[7],
+    return RecordedMachine(effects, clock, port=4002, client_ids=[7],
                              controller_configured=controller)
 
 
@@ -183,7 +184,7 @@ def test_disconnect_leaves_restarting(effects: RecordingEffects, clock: ManualCl
 
 def _lost_then_timeout(machine: ConnectionMachine) -> ConnectionState:
     drive_to(machine, S.LOST)
-    return machine.handle(Input(K.RESTORE_TIMEOUT))
+    return machine.handle(Input(K.RESTORE_TIMEOUT)).state
 
 
 def test_a_1100_outside_the_reset_window_restarts(effects: RecordingEffects) -> None:
@@ -210,7 +211,7 @@ def test_a_broken_farm_gets_one_reconnect_data(
     assert effects.args_of("start_farm_timer") == [(300.0,)]
     machine.handle(Input(K.FARM_BROKEN, code=2103, farm="ushmds"))
     assert effects.args_of("start_farm_timer") == [(300.0,)]
-    assert machine.handle(Input(K.FARM_RECONNECT_DUE)) is S.DEGRADED
+    assert machine.handle(Input(K.FARM_RECONNECT_DUE)).state is S.DEGRADED
     assert effects.names().count("send_reconnect_data") == 1
     machine.handle(Input(K.FARM_OK, code=2104, farm="usfarm"))
     machine.handle(Input(K.FARM_OK, code=2106, farm="ushmds"))
@@ -238,7 +239,7 @@ def test_silence_on_an_unproven_endpoint_never_restarts(
     effects: RecordingEffects, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A wrong port that accepts and never answers: 20 time-outs, no restart, one warning."""
-    machine = ConnectionMachine(effects, clock, port=4996, client_ids=[7],
+    machine = RecordedMachine(effects, clock, port=4996, client_ids=[7],
                                 controller_configured=True, host="127.0.0.1")
     with caplog.at_level(logging.WARNING, logger="ibkr_connection.machine"):
         machine.handle(Input(K.CONNECT))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ibkr_connection import adapter, codes
@@ -30,6 +30,7 @@ from ibkr_connection.config import ConnectionConfig, mask_account
 from ibkr_connection.controller import Controller
 from ibkr_connection.errors import AccountError
 from ibkr_connection.inputs import Input, InputKind
+from ibkr_connection.outputs import Effect
 from ibkr_connection.subscriptions import SubscriptionRegistry
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,38 @@ class Driver:
         self._farm_timer: TimerHandle | None = None
         self._gateway_probe: asyncio.Task[None] | None = None
         self._controller_tasks: set[asyncio.Task[None]] = set()
+        #: The commands a step's effects may name (outputs.Effects), by name.
+        self._commands: dict[str, Callable[..., None]] = {
+            "start_attempt": self.start_attempt,
+            "schedule_retry": self.schedule_retry,
+            "cancel_retry": self.cancel_retry,
+            "start_restore_timer": self.start_restore_timer,
+            "cancel_restore_timer": self.cancel_restore_timer,
+            "select_account": self.select_account,
+            "restore_subscriptions": self.restore_subscriptions,
+            "issue_new_subscriptions": self.issue_new_subscriptions,
+            "start_heartbeat": self.start_heartbeat,
+            "stop_heartbeat": self.stop_heartbeat,
+            "tear_down": self.tear_down,
+            "send_restart": self.send_restart,
+            "start_restart_timer": self.start_restart_timer,
+            "cancel_restart_timer": self.cancel_restart_timer,
+            "probe_gateway": self.probe_gateway,
+            "cancel_probe": self.cancel_probe,
+            "send_reconnect_data": self.send_reconnect_data,
+            "start_farm_timer": self.start_farm_timer,
+            "cancel_farm_timer": self.cancel_farm_timer,
+        }
+
+    def perform(self, effects: Iterable[Effect]) -> None:
+        """Carry out a step's effects, in order; one that raises is logged, the rest run."""
+        commands = self._commands
+        for effect in effects:
+            try:
+                commands[effect.name](*effect.args)
+            except Exception:
+                logger.exception("effect %s%r failed (effects must not raise)",
+                                 effect.name, effect.args)
 
     # -- IB's callbacks -> inputs -------------------------------------------------------
 

@@ -16,7 +16,9 @@ gateway, so a bot can tell "my code is wrong" from "the gateway is down"::
     │                              or the connection is not usable)
     ├── SubscriptionError          a subscription could not be issued (e.g. a
     │                              contract the gateway does not know)
-    └── JournalError               a journal cannot be replayed (names the line)
+    ├── JournalError               a journal cannot be replayed (names the line)
+    └── ReentrantHandleError       internal: the machine was fed while it was
+                                   handling an input (a bug of the shell)
 """
 
 from __future__ import annotations
@@ -84,3 +86,12 @@ class JournalError(IBKRConnectionError, ValueError):
     def __init__(self, line: int | None, message: str) -> None:
         super().__init__(f"line {line}: {message}" if line is not None else message)
         self.line = line
+
+
+class ReentrantHandleError(IBKRConnectionError, RuntimeError):
+    """The machine's ``handle`` was entered while another ``handle`` was on the stack.
+
+    An internal error, never the caller's or the gateway's: the shell must
+    queue an input that arises while it carries out a step's effects and feed
+    it after the step.
+    """

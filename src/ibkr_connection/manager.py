@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -37,14 +38,9 @@ from ibkr_connection.errors import (
 )
 from ibkr_connection.inflight import CANCEL, MODIFY, PLACE, GatewayRecord, InFlightOrders
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.journal import JournalWriter, replay_journal
-from ibkr_connection.machine import (
-    SESSION_STATES,
-    USABLE_STATES,
-    ConnectionMachine,
-    ConnectionState,
-    Transition,
-)
+from ibkr_connection.journal import JournalWriter
+from ibkr_connection.machine import ConnectionMachine
+from ibkr_connection.outputs import Transition
 from ibkr_connection.subscriptions import (
     AccountUpdatesSubscription,
     CallableSubscription,
@@ -53,6 +49,7 @@ from ibkr_connection.subscriptions import (
     Subscription,
     SubscriptionRegistry,
 )
+from ibkr_connection.table import SESSION_STATES, USABLE_STATES, ConnectionState
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +125,14 @@ class ConnectionManager:
         self._driver = Driver(ib, config, self._clock, self._feed, self.subscriptions,
                               self.heartbeatEvent.emit, controller=controller)
         self._machine = ConnectionMachine(
-            self._driver, self._clock, port=self.config.port,
+            self._clock, port=self.config.port,
             client_ids=self.config.client_ids, policy=self.config.policy,
             record_journal=journal is not None,
             controller_configured=controller is not None, host=self.config.host,
         )
-        self._machine.add_listener(self._on_transition)
+        #: Inputs waiting for the step being carried out to end.
+        self._inputs: deque[Input] = deque()
+        self._stepping = False
         self._stopped = False
         self._waiters: list[
             tuple[frozenset[ConnectionState], asyncio.Future[ConnectionState]]] = []
@@ -423,13 +422,36 @@ class ConnectionManager:
         if self._stopped and inp.kind is not InputKind.DISCONNECT:
             logger.debug("manager stopped: %s dropped", inp.kind.value)
             return self._machine.state
+        self._inputs.append(inp)
+        if self._stepping:
+            # It arose while a step's effects or listeners ran (the close that
+            # a tear-down causes, a timer due at once, a stateChangeEvent
+            # handler's request): it is fed after that step, never inside it.
+            return self._machine.state
+        self._stepping = True
         try:
-            self._machine.handle(inp)
+            while self._inputs:
+                self._step(self._inputs.popleft())
+        finally:
+            self._stepping = False
+        return self._machine.state
+
+    def _step(self, inp: Input) -> None:
+        """Feed one input; journal it; carry out its effects; tell the listeners."""
+        try:
+            step = self._machine.handle(inp)
         except Exception:
             logger.exception("the machine failed to handle %s", inp)
+            return
         if self._journal is not None:
             self._flush_journal()
-        return self._machine.state
+        if step.effects:
+            self._driver.perform(step.effects)
+        if step.transition is not None:
+            try:
+                self._on_transition(step.transition)
+            except Exception:
+                logger.exception("state change listeners failed on %s", step.transition)
 
     def _on_transition(self, transition: Transition) -> None:
         if transition.dest is ConnectionState.FAILED and self._failure is None:
@@ -522,4 +544,4 @@ def refuse_inside_loop(what: str, instead: str) -> None:
     )
 
 
-__all__ = ["USABLE_STATES", "ConnectionManager", "refuse_inside_loop", "replay_journal"]
+__all__ = ["ConnectionManager", "refuse_inside_loop"]

@@ -112,6 +112,9 @@ class Phase(str, Enum):
     BEFORE = "before"
     #: After the move and its entry actions: effects of the new session.
     AFTER = "after"
+    #: An entry or exit action of a state (:data:`ENTRY`, :data:`EXIT`): run
+    #: on every move into (out of) the state, never by a row.
+    STATE = "state"
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,8 @@ class Action:
     """One action a row may name.
 
     Attributes:
-        name: the name used in :data:`TABLE`; ``ConnectionMachine._do_<name>``
-            performs it.
+        name: the name used in :data:`TABLE` (or :data:`ENTRY`, :data:`EXIT`);
+            ``machine.ACTION_FUNCTIONS[name]`` performs it.
         phase: when it runs.
         doc: what it does, for ``diagrams/transitions.md``.
     """
@@ -130,7 +133,7 @@ class Action:
     doc: str
 
 
-_N, _B, _A = Phase.NOTE, Phase.BEFORE, Phase.AFTER
+_N, _B, _A, _E = Phase.NOTE, Phase.BEFORE, Phase.AFTER, Phase.STATE
 
 #: Every action a row may name, in the order the docs list them.
 ACTIONS: dict[str, Action] = {action.name: action for action in (
@@ -184,7 +187,81 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
                                  "(IBC's RECONNECTDATA), once per outage"),
     Action("next_client_id", _A, "326: retry the same client id `same_client_id_retries` "
                                  "times, then the next configured one"),
+    # -- entry and exit actions of the states (ENTRY, EXIT) ---------------------------
+    Action("forget_session", _E, "forget the last session's farm and link status"),
+    Action("start_attempt", _E, "effect: start an attempt with the attempt number, the "
+                                "current client id and port"),
+    Action("schedule_retry", _E, "effect: feed retry_due after the delay the row drew"),
+    Action("cancel_retry", _E, "effect: cancel the scheduled retry"),
+    Action("start_restore_timer", _E, "effect: feed restore_timeout after `restore_timeout`; "
+                                      "log the wait"),
+    Action("start_maintenance_restore_timer", _E, "effect: feed restore_timeout after "
+                                                  "`maintenance_restore_timeout` (IB's reset "
+                                                  "window); log the expected maintenance"),
+    Action("cancel_restore_timer", _E, "effect: cancel the restore timer"),
+    Action("stop_heartbeat", _E, "effect: stop probing the gateway"),
+    Action("tear_down", _E, "effect: cancel the running attempt and close the socket"),
+    Action("count_restart", _E, "count the restart and stamp its time (for "
+                                "`restart_cooldown`), log it with its cause; the wedge signs "
+                                "back to zero"),
+    Action("start_restart_timer", _E, "effect: feed restart_timeout after `restart_wait`"),
+    Action("send_restart", _E, "effect: ask the controller to restart the gateway, once"),
+    Action("cancel_restart_timer", _E, "effect: cancel the restart timer (and a restart "
+                                       "command still waiting for its answer)"),
+    Action("cancel_probe", _E, "effect: stop probing the gateway"),
+    Action("start_farm_timer", _E, "effect: feed farm_reconnect_due after "
+                                   "`farm_reconnect_after`"),
+    Action("cancel_farm_timer", _E, "effect: cancel the farm timer"),
 )}
+
+
+@dataclass(frozen=True)
+class StateAction:
+    """An entry or exit action of a state, with the guard that must hold for it to run.
+
+    Attributes:
+        action: a name of :data:`ACTIONS` whose phase is ``state``.
+        guard: a name of :data:`GUARDS` (``"!name"`` for its negation), or None.
+    """
+
+    action: str
+    guard: str | None = None
+
+    def __str__(self) -> str:
+        return self.action if self.guard is None else f"{self.action} [{self.guard}]"
+
+
+_STOP_EVERYTHING = (StateAction("cancel_retry"), StateAction("cancel_restore_timer"),
+                    StateAction("stop_heartbeat"), StateAction("tear_down"))
+
+#: What each state does when it is entered, in order (a stay enters nothing).
+ENTRY: dict[ConnectionState, tuple[StateAction, ...]] = {
+    ConnectionState.DISCONNECTED: _STOP_EVERYTHING,
+    ConnectionState.CONNECTING: (StateAction("forget_session"), StateAction("start_attempt")),
+    ConnectionState.CONNECTED: (),
+    ConnectionState.DEGRADED: (StateAction("start_farm_timer", "controller_configured"),),
+    ConnectionState.LOST: (StateAction("start_maintenance_restore_timer", "in_reset_window"),
+                           StateAction("start_restore_timer", "!in_reset_window")),
+    ConnectionState.BACKOFF: (StateAction("stop_heartbeat"), StateAction("tear_down"),
+                              StateAction("schedule_retry")),
+    ConnectionState.RESTARTING: (StateAction("count_restart"), StateAction("stop_heartbeat"),
+                                 StateAction("tear_down"), StateAction("start_restart_timer"),
+                                 StateAction("send_restart")),
+    ConnectionState.FAILED: _STOP_EVERYTHING,
+}
+
+#: What each state does when it is left, in order, before the next state's entry.
+EXIT: dict[ConnectionState, tuple[StateAction, ...]] = {
+    ConnectionState.DISCONNECTED: (),
+    ConnectionState.CONNECTING: (),
+    ConnectionState.CONNECTED: (),
+    ConnectionState.DEGRADED: (StateAction("cancel_farm_timer", "controller_configured"),),
+    ConnectionState.LOST: (StateAction("cancel_restore_timer"),),
+    ConnectionState.BACKOFF: (StateAction("cancel_retry"),),
+    ConnectionState.RESTARTING: (StateAction("cancel_restart_timer"),
+                                 StateAction("cancel_probe")),
+    ConnectionState.FAILED: (),
+}
 
 #: The actions that set the delay of a move into ``backoff``; every such row names one.
 DELAY_ACTIONS = ("draw_delay", "draw_costly_delay", "retry_at_once")
@@ -446,6 +523,8 @@ GUARDS = {
     "link_stuck": "a controller is configured, `restart_cooldown` has passed since the last "
                   "restart, and the clock is outside IB's reset windows",
     "controller_configured": "a controller (IBC, or a command) can act on the gateway",
+    "in_reset_window": "the injected clock's time of day is inside one of IB's reset "
+                       "windows (the policy's `reset_windows`)",
 }
 
 
@@ -477,6 +556,14 @@ def check_table(table: Sequence[Row] = TABLE) -> list[str]:
             if len({row.actions_in(Phase.NOTE) for row in rows if
                     all(a in ACTIONS for a in row.actions)}) > 1:
                 problems.append(f"{where}: rows note different facts")
+    for state in ConnectionState:
+        for which, actions in (("entry", ENTRY), ("exit", EXIT)):
+            for step in actions.get(state, ()):
+                where = f"{state.value} {which}"
+                if step.action not in ACTIONS or ACTIONS[step.action].phase is not Phase.STATE:
+                    problems.append(f"{where}: {step.action} is not a state action")
+                if step.guard is not None and step.guard.lstrip("!") not in GUARDS:
+                    problems.append(f"{where}: unknown guard {step.guard}")
     for row in table:
         where = f"{row.source.value} + {row.input.value}"
         if row.guard is not None and row.guard.lstrip("!") not in GUARDS:
@@ -485,6 +572,8 @@ def check_table(table: Sequence[Row] = TABLE) -> list[str]:
         if unknown:
             problems.append(f"{where}: unknown action(s) {', '.join(unknown)}")
             continue
+        if any(ACTIONS[a].phase is Phase.STATE for a in row.actions):
+            problems.append(f"{where}: a state's entry or exit action named by a row")
         phases = [order.index(ACTIONS[a].phase) for a in row.actions]
         if phases != sorted(phases):
             problems.append(f"{where}: actions not listed phase by phase")
@@ -507,6 +596,8 @@ if _PROBLEMS:  # pragma: no cover - guards the table itself
 __all__ = [
     "ACTIONS",
     "DELAY_ACTIONS",
+    "ENTRY",
+    "EXIT",
     "GUARDS",
     "SESSION_STATES",
     "TABLE",
@@ -515,6 +606,7 @@ __all__ = [
     "ConnectionState",
     "Phase",
     "Row",
+    "StateAction",
     "check_table",
     "outcome",
 ]

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from ibkr_connection import BackoffPolicy, ConnectionConfig, ConnectionManager, RecoveryPolicy
-from ibkr_connection.machine import ConnectionState
 from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator.storm import TracebackCatcher
+from ibkr_connection.table import ConnectionState
 
 ACCOUNT = "DU1234567"
 
