@@ -172,9 +172,8 @@ class ConnectionMachine:
         entry = ENTRY if entry_actions is None else entry_actions
         leave = EXIT if exit_actions is None else exit_actions
         states = [
-            State(state.value,
-                  on_enter=[self._state_callback(a) for a in entry.get(state, ())],
-                  on_exit=[self._state_callback(a) for a in leave.get(state, ())])
+            State(state.value, on_enter=self._state_callback(entry.get(state, ())),
+                  on_exit=self._state_callback(leave.get(state, ())))
             for state in ConnectionState
         ]
         fsm = Machine(
@@ -244,7 +243,13 @@ class ConnectionMachine:
     # -- derived from the table ---------------------------------------------------
 
     def _specs(self, table: Sequence[Row]) -> list[dict[str, object]]:
-        """The table as ``transitions`` transitions; actions and guards become callables."""
+        """The table as ``transitions`` transitions; actions and guards become callables.
+
+        Each phase of a row is one callable (running the row's actions of that
+        phase in order): transitions then makes one call per phase, not one
+        per action. A row without a guard runs its notes with its ``before``
+        actions (nothing is tried between them).
+        """
         actions = self._actions
         specs: list[dict[str, object]] = []
         tried: set[tuple[ConnectionState, InputKind]] = set()
@@ -253,14 +258,22 @@ class ConnectionMachine:
             # them before the first row's guard is enough.
             first = (row.source, row.input) not in tried
             tried.add((row.source, row.input))
+            notes: list[Callable[[Input], None]] = (
+                [actions[a] for a in row.actions_in(Phase.NOTE)] if first else [])
+            before: list[Callable[[Input], None]] = [
+                *(actions[a] for a in row.actions_in(Phase.BEFORE)), partial(self._record, row)]
+            after: list[Callable[[Input], None]] = [
+                actions[a] for a in row.actions_in(Phase.AFTER)]
+            if row.guard is None:
+                before = notes + before
+                notes = []
             spec: dict[str, object] = {
                 "trigger": row.input.value,
                 "source": row.source.value,
                 "dest": None if row.dest is None else row.dest.value,
-                "prepare": [actions[a] for a in row.actions_in(Phase.NOTE)] if first else [],
-                "before": [*(actions[a] for a in row.actions_in(Phase.BEFORE)),
-                           partial(self._record, row)],
-                "after": [actions[a] for a in row.actions_in(Phase.AFTER)],
+                "prepare": [_in_order(notes)] if notes else [],
+                "before": [_in_order(before)],
+                "after": [_in_order(after)] if after else [],
             }
             if row.guard is not None:
                 name = row.guard.lstrip("!")
@@ -269,19 +282,21 @@ class ConnectionMachine:
             specs.append(spec)
         return specs
 
-    def _state_callback(self, step: StateAction) -> Callable[[Input], None]:
-        """An entry or exit action as a state callback, run only when its guard holds."""
-        action = self._actions[step.action]
-        if step.guard is None:
-            return action
-        guard = self._guards[step.guard.lstrip("!")]
-        wanted = not step.guard.startswith("!")
+    def _state_callback(self, steps: Sequence[StateAction]) -> Callable[[Input], None] | None:
+        """A state's entry (or exit) actions as one callback, each run when its guard holds."""
+        if not steps:
+            return None
+        plan = [(self._actions[step.action],
+                 None if step.guard is None else self._guards[step.guard.lstrip("!")],
+                 step.guard is None or not step.guard.startswith("!"))
+                for step in steps]
 
-        def guarded(inp: Input) -> None:
-            if guard(inp) is wanted:
-                action(inp)
+        def run(inp: Input) -> None:
+            for action, guard, wanted in plan:
+                if guard is None or guard(inp) is wanted:
+                    action(inp)
 
-        return guarded
+        return run
 
     # -- guards ---------------------------------------------------------------------
 
@@ -354,7 +369,7 @@ class ConnectionMachine:
         )
 
     def _effect(self, name: str, *args: float) -> None:
-        self._out.append(Effect(name, args))
+        self._out.append(Effect(name, args) if args else _BARE[name])
 
     # -- actions: notes -------------------------------------------------------------------
 
@@ -548,6 +563,19 @@ class ConnectionMachine:
         self._effect("cancel_farm_timer")
 
 
+def _in_order(functions: Sequence[Callable[[Input], None]]) -> Callable[[Input], None]:
+    """One callable running ``functions`` in order (the function itself if it is alone)."""
+    if len(functions) == 1:
+        return functions[0]
+    ordered = tuple(functions)
+
+    def run(inp: Input) -> None:
+        for function in ordered:
+            function(inp)
+
+    return run
+
+
 def _bind(function: Callable[[ConnectionMachine, Input], _R], machine: ConnectionMachine,
           ) -> Callable[[Input], _R]:
     """``function`` with the machine bound: a callable of the input alone."""
@@ -555,6 +583,12 @@ def _bind(function: Callable[[ConnectionMachine, Input], _R], machine: Connectio
 
 
 _M = ConnectionMachine
+
+#: The effects without arguments, built once (a connect asks for several).
+_BARE = {name: Effect(name) for name in (
+    "select_account", "restore_subscriptions", "issue_new_subscriptions", "start_heartbeat",
+    "send_reconnect_data", "cancel_retry", "cancel_restore_timer", "stop_heartbeat",
+    "tear_down", "send_restart", "cancel_restart_timer", "cancel_probe", "cancel_farm_timer")}
 
 #: Every action of :data:`~ibkr_connection.table.ACTIONS` and the function performing it.
 ACTION_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], None]] = {

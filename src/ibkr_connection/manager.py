@@ -422,16 +422,18 @@ class ConnectionManager:
         if self._stopped and inp.kind is not InputKind.DISCONNECT:
             logger.debug("manager stopped: %s dropped", inp.kind.value)
             return self._machine.state
-        self._inputs.append(inp)
         if self._stepping:
             # It arose while a step's effects or listeners ran (the close that
             # a tear-down causes, a timer due at once, a stateChangeEvent
             # handler's request): it is fed after that step, never inside it.
+            self._inputs.append(inp)
             return self._machine.state
         self._stepping = True
         try:
-            while self._inputs:
-                self._step(self._inputs.popleft())
+            self._step(inp)
+            inputs = self._inputs
+            while inputs:
+                self._step(inputs.popleft())
         finally:
             self._stepping = False
         return self._machine.state
