@@ -230,14 +230,27 @@ def test_each_step_returns_its_transition_and_effects(clock: ManualClock) -> Non
     assert step.effects == (Effect("start_attempt", (1, 7, 4002)),)
     assert step.state is S.CONNECTING
     step = machine.handle(Input(K.ATTEMPT_SUCCEEDED))
-    assert [e.name for e in step.effects] == [
-        "select_account", "restore_subscriptions", "start_heartbeat"]
+    assert step.effects == (Effect("select_account"), Effect("restore_subscriptions", (True,)),
+                            Effect("start_heartbeat"))
     step = machine.handle(Input(K.FARM_OK, code=2104, farm="usfarm"))
     assert (step.transition, step.effects, step.state) == (None, (), S.CONNECTED)
     step = machine.handle(Input(K.SOCKET_CLOSED))
     assert [e.name for e in step.effects] == ["stop_heartbeat", "tear_down", "schedule_retry"]
     assert step.transition is not None and step.transition.delay is not None
     assert step.effects[-1].args == (step.transition.delay,)
+
+
+def test_the_table_says_new_session_or_data_lost(clock: ManualClock) -> None:
+    """Subscriptions go out as on a new session when one comes up, as re-issues after a 1101."""
+    machine = ConnectionMachine(clock, port=4002, client_ids=[7])
+    machine.handle(Input(K.CONNECT))
+    up = machine.handle(Input(K.ATTEMPT_SUCCEEDED))
+    assert Effect("restore_subscriptions", (True,)) in up.effects
+    lost = machine.handle(Input(K.RESTORED_DATA_LOST, code=1101))
+    assert lost.effects == (Effect("restore_subscriptions", (False,)),)
+    machine.handle(Input(K.CONNECTIVITY_LOST, code=1100))
+    back = machine.handle(Input(K.RESTORED_DATA_LOST, code=1101))
+    assert Effect("restore_subscriptions", (False,)) in back.effects
 
 
 def test_a_nested_handle_is_refused(monkeypatch: pytest.MonkeyPatch, clock: ManualClock) -> None:

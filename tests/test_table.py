@@ -46,6 +46,7 @@ PHASES = {
     "retry_at_once": "before",
     "reset_backoff": "after",
     "select_account": "after",
+    "issue_subscriptions": "after",
     "restore_subscriptions": "after",
     "issue_new_subscriptions": "after",
     "start_heartbeat": "after",

@@ -78,7 +78,6 @@ class Driver:
         self._heartbeat_on = False
         self._last_count = -1
         self._last_activity = 0.0
-        self._fresh_session = True
         self._pending_account_request = ""
         self._unwatch_ids: Callable[[], None] | None = None
         self._unwatch_sync: Callable[[], None] | None = None
@@ -207,7 +206,6 @@ class Driver:
         self.account = account
         self._pending_account_request = account if account != config.account and len(
             adapter.managed_accounts(ib)) > 1 else ""
-        self._fresh_session = True
         self._apply_high_water()
         self._feed(Input(InputKind.ATTEMPT_SUCCEEDED, message=(
             f"connected to {config.host}:{port} as client {client_id}, account "
@@ -314,14 +312,16 @@ class Driver:
             except (ConnectionError, OSError) as exc:
                 logger.warning("account updates request failed: %r", exc)
 
-    def restore_subscriptions(self) -> None:
-        """Issue every registered subscription: on a new session, or again after a 1101."""
-        fresh = self._fresh_session
-        self._fresh_session = False
-        count = self._subscriptions.issue_all(self.ib, fresh)
+    def restore_subscriptions(self, fresh_session: bool) -> None:
+        """Issue every registered subscription: on a new session, or again after a 1101.
+
+        Which of the two it is, is the table's (actions ``issue_subscriptions``
+        and ``restore_subscriptions``).
+        """
+        count = self._subscriptions.issue_all(self.ib, fresh_session)
         if count:
             logger.info("issued %d subscription(s) %s", count,
-                        "on the new session" if fresh else "again after data loss")
+                        "on the new session" if fresh_session else "again after data loss")
 
     def issue_new_subscriptions(self) -> None:
         """Issue the subscriptions never issued yet (added while the session is up)."""

@@ -478,8 +478,11 @@ class ConnectionMachine:
     def _select_account(self, inp: Input) -> None:
         self._effect("select_account")
 
+    def _issue_subscriptions(self, inp: Input) -> None:
+        self._out.append(_ISSUE_ON_NEW_SESSION)
+
     def _restore_subscriptions(self, inp: Input) -> None:
-        self._effect("restore_subscriptions")
+        self._out.append(_ISSUE_AGAIN)
 
     def _issue_new_subscriptions(self, inp: Input) -> None:
         self._effect("issue_new_subscriptions")
@@ -584,9 +587,13 @@ def _bind(function: Callable[[ConnectionMachine, Input], _R], machine: Connectio
 
 _M = ConnectionMachine
 
+#: restore_subscriptions(fresh_session): on a new session, or again after a 1101.
+_ISSUE_ON_NEW_SESSION = Effect("restore_subscriptions", (True,))
+_ISSUE_AGAIN = Effect("restore_subscriptions", (False,))
+
 #: The effects without arguments, built once (a connect asks for several).
 _BARE = {name: Effect(name) for name in (
-    "select_account", "restore_subscriptions", "issue_new_subscriptions", "start_heartbeat",
+    "select_account", "issue_new_subscriptions", "start_heartbeat",
     "send_reconnect_data", "cancel_retry", "cancel_restore_timer", "stop_heartbeat",
     "tear_down", "send_restart", "cancel_restart_timer", "cancel_probe", "cancel_farm_timer")}
 
@@ -607,6 +614,7 @@ ACTION_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], None]] = {
     "retry_at_once": _M._retry_at_once,
     "reset_backoff": _M._reset_backoff,
     "select_account": _M._select_account,
+    "issue_subscriptions": _M._issue_subscriptions,
     "restore_subscriptions": _M._restore_subscriptions,
     "issue_new_subscriptions": _M._issue_new_subscriptions,
     "start_heartbeat": _M._start_heartbeat,

@@ -27,7 +27,7 @@ class Effect:
 
     Attributes:
         name: the command (``"start_attempt"``, ``"schedule_retry"``, ...).
-        args: its arguments, in order (numbers only: plain data).
+        args: its arguments, in order (numbers and flags only: plain data).
     """
 
     name: str
@@ -71,8 +71,9 @@ class Effects(Protocol):
     def select_account(self) -> None:
         """Apply the account chosen during the attempt (account updates etc.)."""
 
-    def restore_subscriptions(self) -> None:
-        """(Re-)issue every subscription the bot registered."""
+    def restore_subscriptions(self, fresh_session: bool) -> None:
+        """Issue every subscription the bot registered: on a new session
+        (``fresh_session``), or again after a 1101 dropped them."""
 
     def issue_new_subscriptions(self) -> None:
         """Issue the subscriptions added since the session came up."""

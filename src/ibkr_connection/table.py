@@ -169,7 +169,10 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
     Action("reset_backoff", _A, "a session is up: attempts, failures and the client id's "
                                 "326 retries back to zero"),
     Action("select_account", _A, "effect: apply the account chosen during the attempt"),
-    Action("restore_subscriptions", _A, "effect: (re)issue every registered subscription"),
+    Action("issue_subscriptions", _A, "effect: issue every registered subscription on the "
+                                      "new session"),
+    Action("restore_subscriptions", _A, "effect: issue every registered subscription again: "
+                                        "the gateway dropped them (1101)"),
     Action("issue_new_subscriptions", _A, "effect: issue the subscriptions added since the "
                                           "session came up (the others are already out)"),
     Action("start_heartbeat", _A, "effect: start probing the gateway when it is quiet"),
@@ -312,8 +315,7 @@ def _rows(
 
 #: Actions of a row whose attempt produced a session.
 _ON_SESSION_UP = ("reset_backoff", "forget_wedge_signs", "note_endpoint_proven",
-                  "select_account",
-                  "restore_subscriptions", "start_heartbeat")
+                  "select_account", "issue_subscriptions", "start_heartbeat")
 _ATTEMPT_STATES = (_S.CONNECTING, *SESSION_STATES)
 
 #: The transition table. Order matters only among rows of the same

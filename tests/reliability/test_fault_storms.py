@@ -136,8 +136,8 @@ class TimerEffects:
     def select_account(self) -> None:
         self.calls.append("select_account")
 
-    def restore_subscriptions(self) -> None:
-        self.calls.append("restore_subscriptions")
+    def restore_subscriptions(self, fresh_session: bool) -> None:
+        self.calls.append(f"restore_subscriptions {fresh_session}")
 
     def issue_new_subscriptions(self) -> None:
         self.calls.append("issue_new_subscriptions")
