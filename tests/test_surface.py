@@ -78,3 +78,29 @@ def test_blocking_twins_follow_one_convention() -> None:
             assert inspect.iscoroutinefunction(getattr(cls, f"{name}_async")), (cls, name)
     assert cm.connect_async is cm.start and cm.disconnect_async is cm.stop
     assert manager.refuse_inside_loop is not None
+
+
+def test_every_exception_of_the_core_lives_in_errors() -> None:
+    """No core module defines an exception class of its own: errors.py is their one home."""
+    from ibkr_connection import (
+        adapter,
+        clock,
+        codes,
+        controller,
+        driver,
+        errors,
+        inflight,
+        policy,
+        subscriptions,
+    )
+
+    core = (adapter, clock, codes, controller, driver, inflight, inputs, journal, machine,
+            manager, outputs, policy, subscriptions, table)
+    for module in core:
+        defined = [name for name, value in vars(module).items()
+                   if isinstance(value, type) and issubclass(value, BaseException)
+                   and value.__module__ == module.__name__]
+        assert defined == [], (module.__name__, defined)
+    for name in ("ControllerError", "HandshakeTimeoutError", "SyncIncompleteError",
+                 "ReentrantHandleError", "JournalError"):
+        assert getattr(errors, name).__module__ == "ibkr_connection.errors"

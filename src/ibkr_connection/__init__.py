@@ -59,16 +59,12 @@ How it fits together, and where each kind of change goes: ``docs/architecture.md
 from ibkr_connection.broker import Config, IBKRIBInsyncApi
 from ibkr_connection.clock import Clock, ManualClock, SystemClock
 from ibkr_connection.config import ConnectionConfig, mask_account
-from ibkr_connection.controller import (
-    CommandController,
-    Controller,
-    ControllerError,
-    IBCController,
-)
+from ibkr_connection.controller import CommandController, Controller, IBCController
 from ibkr_connection.errors import (
     AccountError,
     ConfigError,
     ConnectFailedError,
+    ControllerError,
     FatalConnectError,
     GatewayError,
     IBKRConnectionError,

@@ -156,7 +156,7 @@ class Driver:
                                code, message)
             return
         logger.log(info.level, "IB %d (%s): %s", code, info.meaning, message)
-        inp = info.to_input(message)
+        inp = codes.classify(code, message)
         if inp is not None:
             self._feed(inp)
 
