@@ -50,7 +50,9 @@ PHASES = {
     "restore_subscriptions": "after",
     "issue_new_subscriptions": "after",
     "start_heartbeat": "after",
+    "retry_same_client_id": "after",
     "next_client_id": "after",
+    "keep_client_id": "after",
     "forget_wedge_signs": "after",
     "note_endpoint_proven": "after",
     "forget_endpoint": "after",
@@ -135,8 +137,10 @@ def test_each_move_into_backoff_names_how_its_delay_is_drawn(
     """The row, not a list of input kinds elsewhere, says cheap, costly or at once."""
     rows = [r for r in outcome(S(state), K(kind)) if r.dest is S.BACKOFF]
     # connecting + attempt_failed has two: silence on an unproven endpoint
-    # (warned once) and the rest; both draw the delay the same way.
-    assert len(rows) == (2 if (state, kind) == ("connecting", "attempt_failed") else 1)
+    # (warned once) and the rest; connecting + client_id_in_use three: the same
+    # id, the next one, no fallback configured. Each draws the delay the same way.
+    several = {("connecting", "attempt_failed"): 2, ("connecting", "client_id_in_use"): 3}
+    assert len(rows) == several.get((state, kind), 1)
     for row in rows:
         assert [a for a in row.actions if "delay" in a or a == "retry_at_once"] == [delay]
 

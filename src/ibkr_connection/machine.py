@@ -328,6 +328,13 @@ class ConnectionMachine:
         return (self.controller_configured and self._cooldown_over()
                 and not self.policy.in_reset_window(self._clock.wall()))
 
+    def _same_client_id_again(self, inp: Input) -> bool:
+        return (self._retries_left(inp)
+                and self._same_id_failures < self.policy.same_client_id_retries)
+
+    def _fallback_client_id(self, inp: Input) -> bool:
+        return self._retries_left(inp) and len(self.client_ids) > 1
+
     def _in_reset_window(self, inp: Input) -> bool:
         return self.policy.in_reset_window(self._clock.wall())
 
@@ -460,18 +467,19 @@ class ConnectionMachine:
     def _forget_endpoint(self, inp: Input) -> None:
         self.endpoint_proven = False
 
-    def _next_client_id(self, inp: Input) -> None:
+    def _retry_same_client_id(self, inp: Input) -> None:
         self._same_id_failures += 1
-        if self._same_id_failures <= self.policy.same_client_id_retries:
-            logger.warning("client id %d in use: retrying the same id", self.client_id)
-            return
+        logger.warning("client id %d in use: retrying the same id", self.client_id)
+
+    def _next_client_id(self, inp: Input) -> None:
         self._same_id_failures = 0
-        if len(self.client_ids) == 1:
-            logger.warning("client id %d in use and no fallback ids configured", self.client_id)
-            return
         old = self.client_id
         self._client_index = (self._client_index + 1) % len(self.client_ids)
         logger.warning("client id %d in use: falling back to client id %d", old, self.client_id)
+
+    def _keep_client_id(self, inp: Input) -> None:
+        self._same_id_failures = 0
+        logger.warning("client id %d in use and no fallback ids configured", self.client_id)
 
     # -- actions: effects of a row -------------------------------------------------------
 
@@ -623,7 +631,9 @@ ACTION_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], None]] = {
     "forget_endpoint": _M._forget_endpoint,
     "probe_gateway": _M._probe_gateway,
     "reconnect_data": _M._reconnect_data,
+    "retry_same_client_id": _M._retry_same_client_id,
     "next_client_id": _M._next_client_id,
+    "keep_client_id": _M._keep_client_id,
     "forget_session": _M._forget_session,
     "start_attempt": _M._start_attempt,
     "schedule_retry": _M._schedule_retry,
@@ -651,6 +661,8 @@ GUARD_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], bool]] = {
     "silent_unproven": _M._silent_unproven,
     "link_stuck": _M._link_stuck,
     "controller_configured": _M._controller_configured,
+    "same_client_id_again": _M._same_client_id_again,
+    "fallback_client_id": _M._fallback_client_id,
     "in_reset_window": _M._in_reset_window,
 }
 

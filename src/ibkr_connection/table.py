@@ -188,8 +188,11 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
                                 "cadence until it answers"),
     Action("reconnect_data", _A, "effect: ask the controller to reconnect the data farms "
                                  "(IBC's RECONNECTDATA), once per outage"),
-    Action("next_client_id", _A, "326: retry the same client id `same_client_id_retries` "
-                                 "times, then the next configured one"),
+    Action("retry_same_client_id", _A, "326: count a retry of the same client id; log it"),
+    Action("next_client_id", _A, "326: the next configured client id; its retries start "
+                                 "from zero; log it"),
+    Action("keep_client_id", _A, "326: no fallback id is configured: the same id again, its "
+                                 "retries start from zero; log it"),
     # -- entry and exit actions of the states (ENTRY, EXIT) ---------------------------
     Action("forget_session", _E, "forget the last session's farm and link status"),
     Action("start_attempt", _E, "effect: start an attempt with the attempt number, the "
@@ -464,9 +467,16 @@ TABLE: tuple[Row, ...] = tuple(
     + _rows(_NO_SESSION, _I.PORT_RESET, None, "the next attempt uses the new port",
             actions=("note_port",))
     + [
-        Row(_S.CONNECTING, _I.CLIENT_ID_IN_USE, _S.BACKOFF, "retries_left",
+        Row(_S.CONNECTING, _I.CLIENT_ID_IN_USE, _S.BACKOFF, "same_client_id_again",
+            ("draw_costly_delay", "retry_same_client_id"),
+            "326: client id in use; retry the same id after a delay (the other session "
+            "may be on its way out)"),
+        Row(_S.CONNECTING, _I.CLIENT_ID_IN_USE, _S.BACKOFF, "fallback_client_id",
             ("draw_costly_delay", "next_client_id"),
-            "326: client id in use; retry after a delay"),
+            "326: client id in use; retry with the next configured id after a delay"),
+        Row(_S.CONNECTING, _I.CLIENT_ID_IN_USE, _S.BACKOFF, "retries_left",
+            ("draw_costly_delay", "keep_client_id"),
+            "326: client id in use and no fallback id configured; retry after a delay"),
         Row(_S.CONNECTING, _I.CLIENT_ID_IN_USE, _S.FAILED, note="326 and no attempts left"),
     ]
     + _rows(SESSION_STATES, _I.CLIENT_ID_IN_USE, None,
@@ -525,6 +535,10 @@ GUARDS = {
     "link_stuck": "a controller is configured, `restart_cooldown` has passed since the last "
                   "restart, and the clock is outside IB's reset windows",
     "controller_configured": "a controller (IBC, or a command) can act on the gateway",
+    "same_client_id_again": "the policy allows another attempt, and the client id was "
+                            "retried fewer than `same_client_id_retries` times after a 326",
+    "fallback_client_id": "the policy allows another attempt, and more than one client id "
+                          "is configured",
     "in_reset_window": "the injected clock's time of day is inside one of IB's reset "
                        "windows (the policy's `reset_windows`)",
 }
