@@ -73,12 +73,13 @@ def test_diagram_labels_each_row_with_its_actions() -> None:
         "backoff --> connecting: retry_due / count_attempt",
         "backoff --> backoff: port_reset / note_port",
         "connected --> lost: connectivity_lost / note_link_lost",
-        "lost --> backoff: socket_closed / draw_delay"
-        " | heartbeat_missed / note_wedge_sign+draw_costly_delay"
-        " | restore_timeout / draw_costly_delay | port_reset / note_port+retry_at_once"
-        " | not_connected / draw_delay",
-        "lost --> restarting: heartbeat_missed / note_wedge_sign [wedged]"
-        " | restore_timeout [link_stuck]",
+        "lost --> backoff: socket_closed / draw_delay+end_session"
+        " | heartbeat_missed / note_wedge_sign+draw_costly_delay+end_session"
+        " | restore_timeout / draw_costly_delay+end_session"
+        " | port_reset / note_port+retry_at_once+end_session"
+        " | not_connected / draw_delay+end_session",
+        "lost --> restarting: heartbeat_missed / note_wedge_sign+end_session [wedged]"
+        " | restore_timeout / end_session [link_stuck]",
         "restarting --> restarting: port_reset / note_port"
         " | restart_sent / forget_endpoint+probe_gateway",
         "connecting --> backoff: attempt_failed / note_wedge_sign+warn_not_an_api_port"

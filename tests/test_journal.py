@@ -231,11 +231,11 @@ async def test_a_real_session_journals_each_inputs_effects(tmp_path: Path) -> No
     assert inputs[0]["effects"] == [["start_attempt", 1, 9, gw.port]]
     succeeded = next(r for r in inputs if r["input"] == "attempt_succeeded")
     assert succeeded["effects"] == [["select_account"], ["restore_subscriptions", True],
-                                    ["start_heartbeat"]]
+                                    ["start_heartbeat"], ["begin_session"]]
     # stop(): the disconnect's step, then the close its tear-down caused, fed after it.
     assert [r["input"] for r in inputs[-2:]] == ["disconnect", "socket_closed"]
     assert inputs[-2]["effects"] == [["cancel_retry"], ["cancel_restore_timer"],
-                                     ["stop_heartbeat"], ["tear_down"]]
+                                     ["stop_heartbeat"], ["tear_down"], ["end_session"]]
     assert inputs[-1]["effects"] == []
     assert journal.replay_file(path).mismatches == []
 

@@ -177,9 +177,11 @@ def test_port_reset_reconnects_at_once_on_new_port(
 def test_entry_actions_of_a_session(machine: ConnectionMachine, effects: RecordingEffects) -> None:
     """A successful attempt selects the account, restores subscriptions, starts the heartbeat."""
     drive_to(machine, S.CONNECTED)
-    assert effects.names()[-3:] == ["select_account", "restore_subscriptions", "start_heartbeat"]
+    assert effects.names()[-4:] == ["select_account", "restore_subscriptions", "start_heartbeat",
+                                    "begin_session"]
     machine.handle(Input(K.SOCKET_CLOSED))
-    assert effects.names()[-3:] == ["stop_heartbeat", "tear_down", "schedule_retry"]
+    assert effects.names()[-4:] == ["stop_heartbeat", "tear_down", "schedule_retry",
+                                    "end_session"]
     assert effects.heartbeat is False
 
 
@@ -231,13 +233,14 @@ def test_each_step_returns_its_transition_and_effects(clock: ManualClock) -> Non
     assert step.state is S.CONNECTING
     step = machine.handle(Input(K.ATTEMPT_SUCCEEDED))
     assert step.effects == (Effect("select_account"), Effect("restore_subscriptions", (True,)),
-                            Effect("start_heartbeat"))
+                            Effect("start_heartbeat"), Effect("begin_session"))
     step = machine.handle(Input(K.FARM_OK, code=2104, farm="usfarm"))
     assert (step.transition, step.effects, step.state) == (None, (), S.CONNECTED)
     step = machine.handle(Input(K.SOCKET_CLOSED))
-    assert [e.name for e in step.effects] == ["stop_heartbeat", "tear_down", "schedule_retry"]
+    assert [e.name for e in step.effects] == ["stop_heartbeat", "tear_down", "schedule_retry",
+                                              "end_session"]
     assert step.transition is not None and step.transition.delay is not None
-    assert step.effects[-1].args == (step.transition.delay,)
+    assert step.effects[2].args == (step.transition.delay,)
 
 
 def test_the_table_says_new_session_or_data_lost(clock: ManualClock) -> None:

@@ -68,7 +68,8 @@ def _state_is(machine: ConnectionMachine, state: str) -> None:
 
 @then("the account is selected, subscriptions are set up and the heartbeat runs")
 def _session_up(effects: RecordingEffects) -> None:
-    assert effects.names()[-3:] == ["select_account", "restore_subscriptions", "start_heartbeat"]
+    assert effects.names()[-4:] == ["select_account", "restore_subscriptions", "start_heartbeat",
+                                    "begin_session"]
     assert effects.heartbeat
 
 

@@ -56,6 +56,8 @@ PHASES = {
     "forget_wedge_signs": "after",
     "note_endpoint_proven": "after",
     "forget_endpoint": "after",
+    "begin_session": "after",
+    "end_session": "after",
     "probe_gateway": "after",
     "reconnect_data": "after",
     "forget_session": "state",

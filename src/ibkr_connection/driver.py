@@ -47,6 +47,8 @@ class Driver:
         subscriptions: the registry re-issued on every session.
         on_heartbeat: called with the round-trip time of an answered probe.
         controller: restarts the gateway (IBC, a command), or None.
+        commands: effects the caller carries out itself (the manager's order
+            tracker: ``begin_session``, ``end_session``), by name.
 
     Attributes:
         account: the account the last successful attempt selected.
@@ -63,6 +65,7 @@ class Driver:
         subscriptions: SubscriptionRegistry,
         on_heartbeat: Callable[[float], object],
         controller: Controller | None = None,
+        commands: dict[str, Callable[[], None]] | None = None,
     ) -> None:
         self.ib = ib
         self.config = config
@@ -112,6 +115,7 @@ class Driver:
             "send_reconnect_data": self.send_reconnect_data,
             "start_farm_timer": self.start_farm_timer,
             "cancel_farm_timer": self.cancel_farm_timer,
+            **(commands or {}),
         }
 
     def perform(self, effects: Iterable[Effect]) -> None:

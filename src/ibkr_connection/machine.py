@@ -498,6 +498,12 @@ class ConnectionMachine:
     def _start_heartbeat(self, inp: Input) -> None:
         self._effect("start_heartbeat")
 
+    def _begin_session(self, inp: Input) -> None:
+        self._out.append(_BARE["begin_session"])
+
+    def _end_session(self, inp: Input) -> None:
+        self._out.append(_BARE["end_session"])
+
     def _probe_gateway(self, inp: Input) -> None:
         self._effect("probe_gateway", self.port, self.policy.backoff.max_delay)
 
@@ -603,7 +609,8 @@ _ISSUE_AGAIN = Effect("restore_subscriptions", (False,))
 _BARE = {name: Effect(name) for name in (
     "select_account", "issue_new_subscriptions", "start_heartbeat",
     "send_reconnect_data", "cancel_retry", "cancel_restore_timer", "stop_heartbeat",
-    "tear_down", "send_restart", "cancel_restart_timer", "cancel_probe", "cancel_farm_timer")}
+    "tear_down", "send_restart", "cancel_restart_timer", "cancel_probe", "cancel_farm_timer",
+    "begin_session", "end_session")}
 
 #: Every action of :data:`~ibkr_connection.table.ACTIONS` and the function performing it.
 ACTION_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], None]] = {
@@ -629,6 +636,8 @@ ACTION_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], None]] = {
     "forget_wedge_signs": _M._forget_wedge_signs,
     "note_endpoint_proven": _M._note_endpoint_proven,
     "forget_endpoint": _M._forget_endpoint,
+    "begin_session": _M._begin_session,
+    "end_session": _M._end_session,
     "probe_gateway": _M._probe_gateway,
     "reconnect_data": _M._reconnect_data,
     "retry_same_client_id": _M._retry_same_client_id,

@@ -49,7 +49,7 @@ from ibkr_connection.subscriptions import (
     Subscription,
     SubscriptionRegistry,
 )
-from ibkr_connection.table import SESSION_STATES, USABLE_STATES, ConnectionState
+from ibkr_connection.table import USABLE_STATES, ConnectionState
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,11 @@ class ConnectionManager:
         self.subscriptions = SubscriptionRegistry(
             on_failed=self.subscriptionFailedEvent.emit, on_restored=self._on_restored)
         self._driver = Driver(ib, config, self._clock, self._feed, self.subscriptions,
-                              self.heartbeatEvent.emit, controller=controller)
+                              self.heartbeatEvent.emit, controller=controller,
+                              commands={"end_session": self._orders_session_ended,
+                                        "begin_session": self._session_began})
+        #: A begin_session effect was carried out: settle the orders after the listeners.
+        self._resolve_due = False
         self._machine = ConnectionMachine(
             self._clock, port=self.config.port,
             client_ids=self.config.client_ids, policy=self.config.policy,
@@ -454,15 +458,16 @@ class ConnectionManager:
                 self._on_transition(step.transition)
             except Exception:
                 logger.exception("state change listeners failed on %s", step.transition)
+        if self._resolve_due:
+            # begin_session: the orders are settled once the bot heard of the
+            # new session (orderResolvedEvent after its stateChangeEvent).
+            self._resolve_due = False
+            self._resolve_orders()
 
     def _on_transition(self, transition: Transition) -> None:
         if transition.dest is ConnectionState.FAILED and self._failure is None:
             self._failure = self._driver.last_error
-        if transition.source in SESSION_STATES and transition.dest not in SESSION_STATES:
-            self._orders_session_ended()
         self.stateChangeEvent.emit(transition)
-        if transition.source is ConnectionState.CONNECTING and transition.dest in SESSION_STATES:
-            self._resolve_orders()
         for targets, future in list(self._waiters):
             if transition.dest in targets and not future.done():
                 future.set_result(transition.dest)
@@ -483,6 +488,9 @@ class ConnectionManager:
         if trades:
             adapter.forget_trades(self.ib, trades)
             self.ordersUncertainEvent.emit(trades)
+
+    def _session_began(self) -> None:
+        self._resolve_due = True
 
     def _resolve_orders(self) -> None:
         if not self.in_flight.uncertain:

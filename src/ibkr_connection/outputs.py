@@ -107,6 +107,14 @@ class Effects(Protocol):
     def send_reconnect_data(self) -> None:
         """Ask the controller to reconnect the data farms (logged, no input)."""
 
+    def begin_session(self) -> None:
+        """Settle the orders a dropped session left uncertain (the manager's order
+        tracker, after the step's stateChangeEvent)."""
+
+    def end_session(self) -> None:
+        """Name the orders whose last request got no answer (the manager's order
+        tracker, before the step's stateChangeEvent)."""
+
     def start_farm_timer(self, timeout: float) -> None:
         """Feed ``farm_reconnect_due`` after ``timeout`` seconds."""
 

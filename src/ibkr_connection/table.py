@@ -183,6 +183,12 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
     Action("forget_endpoint", _A, "the controller restarts the gateway: the one that comes "
                                   "back must give a session before it can be restarted again "
                                   "(it may wait for a login, 2FA)"),
+    Action("begin_session", _A, "effect: a session is up, its startup sync done: the order "
+                                "tracker settles the orders a dropped session left "
+                                "uncertain (orderResolvedEvent, after the stateChangeEvent)"),
+    Action("end_session", _A, "effect: the session ended: the order tracker names the orders "
+                              "whose last request got no answer (ordersUncertainEvent, before "
+                              "the stateChangeEvent)"),
     Action("probe_gateway", _A, "effect: the restart was accepted; probe the gateway "
                                 "(TCP connect and API handshake) at the backoff's cheap "
                                 "cadence until it answers"),
@@ -318,7 +324,7 @@ def _rows(
 
 #: Actions of a row whose attempt produced a session.
 _ON_SESSION_UP = ("reset_backoff", "forget_wedge_signs", "note_endpoint_proven",
-                  "select_account", "issue_subscriptions", "start_heartbeat")
+                  "select_account", "issue_subscriptions", "start_heartbeat", "begin_session")
 _ATTEMPT_STATES = (_S.CONNECTING, *SESSION_STATES)
 
 #: The transition table. Order matters only among rows of the same
@@ -520,6 +526,24 @@ TABLE: tuple[Row, ...] = tuple(
             "stale farm timer")
 )
 
+
+
+def _ending_sessions(rows: tuple[Row, ...]) -> tuple[Row, ...]:
+    """Give every row that leaves a session (for a state without one) the action end_session.
+
+    Written once here rather than on each of those rows: a row out of
+    ``connected``, ``degraded`` or ``lost`` into any other state ends the
+    session, whatever its input. :func:`check_table` holds every row to it.
+    """
+    return tuple(
+        Row(row.source, row.input, row.dest, row.guard, (*row.actions, "end_session"), row.note)
+        if row.source in SESSION_STATES and row.dest is not None
+        and row.dest not in SESSION_STATES else row
+        for row in rows)
+
+
+TABLE = _ending_sessions(TABLE)
+
 #: The guards a row may name, and what each asks.
 GUARDS = {
     "retries_left": "the policy allows another attempt (`max_attempts`)",
@@ -598,6 +622,10 @@ def check_table(table: Sequence[Row] = TABLE) -> list[str]:
             problems.append(f"{where}: a move into backoff needs one of {DELAY_ACTIONS}")
         if row.dest is not _S.BACKOFF and delays:
             problems.append(f"{where}: {delays[0]} outside a move into backoff")
+        leaves = (row.source in SESSION_STATES and row.dest is not None
+                  and row.dest not in SESSION_STATES)
+        if leaves != ("end_session" in row.actions):
+            problems.append(f"{where}: end_session names exactly the rows that end a session")
         counts = {"first_attempt", "count_attempt"} & set(row.actions)
         if (row.dest is _S.CONNECTING) != bool(counts):
             problems.append(f"{where}: only a move into connecting counts an attempt")

@@ -142,6 +142,12 @@ class TimerEffects:
     def issue_new_subscriptions(self) -> None:
         self.calls.append("issue_new_subscriptions")
 
+    def begin_session(self) -> None:
+        self.calls.append("begin_session")
+
+    def end_session(self) -> None:
+        self.calls.append("end_session")
+
     def start_heartbeat(self) -> None:
         self.calls.append("start_heartbeat")
 
