@@ -83,7 +83,8 @@ def test_diagram_labels_each_row_with_its_actions() -> None:
         "restarting --> restarting: port_reset / note_port"
         " | restart_sent / forget_endpoint+probe_gateway",
         "connecting --> backoff: attempt_failed / note_wedge_sign+warn_not_an_api_port"
-        "+draw_delay [silent_unproven] | attempt_failed / note_wedge_sign+draw_delay"
+        "+draw_costly_delay [silent_unproven] | attempt_failed / note_wedge_sign"
+        "+draw_costly_delay [costly] | attempt_failed / note_wedge_sign+draw_delay"
         " | port_reset / note_port+retry_at_once | client_id_in_use / draw_costly_delay"
         "+retry_same_client_id [same_client_id_again] | client_id_in_use / draw_costly_delay"
         "+next_client_id [fallback_client_id] | client_id_in_use / draw_costly_delay"

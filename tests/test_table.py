@@ -104,9 +104,11 @@ def test_entry_and_exit_actions_are_the_tables() -> None:
 #: Every move into backoff and how its delay is decided: cheap unless the input
 #: is classified costly (draw_delay), costly whatever it says, or none at all.
 DELAYS = {
-    ("connecting", "attempt_failed"): "draw_delay",
+    # silence on an unproven endpoint (warned), costly, refused: a row each.
+    ("connecting", "attempt_failed"): ("draw_costly_delay", "draw_costly_delay", "draw_delay"),
     ("connecting", "port_reset"): "retry_at_once",
-    ("connecting", "client_id_in_use"): "draw_costly_delay",
+    # the same id again, the next id, no fallback configured: a row each.
+    ("connecting", "client_id_in_use"): ("draw_costly_delay",) * 3,
     ("connecting", "not_connected"): "draw_delay",
     ("connected", "socket_closed"): "draw_delay",
     ("connected", "heartbeat_missed"): "draw_costly_delay",
@@ -134,17 +136,13 @@ def test_every_action_has_its_phase() -> None:
 @pytest.mark.parametrize(("state", "kind", "delay"),
                          [(s, k, d) for (s, k), d in DELAYS.items()])
 def test_each_move_into_backoff_names_how_its_delay_is_drawn(
-    state: str, kind: str, delay: str
+    state: str, kind: str, delay: str | tuple[str, ...]
 ) -> None:
     """The row, not a list of input kinds elsewhere, says cheap, costly or at once."""
     rows = [r for r in outcome(S(state), K(kind)) if r.dest is S.BACKOFF]
-    # connecting + attempt_failed has two: silence on an unproven endpoint
-    # (warned once) and the rest; connecting + client_id_in_use three: the same
-    # id, the next one, no fallback configured. Each draws the delay the same way.
-    several = {("connecting", "attempt_failed"): 2, ("connecting", "client_id_in_use"): 3}
-    assert len(rows) == several.get((state, kind), 1)
-    for row in rows:
-        assert [a for a in row.actions if "delay" in a or a == "retry_at_once"] == [delay]
+    expected = (delay,) if isinstance(delay, str) else delay
+    assert [a for row in rows for a in row.actions
+            if "delay" in a or a == "retry_at_once"] == list(expected)
 
 
 def test_only_the_rows_above_move_into_backoff() -> None:
@@ -157,7 +155,10 @@ def test_only_the_rows_above_move_into_backoff() -> None:
     ("state", "kind", "costly", "low", "high"),
     [
         ("connected", "socket_closed", False, 0.045, 0.05),
-        ("connected", "socket_closed", True, 0.9, 1.0),
+        # only an attempt's failure is classified: a closed socket is cheap
+        ("connected", "socket_closed", True, 0.045, 0.05),
+        ("connecting", "attempt_failed", False, 0.045, 0.05),
+        ("connecting", "attempt_failed", True, 0.9, 1.0),
         ("connected", "heartbeat_missed", False, 0.9, 1.0),
         ("lost", "restore_timeout", False, 0.9, 1.0),
         ("connected", "not_connected", False, 0.045, 0.05),
@@ -168,7 +169,7 @@ def test_delay_follows_the_row(
     state: str, kind: str, costly: bool, low: float, high: float,
     effects: RecordingEffects, clock: ManualClock,
 ) -> None:
-    """draw_delay honours the input's classification; draw_costly_delay and retry_at_once do not."""
+    """The row chooses the schedule: a costly attempt failure its own row, the rest as named."""
     machine = RecordedMachine(effects, clock, port=4002, client_ids=[7])
     drive_to(machine, S(state))
     machine.handle(Input(K(kind), costly=costly, port=4003 if kind == "port_reset" else None))

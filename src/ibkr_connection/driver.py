@@ -423,7 +423,11 @@ class Driver:
     async def _restart(self) -> None:
         controller = self.controller
         if controller is None:
-            self._feed(Input(InputKind.RESTART_FAILED, message="no controller configured"))
+            # The table asks for a restart only with a controller configured
+            # (guards wedged and link_stuck): a bug, not a decision. The
+            # restart timer still moves the machine on.
+            logger.error("send_restart without a controller: the table asks for a restart "
+                         "only when one is configured")
             return
         try:
             answer = await controller.restart()
@@ -445,6 +449,8 @@ class Driver:
     async def _reconnect_data(self) -> None:
         controller = self.controller
         if controller is None:
+            logger.error("send_reconnect_data without a controller: the table asks only when "
+                         "one is configured")
             return
         try:
             answer = await controller.reconnect_data()

@@ -335,6 +335,9 @@ class ConnectionMachine:
     def _fallback_client_id(self, inp: Input) -> bool:
         return self._retries_left(inp) and len(self.client_ids) > 1
 
+    def _costly(self, inp: Input) -> bool:
+        return inp.costly
+
     def _in_reset_window(self, inp: Input) -> bool:
         return self.policy.in_reset_window(self._clock.wall())
 
@@ -437,7 +440,7 @@ class ConnectionMachine:
             self.host, self.port, inp.message or "no handshake", self.host, self.port)
 
     def _draw_delay(self, inp: Input) -> None:
-        self._draw(costly=inp.costly)
+        self._draw(costly=False)
 
     def _draw_costly_delay(self, inp: Input) -> None:
         self._draw(costly=True)
@@ -670,6 +673,7 @@ GUARD_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], bool]] = {
     "silent_unproven": _M._silent_unproven,
     "link_stuck": _M._link_stuck,
     "controller_configured": _M._controller_configured,
+    "costly": _M._costly,
     "same_client_id_again": _M._same_client_id_again,
     "fallback_client_id": _M._fallback_client_id,
     "in_reset_window": _M._in_reset_window,

@@ -159,12 +159,12 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
     Action("warn_not_an_api_port", _B, "log one WARNING per series: host:port accepts sockets "
                                        "but answers no API handshake, \"not a TWS API port?\"; "
                                        "the gateway is not restarted, no session was had there"),
-    Action("draw_delay", _B, "count a failure and draw the delay before the next attempt: "
-                             "the costly schedule if the input is classified costly (the "
-                             "attempt cost the gateway a handshake), else the cheap one; "
-                             "jittered"),
+    Action("draw_delay", _B, "count a failure and draw the delay before the next attempt "
+                             "from the cheap schedule (a refused connect, a closed socket: "
+                             "they cost the gateway next to nothing); jittered"),
     Action("draw_costly_delay", _B, "count a failure and draw the delay from the costly "
-                                    "schedule, whatever the input says; jittered"),
+                                    "schedule (the failure cost the gateway a handshake, or "
+                                    "it hangs); jittered"),
     Action("retry_at_once", _B, "the next attempt starts without delay; no failure counted"),
     Action("reset_backoff", _A, "a session is up: attempts, failures and the client id's "
                                 "326 retries back to zero"),
@@ -355,12 +355,15 @@ TABLE: tuple[Row, ...] = tuple(
         Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.RESTARTING, "wedged", ("note_wedge_sign",),
             "the gateway takes sockets but answers no handshake or sync: restart it"),
         Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, "silent_unproven",
-            ("note_wedge_sign", "warn_not_an_api_port", "draw_delay"),
+            ("note_wedge_sign", "warn_not_an_api_port", "draw_costly_delay"),
             "something accepts sockets on an endpoint where no session was ever had and "
             "answers no API handshake: a wrong port, or a gateway still logging in; never "
             "restart it, warn once"),
+        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, "costly",
+            ("note_wedge_sign", "draw_costly_delay"),
+            "the attempt cost the gateway a handshake: retry after the costly delay"),
         Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, None,
-            ("note_wedge_sign", "draw_delay"), "retry after the backoff delay"),
+            ("note_wedge_sign", "draw_delay"), "refused or cheap: retry after the delay"),
     ]
     + _rows([s for s in _ALL_STATES if s is not _S.CONNECTING], _I.ATTEMPT_FAILED, None,
             "stale result of an attempt that was cancelled")
@@ -559,6 +562,8 @@ GUARDS = {
     "link_stuck": "a controller is configured, `restart_cooldown` has passed since the last "
                   "restart, and the clock is outside IB's reset windows",
     "controller_configured": "a controller (IBC, or a command) can act on the gateway",
+    "costly": "the failed attempt is classified costly (codes.FAILURES): it reached the "
+              "gateway's socket and cost it a handshake",
     "same_client_id_again": "the policy allows another attempt, and the client id was "
                             "retried fewer than `same_client_id_retries` times after a 326",
     "fallback_client_id": "the policy allows another attempt, and more than one client id "
