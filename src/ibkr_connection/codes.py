@@ -216,7 +216,8 @@ def markdown_table() -> str:
         "Generated from `ibkr_connection.codes.FAILURES`. A connection attempt that raises "
         "is classified by the first row whose exception matches; the driver feeds the input "
         "before it closes the socket. A costly failure cost the gateway an API handshake: "
-        "the next delay follows the costly schedule (the row guarded by `costly` in the transition table).",
+        "the next delay follows the costly schedule (the row guarded by `costly` in the "
+        "transition table).",
         "",
         "| exception | meaning | machine input | costly | traceback logged |",
         "|---|---|---|---|---|",
