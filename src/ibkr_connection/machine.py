@@ -220,7 +220,7 @@ class ConnectionMachine:
             ReentrantHandleError: if called while another input is being handled
                 (the shell must queue it and feed it after the step).
         """
-        if not isinstance(inp, Input) or not isinstance(inp.kind, InputKind):
+        if not isinstance(inp, Input):
             raise UsageError(f"not a machine input: {inp!r}")
         if self._handling:
             raise ReentrantHandleError(
@@ -308,6 +308,10 @@ class ConnectionMachine:
 
     def _link_lost(self, inp: Input) -> bool:
         return self._session.link_lost
+
+    def _all_clear(self, inp: Input) -> bool:
+        session = self._session
+        return not (session.link_lost or session.broken_farms or session.server_link_broken)
 
     def _controller_configured(self, inp: Input) -> bool:
         return self.controller_configured
@@ -669,6 +673,7 @@ GUARD_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], bool]] = {
     "retries_left": _M._retries_left,
     "farms_broken": _M._farms_broken,
     "link_lost": _M._link_lost,
+    "all_clear": _M._all_clear,
     "wedged": _M._wedged,
     "silent_unproven": _M._silent_unproven,
     "link_stuck": _M._link_stuck,

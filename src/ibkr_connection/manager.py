@@ -434,21 +434,25 @@ class ConnectionManager:
             return self._machine.state
         self._stepping = True
         try:
-            self._step(inp)
+            state = self._step(inp)
             inputs = self._inputs
             while inputs:
-                self._step(inputs.popleft())
+                state = self._step(inputs.popleft())
         finally:
             self._stepping = False
-        return self._machine.state
+        return state
 
-    def _step(self, inp: Input) -> None:
-        """Feed one input; journal it; carry out its effects; tell the listeners."""
+    def _step(self, inp: Input) -> ConnectionState:
+        """Feed one input; journal it; carry out its effects; tell the listeners.
+
+        Returns:
+            The state after the input.
+        """
         try:
             step = self._machine.handle(inp)
         except Exception:
             logger.exception("the machine failed to handle %s", inp)
-            return
+            return self._machine.state
         if self._journal is not None:
             self._flush_journal()
         if step.effects:
@@ -463,6 +467,7 @@ class ConnectionManager:
             # new session (orderResolvedEvent after its stateChangeEvent).
             self._resolve_due = False
             self._resolve_orders()
+        return step.state
 
     def _on_transition(self, transition: Transition) -> None:
         if transition.dest is ConnectionState.FAILED and self._failure is None:

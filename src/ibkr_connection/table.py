@@ -340,12 +340,13 @@ TABLE: tuple[Row, ...] = tuple(
     + [Row(_S.DISCONNECTED, _I.DISCONNECT, None, note="already disconnected")]
     # -- attempt results -------------------------------------------------------
     + [
+        # The usual case first: a connect tries one row.
+        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.CONNECTED, "all_clear", _ON_SESSION_UP,
+            "session up: handshake, startup sync and account check done"),
         Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.LOST, "link_lost", _ON_SESSION_UP,
             "session up, but TWS reported 1100 during the attempt"),
-        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.DEGRADED, "farms_broken", _ON_SESSION_UP,
-            "session up with a broken data farm"),
-        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.CONNECTED, None, _ON_SESSION_UP,
-            "session up: handshake, startup sync and account check done"),
+        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.DEGRADED, None, _ON_SESSION_UP,
+            "session up with a broken data farm (or TWS's server link, 2110)"),
     ]
     + _rows([s for s in _ALL_STATES if s is not _S.CONNECTING], _I.ATTEMPT_SUCCEEDED, None,
             "stale result of an attempt that was cancelled")
@@ -552,6 +553,7 @@ GUARDS = {
     "retries_left": "the policy allows another attempt (`max_attempts`)",
     "farms_broken": "a data farm, or TWS's link to its server, is noted as broken",
     "link_lost": "a 1100 was noted and no 1101/1102 since",
+    "all_clear": "neither link_lost nor farms_broken holds",
     "wedged": "a controller is configured, the endpoint is proven (this manager had a "
               "session on host:port and has seen it neither refuse a connect nor restart "
               "since), `restart_cooldown` has passed since the last restart, and "
