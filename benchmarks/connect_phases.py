@@ -35,8 +35,9 @@ from ib_insync import IB
 from ibkr_connection import ConnectionManager
 from ibkr_connection import driver as driver_module
 from ibkr_connection import machine as machine_module
+from ibkr_connection.outputs import JournalEntry, Step
 from ibkr_connection.simulator.gateway import FakeGateway
-from ibkr_connection.table import TABLE, Phase, Row
+from ibkr_connection.table import ENTRY, EXIT, TABLE, ConnectionState, Phase, Row
 
 STAMPS: dict[str, float] = {}
 
@@ -78,48 +79,49 @@ def _instrument() -> None:
     setattr(IB, "connectAsync", timed_connect)  # noqa: B010
 
 
-class _Event:
-    """The part of transitions' EventData that the machine's callbacks read."""
-
-    def __init__(self, inp: Any) -> None:
-        self.kwargs = {"inp": inp}
-
-
 def bypass_transitions() -> None:
     """Run the table with a dictionary dispatcher (the experiment; see the docstring)."""
     cls = machine_module.ConnectionMachine
+    actions = machine_module.ACTION_FUNCTIONS
+    guards = machine_module.GUARD_FUNCTIONS
     rows: dict[tuple[str, str], list[Row]] = {}
     for row in TABLE:
         rows.setdefault((row.source.value, row.input.value), []).append(row)
 
+    def holds(self: Any, guard: str | None, inp: Any) -> bool:
+        if guard is None:
+            return True
+        return bool(guards[guard.lstrip("!")](self, inp)) != guard.startswith("!")
+
     def handle(self: Any, inp: Any) -> Any:
-        event = _Event(inp)
+        self._made = None
+        self._out = []
         source = self._model.state
         group = rows[(source, inp.kind.value)]
         for name in group[0].actions_in(Phase.NOTE):
-            getattr(self, f"_do_{name}")(event)
+            actions[name](self, inp)
         for row in group:
-            if row.guard is not None:
-                held = getattr(self, f"_guard_{row.guard.lstrip('!')}")(event)
-                if held == row.guard.startswith("!"):
-                    continue
+            if not holds(self, row.guard, inp):
+                continue
             for name in row.actions_in(Phase.BEFORE):
-                getattr(self, f"_do_{name}")(event)
-            self._record(row, event)
+                actions[name](self, inp)
+            self._record(row, inp)
             if row.dest is not None:
-                leave = getattr(self, f"_exit_{source}", None)
-                if leave is not None:
-                    leave(event)
+                for step in EXIT[ConnectionState(source)]:
+                    if holds(self, step.guard, inp):
+                        actions[step.action](self, inp)
                 self._model.state = row.dest.value
-                enter = getattr(self, f"_enter_{row.dest.value}", None)
-                if enter is not None:
-                    enter(event)
+                for step in ENTRY[row.dest]:
+                    if holds(self, step.guard, inp):
+                        actions[step.action](self, inp)
             for name in row.actions_in(Phase.AFTER):
-                getattr(self, f"_do_{name}")(event)
-            if row.dest is not None:
-                self._notify(event)
+                actions[name](self, inp)
             break
-        return self.state
+        state = self.state
+        effects = tuple(self._out)
+        if self.record_journal:
+            self.journal.append(JournalEntry(self._clock.monotonic(), inp, state, effects))
+        return Step(inp, self._made, effects, state)
 
     setattr(cls, "handle", handle)  # noqa: B010
 

@@ -17,81 +17,28 @@ from typing import Any
 import pytest
 
 from ibkr_connection import ConnectionConfig, ConnectionManager
-from ibkr_connection.clock import ManualClock
+from ibkr_connection.clock import Clock, ManualClock
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.machine import ConnectionMachine, ConnectionState
+from ibkr_connection.machine import ConnectionMachine
+from ibkr_connection.outputs import Step, Transition
 from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
 from ibkr_connection.simulator import FakeGateway
+from ibkr_connection.table import ConnectionState
 
 
 class RecordingEffects:
-    """An Effects port that records every call (the machine's only mock)."""
+    """Records the effects of every step a :class:`RecordedMachine` returns."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.heartbeat = False
 
-    def _record(self, name: str, *args: Any) -> None:
-        self.calls.append((name, args))
-
-    def start_attempt(self, attempt: int, client_id: int, port: int) -> None:
-        self._record("start_attempt", attempt, client_id, port)
-
-    def schedule_retry(self, delay: float) -> None:
-        self._record("schedule_retry", delay)
-
-    def cancel_retry(self) -> None:
-        self._record("cancel_retry")
-
-    def start_restore_timer(self, timeout: float) -> None:
-        self._record("start_restore_timer", timeout)
-
-    def cancel_restore_timer(self) -> None:
-        self._record("cancel_restore_timer")
-
-    def select_account(self) -> None:
-        self._record("select_account")
-
-    def restore_subscriptions(self) -> None:
-        self._record("restore_subscriptions")
-
-    def issue_new_subscriptions(self) -> None:
-        self._record("issue_new_subscriptions")
-
-    def start_heartbeat(self) -> None:
-        self.heartbeat = True
-        self._record("start_heartbeat")
-
-    def stop_heartbeat(self) -> None:
-        self.heartbeat = False
-        self._record("stop_heartbeat")
-
-    def tear_down(self) -> None:
-        self._record("tear_down")
-
-    def send_restart(self) -> None:
-        self._record("send_restart")
-
-    def start_restart_timer(self, timeout: float) -> None:
-        self._record("start_restart_timer", timeout)
-
-    def cancel_restart_timer(self) -> None:
-        self._record("cancel_restart_timer")
-
-    def probe_gateway(self, port: int, interval: float) -> None:
-        self._record("probe_gateway", port, interval)
-
-    def cancel_probe(self) -> None:
-        self._record("cancel_probe")
-
-    def send_reconnect_data(self) -> None:
-        self._record("send_reconnect_data")
-
-    def start_farm_timer(self, timeout: float) -> None:
-        self._record("start_farm_timer", timeout)
-
-    def cancel_farm_timer(self) -> None:
-        self._record("cancel_farm_timer")
+    def record(self, step: Step) -> None:
+        """Append the step's effects, in order."""
+        for effect in step.effects:
+            self.calls.append((effect.name, effect.args))
+            if effect.name in ("start_heartbeat", "stop_heartbeat"):
+                self.heartbeat = effect.name == "start_heartbeat"
 
     def names(self) -> list[str]:
         """Return the names of the recorded calls, in order."""
@@ -100,6 +47,30 @@ class RecordingEffects:
     def args_of(self, name: str) -> list[tuple[Any, ...]]:
         """Return the arguments of every call to ``name``."""
         return [args for called, args in self.calls if called == name]
+
+
+class RecordedMachine(ConnectionMachine):
+    """The machine, its steps' effects recorded and its transitions told to listeners.
+
+    Tests only: the manager does both for a real machine.
+    """
+
+    def __init__(self, effects: RecordingEffects, clock: Clock, **kwargs: Any) -> None:
+        super().__init__(clock, **kwargs)
+        self.effects = effects
+        self.listeners: list[Callable[[Transition], object]] = []
+
+    def add_listener(self, listener: Callable[[Transition], object]) -> None:
+        """Call ``listener`` with every transition, after its step."""
+        self.listeners.append(listener)
+
+    def handle(self, inp: Input) -> Step:
+        step = super().handle(inp)
+        self.effects.record(step)
+        if step.transition is not None:
+            for listener in self.listeners:
+                listener(step.transition)
+        return step
 
 
 def drive_to(machine: ConnectionMachine, state: ConnectionState) -> None:
@@ -120,10 +91,12 @@ def drive_to(machine: ConnectionMachine, state: ConnectionState) -> None:
         ],
         ConnectionState.BACKOFF: [Input(InputKind.CONNECT), Input(InputKind.ATTEMPT_FAILED)],
         ConnectionState.FAILED: [Input(InputKind.CONNECT), Input(InputKind.FATAL_ERROR)],
-        # Needs a machine with a controller: three attempts in a row that
-        # reached the socket and got no handshake make a wedged gateway.
+        # Needs a machine with a controller: after a session (the endpoint is
+        # proven), a heartbeat miss and two attempts in a row that reached the
+        # socket and got no handshake make a wedged gateway.
         ConnectionState.RESTARTING: [
-            Input(InputKind.CONNECT), Input(InputKind.ATTEMPT_FAILED, costly=True),
+            Input(InputKind.CONNECT), Input(InputKind.ATTEMPT_SUCCEEDED),
+            Input(InputKind.HEARTBEAT_MISSED),
             Input(InputKind.RETRY_DUE), Input(InputKind.ATTEMPT_FAILED, costly=True),
             Input(InputKind.RETRY_DUE), Input(InputKind.ATTEMPT_FAILED, costly=True),
         ],
@@ -148,7 +121,7 @@ def clock() -> ManualClock:
 @pytest.fixture
 def machine(effects: RecordingEffects, clock: ManualClock) -> ConnectionMachine:
     """A machine on port 4002 with client id 7 and default policy."""
-    return ConnectionMachine(effects, clock, port=4002, client_ids=[7], policy=RecoveryPolicy())
+    return RecordedMachine(effects, clock, port=4002, client_ids=[7], policy=RecoveryPolicy())
 
 
 # -- waits: for events, never for time ---------------------------------------------------------

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from ibkr_connection import adapter, codes
+from ibkr_connection import codes, errors
 from ibkr_connection.errors import AccountError
 from ibkr_connection.inputs import InputKind
 
@@ -65,14 +65,6 @@ def test_farm_ok_notices_are_info(code: int, level: int) -> None:
     assert info is not None and info.level == level
 
 
-@pytest.mark.parametrize(("code", "lost"), [(1101, True), (1102, False), (1300, True),
-                                             (1100, False)])
-def test_subscriptions_lost_column(code: int, lost: bool) -> None:
-    """1101 and 1300 lose subscriptions; 1102 keeps them."""
-    info = codes.lookup(code)
-    assert info is not None and info.subscriptions_lost is lost
-
-
 @pytest.mark.parametrize(
     ("message", "port"),
     [("reconnect on the new port - 7497", 7497), ("no port here", None),
@@ -98,7 +90,7 @@ def test_farm_without_name() -> None:
          "connection refused: ConnectionRefusedError(111, 'Connect call failed')"),
         (asyncio.TimeoutError(), K.ATTEMPT_FAILED, True, "timed out: TimeoutError()"),
         (TimeoutError("slow"), K.ATTEMPT_FAILED, True, "timed out: TimeoutError('slow')"),
-        (adapter.SyncIncompleteError("positions request timed out"), K.ATTEMPT_FAILED, True,
+        (errors.SyncIncompleteError("positions request timed out"), K.ATTEMPT_FAILED, True,
          "startup sync incomplete: SyncIncompleteError('positions request timed out')"),
         (ConnectionResetError(104, "reset"), K.ATTEMPT_FAILED, True,
          "socket broke during the handshake or sync: ConnectionResetError(104, 'reset')"),

@@ -9,13 +9,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from ib_insync import IB
 
-from ibkr_connection.controller import (
-    CommandController,
-    Controller,
-    ControllerError,
-    IBCController,
-)
-from ibkr_connection.errors import ConfigError
+from ibkr_connection.controller import CommandController, Controller, IBCController
+from ibkr_connection.errors import ConfigError, ControllerError
 from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator.ibc import IbcCommandServer
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ibkr_connection import diagram
 from ibkr_connection.inputs import InputKind
-from ibkr_connection.machine import ConnectionState
+from ibkr_connection.table import ConnectionState
 
 DIAGRAMS = Path(__file__).resolve().parent.parent / "diagrams"
 DOCS = DIAGRAMS.parent / "docs"
@@ -21,7 +21,7 @@ def test_mermaid_names_every_state_and_move() -> None:
     """The Mermaid diagram shows every state and every input that moves the machine."""
     text = (DIAGRAMS / "connection.mmd").read_text()
     for state in ConnectionState:
-        assert f'state "{state.value}"' in text
+        assert f'state "{state.value}' in text
     for kind in InputKind:
         assert kind.value in text
 
@@ -73,13 +73,22 @@ def test_diagram_labels_each_row_with_its_actions() -> None:
         "backoff --> connecting: retry_due / count_attempt",
         "backoff --> backoff: port_reset / note_port",
         "connected --> lost: connectivity_lost / note_link_lost",
-        "lost --> backoff: socket_closed / draw_delay"
-        " | heartbeat_missed / note_wedge_sign+draw_costly_delay"
-        " | restore_timeout / draw_costly_delay | port_reset / note_port+retry_at_once"
-        " | not_connected / draw_delay",
-        "lost --> restarting: heartbeat_missed / note_wedge_sign [wedged]"
-        " | restore_timeout [link_stuck]",
-        "restarting --> restarting: port_reset / note_port | restart_sent / probe_gateway",
+        "lost --> backoff: socket_closed / draw_delay+end_session"
+        " | heartbeat_missed / note_wedge_sign+draw_costly_delay+end_session"
+        " | restore_timeout / draw_costly_delay+end_session"
+        " | port_reset / note_port+retry_at_once+end_session"
+        " | not_connected / draw_delay+end_session",
+        "lost --> restarting: heartbeat_missed / note_wedge_sign+end_session [wedged]"
+        " | restore_timeout / end_session [link_stuck]",
+        "restarting --> restarting: port_reset / note_port"
+        " | restart_sent / forget_endpoint+probe_gateway",
+        "connecting --> backoff: attempt_failed / note_wedge_sign+warn_not_an_api_port"
+        "+draw_costly_delay [silent_unproven] | attempt_failed / note_wedge_sign"
+        "+draw_costly_delay [costly] | attempt_failed / note_wedge_sign+draw_delay"
+        " | port_reset / note_port+retry_at_once | client_id_in_use / draw_costly_delay"
+        "+retry_same_client_id [same_client_id_again] | client_id_in_use / draw_costly_delay"
+        "+next_client_id [fallback_client_id] | client_id_in_use / draw_costly_delay"
+        "+keep_client_id [retries_left] | not_connected / draw_delay [retries_left]",
         "restarting --> backoff: restart_failed / draw_costly_delay"
         " | restart_timeout / draw_costly_delay",
         "restarting --> connecting: gateway_back / count_attempt",
@@ -120,3 +129,19 @@ def test_drawing_says_where_every_input_comes_from() -> None:
                  "table.TABLE", "port_reset (1300)",
                  "ConnectionRefusedError: attempt_failed, cheap"):
         assert name in text, name
+
+
+def test_state_boxes_show_entry_and_exit_actions() -> None:
+    """Each state's box lists its entry and exit actions, guards in brackets."""
+    text = (DIAGRAMS / "connection.mmd").read_text()
+    for line in (
+        'state "lost\\n- enter:\\n  + start_maintenance_restore_timer [in_reset_window]'
+        '\\n  + start_restore_timer [!in_reset_window]\\n- exit:\\n  + cancel_restore_timer"',
+        'state "degraded\\n- enter:\\n  + start_farm_timer [controller_configured]'
+        '\\n- exit:\\n  + cancel_farm_timer [controller_configured]"',
+        'state "connecting\\n- enter:\\n  + forget_session\\n  + start_attempt"',
+    ):
+        assert line in text, line
+    table = (DIAGRAMS / "transitions.md").read_text()
+    assert ("| backoff | stop_heartbeat, tear_down, schedule_retry | cancel_retry |"
+            in table)

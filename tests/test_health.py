@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import ibkr_connection.health
 from ibkr_connection.errors import UsageError
 from ibkr_connection.health import HealthServer
-from ibkr_connection.machine import ConnectionState
 from ibkr_connection.metrics import ConnectionMetrics
+from ibkr_connection.table import ConnectionState
 
 S = ConnectionState
 

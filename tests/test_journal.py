@@ -18,11 +18,10 @@ from ibkr_connection import (
     RecoveryPolicy,
     cli,
     journal,
-    manager,
 )
 from ibkr_connection.clock import ManualClock
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.machine import JournalEntry
+from ibkr_connection.outputs import JournalEntry
 from ibkr_connection.simulator import FakeGateway
 
 FAST = RecoveryPolicy(backoff=BackoffPolicy(costly_delay=0.05, max_costly_delay=0.2))
@@ -204,11 +203,6 @@ async def test_journal_of_a_real_session_carries_wall_clock_time(tmp_path: Path)
     assert walls == sorted(walls)
 
 
-def test_old_import_path_still_works() -> None:
-    """``from ibkr_connection.manager import replay_journal`` is the journal module's function."""
-    assert manager.replay_journal is journal.replay_journal
-
-
 def test_header_carries_the_controller_and_the_escalation_policy() -> None:
     """The header says whether a controller could restart, and the restart policy's fields."""
     out = io.StringIO()
@@ -224,3 +218,41 @@ def test_header_carries_the_controller_and_the_escalation_policy() -> None:
         "restart_cooldown": 120.0, "farm_reconnect_after": 30.0}
     journal.JournalWriter(out := io.StringIO(), ConnectionConfig(), ManualClock())
     assert json.loads(out.getvalue())["controller_configured"] is False
+
+
+async def test_a_real_session_journals_each_inputs_effects(tmp_path: Path) -> None:
+    """Each input line names the effects its step asked for; the replay compares them too."""
+    path = tmp_path / "conn.jsonl"
+    async with FakeGateway() as gw:
+        await _record_session(path, gw)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    inputs = [r for r in records if r["type"] == "input"]
+    assert inputs[0]["input"] == "connect"
+    assert inputs[0]["effects"] == [["start_attempt", 1, 9, gw.port]]
+    succeeded = next(r for r in inputs if r["input"] == "attempt_succeeded")
+    assert succeeded["effects"] == [["select_account"], ["restore_subscriptions", True],
+                                    ["start_heartbeat"], ["begin_session"]]
+    # stop(): the disconnect's step, then the close its tear-down caused, fed after it.
+    assert [r["input"] for r in inputs[-2:]] == ["disconnect", "socket_closed"]
+    assert inputs[-2]["effects"] == [["cancel_retry"], ["cancel_restore_timer"],
+                                     ["stop_heartbeat"], ["tear_down"], ["end_session"]]
+    assert inputs[-1]["effects"] == []
+    assert journal.replay_file(path).mismatches == []
+
+
+def test_replay_names_an_effect_that_differs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Same state, other effects: a difference, named; a line without effects is not compared."""
+    path = tmp_path / "conn.jsonl"
+    path.write_text("\n".join([
+        HEADER,
+        '{"type": "input", "at": 0.0, "input": "connect", "state": "connecting", '
+        '"effects": [["start_attempt", 1, 7, 4999]]}',
+        '{"type": "input", "at": 0.1, "input": "attempt_succeeded", "state": "connected"}',
+    ]) + "\n")
+    assert cli.main(["replay", str(path)]) == 1
+    assert capsys.readouterr().out == (
+        "input 0: connect (line 2): journal says effects [['start_attempt', 1, 7, 4999]], "
+        "the machine now asks for [['start_attempt', 1, 7, 4002]]\n"
+        "2 inputs replayed: 1 differ\n")

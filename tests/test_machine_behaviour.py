@@ -6,12 +6,14 @@ import pytest
 from freezegun import freeze_time
 
 from ibkr_connection.clock import ManualClock, SystemClock
-from ibkr_connection.errors import ConfigError, UsageError
+from ibkr_connection.errors import ConfigError, ReentrantHandleError, UsageError
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.machine import ConnectionMachine, ConnectionState
+from ibkr_connection.machine import ACTION_FUNCTIONS, ConnectionMachine
+from ibkr_connection.outputs import Effect
 from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
+from ibkr_connection.table import ConnectionState
 
-from conftest import RecordingEffects, drive_to
+from conftest import RecordedMachine, RecordingEffects, drive_to
 
 S = ConnectionState
 K = InputKind
@@ -36,7 +38,7 @@ def test_backoff_schedule(
     costly: bool, bases: list[float], effects: RecordingEffects, clock: ManualClock
 ) -> None:
     """Delays grow exponentially to the cap; jitter only shortens them, by at most 10 %."""
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7])
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7])
     _fail_repeatedly(machine, len(bases), costly)
     delays = [args[0] for args in effects.args_of("schedule_retry")]
     assert len(delays) == len(bases)
@@ -58,7 +60,7 @@ def test_backoff_resets_after_success(
 def test_max_attempts_gives_up(effects: RecordingEffects, clock: ManualClock) -> None:
     """With max_attempts=3 the third failure ends in failed, with no retry scheduled."""
     policy = RecoveryPolicy(backoff=BackoffPolicy(max_attempts=3))
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7], policy=policy)
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7], policy=policy)
     _fail_repeatedly(machine, 3, costly=False)
     assert machine.state is S.FAILED
     assert [a[0] for a in effects.args_of("start_attempt")] == [1, 2, 3]
@@ -70,7 +72,7 @@ def test_same_seed_same_transcript() -> None:
 
     def run(seed: int) -> list[dict[str, object]]:
         clock = ManualClock()
-        machine = ConnectionMachine(
+        machine = RecordedMachine(
             RecordingEffects(), clock, port=4002, client_ids=[7], policy=RecoveryPolicy(seed=seed)
         )
         machine.handle(Input(K.CONNECT))
@@ -89,7 +91,7 @@ def test_same_seed_same_transcript() -> None:
 
 def test_client_id_fallback_order(effects: RecordingEffects, clock: ManualClock) -> None:
     """326 retries the same id once, then walks the configured fallbacks in order."""
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7, 8, 9])
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7, 8, 9])
     machine.handle(Input(K.CONNECT))
     for _ in range(6):
         machine.handle(Input(K.CLIENT_ID_IN_USE, code=326))
@@ -175,9 +177,11 @@ def test_port_reset_reconnects_at_once_on_new_port(
 def test_entry_actions_of_a_session(machine: ConnectionMachine, effects: RecordingEffects) -> None:
     """A successful attempt selects the account, restores subscriptions, starts the heartbeat."""
     drive_to(machine, S.CONNECTED)
-    assert effects.names()[-3:] == ["select_account", "restore_subscriptions", "start_heartbeat"]
+    assert effects.names()[-4:] == ["select_account", "restore_subscriptions", "start_heartbeat",
+                                    "begin_session"]
     machine.handle(Input(K.SOCKET_CLOSED))
-    assert effects.names()[-3:] == ["stop_heartbeat", "tear_down", "schedule_retry"]
+    assert effects.names()[-4:] == ["stop_heartbeat", "tear_down", "schedule_retry",
+                                    "end_session"]
     assert effects.heartbeat is False
 
 
@@ -204,7 +208,7 @@ def test_restore_timeout_outside_reset_window(
 def test_reset_window_patience(utc_time: str, patience: float, effects: RecordingEffects) -> None:
     """Inside the nightly reset window a 1100 is expected maintenance: longer patience."""
     with freeze_time(utc_time):
-        machine = ConnectionMachine(effects, SystemClock(), port=4002, client_ids=[7])
+        machine = RecordedMachine(effects, SystemClock(), port=4002, client_ids=[7])
         drive_to(machine, S.LOST)
     assert effects.args_of("start_restore_timer")[-1] == (patience,)
 
@@ -219,25 +223,52 @@ def test_disconnect_stops_everything(machine: ConnectionMachine, effects: Record
     )
 
 
-def test_listener_sees_each_change_once(machine: ConnectionMachine) -> None:
-    """Listeners get one Transition per change, after the state changed."""
-    seen: list[tuple[str, str]] = []
-    machine.add_listener(lambda t: seen.append((t.dest.value, machine.state.value)))
-    drive_to(machine, S.DEGRADED)
-    machine.handle(Input(K.FARM_BROKEN, code=2105, farm="ushmds"))
-    assert seen == [("connecting", "connecting"), ("connected", "connected"),
-                    ("degraded", "degraded")]
+def test_each_step_returns_its_transition_and_effects(clock: ManualClock) -> None:
+    """handle returns a Step: the move made (None for a stay), the effects in order, the state."""
+    machine = ConnectionMachine(clock, port=4002, client_ids=[7])
+    step = machine.handle(Input(K.CONNECT))
+    assert step.transition is not None
+    assert (step.transition.source, step.transition.dest) == (S.DISCONNECTED, S.CONNECTING)
+    assert step.effects == (Effect("start_attempt", (1, 7, 4002)),)
+    assert step.state is S.CONNECTING
+    step = machine.handle(Input(K.ATTEMPT_SUCCEEDED))
+    assert step.effects == (Effect("select_account"), Effect("restore_subscriptions", (True,)),
+                            Effect("start_heartbeat"), Effect("begin_session"))
+    step = machine.handle(Input(K.FARM_OK, code=2104, farm="usfarm"))
+    assert (step.transition, step.effects, step.state) == (None, (), S.CONNECTED)
+    step = machine.handle(Input(K.SOCKET_CLOSED))
+    assert [e.name for e in step.effects] == ["stop_heartbeat", "tear_down", "schedule_retry",
+                                              "end_session"]
+    assert step.transition is not None and step.transition.delay is not None
+    assert step.effects[2].args == (step.transition.delay,)
 
 
-def test_misbehaving_listener_does_not_break_machine(machine: ConnectionMachine) -> None:
-    """An exception in a listener is logged; the machine goes on."""
+def test_the_table_says_new_session_or_data_lost(clock: ManualClock) -> None:
+    """Subscriptions go out as on a new session when one comes up, as re-issues after a 1101."""
+    machine = ConnectionMachine(clock, port=4002, client_ids=[7])
+    machine.handle(Input(K.CONNECT))
+    up = machine.handle(Input(K.ATTEMPT_SUCCEEDED))
+    assert Effect("restore_subscriptions", (True,)) in up.effects
+    lost = machine.handle(Input(K.RESTORED_DATA_LOST, code=1101))
+    assert lost.effects == (Effect("restore_subscriptions", (False,)),)
+    machine.handle(Input(K.CONNECTIVITY_LOST, code=1100))
+    back = machine.handle(Input(K.RESTORED_DATA_LOST, code=1101))
+    assert Effect("restore_subscriptions", (False,)) in back.effects
 
-    def bad(_: object) -> None:
-        raise RuntimeError("boom")
 
-    machine.add_listener(bad)
-    drive_to(machine, S.CONNECTED)
-    assert machine.state is S.CONNECTED
+def test_a_nested_handle_is_refused(monkeypatch: pytest.MonkeyPatch, clock: ManualClock) -> None:
+    """An action that fed the machine from inside a step would raise ReentrantHandleError."""
+    machines: list[ConnectionMachine] = []
+
+    def reenter(self: ConnectionMachine, inp: Input) -> None:
+        machines[0].handle(Input(K.DISCONNECT))
+
+    monkeypatch.setitem(ACTION_FUNCTIONS, "note_port", reenter)
+    machines.append(ConnectionMachine(clock, port=4002, client_ids=[7]))
+    with pytest.raises(ReentrantHandleError, match="disconnect"):
+        machines[0].handle(Input(K.PORT_RESET, code=1300, port=4003))
+    # The machine is usable again afterwards.
+    assert machines[0].handle(Input(K.CONNECT)).state is S.CONNECTING
 
 
 def test_misuse_raises_project_error(machine: ConnectionMachine, clock: ManualClock) -> None:
@@ -245,7 +276,7 @@ def test_misuse_raises_project_error(machine: ConnectionMachine, clock: ManualCl
     with pytest.raises(UsageError):
         machine.handle("connect")  # type: ignore[arg-type]
     with pytest.raises(UsageError):
-        ConnectionMachine(RecordingEffects(), clock, port=4002, client_ids=[])
+        RecordedMachine(RecordingEffects(), clock, port=4002, client_ids=[])
 
 
 @pytest.mark.parametrize(
@@ -277,15 +308,16 @@ def test_transcript_carries_cause(machine: ConnectionMachine, clock: ManualClock
 
 
 @pytest.mark.parametrize("limit", [0, 1, 2])
-def test_listeners_hear_every_change_whatever_the_transcript_keeps(
-    limit: int, effects: RecordingEffects, clock: ManualClock
+def test_steps_carry_every_change_whatever_the_transcript_keeps(
+    limit: int, clock: ManualClock
 ) -> None:
-    """A tiny transcript_limit trims the transcript, never the listeners' calls."""
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7],
-                                transcript_limit=limit)
+    """A tiny transcript_limit trims the transcript, never the steps' transitions."""
+    machine = ConnectionMachine(clock, port=4002, client_ids=[7], transcript_limit=limit)
     heard: list[str] = []
-    machine.add_listener(lambda t: heard.append(t.dest.value))
-    drive_to(machine, S.LOST)
-    machine.handle(Input(K.RESTORED_DATA_KEPT, code=1102))
+    for inp in (Input(K.CONNECT), Input(K.ATTEMPT_SUCCEEDED),
+                Input(K.CONNECTIVITY_LOST, code=1100), Input(K.RESTORED_DATA_KEPT, code=1102)):
+        step = machine.handle(inp)
+        if step.transition is not None:
+            heard.append(step.transition.dest.value)
     assert heard == ["connecting", "connected", "lost", "connected"]
     assert len(machine.transcript) <= max(limit, 1)

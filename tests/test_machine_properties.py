@@ -7,10 +7,10 @@ from hypothesis import strategies as st
 
 from ibkr_connection.clock import ManualClock
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.machine import SESSION_STATES, ConnectionMachine, ConnectionState
 from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
+from ibkr_connection.table import SESSION_STATES, ConnectionState
 
-from conftest import RecordingEffects
+from conftest import RecordedMachine, RecordingEffects
 
 inputs = st.builds(
     Input,
@@ -35,10 +35,10 @@ def test_random_inputs_never_raise(
     effects = RecordingEffects()
     clock = ManualClock()
     policy = RecoveryPolicy(backoff=BackoffPolicy(max_attempts=max_attempts))
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7, 8], policy=policy)
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7, 8], policy=policy)
     for inp, dt in sequence:
         clock.advance(dt)
-        state = machine.handle(inp)
+        state = machine.handle(inp).state
         assert state in ConnectionState
         if state not in SESSION_STATES:
             assert not effects.heartbeat, f"heartbeat left running in {state}"

@@ -22,9 +22,10 @@ import pytest
 
 from ibkr_connection.clock import ManualClock
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.machine import ConnectionMachine, ConnectionState
+from ibkr_connection.machine import ConnectionMachine
+from ibkr_connection.table import ConnectionState
 
-from conftest import RecordingEffects, drive_to
+from conftest import RecordedMachine, RecordingEffects, drive_to
 
 # Columns, in this order.
 COLUMNS = (
@@ -87,7 +88,7 @@ def test_outcome(
     state: str, column: str, cell: str, effects: RecordingEffects, clock: ManualClock
 ) -> None:
     """Each (state, input) pair has the outcome written in the grid (with a controller)."""
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7],
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7],
                                 controller_configured=True)
     _check_cell(machine, state, column, cell)
 
@@ -98,14 +99,14 @@ def test_outcome_without_controller(
     state: str, column: str, cell: str, effects: RecordingEffects, clock: ManualClock
 ) -> None:
     """Without a controller those cells do not escalate."""
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7])
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7])
     _check_cell(machine, state, column, cell)
 
 
 def _check_cell(machine: ConnectionMachine, state: str, column: str, cell: str) -> None:
     drive_to(machine, ConnectionState(state))
     before = len(machine.transcript)
-    result = machine.handle(Input(InputKind(column), **PAYLOAD.get(column, {})))  # type: ignore[arg-type]
+    result = machine.handle(Input(InputKind(column), **PAYLOAD.get(column, {}))).state  # type: ignore[arg-type]
     row = machine.last_row
     assert row is not None and row.source.value == state and row.input.value == column
     if cell == "-":
@@ -121,3 +122,43 @@ def _check_cell(machine: ConnectionMachine, state: str, column: str, cell: str) 
         transition = machine.transcript[-1]
         assert (transition.source.value, transition.dest.value) == (state, cell)
         assert transition.trigger.value == column
+
+
+#: connecting + attempt_failed, by what came before (with a controller, default
+#: policy: restart_after 3). The cell: where the third failure in a row leads.
+#: "proven": a session came up on this port earlier; "1300": it came up on
+#: another port, then a 1300 moved the port; "refused": proven, then a refused
+#: connect before the silent ones; "none": no session ever.
+WEDGE_GRID = {
+    ("none", "costly"): "backoff",
+    ("none", "cheap"): "backoff",
+    ("proven", "costly"): "restarting",
+    ("proven", "cheap"): "backoff",
+    ("1300", "costly"): "backoff",
+    ("refused", "costly"): "backoff",
+}
+
+
+@pytest.mark.parametrize(("history", "failure", "cell"),
+                         [(h, f, c) for (h, f), c in WEDGE_GRID.items()])
+def test_wedge_signs_count_only_on_a_proven_endpoint(
+    history: str, failure: str, cell: str, effects: RecordingEffects, clock: ManualClock
+) -> None:
+    """Three failed attempts in a row restart the gateway only where a session was had."""
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7],
+                                controller_configured=True)
+    machine.handle(Input(InputKind.CONNECT))
+    if history != "none":
+        machine.handle(Input(InputKind.ATTEMPT_SUCCEEDED))
+        machine.handle(Input(InputKind.SOCKET_CLOSED))
+        if history == "1300":
+            machine.handle(Input(InputKind.PORT_RESET, code=1300, port=4003))
+        machine.handle(Input(InputKind.RETRY_DUE))
+        if history == "refused":
+            machine.handle(Input(InputKind.ATTEMPT_FAILED))
+            machine.handle(Input(InputKind.RETRY_DUE))
+    for number in range(3):
+        if number:
+            machine.handle(Input(InputKind.RETRY_DUE))
+        machine.handle(Input(InputKind.ATTEMPT_FAILED, costly=failure == "costly"))
+    assert machine.state.value == cell

@@ -13,11 +13,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from ibkr_connection.clock import ManualClock
 from ibkr_connection.errors import ConfigError
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.machine import ConnectionMachine, ConnectionState, Transition
 from ibkr_connection.metrics import ConnectionMetrics
+from ibkr_connection.outputs import Transition
 from ibkr_connection.policy import RecoveryPolicy
+from ibkr_connection.table import ConnectionState
 
-from conftest import RecordingEffects
+from conftest import RecordedMachine, RecordingEffects
 
 S = ConnectionState
 I = InputKind  # noqa: E741
@@ -299,7 +300,7 @@ def test_a_given_registry_is_used() -> None:
 def test_metrics_follow_a_real_machine() -> None:
     """Fed by a machine's listener, the metrics see the machine's transitions."""
     clock = ManualClock()
-    machine = ConnectionMachine(RecordingEffects(), clock, port=4002, client_ids=[7],
+    machine = RecordedMachine(RecordingEffects(), clock, port=4002, client_ids=[7],
                                 policy=RecoveryPolicy())
     m = ConnectionMetrics(clock=clock.monotonic)
     m.set_state(machine.state)

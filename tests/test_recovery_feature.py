@@ -17,9 +17,10 @@ from ibkr_connection import (
     IBCController,
 )
 from ibkr_connection.inputs import InputKind
-from ibkr_connection.machine import ConnectionState, Transition
+from ibkr_connection.outputs import Transition
 from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator.ibc import IbcCommandServer
+from ibkr_connection.table import ConnectionState
 
 from conftest import FAST_POLICY as FAST
 from conftest import round_trip, wait_until

@@ -7,9 +7,10 @@ from pytest_bdd import given, parsers, scenarios, then, when
 from ibkr_connection import codes
 from ibkr_connection.clock import ManualClock
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.machine import SESSION_STATES, ConnectionMachine, ConnectionState
+from ibkr_connection.machine import ConnectionMachine
+from ibkr_connection.table import SESSION_STATES, ConnectionState
 
-from conftest import RecordingEffects, drive_to
+from conftest import RecordedMachine, RecordingEffects, drive_to
 
 scenarios("state_machine.feature")
 
@@ -20,7 +21,7 @@ scenarios("state_machine.feature")
 )
 def _machine(port: int, client_id: int, effects: RecordingEffects,
              clock: ManualClock) -> ConnectionMachine:
-    return ConnectionMachine(effects, clock, port=port, client_ids=[client_id])
+    return RecordedMachine(effects, clock, port=port, client_ids=[client_id])
 
 
 @given("the bot is connected")
@@ -67,7 +68,8 @@ def _state_is(machine: ConnectionMachine, state: str) -> None:
 
 @then("the account is selected, subscriptions are set up and the heartbeat runs")
 def _session_up(effects: RecordingEffects) -> None:
-    assert effects.names()[-3:] == ["select_account", "restore_subscriptions", "start_heartbeat"]
+    assert effects.names()[-4:] == ["select_account", "restore_subscriptions", "start_heartbeat",
+                                    "begin_session"]
     assert effects.heartbeat
 
 

@@ -44,26 +44,26 @@ def test_the_seed_names_are_the_wrapper_and_its_config() -> None:
     assert ibkr_connection.Config is broker.Config
 
 
-def test_machine_layer_is_importable_from_the_machine_module() -> None:
-    """ConnectionMachine, Input, Effects and replay_journal, and the table, from one module."""
-    assert machine.Input is inputs.Input and machine.InputKind is inputs.InputKind
-    assert machine.Effects is outputs.Effects
-    assert machine.Transition is outputs.Transition
-    assert machine.JournalEntry is outputs.JournalEntry
-    assert machine.replay_journal is journal.replay_journal
-    assert machine.TABLE is table.TABLE and machine.ACTIONS is table.ACTIONS
-    assert machine.ConnectionState is table.ConnectionState
+def test_each_name_has_one_home() -> None:
+    """The machine module serves only its own names: no re-export of table, inputs, outputs."""
+    assert sorted(machine.__all__) == ["ACTION_FUNCTIONS", "ConnectionMachine", "GUARD_FUNCTIONS"]
+    for name in ("Effects", "ACTIONS", "GUARDS", "replay_journal", "USABLE_STATES",
+                 "SESSION_STATES", "check_table", "outcome"):
+        assert not hasattr(machine, name), name
+    assert outputs.Step is not None and outputs.Effect is not None
+    assert inputs.Input is ibkr_connection.Input
+    assert journal.replay_journal is not None
 
 
 def test_state_sets_are_defined_once() -> None:
     """One SESSION_STATES and one USABLE_STATES, wherever they are imported from."""
     from ibkr_connection import health, metrics
 
-    assert machine.USABLE_STATES is table.USABLE_STATES is manager.USABLE_STATES
+    assert manager.USABLE_STATES is table.USABLE_STATES
     assert ibkr_connection.USABLE_STATES is table.USABLE_STATES
     assert metrics.USABLE_STATES is table.USABLE_STATES
     assert health.USABLE_STATES is table.USABLE_STATES
-    assert machine.SESSION_STATES is table.SESSION_STATES is broker.SESSION_STATES
+    assert broker.SESSION_STATES is table.SESSION_STATES
     assert [s.value for s in table.USABLE_STATES] == ["connected", "degraded"]
     assert [s.value for s in table.SESSION_STATES] == ["connected", "degraded", "lost"]
 
@@ -78,3 +78,29 @@ def test_blocking_twins_follow_one_convention() -> None:
             assert inspect.iscoroutinefunction(getattr(cls, f"{name}_async")), (cls, name)
     assert cm.connect_async is cm.start and cm.disconnect_async is cm.stop
     assert manager.refuse_inside_loop is not None
+
+
+def test_every_exception_of_the_core_lives_in_errors() -> None:
+    """No core module defines an exception class of its own: errors.py is their one home."""
+    from ibkr_connection import (
+        adapter,
+        clock,
+        codes,
+        controller,
+        driver,
+        errors,
+        inflight,
+        policy,
+        subscriptions,
+    )
+
+    core = (adapter, clock, codes, controller, driver, inflight, inputs, journal, machine,
+            manager, outputs, policy, subscriptions, table)
+    for module in core:
+        defined = [name for name, value in vars(module).items()
+                   if isinstance(value, type) and issubclass(value, BaseException)
+                   and value.__module__ == module.__name__]
+        assert defined == [], (module.__name__, defined)
+    for name in ("ControllerError", "HandshakeTimeoutError", "SyncIncompleteError",
+                 "ReentrantHandleError", "JournalError"):
+        assert getattr(errors, name).__module__ == "ibkr_connection.errors"

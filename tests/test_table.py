@@ -12,10 +12,19 @@ from transitions import Event
 
 from ibkr_connection.clock import ManualClock
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.machine import ConnectionMachine
-from ibkr_connection.table import ACTIONS, TABLE, ConnectionState, Phase, Row, check_table, outcome
+from ibkr_connection.table import (
+    ACTIONS,
+    ENTRY,
+    EXIT,
+    TABLE,
+    ConnectionState,
+    Phase,
+    Row,
+    check_table,
+    outcome,
+)
 
-from conftest import RecordingEffects, drive_to
+from conftest import RecordedMachine, RecordingEffects, drive_to
 
 S = ConnectionState
 K = InputKind
@@ -31,26 +40,75 @@ PHASES = {
     "note_wedge_sign": "note",
     "first_attempt": "before",
     "count_attempt": "before",
+    "warn_not_an_api_port": "before",
     "draw_delay": "before",
     "draw_costly_delay": "before",
     "retry_at_once": "before",
     "reset_backoff": "after",
     "select_account": "after",
+    "issue_subscriptions": "after",
     "restore_subscriptions": "after",
     "issue_new_subscriptions": "after",
     "start_heartbeat": "after",
+    "retry_same_client_id": "after",
     "next_client_id": "after",
+    "keep_client_id": "after",
     "forget_wedge_signs": "after",
+    "note_endpoint_proven": "after",
+    "forget_endpoint": "after",
+    "begin_session": "after",
+    "end_session": "after",
     "probe_gateway": "after",
     "reconnect_data": "after",
+    "forget_session": "state",
+    "start_attempt": "state",
+    "schedule_retry": "state",
+    "cancel_retry": "state",
+    "start_restore_timer": "state",
+    "start_maintenance_restore_timer": "state",
+    "cancel_restore_timer": "state",
+    "stop_heartbeat": "state",
+    "tear_down": "state",
+    "count_restart": "state",
+    "start_restart_timer": "state",
+    "send_restart": "state",
+    "cancel_restart_timer": "state",
+    "cancel_probe": "state",
+    "start_farm_timer": "state",
+    "cancel_farm_timer": "state",
 }
+
+#: Each state's entry and exit actions, in order (a guard in brackets).
+ENTRY_EXIT = {
+    "disconnected": (["cancel_retry", "cancel_restore_timer", "stop_heartbeat", "tear_down"],
+                     []),
+    "connecting": (["forget_session", "start_attempt"], []),
+    "connected": ([], []),
+    "degraded": (["start_farm_timer [controller_configured]"],
+                 ["cancel_farm_timer [controller_configured]"]),
+    "lost": (["start_maintenance_restore_timer [in_reset_window]",
+              "start_restore_timer [!in_reset_window]"], ["cancel_restore_timer"]),
+    "backoff": (["stop_heartbeat", "tear_down", "schedule_retry"], ["cancel_retry"]),
+    "restarting": (["count_restart", "stop_heartbeat", "tear_down", "start_restart_timer",
+                    "send_restart"], ["cancel_restart_timer", "cancel_probe"]),
+    "failed": (["cancel_retry", "cancel_restore_timer", "stop_heartbeat", "tear_down"], []),
+}
+
+
+def test_entry_and_exit_actions_are_the_tables() -> None:
+    """ENTRY and EXIT declare each state's entry and exit actions, as written here."""
+    declared = {state.value: ([str(a) for a in ENTRY[state]], [str(a) for a in EXIT[state]])
+                for state in ConnectionState}
+    assert declared == ENTRY_EXIT
 
 #: Every move into backoff and how its delay is decided: cheap unless the input
 #: is classified costly (draw_delay), costly whatever it says, or none at all.
 DELAYS = {
-    ("connecting", "attempt_failed"): "draw_delay",
+    # silence on an unproven endpoint (warned), costly, refused: a row each.
+    ("connecting", "attempt_failed"): ("draw_costly_delay", "draw_costly_delay", "draw_delay"),
     ("connecting", "port_reset"): "retry_at_once",
-    ("connecting", "client_id_in_use"): "draw_costly_delay",
+    # the same id again, the next id, no fallback configured: a row each.
+    ("connecting", "client_id_in_use"): ("draw_costly_delay",) * 3,
     ("connecting", "not_connected"): "draw_delay",
     ("connected", "socket_closed"): "draw_delay",
     ("connected", "heartbeat_missed"): "draw_costly_delay",
@@ -78,12 +136,13 @@ def test_every_action_has_its_phase() -> None:
 @pytest.mark.parametrize(("state", "kind", "delay"),
                          [(s, k, d) for (s, k), d in DELAYS.items()])
 def test_each_move_into_backoff_names_how_its_delay_is_drawn(
-    state: str, kind: str, delay: str
+    state: str, kind: str, delay: str | tuple[str, ...]
 ) -> None:
     """The row, not a list of input kinds elsewhere, says cheap, costly or at once."""
     rows = [r for r in outcome(S(state), K(kind)) if r.dest is S.BACKOFF]
-    assert len(rows) == 1
-    assert [a for a in rows[0].actions if "delay" in a or a == "retry_at_once"] == [delay]
+    expected = (delay,) if isinstance(delay, str) else delay
+    assert [a for row in rows for a in row.actions
+            if "delay" in a or a == "retry_at_once"] == list(expected)
 
 
 def test_only_the_rows_above_move_into_backoff() -> None:
@@ -96,7 +155,10 @@ def test_only_the_rows_above_move_into_backoff() -> None:
     ("state", "kind", "costly", "low", "high"),
     [
         ("connected", "socket_closed", False, 0.045, 0.05),
-        ("connected", "socket_closed", True, 0.9, 1.0),
+        # only an attempt's failure is classified: a closed socket is cheap
+        ("connected", "socket_closed", True, 0.045, 0.05),
+        ("connecting", "attempt_failed", False, 0.045, 0.05),
+        ("connecting", "attempt_failed", True, 0.9, 1.0),
         ("connected", "heartbeat_missed", False, 0.9, 1.0),
         ("lost", "restore_timeout", False, 0.9, 1.0),
         ("connected", "not_connected", False, 0.045, 0.05),
@@ -107,8 +169,8 @@ def test_delay_follows_the_row(
     state: str, kind: str, costly: bool, low: float, high: float,
     effects: RecordingEffects, clock: ManualClock,
 ) -> None:
-    """draw_delay honours the input's classification; draw_costly_delay and retry_at_once do not."""
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7])
+    """The row chooses the schedule: a costly attempt failure its own row, the rest as named."""
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7])
     drive_to(machine, S(state))
     machine.handle(Input(K(kind), costly=costly, port=4003 if kind == "port_reset" else None))
     delay = machine.transcript[-1].delay
@@ -120,7 +182,7 @@ def test_attempts_are_counted_by_the_rows_into_connecting(
     effects: RecordingEffects, clock: ManualClock
 ) -> None:
     """connect starts a fresh series (attempt 1); retry_due counts the next attempt."""
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7])
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7])
     machine.handle(Input(K.CONNECT))
     machine.handle(Input(K.ATTEMPT_FAILED))
     machine.handle(Input(K.RETRY_DUE))
@@ -132,7 +194,7 @@ def test_attempts_are_counted_by_the_rows_into_connecting(
 
 def test_an_ignored_row_changes_no_fact(effects: RecordingEffects, clock: ManualClock) -> None:
     """A farm reported broken without a session is ignored: nothing is noted."""
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7])
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7])
     machine.handle(Input(K.FARM_BROKEN, code=2103, farm="usfarm"))
     assert machine.last_row is not None and machine.last_row.ignored
     assert machine.broken_farms == frozenset()
@@ -140,7 +202,7 @@ def test_an_ignored_row_changes_no_fact(effects: RecordingEffects, clock: Manual
 
 def test_a_port_is_noted_in_every_state(effects: RecordingEffects, clock: ManualClock) -> None:
     """A 1300 without a session is not ignored: the next attempt uses its port."""
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7])
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7])
     machine.handle(Input(K.PORT_RESET, code=1300, port=4003))
     machine.handle(Input(K.CONNECT))
     assert effects.args_of("start_attempt") == [(1, 7, 4003)]
@@ -158,7 +220,7 @@ def test_every_input_is_a_transitions_event(
         return bool(real(self, model, *args, **kwargs))
 
     monkeypatch.setattr(Event, "trigger", counting)
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7])
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7])
     fed = [K.FARM_OK, K.CONNECT, K.FARM_OK, K.CONNECT, K.SOCKET_CLOSED, K.ATTEMPT_SUCCEEDED,
            K.RESTORED_DATA_KEPT, K.FARM_BROKEN]
     for kind in fed:
@@ -170,7 +232,7 @@ def test_the_machine_carries_no_bound_triggers(
     effects: RecordingEffects, clock: ManualClock
 ) -> None:
     """transitions drives a private model: the machine has no connect(), trigger() or fsm_state."""
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7])
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7])
     for name in ("connect", "socket_closed", "trigger", "may_connect", "fsm_state",
                  "is_state_connected", "is_fsm_state_connected"):
         assert not hasattr(machine, name), name
@@ -220,5 +282,5 @@ def test_check_table_names_what_is_wrong(table: list[Row], problem: str) -> None
 
 
 def test_phase_values() -> None:
-    """The phases, in the order a row's actions run."""
-    assert [p.value for p in Phase] == ["note", "before", "after"]
+    """The phases, in the order a row's actions run, then the states' own."""
+    assert [p.value for p in Phase] == ["note", "before", "after", "state"]

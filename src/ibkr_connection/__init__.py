@@ -42,12 +42,13 @@ twin ``name_async()`` in the event loop, and raises
 The machine layer, for reviewers and tools (``ConnectionMachine``, ``Input``
 and ``InputKind`` are importable here too, as before)::
 
-    ibkr_connection.table      every decision as data: states, TABLE, ACTIONS, GUARDS
-    ibkr_connection.machine    ConnectionMachine, the table run by transitions; it also
-                               serves the table's names, Input, InputKind, Effects,
-                               Transition, JournalEntry and replay_journal
+    ibkr_connection.table      every decision as data: states, TABLE, ENTRY, EXIT,
+                               ACTIONS, GUARDS
+    ibkr_connection.machine    ConnectionMachine, the table run by transitions: handle()
+                               returns a Step
     ibkr_connection.inputs     Input, InputKind: what goes in
-    ibkr_connection.outputs    Effects, Transition, JournalEntry: what comes out
+    ibkr_connection.outputs    Step, Effect, Effects, Transition, JournalEntry: what
+                               comes out
     ibkr_connection.codes      CODES (IB codes) and FAILURES (attempt failures) -> inputs
     ibkr_connection.driver     Driver: the effects on asyncio, IB's callbacks -> inputs
     ibkr_connection.journal    JournalWriter, replay, replay_journal
@@ -58,16 +59,12 @@ How it fits together, and where each kind of change goes: ``docs/architecture.md
 from ibkr_connection.broker import Config, IBKRIBInsyncApi
 from ibkr_connection.clock import Clock, ManualClock, SystemClock
 from ibkr_connection.config import ConnectionConfig, mask_account
-from ibkr_connection.controller import (
-    CommandController,
-    Controller,
-    ControllerError,
-    IBCController,
-)
+from ibkr_connection.controller import CommandController, Controller, IBCController
 from ibkr_connection.errors import (
     AccountError,
     ConfigError,
     ConnectFailedError,
+    ControllerError,
     FatalConnectError,
     GatewayError,
     IBKRConnectionError,
@@ -78,8 +75,9 @@ from ibkr_connection.errors import (
     UsageError,
 )
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.machine import ConnectionMachine, ConnectionState, Transition
-from ibkr_connection.manager import USABLE_STATES, ConnectionManager
+from ibkr_connection.machine import ConnectionMachine
+from ibkr_connection.manager import ConnectionManager
+from ibkr_connection.outputs import Transition
 from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy, ResetWindow
 from ibkr_connection.subscriptions import (
     AccountUpdatesSubscription,
@@ -88,6 +86,7 @@ from ibkr_connection.subscriptions import (
     PnLSubscription,
     Subscription,
 )
+from ibkr_connection.table import USABLE_STATES, ConnectionState
 
 __version__ = "0.1.0"
 

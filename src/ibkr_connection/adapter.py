@@ -17,7 +17,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ibkr_connection.config import mask_account
-from ibkr_connection.errors import OrderRejectedError, UsageError
+from ibkr_connection.errors import (
+    HandshakeTimeoutError,
+    OrderRejectedError,
+    SyncIncompleteError,
+    UsageError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,19 +95,6 @@ async def qualify_contract(ib: Any, contract: Any) -> bool:
     """
     await ib.qualifyContractsAsync(contract)
     return bool(getattr(contract, "conId", 0))
-
-
-class SyncIncompleteError(ConnectionError):
-    """The startup sync did not complete (a request timed out)."""
-
-
-class HandshakeTimeoutError(TimeoutError):
-    """The gateway accepted the socket but did not answer the API handshake in time.
-
-    A healthy gateway sends its server version within milliseconds; only the
-    startup sync that follows is slow. Silence here is a sign of a wedged
-    gateway, not of a slow one.
-    """
 
 
 class SyncTimeoutCatcher(logging.Handler):
@@ -273,11 +265,6 @@ async def wait_transport_closed(ib: Any, timeout: float = 1.0) -> None:
     deadline = loop.time() + timeout
     while getattr(conn, "transport", None) is not None and loop.time() < deadline:
         await asyncio.sleep(0.001)
-
-
-def is_ready(ib: Any) -> bool:
-    """Return True when the API session is up."""
-    return bool(ib.client.isReady())
 
 
 def received_messages(ib: Any) -> int:

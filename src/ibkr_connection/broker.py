@@ -81,9 +81,10 @@ from ibkr_connection.config import (
 from ibkr_connection.errors import ConfigError, OrderRejectedError
 from ibkr_connection.inflight import PLACE, Resolution
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.machine import SESSION_STATES, ConnectionState, Transition
-from ibkr_connection.manager import USABLE_STATES, ConnectionManager, refuse_inside_loop
+from ibkr_connection.manager import ConnectionManager, refuse_inside_loop
+from ibkr_connection.outputs import Transition
 from ibkr_connection.policy import RecoveryPolicy
+from ibkr_connection.table import SESSION_STATES, USABLE_STATES, ConnectionState
 
 logger = logging.getLogger(__name__)
 

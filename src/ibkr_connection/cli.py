@@ -203,8 +203,8 @@ def _replay(args: argparse.Namespace) -> int:
         return 2
     for index, step in enumerate(result.inputs):
         if not step.matches:
-            sys.stdout.write(f"input {index}: {step.input} (line {step.line}): journal says "
-                             f"{step.recorded}, the machine now says {step.replayed}\n")
+            sys.stdout.write(f"input {index}: {step.input} (line {step.line}): "
+                             f"{step.difference}\n")
     for line in result.cut_lines:
         # A crash mid-write cuts the last line; the lines before it are whole.
         sys.stdout.write(f"line {line}: cut mid-write (the bot stopped while writing it), "

@@ -2,8 +2,9 @@
 
 TWS reports connection events as "error" messages with a code. :data:`CODES`
 maps each code the connection machine cares about to an
-:class:`~ibkr_connection.inputs.Input`, with the log level to use and whether
-the gateway dropped the client's subscriptions. A new code is a new row in
+:class:`~ibkr_connection.inputs.Input`, with the log level to use (whether
+subscriptions must be re-issued is the transition table's: the rows of
+``restored_data_lost`` and of a new session). A new code is a new row in
 :data:`CODES`, never a new ``elif``. Codes not in the table are logged and
 change nothing (see :func:`classify`).
 
@@ -21,8 +22,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from ibkr_connection.adapter import HandshakeTimeoutError, SyncIncompleteError
-from ibkr_connection.errors import AccountError
+from ibkr_connection.errors import AccountError, HandshakeTimeoutError, SyncIncompleteError
 from ibkr_connection.inputs import Input, InputKind
 
 
@@ -43,8 +43,6 @@ class CodeInfo:
         meaning: what IB means by it, in our words.
         input: the machine input it becomes, or None for "log only".
         level: the logging level used when it arrives.
-        subscriptions_lost: True when the gateway dropped the client's
-            market data and other subscriptions, which must be re-issued.
         payload: what to parse out of the message text.
     """
 
@@ -52,7 +50,6 @@ class CodeInfo:
     meaning: str
     input: InputKind | None
     level: int
-    subscriptions_lost: bool = False
     payload: Payload = Payload.NONE
 
     def to_input(self, message: str) -> Input | None:
@@ -75,14 +72,14 @@ CODES: tuple[CodeInfo, ...] = (
     CodeInfo(504, "not connected: a request was sent while the socket was down",
              InputKind.NOT_CONNECTED, _E),
     CodeInfo(1100, "connectivity between TWS and IB lost (API socket still up)",
-             InputKind.CONNECTIVITY_LOST, _W, subscriptions_lost=False),
+             InputKind.CONNECTIVITY_LOST, _W),
     CodeInfo(1101, "connectivity restored, data lost: subscriptions must be re-issued",
-             InputKind.RESTORED_DATA_LOST, _W, subscriptions_lost=True),
+             InputKind.RESTORED_DATA_LOST, _W),
     CodeInfo(1102, "connectivity restored, data maintained",
              InputKind.RESTORED_DATA_KEPT, _I),
     CodeInfo(1300, "API socket port was reset; this connection is dropped, reconnect on the "
                    "new port named in the message",
-             InputKind.PORT_RESET, _W, subscriptions_lost=True, payload=Payload.PORT),
+             InputKind.PORT_RESET, _W, payload=Payload.PORT),
     CodeInfo(2103, "market data farm connection broken",
              InputKind.FARM_BROKEN, _W, payload=Payload.FARM),
     CodeInfo(2104, "market data farm connection OK",
@@ -104,7 +101,7 @@ CODES: tuple[CodeInfo, ...] = (
     CodeInfo(2158, "security definition farm connection OK",
              InputKind.FARM_OK, _I, payload=Payload.FARM),
     CodeInfo(10182, "live updates of a request failed because TWS was disconnected",
-             None, _W, subscriptions_lost=True),
+             None, _W),
 )
 
 _BY_CODE: dict[int, CodeInfo] = {info.code: info for info in CODES}
@@ -203,15 +200,14 @@ def markdown_table() -> str:
         "System codes (request id -1) not listed are logged at WARNING and change "
         "nothing; codes tied to a request are left to ib_insync's own log.",
         "",
-        "| code | meaning | machine input | log level | subscriptions lost | payload |",
-        "|---:|---|---|---|---|---|",
+        "| code | meaning | machine input | log level | payload |",
+        "|---:|---|---|---|---|",
     ]
     for info in CODES:
         lines.append(
             f"| {info.code} | {info.meaning} | "
             f"{info.input.value if info.input else '(log only)'} | "
-            f"{logging.getLevelName(info.level)} | "
-            f"{'yes' if info.subscriptions_lost else 'no'} | {info.payload.value} |"
+            f"{logging.getLevelName(info.level)} | {info.payload.value} |"
         )
     lines += [
         "",
@@ -220,7 +216,8 @@ def markdown_table() -> str:
         "Generated from `ibkr_connection.codes.FAILURES`. A connection attempt that raises "
         "is classified by the first row whose exception matches; the driver feeds the input "
         "before it closes the socket. A costly failure cost the gateway an API handshake: "
-        "the next delay follows the costly schedule (`draw_delay` in the transition table).",
+        "the next delay follows the costly schedule (the row guarded by `costly` in the "
+        "transition table).",
         "",
         "| exception | meaning | machine input | costly | traceback logged |",
         "|---|---|---|---|---|",

@@ -31,7 +31,7 @@ import re
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from ibkr_connection.errors import ConfigError, GatewayError
+from ibkr_connection.errors import ConfigError, ControllerError
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +42,6 @@ logger = logging.getLogger(__name__)
 IBC_DEFAULT_PORT = 7462
 
 _ANSWER = re.compile(r"\b(OK|ERROR)\b ?(.*)$")
-
-
-class ControllerError(GatewayError):
-    """A controller could not act on the gateway (refused, unreachable, timed out, garbage)."""
 
 
 @runtime_checkable
@@ -244,5 +240,5 @@ class CommandController:
         return text
 
 
-__all__ = ["IBC_DEFAULT_PORT", "CommandController", "Controller", "ControllerError",
+__all__ = ["IBC_DEFAULT_PORT", "CommandController", "Controller",
            "IBCController"]

@@ -30,8 +30,9 @@ from ibkr_connection import adapter
 from ibkr_connection.config import ConnectionConfig
 from ibkr_connection.errors import UsageError
 from ibkr_connection.health import DEFAULT_HOST
-from ibkr_connection.machine import ConnectionState, Transition
-from ibkr_connection.manager import USABLE_STATES, ConnectionManager
+from ibkr_connection.manager import ConnectionManager
+from ibkr_connection.outputs import Transition
+from ibkr_connection.table import USABLE_STATES, ConnectionState
 
 Write = Callable[[str], Any]
 

@@ -37,7 +37,16 @@ from ibkr_connection import codes
 from ibkr_connection.errors import UsageError
 from ibkr_connection.inputs import InputKind
 from ibkr_connection.outputs import Effects
-from ibkr_connection.table import ACTIONS, GUARDS, TABLE, ConnectionState, Phase, Row
+from ibkr_connection.table import (
+    ACTIONS,
+    ENTRY,
+    EXIT,
+    GUARDS,
+    TABLE,
+    ConnectionState,
+    Phase,
+    Row,
+)
 
 TITLE = "ibkr-connection: connection state machine"
 _SVG_STAMP = "<!-- dot-source-sha256: {} -->"
@@ -73,15 +82,21 @@ class _Model:
 
 def _graph(engine: Literal["graphviz", "mermaid"]) -> Any:
     model = _Model()
+    # Each state box lists its entry and exit actions (table.ENTRY, table.EXIT),
+    # a guarded one with its guard in brackets; the bare model never runs them.
+    states = [{"name": state.value,
+               "on_enter": [str(step) for step in ENTRY.get(state, ())],
+               "on_exit": [str(step) for step in EXIT.get(state, ())]}
+              for state in ConnectionState]
     machine = GraphMachine(
         model=model,
-        states=[state.value for state in ConnectionState],
+        states=states,
         transitions=_graph_rows(),
         initial=ConnectionState.DISCONNECTED.value,
         auto_transitions=False,
         graph_engine=engine,
         show_conditions=True,
-        show_state_attributes=False,
+        show_state_attributes=True,
         title=TITLE,
     )
     # Top to bottom reads better than transitions' default left to right for
@@ -158,14 +173,30 @@ def transitions_markdown() -> str:
         "A row's actions run in its order, phase by phase: `note` actions before the "
         "row's guard is tried (the same on every row of a state and input), `before` "
         "actions once the guard held and before the move and the transcript entry, "
-        "`after` actions after the move and the new state's entry actions. Entry and "
-        "exit actions belong to the states (below).",
+        "`after` actions after the move and the new state's entry actions; `state` "
+        "actions are the states' entry and exit actions (below).",
         "",
         "| action | phase | what it does |",
         "|---|---|---|",
     ]
     for action in ACTIONS.values():
         lines.append(f"| {action.name} | {action.phase.value} | {action.doc} |")
+    lines += [
+        "",
+        "## Entry and exit actions",
+        "",
+        "Declared in `ENTRY` and `EXIT`: run on every move into (out of) the state, in "
+        "this order, the exit actions of the state left before the entry actions of the "
+        "state entered; a stay runs none. An action with a guard in brackets runs only "
+        "when the guard holds.",
+        "",
+        "| state | on entry | on exit |",
+        "|---|---|---|",
+    ]
+    for state in ConnectionState:
+        lines.append(
+            f"| {state.value} | {', '.join(str(a) for a in ENTRY.get(state, ())) or '-'} | "
+            f"{', '.join(str(a) for a in EXIT.get(state, ())) or '-'} |")
     lines += ["", "## Guards", "", "| guard | holds when |", "|---|---|"]
     for name, doc in GUARDS.items():
         lines.append(f"| {name} | {doc} |")
@@ -295,16 +326,19 @@ def architecture_mermaid() -> str:
         '  probe["gateway probe<br/>TCP connect and API handshake, while restarting"]',
         f'  code_table["codes.CODES<br/>{_br(code_inputs, 2)}"]',
         f'  failure_table["codes.FAILURES<br/>{_br(failure_inputs, 1)}"]',
-        '  feed["ConnectionManager._feed<br/>journal line per input"]',
+        '  feed["ConnectionManager._feed<br/>one input at a time: one that arises during a '
+        'step is queued<br/>journal line per input, with its effects"]',
         f'  machine["ConnectionMachine.handle: transitions runs table.TABLE<br/>'
         f'{len(TABLE)} rows: (state, input, guard) to next state, actions"]',
         f'  notes["note, before the guard<br/>{actions(Phase.NOTE)}"]',
         f'  before_move["before the move<br/>{actions(Phase.BEFORE)}"]',
-        f'  after_move["after the move, with the states\' entry and exit actions<br/>'
-        f'{actions(Phase.AFTER)}"]',
-        f'  effects["outputs.Effects<br/>{_br(effects)}"]',
-        '  driver["driver.Driver<br/>owns every task and timer"]',
-        '  records["transcript, stateChangeEvent, wait_for()"]',
+        f'  state_actions["exit and entry: table.EXIT, table.ENTRY<br/>'
+        f'{actions(Phase.STATE)}"]',
+        f'  after_move["after the move<br/>{actions(Phase.AFTER)}"]',
+        f'  effects["outputs.Step: the transition and the effects, as data<br/>'
+        f'commands of outputs.Effects: {_br(effects)}"]',
+        '  driver["driver.Driver.perform, after the step<br/>owns every task and timer"]',
+        '  records["transcript; after the effects: stateChangeEvent, wait_for()"]',
         f'  bot -- "{produced("bot")}" --> feed',
         '  ib -- "errorEvent" --> code_table',
         '  code_table -- "an input, or log only" --> feed',
@@ -318,10 +352,12 @@ def architecture_mermaid() -> str:
         "  feed --> machine",
         "  machine --> notes",
         "  machine --> before_move",
+        "  machine --> state_actions",
         "  machine --> after_move",
-        "  machine --> records",
+        "  state_actions --> effects",
         "  after_move --> effects",
         "  effects --> driver",
+        "  effects --> records",
         "  driver --> attempt",
         "  driver --> timers",
         "  driver --> controller",

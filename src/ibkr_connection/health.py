@@ -24,7 +24,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from ibkr_connection.errors import UsageError
-from ibkr_connection.machine import USABLE_STATES, ConnectionState
+from ibkr_connection.table import USABLE_STATES, ConnectionState
 
 logger = logging.getLogger(__name__)
 

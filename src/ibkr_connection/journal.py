@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -36,8 +36,10 @@ from ibkr_connection.clock import Clock, ManualClock
 from ibkr_connection.config import ConnectionConfig
 from ibkr_connection.errors import JournalError
 from ibkr_connection.inputs import Input
-from ibkr_connection.machine import ConnectionMachine, ConnectionState, JournalEntry
+from ibkr_connection.machine import ConnectionMachine
+from ibkr_connection.outputs import JournalEntry
 from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
+from ibkr_connection.table import ConnectionState
 
 logger = logging.getLogger(__name__)
 
@@ -133,9 +135,12 @@ class JournalWriter:
         # time of day is now's, moved back by as much.
         now, wall = self._clock.monotonic(), self._clock.wall()
         for entry in entries:
-            line = {"type": "input", "at": round(entry.at, 6),
-                    "wall": wall_text(wall - timedelta(seconds=now - entry.at)),
-                    **entry.input.to_json(), "state": entry.state.value}
+            line: dict[str, object] = {
+                "type": "input", "at": round(entry.at, 6),
+                "wall": wall_text(wall - timedelta(seconds=now - entry.at)),
+                **entry.input.to_json(), "state": entry.state.value}
+            if entry.effects is not None:
+                line["effects"] = [effect.to_json() for effect in entry.effects]
             self._file.write(json.dumps(line) + "\n")
         self._file.flush()
 
@@ -159,6 +164,10 @@ class ReplayedInput:
         input: the input's kind.
         recorded: the state the journal says it led to.
         replayed: the state a fresh machine computes now.
+        recorded_effects: the effects the journal says it asked for, as
+            ``[name, *args]`` lists; None for a line written before effects
+            were journaled (then only the states are compared).
+        replayed_effects: the effects a fresh machine asks for now.
     """
 
     line: int
@@ -166,11 +175,25 @@ class ReplayedInput:
     input: str
     recorded: str
     replayed: str
+    recorded_effects: list[list[object]] | None = None
+    replayed_effects: list[list[object]] | None = None
 
     @property
     def matches(self) -> bool:
-        """True when the machine still decides as it did."""
-        return self.recorded == self.replayed
+        """True when the machine still decides as it did: state, and effects if journaled."""
+        if self.recorded != self.replayed:
+            return False
+        return self.recorded_effects is None or self.recorded_effects == self.replayed_effects
+
+    @property
+    def difference(self) -> str:
+        """How the replay differs from the journal, in words (empty when it matches)."""
+        if self.recorded != self.replayed:
+            return f"journal says {self.recorded}, the machine now says {self.replayed}"
+        if not self.matches:
+            return (f"journal says effects {self.recorded_effects}, the machine now asks "
+                    f"for {self.replayed_effects}")
+        return ""
 
 
 @dataclass(frozen=True)
@@ -194,13 +217,6 @@ class Replay:
         return [step for step in self.inputs if not step.matches]
 
 
-class _NullEffects:
-    """Effects that do nothing: a replay only recomputes the decisions."""
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        return lambda *args: None
-
-
 #: Header fields that older journals lack; a missing one keeps the default.
 _RESTART_FIELDS = ("restart_after", "restart_wait", "restart_cooldown", "farm_reconnect_after")
 
@@ -220,7 +236,7 @@ def _machine(header: dict[str, Any], number: int) -> tuple[ConnectionMachine, Ma
         wall = parse_wall(header["wall"]) if "wall" in header else None
         clock = ManualClock(start=start, wall_start=wall)
         machine = ConnectionMachine(
-            _NullEffects(), clock, port=header["port"], client_ids=header["client_ids"],
+            clock, port=header["port"], client_ids=header["client_ids"],
             policy=policy,
             controller_configured=bool(header.get("controller_configured", False)))
     except (KeyError, TypeError, ValueError) as exc:
@@ -293,12 +309,15 @@ def replay(lines: Iterable[str]) -> Replay:
             raise JournalError(number, f"bad input record: {exc!r}") from exc
         if at > clock.monotonic():
             clock.advance(at - clock.monotonic())
-        machine.handle(inp)
-        # The state the machine journals for the input, as the manager did.
-        replayed = machine.journal[-1].state if machine.journal else machine.state
+        recorded_effects = record.get("effects")
+        if recorded_effects is not None and not isinstance(recorded_effects, list):
+            raise JournalError(number, f"bad input record: effects {recorded_effects!r}")
+        step = machine.handle(inp)
         machine.journal.clear()
+        # JSON's view of the effects: tuples of arguments become lists.
+        replayed_effects = json.loads(json.dumps([e.to_json() for e in step.effects]))
         inputs.append(ReplayedInput(number, sessions, inp.kind.value, recorded,
-                                    replayed.value))
+                                    step.state.value, recorded_effects, replayed_effects))
     if sessions == 0:
         raise JournalError(None, "not a journal: no header line")
     return Replay(inputs, sessions, cut)

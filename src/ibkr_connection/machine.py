@@ -4,67 +4,54 @@
 are the rows of :data:`~ibkr_connection.table.TABLE` and whose callbacks are
 the rows' actions (:data:`~ibkr_connection.table.ACTIONS`): notes as
 ``prepare`` callbacks, counting and drawing delays as ``before`` callbacks,
-effects as ``after`` callbacks. Every input goes through ``transitions``. The
-machine records a transcript of the changes of state and a journal of the
-inputs, and tells its listeners about each change.
+the rest as ``after`` callbacks; the states' entry and exit actions
+(:data:`~ibkr_connection.table.ENTRY`, :data:`~ibkr_connection.table.EXIT`)
+as the states' ``on_enter`` and ``on_exit`` callbacks. Every callback and
+guard is a function registered from an explicit name -> function table
+(:data:`ACTION_FUNCTIONS`, :data:`GUARD_FUNCTIONS`), through ``transitions``'
+public API only.
 
-The machine is sans-IO: it never touches a socket, a clock or asyncio. It reads
-time from an injected :class:`~ibkr_connection.clock.Clock` and asks an
-:class:`~ibkr_connection.outputs.Effects` port to do things; the asyncio driver
+The machine is sans-IO and calls nothing outside itself: :meth:`~ConnectionMachine.handle`
+returns a :class:`~ibkr_connection.outputs.Step`, the transition made and the
+effects asked for as plain data; the asyncio driver
 (:mod:`ibkr_connection.driver`, owned by
-:class:`~ibkr_connection.manager.ConnectionManager`) performs them and feeds
-the results back in as :class:`~ibkr_connection.inputs.Input`.
-
-The machine layer, for reviewers and tools, is importable from here: the
-tables and states (re-exported from :mod:`ibkr_connection.table`),
-:class:`ConnectionMachine`, :class:`~ibkr_connection.inputs.Input` and
-:class:`~ibkr_connection.inputs.InputKind`, :class:`~ibkr_connection.outputs.Effects`,
-:class:`~ibkr_connection.outputs.Transition` and
-:class:`~ibkr_connection.outputs.JournalEntry`;
-:func:`ibkr_connection.journal.replay_journal` re-feeds a journal into it.
+:class:`~ibkr_connection.manager.ConnectionManager`) carries them out after the
+step and feeds what comes of them back in, queued: ``handle`` is never entered
+while another ``handle`` runs. Time is read from an injected
+:class:`~ibkr_connection.clock.Clock`.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import chain
-from typing import TYPE_CHECKING, Any
+from typing import TypeVar
 
-from transitions import EventData, Machine
-from transitions import Transition as _Transition
+from transitions import Machine, State
 
 from ibkr_connection.clock import Clock
-from ibkr_connection.errors import UsageError
+from ibkr_connection.errors import ReentrantHandleError, UsageError
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.outputs import Effects, JournalEntry, Transition
+from ibkr_connection.outputs import Effect, JournalEntry, Step, Transition
 from ibkr_connection.policy import RecoveryPolicy
 from ibkr_connection.table import (
-    ACTIONS,
-    DELAY_ACTIONS,
-    GUARDS,
-    SESSION_STATES,
+    ENTRY,
+    EXIT,
     TABLE,
-    USABLE_STATES,
-    Action,
     ConnectionState,
     Phase,
     Row,
-    check_table,
-    outcome,
+    StateAction,
 )
-
-if TYPE_CHECKING:
-    from transitions.core import Callback
-
-    from ibkr_connection.journal import replay_journal
 
 logger = logging.getLogger(__name__)
 
-# transitions logs every callback at INFO; our own log has one line per
+_R = TypeVar("_R")
+
+# transitions logs every callback at INFO/DEBUG; our own log has one line per
 # transition. Quieten it unless the application configured it.
 _transitions_logger = logging.getLogger("transitions")
 if _transitions_logger.level == logging.NOTSET:
@@ -84,42 +71,6 @@ class _Session:
     link_lost: bool = False
 
 
-class _RowTransition(_Transition):
-    """A row as a ``transitions`` transition: the same steps, without the DEBUG lines.
-
-    transitions' ``Transition.execute`` writes four DEBUG lines for every row
-    it tries, which cost a quarter of a pass even when nothing logs; this is
-    its body without them: prepare (the notes), conditions (the guard),
-    before, the move (exit, state, entry), after.
-    """
-
-    def execute(self, event_data: EventData) -> bool:
-        machine = event_data.machine
-        machine.callbacks(self.prepare, event_data)
-        if not self._eval_conditions(event_data):
-            return False
-        machine.callbacks(chain(machine.before_state_change, self.before), event_data)
-        if self.dest:
-            self._change_state(event_data)
-        machine.callbacks(chain(self.after, machine.after_state_change), event_data)
-        return True
-
-
-class _TableMachine(Machine):
-    """transitions' ``Machine``, running rows as :class:`_RowTransition`, callbacks directly.
-
-    Every callback the machine registers is a callable that takes the
-    ``EventData``; transitions' own ``callbacks`` would also resolve each by
-    name and log each call at INFO.
-    """
-
-    transition_cls = _RowTransition
-
-    def callbacks(self, funcs: Iterable[Callback], event_data: EventData) -> None:
-        for func in funcs:
-            func(event_data)  # type: ignore[operator]
-
-
 class _Model:
     """What ``transitions`` drives: it holds the current state's value.
 
@@ -132,25 +83,31 @@ class _Model:
 
 
 class ConnectionMachine:
-    """The connection state machine: feed it inputs, it asks effects to act.
+    """The connection state machine: feed it inputs, it returns what to do.
 
-    Every input goes through ``transitions``: the rows of :data:`TABLE` are
-    its transitions, each row's actions its callbacks (``prepare`` for the
-    notes, ``before`` and ``after`` for the rest).
+    Every input goes through ``transitions``: the rows of the table are its
+    transitions, each row's actions its callbacks, the states' entry and exit
+    actions the states' callbacks. The actions note facts, count, draw delays
+    and append effects to the step being built; nothing is called outside.
 
     Args:
-        effects: the port through which actions are performed.
         clock: the injected clock (only ``monotonic`` and ``wall`` are read).
         port: the gateway's API port for the first attempt.
         client_ids: the client id to use, then the fallbacks for 326, in order.
         policy: backoff, restore patience, reset windows.
-        record_journal: keep every handled input in :attr:`journal` (the
-            manager turns it on only when it writes a journal, and drains it).
+        record_journal: keep every handled input, with its state and effects,
+            in :attr:`journal` (the manager turns it on only when it writes a
+            journal, and drains it).
         transcript_limit: the transcript keeps at most this many of the most
             recent transitions (None: all), so a bot running for months does
             not grow without limit.
         controller_configured: a controller (IBC, a command) can restart the
             gateway; without one nothing escalates.
+        host: the gateway's host, for the log lines that name the endpoint.
+        table: the rows to run (:data:`~ibkr_connection.table.TABLE`; a test
+            may pass a changed table).
+        entry_actions: the states' entry actions (:data:`~ibkr_connection.table.ENTRY`).
+        exit_actions: the states' exit actions (:data:`~ibkr_connection.table.EXIT`).
 
     Raises:
         UsageError: if no client id is given.
@@ -158,7 +115,6 @@ class ConnectionMachine:
 
     def __init__(
         self,
-        effects: Effects,
         clock: Clock,
         *,
         port: int,
@@ -167,14 +123,23 @@ class ConnectionMachine:
         record_journal: bool = True,
         transcript_limit: int | None = 10_000,
         controller_configured: bool = False,
+        host: str = "127.0.0.1",
+        table: Sequence[Row] = TABLE,
+        entry_actions: dict[ConnectionState, tuple[StateAction, ...]] | None = None,
+        exit_actions: dict[ConnectionState, tuple[StateAction, ...]] | None = None,
     ) -> None:
         if not client_ids:
             raise UsageError("at least one client id is required")
-        self._effects = effects
         self._clock = clock
         self.policy = policy or RecoveryPolicy()
         self._rng = random.Random(self.policy.seed)
         self.port = port
+        self.host = host
+        #: A session came up on host:port (and it neither refused a connect nor
+        #: was restarted since): silence there is a wedge sign, not a wrong port.
+        self.endpoint_proven = False
+        #: The "not a TWS API port?" warning was logged in this series.
+        self._warned_not_api = False
         self.client_ids = tuple(client_ids)
         self._client_index = 0
         self._same_id_failures = 0
@@ -188,34 +153,38 @@ class ConnectionMachine:
         #: How many restarts the machine asked for.
         self.restarts = 0
         self._last_restart_at: float | None = None
-        #: The transition being made, for the listeners (the transcript may
-        #: have trimmed it already when its limit is tiny).
+        #: The transition made by the input being handled.
         self._made: Transition | None = None
+        #: The effects asked for by the input being handled, in order.
+        self._out: list[Effect] = []
+        self._handling = False
         self.transcript: list[Transition] = []
         self.journal: list[JournalEntry] = []
         self.record_journal = record_journal
         self.transcript_limit = transcript_limit
         #: The table row that handled the last input (for tests and logs).
         self.last_row: Row | None = None
-        self._listeners: list[Callable[[Transition], None]] = []
         self._model = _Model()
-        fsm = _TableMachine(
+        self._actions: dict[str, Callable[[Input], None]] = {
+            name: _bind(function, self) for name, function in ACTION_FUNCTIONS.items()}
+        self._guards: dict[str, Callable[[Input], bool]] = {
+            name: _bind(function, self) for name, function in GUARD_FUNCTIONS.items()}
+        entry = ENTRY if entry_actions is None else entry_actions
+        leave = EXIT if exit_actions is None else exit_actions
+        states = [
+            State(state.value, on_enter=self._state_callback(entry.get(state, ())),
+                  on_exit=self._state_callback(leave.get(state, ())))
+            for state in ConnectionState
+        ]
+        fsm = Machine(
             model=self._model,
-            states=[state.value for state in ConnectionState],
+            states=states,
             initial=ConnectionState.DISCONNECTED.value,
-            transitions=self._specs(),
+            transitions=self._specs(table),
             auto_transitions=False,
-            queued=True,
-            send_event=True,
+            send_event=False,
             ignore_invalid_triggers=False,
         )
-        for state in ConnectionState:
-            entry = getattr(self, f"_enter_{state.value}", None)
-            if entry is not None:
-                fsm.get_state(state.value).add_callback("enter", entry)
-            leave = getattr(self, f"_exit_{state.value}", None)
-            if leave is not None:
-                fsm.get_state(state.value).add_callback("exit", leave)
         #: Each input's ``transitions`` event, by the input's value.
         self._events = {kind.value: fsm.events[kind.value] for kind in InputKind}
 
@@ -236,78 +205,115 @@ class ConnectionMachine:
         """The data farms noted as broken in this session."""
         return frozenset(self._session.broken_farms)
 
-    def add_listener(self, listener: Callable[[Transition], None]) -> None:
-        """Call ``listener`` after every change of state."""
-        self._listeners.append(listener)
-
-    def remove_listener(self, listener: Callable[[Transition], None]) -> None:
-        """Stop calling ``listener``."""
-        self._listeners.remove(listener)
-
-    def handle(self, inp: Input) -> ConnectionState:
-        """Feed one input; return the state once it (and what it queued) ran.
+    def handle(self, inp: Input) -> Step:
+        """Feed one input; return what it did and what the driver is to do now.
 
         Args:
             inp: the input.
 
         Returns:
-            The state after the input was processed.
+            The step: the transition made (or None), the effects in order, the
+            state after it.
 
         Raises:
             UsageError: if ``inp`` is not an :class:`Input`.
+            ReentrantHandleError: if called while another input is being handled
+                (the shell must queue it and feed it after the step).
         """
-        if not isinstance(inp, Input) or not isinstance(inp.kind, InputKind):
+        if not isinstance(inp, Input):
             raise UsageError(f"not a machine input: {inp!r}")
-        self._events[inp.kind._value_].trigger(self._model, inp=inp)
-        return _STATE_BY_VALUE[self._model.state]
-
-    def fire(self, kind: InputKind, message: str = "", **fields: Any) -> ConnectionState:
-        """Shorthand for ``handle(Input(kind, message=message, **fields))``."""
-        return self.handle(Input(kind, message=message, **fields))
+        if self._handling:
+            raise ReentrantHandleError(
+                f"handle({inp.kind.value}) entered while another input is being handled: "
+                "queue it and feed it after the current step")
+        self._handling = True
+        self._made = None
+        out: list[Effect] = []
+        self._out = out
+        try:
+            self._events[inp.kind._value_].trigger(self._model, inp)
+        finally:
+            self._handling = False
+        state = _STATE_BY_VALUE[self._model.state]
+        effects = tuple(out)
+        if self.record_journal:
+            self.journal.append(JournalEntry(self._clock.monotonic(), inp, state, effects))
+        return Step(inp, self._made, effects, state)
 
     # -- derived from the table ---------------------------------------------------
 
-    def _specs(self) -> list[dict[str, Any]]:
-        """The table as ``transitions`` transitions; actions become callbacks."""
-        specs = []
-        tried: set[tuple[ConnectionState, InputKind]] = set()
-        for row in TABLE:
-            def callbacks(phase: Phase, row: Row = row) -> list[Callable[[EventData], None]]:
-                return [getattr(self, f"_do_{name}") for name in row.actions_in(phase)]
+    def _specs(self, table: Sequence[Row]) -> list[dict[str, object]]:
+        """The table as ``transitions`` transitions; actions and guards become callables.
 
+        Each phase of a row is one callable (running the row's actions of that
+        phase in order): transitions then makes one call per phase, not one
+        per action. A row without a guard runs its notes with its ``before``
+        actions (nothing is tried between them).
+        """
+        actions = self._actions
+        specs: list[dict[str, object]] = []
+        tried: set[tuple[ConnectionState, InputKind]] = set()
+        for row in table:
             # The notes are the same on every row of a (state, input): noting
             # them before the first row's guard is enough.
             first = (row.source, row.input) not in tried
             tried.add((row.source, row.input))
-            spec: dict[str, Any] = {
+            notes: list[Callable[[Input], None]] = (
+                [actions[a] for a in row.actions_in(Phase.NOTE)] if first else [])
+            before: list[Callable[[Input], None]] = [
+                *(actions[a] for a in row.actions_in(Phase.BEFORE)), partial(self._record, row)]
+            after: list[Callable[[Input], None]] = [
+                actions[a] for a in row.actions_in(Phase.AFTER)]
+            if row.guard is None:
+                before = notes + before
+                notes = []
+            spec: dict[str, object] = {
                 "trigger": row.input.value,
                 "source": row.source.value,
                 "dest": None if row.dest is None else row.dest.value,
-                "prepare": callbacks(Phase.NOTE) if first else [],
-                "before": [*callbacks(Phase.BEFORE), partial(self._record, row)],
-                "after": callbacks(Phase.AFTER)
-                + ([self._notify] if row.dest is not None else []),
+                "prepare": [_in_order(notes)] if notes else [],
+                "before": [_in_order(before)],
+                "after": [_in_order(after)] if after else [],
             }
             if row.guard is not None:
                 name = row.guard.lstrip("!")
                 spec["unless" if row.guard.startswith("!") else "conditions"] = [
-                    getattr(self, f"_guard_{name}")
-                ]
+                    self._guards[name]]
             specs.append(spec)
         return specs
 
+    def _state_callback(self, steps: Sequence[StateAction]) -> Callable[[Input], None] | None:
+        """A state's entry (or exit) actions as one callback, each run when its guard holds."""
+        if not steps:
+            return None
+        plan = [(self._actions[step.action],
+                 None if step.guard is None else self._guards[step.guard.lstrip("!")],
+                 step.guard is None or not step.guard.startswith("!"))
+                for step in steps]
+
+        def run(inp: Input) -> None:
+            for action, guard, wanted in plan:
+                if guard is None or guard(inp) is wanted:
+                    action(inp)
+
+        return run
+
     # -- guards ---------------------------------------------------------------------
 
-    def _guard_retries_left(self, event: EventData) -> bool:
+    def _retries_left(self, inp: Input) -> bool:
         return not self.policy.backoff.exhausted(self.attempt)
 
-    def _guard_farms_broken(self, event: EventData) -> bool:
+    def _farms_broken(self, inp: Input) -> bool:
         return bool(self._session.broken_farms) or self._session.server_link_broken
 
-    def _guard_link_lost(self, event: EventData) -> bool:
+    def _link_lost(self, inp: Input) -> bool:
         return self._session.link_lost
 
-    def _guard_controller_configured(self, event: EventData) -> bool:
+    def _all_clear(self, inp: Input) -> bool:
+        session = self._session
+        return not (session.link_lost or session.broken_farms or session.server_link_broken)
+
+    def _controller_configured(self, inp: Input) -> bool:
         return self.controller_configured
 
     def _cooldown_over(self) -> bool:
@@ -315,24 +321,35 @@ class ConnectionMachine:
         return last is None or (
             self._clock.monotonic() - last >= self.policy.restart_cooldown)
 
-    def _guard_wedged(self, event: EventData) -> bool:
-        return (self.controller_configured and self.wedge_signs >= self.policy.restart_after
-                and self._cooldown_over())
+    def _wedged(self, inp: Input) -> bool:
+        return (self.controller_configured and self.endpoint_proven
+                and self.wedge_signs >= self.policy.restart_after and self._cooldown_over())
 
-    def _guard_link_stuck(self, event: EventData) -> bool:
+    def _silent_unproven(self, inp: Input) -> bool:
+        return inp.costly and not self.endpoint_proven and not self._warned_not_api
+
+    def _link_stuck(self, inp: Input) -> bool:
         return (self.controller_configured and self._cooldown_over()
                 and not self.policy.in_reset_window(self._clock.wall()))
 
+    def _same_client_id_again(self, inp: Input) -> bool:
+        return (self._retries_left(inp)
+                and self._same_id_failures < self.policy.same_client_id_retries)
+
+    def _fallback_client_id(self, inp: Input) -> bool:
+        return self._retries_left(inp) and len(self.client_ids) > 1
+
+    def _costly(self, inp: Input) -> bool:
+        return inp.costly
+
+    def _in_reset_window(self, inp: Input) -> bool:
+        return self.policy.in_reset_window(self._clock.wall())
+
     # -- recording --------------------------------------------------------------------
 
-    def _record(self, row: Row, event: EventData) -> None:
-        """Journal the input and, for a move, record and log the transition."""
-        inp: Input = event.kwargs["inp"]
+    def _record(self, row: Row, inp: Input) -> None:
+        """Record and log the transition of a move; log a stay at DEBUG."""
         self.last_row = row
-        now = self._clock.monotonic()
-        source = _STATE_BY_VALUE[self._model.state]
-        if self.record_journal:
-            self.journal.append(JournalEntry(now, inp, row.dest or source))
         if row.dest is None:
             # Farm notices take this path at every connect: build nothing
             # unless the line is wanted.
@@ -340,10 +357,11 @@ class ConnectionMachine:
                 logger.debug("%s in %s: %s%s", inp.kind.value, self._model.state,
                              "ignored, " if row.ignored else "", row.note)
             return
+        source = _STATE_BY_VALUE[self._model.state]
         cause = inp.message or row.note
         delay = self._retry_delay if row.dest is ConnectionState.BACKOFF else None
         transition = Transition(
-            source=source, dest=row.dest, trigger=inp.kind, at=now,
+            source=source, dest=row.dest, trigger=inp.kind, at=self._clock.monotonic(),
             cause=cause, code=inp.code, attempt=self.attempt, delay=delay,
         )
         self._made = transition
@@ -364,157 +382,181 @@ class ConnectionMachine:
             extra={"ibkr": transition.to_json()},
         )
 
-    def _notify(self, event: EventData) -> None:
-        """Tell the listeners about the transition just made (after its actions)."""
-        transition = self._made
-        if transition is None:  # pragma: no cover - _record runs before every move
-            return
-        for listener in list(self._listeners):
-            try:
-                listener(transition)
-            except Exception:
-                logger.exception("state change listener %r failed", listener)
+    def _effect(self, name: str, *args: float) -> None:
+        self._out.append(Effect(name, args) if args else _BARE[name])
 
-    def _effect(self, name: str, *args: Any) -> None:
-        try:
-            getattr(self._effects, name)(*args)
-        except Exception:
-            logger.exception("effect %s failed (effects must not raise)", name)
+    # -- actions: notes -------------------------------------------------------------------
 
-    # -- actions named in the table: notes ----------------------------------------------
+    def _note_farm_broken(self, inp: Input) -> None:
+        if inp.farm:
+            self._session.broken_farms.add(inp.farm)
 
-    def _do_note_farm_broken(self, event: EventData) -> None:
-        farm = event.kwargs["inp"].farm
-        if farm:
-            self._session.broken_farms.add(farm)
+    def _note_farm_ok(self, inp: Input) -> None:
+        if inp.farm:
+            self._session.broken_farms.discard(inp.farm)
 
-    def _do_note_farm_ok(self, event: EventData) -> None:
-        farm = event.kwargs["inp"].farm
-        if farm:
-            self._session.broken_farms.discard(farm)
-
-    def _do_note_server_link_broken(self, event: EventData) -> None:
+    def _note_server_link_broken(self, inp: Input) -> None:
         self._session.server_link_broken = True
 
-    def _do_note_link_lost(self, event: EventData) -> None:
+    def _note_link_lost(self, inp: Input) -> None:
         self._session.link_lost = True
 
-    def _do_note_link_restored(self, event: EventData) -> None:
+    def _note_link_restored(self, inp: Input) -> None:
         self._session.link_lost = False
         self._session.server_link_broken = False
 
-    def _do_note_wedge_sign(self, event: EventData) -> None:
-        inp: Input = event.kwargs["inp"]
+    def _note_wedge_sign(self, inp: Input) -> None:
         if inp.kind is InputKind.HEARTBEAT_MISSED or inp.costly:
             self.wedge_signs += 1
         else:
-            # Refused: the gateway is down (restarting already), not wedged.
+            # Refused: the gateway is down (restarting already), not wedged;
+            # the one that comes up must give a session before it counts as
+            # proven (it may sit at its login, 2FA pending, for minutes).
             self.wedge_signs = 0
+            self.endpoint_proven = False
 
-    def _do_note_port(self, event: EventData) -> None:
-        port = event.kwargs["inp"].port
+    def _note_port(self, inp: Input) -> None:
+        port = inp.port
         if port is None:
             return
         if port != self.port:
             logger.warning("API port reset: next attempt uses port %d (was %d)", port, self.port)
+            # A new endpoint: no session was had on it yet.
+            self.endpoint_proven = False
         self.port = port
 
-    # -- actions named in the table: attempts and delays ----------------------------------
+    # -- actions: attempts and delays ----------------------------------------------------
 
-    def _do_first_attempt(self, event: EventData) -> None:
+    def _first_attempt(self, inp: Input) -> None:
         self._reset_counters()
         self.attempt = 1
 
-    def _do_count_attempt(self, event: EventData) -> None:
+    def _count_attempt(self, inp: Input) -> None:
         self.attempt += 1
 
-    def _do_draw_delay(self, event: EventData) -> None:
-        self._draw(costly=event.kwargs["inp"].costly)
+    def _warn_not_an_api_port(self, inp: Input) -> None:
+        self._warned_not_api = True
+        logger.warning(
+            "%s:%d accepts connections but did not answer the API handshake: not a TWS API "
+            "port? (%s) The gateway is not restarted: this manager never had a session on "
+            "%s:%d. Check the port (TWS 7497/7496, IB Gateway 4002/4001) and that the API "
+            "is enabled; a gateway still logging in (2FA) answers once logged in.",
+            self.host, self.port, inp.message or "no handshake", self.host, self.port)
 
-    def _do_draw_costly_delay(self, event: EventData) -> None:
+    def _draw_delay(self, inp: Input) -> None:
+        self._draw(costly=False)
+
+    def _draw_costly_delay(self, inp: Input) -> None:
         self._draw(costly=True)
 
     def _draw(self, costly: bool) -> None:
         self._failures += 1
         self._retry_delay = self.policy.backoff.delay(self._failures, costly, self._rng)
 
-    def _do_retry_at_once(self, event: EventData) -> None:
+    def _retry_at_once(self, inp: Input) -> None:
         self._retry_delay = 0.0
 
-    def _do_reset_backoff(self, event: EventData) -> None:
+    def _reset_backoff(self, inp: Input) -> None:
         self._reset_counters()
 
     def _reset_counters(self) -> None:
+        self._warned_not_api = False
         self.attempt = 0
         self._failures = 0
         self._same_id_failures = 0
 
-    def _do_forget_wedge_signs(self, event: EventData) -> None:
+    def _forget_wedge_signs(self, inp: Input) -> None:
         self.wedge_signs = 0
 
-    def _do_next_client_id(self, event: EventData) -> None:
+    def _note_endpoint_proven(self, inp: Input) -> None:
+        self.endpoint_proven = True
+
+    def _forget_endpoint(self, inp: Input) -> None:
+        self.endpoint_proven = False
+
+    def _retry_same_client_id(self, inp: Input) -> None:
         self._same_id_failures += 1
-        if self._same_id_failures <= self.policy.same_client_id_retries:
-            logger.warning("client id %d in use: retrying the same id", self.client_id)
-            return
+        logger.warning("client id %d in use: retrying the same id", self.client_id)
+
+    def _next_client_id(self, inp: Input) -> None:
         self._same_id_failures = 0
-        if len(self.client_ids) == 1:
-            logger.warning("client id %d in use and no fallback ids configured", self.client_id)
-            return
         old = self.client_id
         self._client_index = (self._client_index + 1) % len(self.client_ids)
         logger.warning("client id %d in use: falling back to client id %d", old, self.client_id)
 
-    # -- actions named in the table: effects -----------------------------------------------
+    def _keep_client_id(self, inp: Input) -> None:
+        self._same_id_failures = 0
+        logger.warning("client id %d in use and no fallback ids configured", self.client_id)
 
-    def _do_select_account(self, event: EventData) -> None:
+    # -- actions: effects of a row -------------------------------------------------------
+
+    def _select_account(self, inp: Input) -> None:
         self._effect("select_account")
 
-    def _do_restore_subscriptions(self, event: EventData) -> None:
-        self._effect("restore_subscriptions")
+    def _issue_subscriptions(self, inp: Input) -> None:
+        self._out.append(_ISSUE_ON_NEW_SESSION)
 
-    def _do_issue_new_subscriptions(self, event: EventData) -> None:
+    def _restore_subscriptions(self, inp: Input) -> None:
+        self._out.append(_ISSUE_AGAIN)
+
+    def _issue_new_subscriptions(self, inp: Input) -> None:
         self._effect("issue_new_subscriptions")
 
-    def _do_start_heartbeat(self, event: EventData) -> None:
+    def _start_heartbeat(self, inp: Input) -> None:
         self._effect("start_heartbeat")
 
-    def _do_probe_gateway(self, event: EventData) -> None:
+    def _begin_session(self, inp: Input) -> None:
+        self._out.append(_BARE["begin_session"])
+
+    def _end_session(self, inp: Input) -> None:
+        self._out.append(_BARE["end_session"])
+
+    def _probe_gateway(self, inp: Input) -> None:
         self._effect("probe_gateway", self.port, self.policy.backoff.max_delay)
 
-    def _do_reconnect_data(self, event: EventData) -> None:
+    def _reconnect_data(self, inp: Input) -> None:
         logger.warning("a data farm has been broken for %.0fs (%s): asking the controller "
                        "to reconnect the data farms", self.policy.farm_reconnect_after,
                        ", ".join(sorted(self._session.broken_farms)) or "server link")
         self._effect("send_reconnect_data")
 
-    # -- entry and exit actions -------------------------------------------------------
+    # -- actions: entry and exit of the states -----------------------------------------------
 
-    def _enter_disconnected(self, event: EventData) -> None:
-        self._stop_everything()
-
-    def _enter_failed(self, event: EventData) -> None:
-        self._stop_everything()
-
-    def _stop_everything(self) -> None:
-        self._effect("cancel_retry")
-        self._effect("cancel_restore_timer")
-        self._effect("stop_heartbeat")
-        self._effect("tear_down")
-
-    def _enter_connecting(self, event: EventData) -> None:
+    def _forget_session(self, inp: Input) -> None:
         self._session = _Session()
+
+    def _start_attempt(self, inp: Input) -> None:
         self._effect("start_attempt", self.attempt, self.client_id, self.port)
 
-    def _enter_backoff(self, event: EventData) -> None:
-        self._effect("stop_heartbeat")
-        self._effect("tear_down")
+    def _schedule_retry(self, inp: Input) -> None:
         self._effect("schedule_retry", self._retry_delay)
 
-    def _exit_backoff(self, event: EventData) -> None:
+    def _cancel_retry(self, inp: Input) -> None:
         self._effect("cancel_retry")
 
-    def _enter_restarting(self, event: EventData) -> None:
+    def _start_restore_timer(self, inp: Input) -> None:
+        timeout = self.policy.restore_timeout
+        logger.warning("TWS lost IB: waiting up to %.0fs for it to restore", timeout)
+        self._effect("start_restore_timer", timeout)
+
+    def _start_maintenance_restore_timer(self, inp: Input) -> None:
+        timeout = self.policy.maintenance_restore_timeout
+        logger.warning(
+            "TWS lost IB inside a scheduled reset window: expected maintenance, "
+            "waiting up to %.0fs for it to restore", timeout,
+        )
+        self._effect("start_restore_timer", timeout)
+
+    def _cancel_restore_timer(self, inp: Input) -> None:
+        self._effect("cancel_restore_timer")
+
+    def _stop_heartbeat(self, inp: Input) -> None:
+        self._effect("stop_heartbeat")
+
+    def _tear_down(self, inp: Input) -> None:
+        self._effect("tear_down")
+
+    def _count_restart(self, inp: Input) -> None:
         self.restarts += 1
         self._last_restart_at = self._clock.monotonic()
         signs, self.wedge_signs = self.wedge_signs, 0
@@ -525,71 +567,122 @@ class ConnectionMachine:
             self.restarts, row.note if row is not None else "", signs,
             self.policy.restart_wait,
         )
-        self._effect("stop_heartbeat")
-        self._effect("tear_down")
+
+    def _start_restart_timer(self, inp: Input) -> None:
         self._effect("start_restart_timer", self.policy.restart_wait)
+
+    def _send_restart(self, inp: Input) -> None:
         self._effect("send_restart")
 
-    def _exit_restarting(self, event: EventData) -> None:
+    def _cancel_restart_timer(self, inp: Input) -> None:
         self._effect("cancel_restart_timer")
+
+    def _cancel_probe(self, inp: Input) -> None:
         self._effect("cancel_probe")
 
-    def _enter_degraded(self, event: EventData) -> None:
-        if self.controller_configured:
-            self._effect("start_farm_timer", self.policy.farm_reconnect_after)
+    def _start_farm_timer(self, inp: Input) -> None:
+        self._effect("start_farm_timer", self.policy.farm_reconnect_after)
 
-    def _exit_degraded(self, event: EventData) -> None:
-        if self.controller_configured:
-            self._effect("cancel_farm_timer")
-
-    def _enter_lost(self, event: EventData) -> None:
-        policy = self.policy
-        if policy.in_reset_window(self._clock.wall()):
-            timeout = policy.maintenance_restore_timeout
-            logger.warning(
-                "TWS lost IB inside a scheduled reset window: expected maintenance, "
-                "waiting up to %.0fs for it to restore", timeout,
-            )
-        else:
-            timeout = policy.restore_timeout
-            logger.warning("TWS lost IB: waiting up to %.0fs for it to restore", timeout)
-        self._effect("start_restore_timer", timeout)
-
-    def _exit_lost(self, event: EventData) -> None:
-        self._effect("cancel_restore_timer")
+    def _cancel_farm_timer(self, inp: Input) -> None:
+        self._effect("cancel_farm_timer")
 
 
-def __getattr__(name: str) -> Any:
-    """Serve :func:`~ibkr_connection.journal.replay_journal` from here too.
+def _in_order(functions: Sequence[Callable[[Input], None]]) -> Callable[[Input], None]:
+    """One callable running ``functions`` in order (the function itself if it is alone)."""
+    if len(functions) == 1:
+        return functions[0]
+    ordered = tuple(functions)
 
-    The journal module builds machines, so it imports this one: importing it
-    back at the top would be circular.
-    """
-    if name == "replay_journal":
-        from ibkr_connection.journal import replay_journal
+    def run(inp: Input) -> None:
+        for function in ordered:
+            function(inp)
 
-        return replay_journal
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return run
 
 
-__all__ = [
-    "ACTIONS",
-    "DELAY_ACTIONS",
-    "GUARDS",
-    "SESSION_STATES",
-    "TABLE",
-    "USABLE_STATES",
-    "Action",
-    "ConnectionMachine",
-    "ConnectionState",
-    "Effects",
-    "Input",
-    "InputKind",
-    "JournalEntry",
-    "Phase",
-    "Row",
-    "Transition",
-    "check_table",
-    "outcome",
-    "replay_journal",
-]
+def _bind(function: Callable[[ConnectionMachine, Input], _R], machine: ConnectionMachine,
+          ) -> Callable[[Input], _R]:
+    """``function`` with the machine bound: a callable of the input alone."""
+    return function.__get__(machine)  # type: ignore[no-any-return]
+
+
+_M = ConnectionMachine
+
+#: restore_subscriptions(fresh_session): on a new session, or again after a 1101.
+_ISSUE_ON_NEW_SESSION = Effect("restore_subscriptions", (True,))
+_ISSUE_AGAIN = Effect("restore_subscriptions", (False,))
+
+#: The effects without arguments, built once (a connect asks for several).
+_BARE = {name: Effect(name) for name in (
+    "select_account", "issue_new_subscriptions", "start_heartbeat",
+    "send_reconnect_data", "cancel_retry", "cancel_restore_timer", "stop_heartbeat",
+    "tear_down", "send_restart", "cancel_restart_timer", "cancel_probe", "cancel_farm_timer",
+    "begin_session", "end_session")}
+
+#: Every action of :data:`~ibkr_connection.table.ACTIONS` and the function performing it.
+ACTION_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], None]] = {
+    "note_farm_broken": _M._note_farm_broken,
+    "note_farm_ok": _M._note_farm_ok,
+    "note_server_link_broken": _M._note_server_link_broken,
+    "note_link_lost": _M._note_link_lost,
+    "note_link_restored": _M._note_link_restored,
+    "note_port": _M._note_port,
+    "note_wedge_sign": _M._note_wedge_sign,
+    "first_attempt": _M._first_attempt,
+    "count_attempt": _M._count_attempt,
+    "warn_not_an_api_port": _M._warn_not_an_api_port,
+    "draw_delay": _M._draw_delay,
+    "draw_costly_delay": _M._draw_costly_delay,
+    "retry_at_once": _M._retry_at_once,
+    "reset_backoff": _M._reset_backoff,
+    "select_account": _M._select_account,
+    "issue_subscriptions": _M._issue_subscriptions,
+    "restore_subscriptions": _M._restore_subscriptions,
+    "issue_new_subscriptions": _M._issue_new_subscriptions,
+    "start_heartbeat": _M._start_heartbeat,
+    "forget_wedge_signs": _M._forget_wedge_signs,
+    "note_endpoint_proven": _M._note_endpoint_proven,
+    "forget_endpoint": _M._forget_endpoint,
+    "begin_session": _M._begin_session,
+    "end_session": _M._end_session,
+    "probe_gateway": _M._probe_gateway,
+    "reconnect_data": _M._reconnect_data,
+    "retry_same_client_id": _M._retry_same_client_id,
+    "next_client_id": _M._next_client_id,
+    "keep_client_id": _M._keep_client_id,
+    "forget_session": _M._forget_session,
+    "start_attempt": _M._start_attempt,
+    "schedule_retry": _M._schedule_retry,
+    "cancel_retry": _M._cancel_retry,
+    "start_restore_timer": _M._start_restore_timer,
+    "start_maintenance_restore_timer": _M._start_maintenance_restore_timer,
+    "cancel_restore_timer": _M._cancel_restore_timer,
+    "stop_heartbeat": _M._stop_heartbeat,
+    "tear_down": _M._tear_down,
+    "count_restart": _M._count_restart,
+    "start_restart_timer": _M._start_restart_timer,
+    "send_restart": _M._send_restart,
+    "cancel_restart_timer": _M._cancel_restart_timer,
+    "cancel_probe": _M._cancel_probe,
+    "start_farm_timer": _M._start_farm_timer,
+    "cancel_farm_timer": _M._cancel_farm_timer,
+}
+
+#: Every guard of :data:`~ibkr_connection.table.GUARDS` and the function asking it.
+GUARD_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], bool]] = {
+    "retries_left": _M._retries_left,
+    "farms_broken": _M._farms_broken,
+    "link_lost": _M._link_lost,
+    "all_clear": _M._all_clear,
+    "wedged": _M._wedged,
+    "silent_unproven": _M._silent_unproven,
+    "link_stuck": _M._link_stuck,
+    "controller_configured": _M._controller_configured,
+    "costly": _M._costly,
+    "same_client_id_again": _M._same_client_id_again,
+    "fallback_client_id": _M._fallback_client_id,
+    "in_reset_window": _M._in_reset_window,
+}
+
+
+__all__ = ["ACTION_FUNCTIONS", "GUARD_FUNCTIONS", "ConnectionMachine"]

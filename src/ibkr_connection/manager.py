@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -37,14 +38,9 @@ from ibkr_connection.errors import (
 )
 from ibkr_connection.inflight import CANCEL, MODIFY, PLACE, GatewayRecord, InFlightOrders
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.journal import JournalWriter, replay_journal
-from ibkr_connection.machine import (
-    SESSION_STATES,
-    USABLE_STATES,
-    ConnectionMachine,
-    ConnectionState,
-    Transition,
-)
+from ibkr_connection.journal import JournalWriter
+from ibkr_connection.machine import ConnectionMachine
+from ibkr_connection.outputs import Transition
 from ibkr_connection.subscriptions import (
     AccountUpdatesSubscription,
     CallableSubscription,
@@ -53,6 +49,7 @@ from ibkr_connection.subscriptions import (
     Subscription,
     SubscriptionRegistry,
 )
+from ibkr_connection.table import USABLE_STATES, ConnectionState
 
 logger = logging.getLogger(__name__)
 
@@ -126,14 +123,20 @@ class ConnectionManager:
         self.subscriptions = SubscriptionRegistry(
             on_failed=self.subscriptionFailedEvent.emit, on_restored=self._on_restored)
         self._driver = Driver(ib, config, self._clock, self._feed, self.subscriptions,
-                              self.heartbeatEvent.emit, controller=controller)
+                              self.heartbeatEvent.emit, controller=controller,
+                              commands={"end_session": self._orders_session_ended,
+                                        "begin_session": self._session_began})
+        #: A begin_session effect was carried out: settle the orders after the listeners.
+        self._resolve_due = False
         self._machine = ConnectionMachine(
-            self._driver, self._clock, port=self.config.port,
+            self._clock, port=self.config.port,
             client_ids=self.config.client_ids, policy=self.config.policy,
             record_journal=journal is not None,
-            controller_configured=controller is not None,
+            controller_configured=controller is not None, host=self.config.host,
         )
-        self._machine.add_listener(self._on_transition)
+        #: Inputs waiting for the step being carried out to end.
+        self._inputs: deque[Input] = deque()
+        self._stepping = False
         self._stopped = False
         self._waiters: list[
             tuple[frozenset[ConnectionState], asyncio.Future[ConnectionState]]] = []
@@ -425,22 +428,53 @@ class ConnectionManager:
         if self._stopped and inp.kind is not InputKind.DISCONNECT:
             logger.debug("manager stopped: %s dropped", inp.kind.value)
             return self._machine.state
+        if self._stepping:
+            # It arose while a step's effects or listeners ran (the close that
+            # a tear-down causes, a timer due at once, a stateChangeEvent
+            # handler's request): it is fed after that step, never inside it.
+            self._inputs.append(inp)
+            return self._machine.state
+        self._stepping = True
         try:
-            self._machine.handle(inp)
+            state = self._step(inp)
+            inputs = self._inputs
+            while inputs:
+                state = self._step(inputs.popleft())
+        finally:
+            self._stepping = False
+        return state
+
+    def _step(self, inp: Input) -> ConnectionState:
+        """Feed one input; journal it; carry out its effects; tell the listeners.
+
+        Returns:
+            The state after the input.
+        """
+        try:
+            step = self._machine.handle(inp)
         except Exception:
             logger.exception("the machine failed to handle %s", inp)
+            return self._machine.state
         if self._journal is not None:
             self._flush_journal()
-        return self._machine.state
+        if step.effects:
+            self._driver.perform(step.effects)
+        if step.transition is not None:
+            try:
+                self._on_transition(step.transition)
+            except Exception:
+                logger.exception("state change listeners failed on %s", step.transition)
+        if self._resolve_due:
+            # begin_session: the orders are settled once the bot heard of the
+            # new session (orderResolvedEvent after its stateChangeEvent).
+            self._resolve_due = False
+            self._resolve_orders()
+        return step.state
 
     def _on_transition(self, transition: Transition) -> None:
         if transition.dest is ConnectionState.FAILED and self._failure is None:
             self._failure = self._driver.last_error
-        if transition.source in SESSION_STATES and transition.dest not in SESSION_STATES:
-            self._orders_session_ended()
         self.stateChangeEvent.emit(transition)
-        if transition.source is ConnectionState.CONNECTING and transition.dest in SESSION_STATES:
-            self._resolve_orders()
         for targets, future in list(self._waiters):
             if transition.dest in targets and not future.done():
                 future.set_result(transition.dest)
@@ -461,6 +495,9 @@ class ConnectionManager:
         if trades:
             adapter.forget_trades(self.ib, trades)
             self.ordersUncertainEvent.emit(trades)
+
+    def _session_began(self) -> None:
+        self._resolve_due = True
 
     def _resolve_orders(self) -> None:
         if not self.in_flight.uncertain:
@@ -524,4 +561,4 @@ def refuse_inside_loop(what: str, instead: str) -> None:
     )
 
 
-__all__ = ["USABLE_STATES", "ConnectionManager", "refuse_inside_loop", "replay_journal"]
+__all__ = ["ConnectionManager", "refuse_inside_loop"]

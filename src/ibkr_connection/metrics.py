@@ -42,7 +42,8 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 
 from ibkr_connection.errors import ConfigError
 from ibkr_connection.health import METRICS_CONTENT_TYPE, HealthServer
-from ibkr_connection.machine import USABLE_STATES, ConnectionState, Transition
+from ibkr_connection.outputs import Transition
+from ibkr_connection.table import USABLE_STATES, ConnectionState
 
 logger = logging.getLogger(__name__)
 

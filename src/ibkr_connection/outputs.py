@@ -1,10 +1,14 @@
-"""What the connection machine gives out: requests to act, and records of what it did.
+"""What the connection machine gives out: what to do, and records of what it did.
 
-:class:`Effects` is the port through which the machine's actions ask the
-outside world to do things (the asyncio driver implements it; a test records
-the calls). :class:`Transition` is one entry of the machine's transcript,
-:class:`JournalEntry` one of its journal. Plain data and a protocol, no I/O;
-:mod:`ibkr_connection.inputs` is the other side: what comes in.
+:meth:`~ibkr_connection.machine.ConnectionMachine.handle` returns a
+:class:`Step`: the :class:`Transition` made (or None) and the effects asked
+for, in order, each an :class:`Effect` (a command's name and its arguments,
+plain data). The machine performs none of them: the asyncio driver carries
+them out after the step, through the commands of :class:`Effects` (the
+driver implements it; a test records the effects instead).
+:class:`JournalEntry` is one line of the machine's journal. Plain data and a
+protocol, no I/O; :mod:`ibkr_connection.inputs` is the other side: what
+comes in.
 """
 
 from __future__ import annotations
@@ -14,14 +18,39 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ibkr_connection.inputs import Input, InputKind
-    from ibkr_connection.machine import ConnectionState
+    from ibkr_connection.table import ConnectionState
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """One command a step asks for: the name of an :class:`Effects` method and its arguments.
+
+    Attributes:
+        name: the command (``"start_attempt"``, ``"schedule_retry"``, ...).
+        args: its arguments, in order (numbers and flags only: plain data).
+    """
+
+    name: str
+    args: tuple[float | int, ...] = ()
+
+    def to_json(self) -> list[object]:
+        """Return ``[name, *args]``, as the journal writes it."""
+        return [self.name, *self.args]
+
+    @classmethod
+    def from_json(cls, data: list[object]) -> Effect:
+        """Rebuild an effect written by :meth:`to_json`."""
+        name, *args = data
+        return cls(str(name), tuple(a for a in args if isinstance(a, (int, float))))
 
 
 class Effects(Protocol):
-    """What the machine's actions ask the outside world to do.
+    """The commands an :class:`Effect` may name, and what each does.
 
-    The driver implements it. Every method starts work and returns at once;
-    results come back as inputs. Implementations must not raise.
+    The driver implements them and carries out each step's effects after
+    :meth:`~ibkr_connection.machine.ConnectionMachine.handle` returned. Every
+    method starts work and returns at once; results come back as inputs, fed
+    after the step. Implementations must not raise.
     """
 
     def start_attempt(self, attempt: int, client_id: int, port: int) -> None:
@@ -42,8 +71,9 @@ class Effects(Protocol):
     def select_account(self) -> None:
         """Apply the account chosen during the attempt (account updates etc.)."""
 
-    def restore_subscriptions(self) -> None:
-        """(Re-)issue every subscription the bot registered."""
+    def restore_subscriptions(self, fresh_session: bool) -> None:
+        """Issue every subscription the bot registered: on a new session
+        (``fresh_session``), or again after a 1101 dropped them."""
 
     def issue_new_subscriptions(self) -> None:
         """Issue the subscriptions added since the session came up."""
@@ -76,6 +106,14 @@ class Effects(Protocol):
 
     def send_reconnect_data(self) -> None:
         """Ask the controller to reconnect the data farms (logged, no input)."""
+
+    def begin_session(self) -> None:
+        """Settle the orders a dropped session left uncertain (the manager's order
+        tracker, after the step's stateChangeEvent)."""
+
+    def end_session(self) -> None:
+        """Name the orders whose last request got no answer (the manager's order
+        tracker, before the step's stateChangeEvent)."""
 
     def start_farm_timer(self, timeout: float) -> None:
         """Feed ``farm_reconnect_due`` after ``timeout`` seconds."""
@@ -128,12 +166,34 @@ class Transition:
 
 
 @dataclass(frozen=True, slots=True)
+class Step:
+    """What one input did: the result of :meth:`ConnectionMachine.handle`.
+
+    Attributes:
+        input: the input handled.
+        transition: the change of state it made, or None (a stay or an ignore).
+        effects: what the driver is to do now, in order.
+        state: the state after the input.
+    """
+
+    input: Input
+    transition: Transition | None
+    effects: tuple[Effect, ...]
+    state: ConnectionState
+
+
+@dataclass(frozen=True, slots=True)
 class JournalEntry:
-    """One handled input: what came in, when, and the state it left."""
+    """One handled input: what came in, when, the state it left and the effects it asked for.
+
+    ``effects`` is None for an entry read from a journal written before effects
+    were journaled: a replay then compares the states only.
+    """
 
     at: float
     input: Input
     state: ConnectionState
+    effects: tuple[Effect, ...] | None = None
 
 
-__all__ = ["Effects", "JournalEntry", "Transition"]
+__all__ = ["Effect", "Effects", "JournalEntry", "Step", "Transition"]

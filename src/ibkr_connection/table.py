@@ -14,6 +14,22 @@ a stay with actions, or an ignore with a logged reason. IB can send any code at
 any time, so no input ever raises. :func:`check_table` holds the table to its
 rules when this module is imported.
 
+When is a gateway wedged? Only where this manager has had a session. An
+endpoint (host:port) is *proven* once an attempt succeeded on it; a 1300 to
+another port, a refused connect (the gateway's process is down: whatever
+comes up there next is a new process) and a restart the controller accepted
+make it unproven again. Silence (a socket accepted, no handshake or sync) on
+a proven endpoint is a wedge sign; on an unproven one it is a wrong port (a
+web server, another service) or a gateway still logging in, and the
+``silent_unproven`` row warns once per series ("not a TWS API port?") and never
+restarts. A gateway that IBC starts, or restarts (its nightly restart, or
+ours), with 2FA pending either refuses the API port (ib-gateway-docker #227:
+"client connection refused" until the login completes), which is cheap and
+never a wedge sign, or, behind a relay such as the docker images' socat,
+accepts and closes or stays silent: after the refusal or the restart that
+preceded it the endpoint is unproven, so it is never restarted for a login
+that takes long; the first session proves it again.
+
 Nothing here runs anything: :class:`~ibkr_connection.machine.ConnectionMachine`
 builds a ``transitions`` machine from these tables and performs the actions.
 A new IB code is a row of :data:`ibkr_connection.codes.CODES`; a new input, a
@@ -96,6 +112,9 @@ class Phase(str, Enum):
     BEFORE = "before"
     #: After the move and its entry actions: effects of the new session.
     AFTER = "after"
+    #: An entry or exit action of a state (:data:`ENTRY`, :data:`EXIT`): run
+    #: on every move into (out of) the state, never by a row.
+    STATE = "state"
 
 
 @dataclass(frozen=True)
@@ -103,8 +122,8 @@ class Action:
     """One action a row may name.
 
     Attributes:
-        name: the name used in :data:`TABLE`; ``ConnectionMachine._do_<name>``
-            performs it.
+        name: the name used in :data:`TABLE` (or :data:`ENTRY`, :data:`EXIT`);
+            ``machine.ACTION_FUNCTIONS[name]`` performs it.
         phase: when it runs.
         doc: what it does, for ``diagrams/transitions.md``.
     """
@@ -114,7 +133,7 @@ class Action:
     doc: str
 
 
-_N, _B, _A = Phase.NOTE, Phase.BEFORE, Phase.AFTER
+_N, _B, _A, _E = Phase.NOTE, Phase.BEFORE, Phase.AFTER, Phase.STATE
 
 #: Every action a row may name, in the order the docs list them.
 ACTIONS: dict[str, Action] = {action.name: action for action in (
@@ -125,39 +144,136 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
     Action("note_link_lost", _N, "remember that TWS lost IB (1100)"),
     Action("note_link_restored", _N, "TWS's links are back (1101/1102): forget a 1100 and a "
                                      "2110"),
-    Action("note_port", _N, "the next attempt uses the port the input names (1300)"),
+    Action("note_port", _N, "the next attempt uses the port the input names (1300); a new "
+                            "port is a new endpoint, unproven until a session comes up on it"),
     Action("note_wedge_sign", _N, "count a sign of a wedged gateway: a heartbeat miss, or "
                                   "an attempt that reached the socket and got no handshake "
                                   "(within handshake_timeout) or no startup sync (classified "
                                   "costly); a refused connect "
-                                  "(cheap: the gateway is down, not wedged) clears the count"),
+                                  "(cheap: the gateway is down, not wedged) clears the count, "
+                                  "and the endpoint is unproven again (the gateway that comes "
+                                  "up there must give a session before it can be restarted)"),
     Action("first_attempt", _B, "a user's connect starts a fresh series: attempt 1, no "
                                 "failure counted, the client id's 326 retries forgotten"),
     Action("count_attempt", _B, "count the attempt about to start"),
-    Action("draw_delay", _B, "count a failure and draw the delay before the next attempt: "
-                             "the costly schedule if the input is classified costly (the "
-                             "attempt cost the gateway a handshake), else the cheap one; "
-                             "jittered"),
+    Action("warn_not_an_api_port", _B, "log one WARNING per series: host:port accepts sockets "
+                                       "but answers no API handshake, \"not a TWS API port?\"; "
+                                       "the gateway is not restarted, no session was had there"),
+    Action("draw_delay", _B, "count a failure and draw the delay before the next attempt "
+                             "from the cheap schedule (a refused connect, a closed socket: "
+                             "they cost the gateway next to nothing); jittered"),
     Action("draw_costly_delay", _B, "count a failure and draw the delay from the costly "
-                                    "schedule, whatever the input says; jittered"),
+                                    "schedule (the failure cost the gateway a handshake, or "
+                                    "it hangs); jittered"),
     Action("retry_at_once", _B, "the next attempt starts without delay; no failure counted"),
     Action("reset_backoff", _A, "a session is up: attempts, failures and the client id's "
                                 "326 retries back to zero"),
     Action("select_account", _A, "effect: apply the account chosen during the attempt"),
-    Action("restore_subscriptions", _A, "effect: (re)issue every registered subscription"),
+    Action("issue_subscriptions", _A, "effect: issue every registered subscription on the "
+                                      "new session"),
+    Action("restore_subscriptions", _A, "effect: issue every registered subscription again: "
+                                        "the gateway dropped them (1101)"),
     Action("issue_new_subscriptions", _A, "effect: issue the subscriptions added since the "
                                           "session came up (the others are already out)"),
     Action("start_heartbeat", _A, "effect: start probing the gateway when it is quiet"),
     Action("forget_wedge_signs", _A, "a session is up (handshake and startup sync done): "
                                      "the count of wedge signs back to zero"),
+    Action("note_endpoint_proven", _A, "a session is up on host:port: the endpoint is proven "
+                                       "a TWS API port, so silence there later is a wedge sign"),
+    Action("forget_endpoint", _A, "the controller restarts the gateway: the one that comes "
+                                  "back must give a session before it can be restarted again "
+                                  "(it may wait for a login, 2FA)"),
+    Action("begin_session", _A, "effect: a session is up, its startup sync done: the order "
+                                "tracker settles the orders a dropped session left "
+                                "uncertain (orderResolvedEvent, after the stateChangeEvent)"),
+    Action("end_session", _A, "effect: the session ended: the order tracker names the orders "
+                              "whose last request got no answer (ordersUncertainEvent, before "
+                              "the stateChangeEvent)"),
     Action("probe_gateway", _A, "effect: the restart was accepted; probe the gateway "
                                 "(TCP connect and API handshake) at the backoff's cheap "
                                 "cadence until it answers"),
     Action("reconnect_data", _A, "effect: ask the controller to reconnect the data farms "
                                  "(IBC's RECONNECTDATA), once per outage"),
-    Action("next_client_id", _A, "326: retry the same client id `same_client_id_retries` "
-                                 "times, then the next configured one"),
+    Action("retry_same_client_id", _A, "326: count a retry of the same client id; log it"),
+    Action("next_client_id", _A, "326: the next configured client id; its retries start "
+                                 "from zero; log it"),
+    Action("keep_client_id", _A, "326: no fallback id is configured: the same id again, its "
+                                 "retries start from zero; log it"),
+    # -- entry and exit actions of the states (ENTRY, EXIT) ---------------------------
+    Action("forget_session", _E, "forget the last session's farm and link status"),
+    Action("start_attempt", _E, "effect: start an attempt with the attempt number, the "
+                                "current client id and port"),
+    Action("schedule_retry", _E, "effect: feed retry_due after the delay the row drew"),
+    Action("cancel_retry", _E, "effect: cancel the scheduled retry"),
+    Action("start_restore_timer", _E, "effect: feed restore_timeout after `restore_timeout`; "
+                                      "log the wait"),
+    Action("start_maintenance_restore_timer", _E, "effect: feed restore_timeout after "
+                                                  "`maintenance_restore_timeout` (IB's reset "
+                                                  "window); log the expected maintenance"),
+    Action("cancel_restore_timer", _E, "effect: cancel the restore timer"),
+    Action("stop_heartbeat", _E, "effect: stop probing the gateway"),
+    Action("tear_down", _E, "effect: cancel the running attempt and close the socket"),
+    Action("count_restart", _E, "count the restart and stamp its time (for "
+                                "`restart_cooldown`), log it with its cause; the wedge signs "
+                                "back to zero"),
+    Action("start_restart_timer", _E, "effect: feed restart_timeout after `restart_wait`"),
+    Action("send_restart", _E, "effect: ask the controller to restart the gateway, once"),
+    Action("cancel_restart_timer", _E, "effect: cancel the restart timer (and a restart "
+                                       "command still waiting for its answer)"),
+    Action("cancel_probe", _E, "effect: stop probing the gateway"),
+    Action("start_farm_timer", _E, "effect: feed farm_reconnect_due after "
+                                   "`farm_reconnect_after`"),
+    Action("cancel_farm_timer", _E, "effect: cancel the farm timer"),
 )}
+
+
+@dataclass(frozen=True)
+class StateAction:
+    """An entry or exit action of a state, with the guard that must hold for it to run.
+
+    Attributes:
+        action: a name of :data:`ACTIONS` whose phase is ``state``.
+        guard: a name of :data:`GUARDS` (``"!name"`` for its negation), or None.
+    """
+
+    action: str
+    guard: str | None = None
+
+    def __str__(self) -> str:
+        return self.action if self.guard is None else f"{self.action} [{self.guard}]"
+
+
+_STOP_EVERYTHING = (StateAction("cancel_retry"), StateAction("cancel_restore_timer"),
+                    StateAction("stop_heartbeat"), StateAction("tear_down"))
+
+#: What each state does when it is entered, in order (a stay enters nothing).
+ENTRY: dict[ConnectionState, tuple[StateAction, ...]] = {
+    ConnectionState.DISCONNECTED: _STOP_EVERYTHING,
+    ConnectionState.CONNECTING: (StateAction("forget_session"), StateAction("start_attempt")),
+    ConnectionState.CONNECTED: (),
+    ConnectionState.DEGRADED: (StateAction("start_farm_timer", "controller_configured"),),
+    ConnectionState.LOST: (StateAction("start_maintenance_restore_timer", "in_reset_window"),
+                           StateAction("start_restore_timer", "!in_reset_window")),
+    ConnectionState.BACKOFF: (StateAction("stop_heartbeat"), StateAction("tear_down"),
+                              StateAction("schedule_retry")),
+    ConnectionState.RESTARTING: (StateAction("count_restart"), StateAction("stop_heartbeat"),
+                                 StateAction("tear_down"), StateAction("start_restart_timer"),
+                                 StateAction("send_restart")),
+    ConnectionState.FAILED: _STOP_EVERYTHING,
+}
+
+#: What each state does when it is left, in order, before the next state's entry.
+EXIT: dict[ConnectionState, tuple[StateAction, ...]] = {
+    ConnectionState.DISCONNECTED: (),
+    ConnectionState.CONNECTING: (),
+    ConnectionState.CONNECTED: (),
+    ConnectionState.DEGRADED: (StateAction("cancel_farm_timer", "controller_configured"),),
+    ConnectionState.LOST: (StateAction("cancel_restore_timer"),),
+    ConnectionState.BACKOFF: (StateAction("cancel_retry"),),
+    ConnectionState.RESTARTING: (StateAction("cancel_restart_timer"),
+                                 StateAction("cancel_probe")),
+    ConnectionState.FAILED: (),
+}
 
 #: The actions that set the delay of a move into ``backoff``; every such row names one.
 DELAY_ACTIONS = ("draw_delay", "draw_costly_delay", "retry_at_once")
@@ -207,8 +323,8 @@ def _rows(
 
 
 #: Actions of a row whose attempt produced a session.
-_ON_SESSION_UP = ("reset_backoff", "forget_wedge_signs", "select_account",
-                  "restore_subscriptions", "start_heartbeat")
+_ON_SESSION_UP = ("reset_backoff", "forget_wedge_signs", "note_endpoint_proven",
+                  "select_account", "issue_subscriptions", "start_heartbeat", "begin_session")
 _ATTEMPT_STATES = (_S.CONNECTING, *SESSION_STATES)
 
 #: The transition table. Order matters only among rows of the same
@@ -224,12 +340,13 @@ TABLE: tuple[Row, ...] = tuple(
     + [Row(_S.DISCONNECTED, _I.DISCONNECT, None, note="already disconnected")]
     # -- attempt results -------------------------------------------------------
     + [
+        # The usual case first: a connect tries one row.
+        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.CONNECTED, "all_clear", _ON_SESSION_UP,
+            "session up: handshake, startup sync and account check done"),
         Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.LOST, "link_lost", _ON_SESSION_UP,
             "session up, but TWS reported 1100 during the attempt"),
-        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.DEGRADED, "farms_broken", _ON_SESSION_UP,
-            "session up with a broken data farm"),
-        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.CONNECTED, None, _ON_SESSION_UP,
-            "session up: handshake, startup sync and account check done"),
+        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.DEGRADED, None, _ON_SESSION_UP,
+            "session up with a broken data farm (or TWS's server link, 2110)"),
     ]
     + _rows([s for s in _ALL_STATES if s is not _S.CONNECTING], _I.ATTEMPT_SUCCEEDED, None,
             "stale result of an attempt that was cancelled")
@@ -238,8 +355,16 @@ TABLE: tuple[Row, ...] = tuple(
             ("note_wedge_sign",), "no attempts left"),
         Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.RESTARTING, "wedged", ("note_wedge_sign",),
             "the gateway takes sockets but answers no handshake or sync: restart it"),
+        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, "silent_unproven",
+            ("note_wedge_sign", "warn_not_an_api_port", "draw_costly_delay"),
+            "something accepts sockets on an endpoint where no session was ever had and "
+            "answers no API handshake: a wrong port, or a gateway still logging in; never "
+            "restart it, warn once"),
+        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, "costly",
+            ("note_wedge_sign", "draw_costly_delay"),
+            "the attempt cost the gateway a handshake: retry after the costly delay"),
         Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, None,
-            ("note_wedge_sign", "draw_delay"), "retry after the backoff delay"),
+            ("note_wedge_sign", "draw_delay"), "refused or cheap: retry after the delay"),
     ]
     + _rows([s for s in _ALL_STATES if s is not _S.CONNECTING], _I.ATTEMPT_FAILED, None,
             "stale result of an attempt that was cancelled")
@@ -352,9 +477,16 @@ TABLE: tuple[Row, ...] = tuple(
     + _rows(_NO_SESSION, _I.PORT_RESET, None, "the next attempt uses the new port",
             actions=("note_port",))
     + [
-        Row(_S.CONNECTING, _I.CLIENT_ID_IN_USE, _S.BACKOFF, "retries_left",
+        Row(_S.CONNECTING, _I.CLIENT_ID_IN_USE, _S.BACKOFF, "same_client_id_again",
+            ("draw_costly_delay", "retry_same_client_id"),
+            "326: client id in use; retry the same id after a delay (the other session "
+            "may be on its way out)"),
+        Row(_S.CONNECTING, _I.CLIENT_ID_IN_USE, _S.BACKOFF, "fallback_client_id",
             ("draw_costly_delay", "next_client_id"),
-            "326: client id in use; retry after a delay"),
+            "326: client id in use; retry with the next configured id after a delay"),
+        Row(_S.CONNECTING, _I.CLIENT_ID_IN_USE, _S.BACKOFF, "retries_left",
+            ("draw_costly_delay", "keep_client_id"),
+            "326: client id in use and no fallback id configured; retry after a delay"),
         Row(_S.CONNECTING, _I.CLIENT_ID_IN_USE, _S.FAILED, note="326 and no attempts left"),
     ]
     + _rows(SESSION_STATES, _I.CLIENT_ID_IN_USE, None,
@@ -369,7 +501,7 @@ TABLE: tuple[Row, ...] = tuple(
             "502/504: the API says it is not connected; reconnect", actions=("draw_delay",))
     + _rows(_NO_SESSION, _I.NOT_CONNECTED, None, "the socket is already down")
     # -- restarting the gateway through its controller ------------------------------
-    + [Row(_S.RESTARTING, _I.RESTART_SENT, None, actions=("probe_gateway",),
+    + [Row(_S.RESTARTING, _I.RESTART_SENT, None, actions=("forget_endpoint", "probe_gateway"),
            note="the controller accepted the restart: wait for the gateway to come back")]
     + _rows([s for s in _ALL_STATES if s is not _S.RESTARTING], _I.RESTART_SENT, None,
             "stale answer to a restart this state no longer waits for")
@@ -398,16 +530,48 @@ TABLE: tuple[Row, ...] = tuple(
             "stale farm timer")
 )
 
+
+
+def _ending_sessions(rows: tuple[Row, ...]) -> tuple[Row, ...]:
+    """Give every row that leaves a session (for a state without one) the action end_session.
+
+    Written once here rather than on each of those rows: a row out of
+    ``connected``, ``degraded`` or ``lost`` into any other state ends the
+    session, whatever its input. :func:`check_table` holds every row to it.
+    """
+    return tuple(
+        Row(row.source, row.input, row.dest, row.guard, (*row.actions, "end_session"), row.note)
+        if row.source in SESSION_STATES and row.dest is not None
+        and row.dest not in SESSION_STATES else row
+        for row in rows)
+
+
+TABLE = _ending_sessions(TABLE)
+
 #: The guards a row may name, and what each asks.
 GUARDS = {
     "retries_left": "the policy allows another attempt (`max_attempts`)",
     "farms_broken": "a data farm, or TWS's link to its server, is noted as broken",
     "link_lost": "a 1100 was noted and no 1101/1102 since",
-    "wedged": "a controller is configured, `restart_cooldown` has passed since the last "
-              "restart, and `restart_after` consecutive wedge signs were counted",
+    "all_clear": "neither link_lost nor farms_broken holds",
+    "wedged": "a controller is configured, the endpoint is proven (this manager had a "
+              "session on host:port and has seen it neither refuse a connect nor restart "
+              "since), `restart_cooldown` has passed since the last restart, and "
+              "`restart_after` consecutive wedge signs were counted",
+    "silent_unproven": "the failed attempt reached a socket and got no handshake or sync "
+                       "(classified costly) on an endpoint that is not proven, and no "
+                       "warning was logged in this series yet",
     "link_stuck": "a controller is configured, `restart_cooldown` has passed since the last "
                   "restart, and the clock is outside IB's reset windows",
     "controller_configured": "a controller (IBC, or a command) can act on the gateway",
+    "costly": "the failed attempt is classified costly (codes.FAILURES): it reached the "
+              "gateway's socket and cost it a handshake",
+    "same_client_id_again": "the policy allows another attempt, and the client id was "
+                            "retried fewer than `same_client_id_retries` times after a 326",
+    "fallback_client_id": "the policy allows another attempt, and more than one client id "
+                          "is configured",
+    "in_reset_window": "the injected clock's time of day is inside one of IB's reset "
+                       "windows (the policy's `reset_windows`)",
 }
 
 
@@ -439,6 +603,14 @@ def check_table(table: Sequence[Row] = TABLE) -> list[str]:
             if len({row.actions_in(Phase.NOTE) for row in rows if
                     all(a in ACTIONS for a in row.actions)}) > 1:
                 problems.append(f"{where}: rows note different facts")
+    for state in ConnectionState:
+        for which, actions in (("entry", ENTRY), ("exit", EXIT)):
+            for step in actions.get(state, ()):
+                where = f"{state.value} {which}"
+                if step.action not in ACTIONS or ACTIONS[step.action].phase is not Phase.STATE:
+                    problems.append(f"{where}: {step.action} is not a state action")
+                if step.guard is not None and step.guard.lstrip("!") not in GUARDS:
+                    problems.append(f"{where}: unknown guard {step.guard}")
     for row in table:
         where = f"{row.source.value} + {row.input.value}"
         if row.guard is not None and row.guard.lstrip("!") not in GUARDS:
@@ -447,6 +619,8 @@ def check_table(table: Sequence[Row] = TABLE) -> list[str]:
         if unknown:
             problems.append(f"{where}: unknown action(s) {', '.join(unknown)}")
             continue
+        if any(ACTIONS[a].phase is Phase.STATE for a in row.actions):
+            problems.append(f"{where}: a state's entry or exit action named by a row")
         phases = [order.index(ACTIONS[a].phase) for a in row.actions]
         if phases != sorted(phases):
             problems.append(f"{where}: actions not listed phase by phase")
@@ -455,6 +629,10 @@ def check_table(table: Sequence[Row] = TABLE) -> list[str]:
             problems.append(f"{where}: a move into backoff needs one of {DELAY_ACTIONS}")
         if row.dest is not _S.BACKOFF and delays:
             problems.append(f"{where}: {delays[0]} outside a move into backoff")
+        leaves = (row.source in SESSION_STATES and row.dest is not None
+                  and row.dest not in SESSION_STATES)
+        if leaves != ("end_session" in row.actions):
+            problems.append(f"{where}: end_session names exactly the rows that end a session")
         counts = {"first_attempt", "count_attempt"} & set(row.actions)
         if (row.dest is _S.CONNECTING) != bool(counts):
             problems.append(f"{where}: only a move into connecting counts an attempt")
@@ -469,6 +647,8 @@ if _PROBLEMS:  # pragma: no cover - guards the table itself
 __all__ = [
     "ACTIONS",
     "DELAY_ACTIONS",
+    "ENTRY",
+    "EXIT",
     "GUARDS",
     "SESSION_STATES",
     "TABLE",
@@ -477,6 +657,7 @@ __all__ = [
     "ConnectionState",
     "Phase",
     "Row",
+    "StateAction",
     "check_table",
     "outcome",
 ]

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from ibkr_connection import ConnectionConfig, ConnectionManager, ConnectionState
-from ibkr_connection.adapter import HandshakeTimeoutError
 from ibkr_connection.codes import classify_failure
+from ibkr_connection.errors import HandshakeTimeoutError
 from ibkr_connection.inputs import InputKind
 from ibkr_connection.simulator import FakeGateway
 

@@ -22,7 +22,7 @@ from ibkr_connection import (
     Transition,
 )
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.manager import replay_journal
+from ibkr_connection.journal import replay_journal
 from ibkr_connection.simulator import FakeGateway
 
 from .conftest import ACCOUNT, FAST

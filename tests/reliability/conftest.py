@@ -10,8 +10,8 @@ import pytest
 
 from ibkr_connection import ConnectionConfig, ConnectionManager
 from ibkr_connection.inputs import InputKind
-from ibkr_connection.machine import ConnectionState
 from ibkr_connection.simulator.storm import TracebackCatcher
+from ibkr_connection.table import ConnectionState
 
 from conftest import ACCOUNT, FAST_POLICY, on_live_session, wait_until
 

@@ -107,8 +107,13 @@ class TimerEffects:
         self._restart: TimerHandle | None = None
 
     def _feed(self, kind: InputKind) -> None:
+        self.run(Input(kind))
+
+    def run(self, inp: Input) -> None:
+        """Feed ``inp`` and carry out its step's effects, as the driver does."""
         assert self.machine is not None
-        self.machine.handle(Input(kind))
+        for effect in self.machine.handle(inp).effects:
+            getattr(self, effect.name)(*effect.args)
 
     def start_attempt(self, attempt: int, client_id: int, port: int) -> None:
         self.calls.append(f"start_attempt {attempt} {client_id} {port}")
@@ -135,8 +140,17 @@ class TimerEffects:
     def select_account(self) -> None:
         self.calls.append("select_account")
 
-    def restore_subscriptions(self) -> None:
-        self.calls.append("restore_subscriptions")
+    def restore_subscriptions(self, fresh_session: bool) -> None:
+        self.calls.append(f"restore_subscriptions {fresh_session}")
+
+    def issue_new_subscriptions(self) -> None:
+        self.calls.append("issue_new_subscriptions")
+
+    def begin_session(self) -> None:
+        self.calls.append("begin_session")
+
+    def end_session(self) -> None:
+        self.calls.append("end_session")
 
     def start_heartbeat(self) -> None:
         self.calls.append("start_heartbeat")
@@ -197,12 +211,12 @@ def _machine_storm(seed: int, inputs: int, controller: bool = True,
     policy = RecoveryPolicy(backoff=BackoffPolicy(max_attempts=rng.choice((None, 50))),
                             restore_timeout=30.0, restart_wait=20.0, restart_cooldown=60.0,
                             seed=seed)
-    machine = ConnectionMachine(effects, clock, port=4002, client_ids=[7, 8], policy=policy,
+    machine = ConnectionMachine(clock, port=4002, client_ids=[7, 8], policy=policy,
                                 controller_configured=controller)
     effects.machine = machine
     for _ in range(inputs):
         clock.advance(rng.expovariate(2.0))
-        machine.handle(_random_input(rng))
+        effects.run(_random_input(rng))
     return [t.to_json() for t in machine.transcript], effects.calls
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -22,7 +23,7 @@ import pytest
 from ib_insync import IB
 
 from ibkr_connection import ConnectionManager, ConnectionState, IBCController
-from ibkr_connection.inputs import InputKind
+from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.journal import replay
 from ibkr_connection.simulator import FakeGateway
 
@@ -317,3 +318,80 @@ async def test_a_journal_of_a_restart_replays_with_every_transition_matching(
     older = [json.dumps({k: v for k, v in header.items() if k != "controller_configured"}),
              *lines[1:]]
     assert replay(older).mismatches != []
+
+
+class NotAnApiPort:
+    """A loopback TCP server on a free port that is not a TWS API port.
+
+    ``silent`` accepts and never says a word; ``http`` answers as a web server
+    (``python -m http.server``) answers bytes it cannot parse, then closes.
+
+    Attributes:
+        accepted: how many sockets it accepted.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.accepted = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        with contextlib.suppress(ConnectionError, OSError):
+            if self.kind == "http":
+                await reader.read(1024)
+                writer.write(b"HTTP/1.0 400 Bad request version\r\n"
+                             b"Content-Type: text/html\r\n\r\n<html>Bad request</html>\n")
+                await writer.drain()
+            else:
+                await reader.read()
+        writer.close()
+
+
+@pytest.mark.parametrize("kind", ["silent", "http"])
+async def test_a_wrong_port_never_restarts_a_healthy_gateway(
+    kind: str, ibc_gw: FakeGateway, managers: list[ConnectionManager],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 18.1: a port that accepts and never speaks the API, IBC in front of a healthy
+    gateway: twice restart_after failed attempts, zero RESTARTs, one "not a TWS API port?"."""
+    assert ibc_gw.ibc is not None
+    server = NotAnApiPort(kind)
+    await server.start()
+    controller = IBCController("127.0.0.1", ibc_gw.ibc.port, timeout=1.0)
+    manager = ConnectionManager(
+        IB(), fast_config(server.port, policy=POLICY, handshake_timeout=0.2),
+        controller=controller)
+    managers.append(manager)
+    try:
+        with caplog.at_level(logging.WARNING, logger="ibkr_connection"):
+            manager.feed(Input(InputKind.CONNECT, message="wrong port"))
+            # restart_after is 3: six failed attempts in a row would have
+            # escalated twice over on a proven endpoint.
+            await wait_until(lambda: len([t for t in manager.transcript
+                                          if t.trigger is InputKind.ATTEMPT_FAILED]) >= 6,
+                             15.0, "six failed attempts")
+            # A barrier: a command of ours reaches IBC's server after every
+            # RESTART the manager might have sent along the failures above.
+            assert await controller.reconnect_account() == ""
+        assert ibc_gw.ibc.commands == ["RECONNECTACCOUNT"]
+        assert ibc_gw.ibc.restarts == 0
+        assert all(t.dest is not S.RESTARTING for t in manager.transcript)
+        assert manager.machine.restarts == 0
+        assert server.accepted >= 6
+        warnings = [r.getMessage() for r in caplog.records
+                    if "not a TWS API port?" in r.getMessage()]
+        assert len(warnings) == 1, warnings
+        assert f"127.0.0.1:{server.port}" in warnings[0]
+        assert "never had a session" in warnings[0]
+    finally:
+        await server.stop()
