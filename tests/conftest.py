@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -104,6 +105,23 @@ def drive_to(machine: ConnectionMachine, state: ConnectionState) -> None:
     for inp in paths[state]:
         machine.handle(inp)
     assert machine.state is state
+
+
+#: The loggers whose levels the CLI sets for its process (``_quiet_client_logs``, ``watch -q``).
+_CLI_LOGGERS = ("", "ib_insync", "ib_async", "ibkr_connection", "asyncio")
+
+
+@pytest.fixture(autouse=True)
+def _logger_levels_restored() -> Iterator[None]:
+    """Give the CLI's logger levels back after a test that ran ``cli.main`` in-process.
+
+    ``main`` quietens loggers for the whole process, as a command should; in the
+    test process that would hide the next tests' log records from ``caplog``.
+    """
+    levels = {name: logging.getLogger(name).level for name in _CLI_LOGGERS}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 @pytest.fixture
