@@ -75,6 +75,7 @@ class Driver:
         self._heartbeat: TimerHandle | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._heartbeat_on = False
+        self._data_hook: tuple[Any, Callable[..., None]] | None = None
         self._last_count = -1
         self._last_activity = 0.0
         self._fresh_session = True
@@ -302,24 +303,63 @@ class Driver:
         self._heartbeat_on = True
         self._last_count = -1
         self._last_activity = self._clock.monotonic()
-        self._schedule_tick()
+        self._schedule_tick(min(0.5, self.config.heartbeat_idle / 4))
 
-    def _schedule_tick(self) -> None:
-        interval = min(0.5, self.config.heartbeat_idle / 4)
-        self._heartbeat = self._clock.call_later(interval, self._tick)
+    def _schedule_tick(self, delay: float) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        self._heartbeat = self._clock.call_later(delay, self._tick)
 
     def _tick(self) -> None:
+        # While messages flow the count is looked at every ``interval`` (as
+        # before); once a look finds it unchanged, the heartbeat sleeps until
+        # ``heartbeat_idle`` after the last activity, and the first bytes to
+        # arrive meanwhile wake it to looking again: one wake-up per idle
+        # period instead of two a second (issue 21: 172,800 a day), and the
+        # probe still goes out after ``heartbeat_idle`` of silence, no later.
+        self._heartbeat = None
+        self._unhook_data()
         if not self._heartbeat_on:
             return
         now = self._clock.monotonic()
         count = adapter.received_messages(self.ib)
+        interval = min(0.5, self.config.heartbeat_idle / 4)
         if count != self._last_count:
             self._last_count = count
             self._last_activity = now
-        elif (now - self._last_activity >= self.config.heartbeat_idle
-              and self._probe_task is None):
+            self._schedule_tick(interval)
+            return
+        remaining = self.config.heartbeat_idle - (now - self._last_activity)
+        if remaining > 1e-6:  # not a float's rounding away from due
+            self._sleep_quiet(remaining)
+        elif self._probe_task is None:
+            # The probe reschedules the heartbeat when it is answered.
             self._probe_task = asyncio.ensure_future(self._probe())
-        self._schedule_tick()
+        else:
+            self._schedule_tick(interval)
+
+    def _sleep_quiet(self, delay: float) -> None:
+        """Wake after ``delay``, or ``interval`` after the first bytes that arrive first."""
+        self._schedule_tick(delay)
+        event = getattr(getattr(getattr(self.ib, "client", None), "conn", None), "hasData", None)
+        if event is None:
+            return
+        interval = min(0.5, self.config.heartbeat_idle / 4)
+
+        def on_data(*_: object) -> None:
+            self._unhook_data()
+            if self._heartbeat_on:
+                self._schedule_tick(interval)
+
+        event += on_data
+        self._data_hook = (event, on_data)
+
+    def _unhook_data(self) -> None:
+        hook = self._data_hook
+        self._data_hook = None
+        if hook is not None:
+            event, handler = hook
+            event -= handler
 
     async def _probe(self) -> None:
         timeout = self.config.heartbeat_timeout
@@ -345,6 +385,8 @@ class Driver:
                     InputKind.HEARTBEAT_MISSED,
                     message=f"no answer to a heartbeat probe within {timeout:g}s",
                 ))
+            if self._heartbeat_on and self._heartbeat is None:
+                self._schedule_tick(min(0.5, self.config.heartbeat_idle / 4))
             return
         except (ConnectionError, OSError) as exc:
             # The socket is going away; disconnectedEvent reports it.
@@ -352,14 +394,22 @@ class Driver:
         else:
             rtt = self._clock.monotonic() - started
             self._last_activity = self._clock.monotonic()
+            # The answer is the activity: the next probe is due heartbeat_idle from now.
+            self._last_count = adapter.received_messages(self.ib)
             self._on_heartbeat(rtt)
+            if self._heartbeat_on:
+                self._sleep_quiet(self.config.heartbeat_idle)
         finally:
             deadline.cancel()
         self._probe_task = None
+        if self._heartbeat_on and self._heartbeat is None:
+            # A failed probe: look again in an interval, as the ticks did.
+            self._schedule_tick(min(0.5, self.config.heartbeat_idle / 4))
 
     def stop_heartbeat(self) -> None:
         """Stop the ticks and cancel a running probe."""
         self._heartbeat_on = False
+        self._unhook_data()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
