@@ -12,7 +12,6 @@ handler are logged and ignored, as are requests sent before ``startApi``.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -93,7 +92,8 @@ def start_api(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
 def req_current_time(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqCurrentTime``: the gateway's clock, in whole seconds."""
     layouts.fixed("reqCurrentTime", fields)
-    gw.send_reply(conn, "reqCurrentTime", [], messages.current_time(int(time.time())))
+    now = int(gw.clock.wall().timestamp())
+    gw.send_reply(conn, "reqCurrentTime", [], messages.current_time(now))
 
 
 def req_ids(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> None:
@@ -137,7 +137,7 @@ def req_account_updates(gw: FakeGateway, conn: ApiClient, fields: list[str]) -> 
         for key, (value, currency) in gw.account_values.items()
     ]
     body += [messages.portfolio(pos) for pos in gw.positions.values() if pos.account == account]
-    body.append(messages.account_update_time(time.strftime("%H:%M")))
+    body.append(messages.account_update_time(gw.clock.wall().astimezone().strftime("%H:%M")))
     end = messages.account_download_end(account)
     gw.send_reply(conn, "reqAccountUpdates", body, end)
 
