@@ -66,6 +66,7 @@ USABLE = (S.CONNECTED, S.DEGRADED)
 #: automatic login; the daily restart's shortest outage).
 IBC_OUTAGE = 60.0
 CLIENT_ID = 7
+RETRY = ("connecting", "backoff")
 UNSETTLED = ("PendingSubmit", "ApiPending", "Uncertain", "PreSubmitted")
 
 
@@ -100,7 +101,10 @@ class Run:
     labels: list[tuple[float, str, bool]] = field(default_factory=list)
     #: (time, stalled) at every change of the gateway's hang or wedge.
     stalls: list[tuple[float, bool]] = field(default_factory=list)
-    transcript: list[str] = field(default_factory=list)
+    #: The transcript, hashed as it grows (a list would be the benchmark's own
+    #: memory growth: a weekly login is hours of refused connects, 4 a second).
+    transcript_hash: Any = field(default_factory=hashlib.sha256)
+    transcript_lines: int = 0
     ibc_restarts: int = 0
     orders: dict[str, int] = field(default_factory=dict)
     rss_growth: int = 0
@@ -110,18 +114,25 @@ class Run:
     probes: int = 0
     end: float = 0.0
 
+    def note(self, line: str) -> None:
+        """Add a line to the transcript."""
+        self.transcript_hash.update(line.encode() + b"\n")
+        self.transcript_lines += 1
+
     def digest(self) -> str:
         """A hash of the transcript (the same seed must give the same one)."""
-        return hashlib.sha256("\n".join(self.transcript).encode()).hexdigest()[:16]
+        return str(self.transcript_hash.hexdigest()[:16])
 
 
 class Bot:
     """The part every contender shares: the orders of the month, and its ledger of fills."""
 
     def __init__(self, run: Run, gw: FakeGateway, ib: IB, month: Month,
-                 usable: Callable[[], bool], wait_usable: Callable[[], Any]) -> None:
+                 usable: Callable[[], bool], wait_usable: Callable[[], Any],
+                 origin: float) -> None:
         self.run, self.gw, self.ib, self.month = run, gw, ib, month
         self.usable, self.wait_usable = usable, wait_usable
+        self.origin = origin
         self.trades: dict[str, Any] = {}
         self.placed: dict[str, int] = {}
         self.seen_exec: set[str] = set()
@@ -137,7 +148,7 @@ class Bot:
 
     async def play_orders(self, loop: asyncio.AbstractEventLoop) -> None:
         for planned in self.month.orders:
-            wait = planned.at - loop.time()
+            wait = self.origin + planned.at - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
             if not self.usable():
@@ -145,8 +156,7 @@ class Bot:
             if planned.fault is not None:
                 getattr(self.gw, planned.fault)("placeOrder", CLIENT_ID)
             self.place(planned.ref)
-            self.run.transcript.append(f"{loop.time():.6f} order {planned.ref} "
-                                       f"{planned.fault or '-'}")
+            self.run.note(f"{loop.time():.6f} order {planned.ref} {planned.fault or '-'}")
 
     def place(self, ref: str) -> None:
         order = MarketOrder("BUY", 1, orderRef=ref)
@@ -176,14 +186,15 @@ class Bot:
         }
 
 
-def _watch_stalls(gw: FakeGateway, run: Run, loop: asyncio.AbstractEventLoop) -> None:
+def _watch_stalls(gw: FakeGateway, run: Run, loop: asyncio.AbstractEventLoop,
+                  origin: float) -> None:
     for name, value in (("stall", True), ("wedge", True), ("unstall", False)):
         original = getattr(gw, name)
 
         def wrapped(*args: Any, _orig: Any = original, _value: bool = value,
                     **kwargs: Any) -> Any:
             if gw.stalled != _value:
-                run.stalls.append((loop.time(), _value))
+                run.stalls.append((loop.time() - origin, _value))
             return _orig(*args, **kwargs)
 
         setattr(gw, name, wrapped)
@@ -236,16 +247,23 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
     ib_wrapper.datetime = _LoopDatetime  # type: ignore[misc]
     gw = FakeGateway(clock=clock, ibc_port=0, ibc_restart_outage=IBC_OUTAGE)
     await gw.start()
-    _watch_stalls(gw, run, loop)
+    _watch_stalls(gw, run, loop, origin)
+    # The gateway's timeline starts at second 0, so faults and states share one time base.
+    player = asyncio.ensure_future(_play_gateway(gw, month))
     ib = IB()
     resolved: dict[str, Any] = {}
     day = 86400.0
 
     def label(text: str, usable: bool) -> None:
         t = loop.time() - origin
-        if not run.labels or run.labels[-1][1:] != (text, usable):
+        run.note(f"{t:.6f} {text}")
+        last = run.labels[-1] if run.labels else None
+        if last is not None and text in RETRY and last[1] in (*RETRY, "retrying"):
+            # Connecting and backoff alternate up to 4 times a second while the
+            # gateway is down: one "retrying" band, not thousands.
+            run.labels[-1] = (last[0], "retrying", False)
+        elif last is None or last[1:] != (text, usable):
             run.labels.append((t, text, usable))
-            run.transcript.append(f"{t:.6f} {text}")
 
     stop: Callable[[], Any]
     if name == "manager":
@@ -255,7 +273,7 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
                                     controller=IBCController("127.0.0.1", gw.ibc.port))
         manager.stateChangeEvent += lambda t: label(t.dest.value, t.dest in USABLE)
         bot = Bot(run, gw, ib, month, lambda: manager.usable,
-                  lambda: manager.wait_for(*USABLE))
+                  lambda: manager.wait_for(*USABLE), origin)
 
         def on_resolved(trade: Any, outcome: Any) -> None:
             ref = trade.order.orderRef
@@ -290,7 +308,7 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
 
         ib.connectedEvent += on_connected
         ib.disconnectedEvent += on_disconnected
-        bot = Bot(run, gw, ib, month, ib.isConnected, connected.wait)
+        bot = Bot(run, gw, ib, month, ib.isConnected, connected.wait, origin)
         if name == "watchdog":
             controller = RestartingIBC(gw)
 
@@ -304,8 +322,12 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
             await connected.wait()
 
             async def stop_watchdog() -> None:
+                runner = watchdog._runner
                 watchdog.stop()
                 run.ibc_restarts = controller.terminations
+                if runner is not None:
+                    runner.cancel()
+                    await asyncio.gather(runner, return_exceptions=True)
 
             stop = stop_watchdog
             handlers = lambda: handler_counts(ib, watchdog)  # noqa: E731
@@ -319,7 +341,6 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
             stop = stop_naive
             handlers = lambda: handler_counts(ib)  # noqa: E731
 
-    player = asyncio.ensure_future(_play_gateway(gw, month))
     orders = asyncio.ensure_future(bot.play_orders(loop))
     trimmer = asyncio.ensure_future(_trim_request_log(gw, run))
     # A warm-up day before the memory baseline, then the rest of the month.
@@ -350,7 +371,7 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
         assert gw.ibc is not None
         run.ibc_restarts = gw.ibc.restarts
     for key, value in run.orders.items():
-        run.transcript.append(f"tally {key} {value}")
+        run.note(f"tally {key} {value}")
     await stop()
     ib.disconnect()
     await gw.stop()
@@ -475,7 +496,10 @@ def availability(run: Run, month: Month) -> dict[str, Any]:
         if fault.kind == "farm_flap" or fault.at >= end:
             continue
         back = fault.at + fault.duration
-        later = [a for a, b in usable if b > back]
+        if any(a <= fault.at and b >= back + 1e-3 for a, b in usable):
+            recoveries.setdefault(fault.kind, []).append(0.0)  # never stopped being usable
+            continue
+        later = [a for a, _ in usable if a >= fault.at]
         first = min(later) if later else end
         recoveries.setdefault(fault.kind, []).append(max(0.0, first - back))
     return {
@@ -632,7 +656,7 @@ def main() -> None:
 def _fmt_rec(values: list[float]) -> str:
     if not values:
         return "-"
-    return (f"{_pct(values, 0.5):.1f} / {_pct(values, 0.99):.1f} / {max(values):.1f} "
+    return (f"{_pct(values, 0.5):.2f} / {_pct(values, 0.99):.2f} / {max(values):.2f} "
             f"({len(values)})")
 
 

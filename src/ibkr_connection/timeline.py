@@ -17,6 +17,7 @@ COLOURS: dict[str, str] = {
     "degraded": "#9bd36a",
     "connecting": "#f2c14e",
     "backoff": "#f28c28",
+    "retrying": "#f28c28",
     "lost": "#d9534f",
     "restarting": "#8e44ad",
     "failed": "#111111",
