@@ -79,6 +79,50 @@ def lane_from_transcript(name: str, transcript: Iterable[object], end: float,
     return Lane(name, bands)
 
 
+#: Journal inputs drawn as marks under the lane, by the mark kind they show as.
+_JOURNAL_MARKS = {
+    "connectivity_lost": "link_loss", "socket_closed": "drop", "heartbeat_missed": "hang",
+    "port_reset": "port_reset", "restart_sent": "daily_restart", "farm_broken": "farm_flap",
+}
+
+
+def timeline_from_journal(lines: Iterable[str], name: str = "journal") -> tuple[Lane, list[Mark],
+                                                                              float]:
+    """A lane and marks from a manager's journal (JSON Lines): the state after each input.
+
+    Sessions follow one another on the journal's own clock (``at``); the lane
+    starts at the first input. Lines that are not input records are skipped.
+
+    Returns:
+        (lane, marks, end), times in seconds from the first input.
+    """
+    import json
+
+    rows: list[tuple[float, str, str]] = []
+    for text in lines:
+        try:
+            record = json.loads(text)
+        except ValueError:
+            continue  # a line cut mid-write
+        if isinstance(record, dict) and record.get("type") == "input":
+            rows.append((float(record["at"]), str(record["state"]), str(record["input"])))
+    if not rows:
+        return Lane(name, []), [], 0.0
+    origin = rows[0][0]
+    end = max(at for at, _, _ in rows) - origin
+    end = end if end > 0 else 1.0
+    bands: list[Band] = []
+    for (at, state, _), (nxt, _, _) in zip(rows, [*rows[1:], (origin + end, "", "")],
+                                          strict=True):
+        if bands and bands[-1].label == state:
+            bands[-1] = Band(bands[-1].start, nxt - origin, state)
+        else:
+            bands.append(Band(at - origin, nxt - origin, state))
+    marks = [Mark(at - origin, _JOURNAL_MARKS[kind], kind) for at, _, kind in rows
+             if kind in _JOURNAL_MARKS]
+    return Lane(name, bands), marks, end
+
+
 def render_svg(lanes: Sequence[Lane], marks: Sequence[Mark], *, end: float,
                windows: Sequence[tuple[float, float]] = (), title: str = "",
                width: int = 1400) -> str:
@@ -158,4 +202,4 @@ def render_svg(lanes: Sequence[Lane], marks: Sequence[Mark], *, end: float,
 
 
 __all__ = ["COLOURS", "MARK_STYLES", "Band", "Lane", "Mark", "lane_from_transcript",
-           "render_svg"]
+           "render_svg", "timeline_from_journal"]
