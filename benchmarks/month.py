@@ -56,8 +56,15 @@ from ib_insync import IB, MarketOrder, Watchdog
 from ibkr_connection import ConnectionConfig, ConnectionManager, ConnectionState, IBCController
 from ibkr_connection.clock import LoopClock
 from ibkr_connection.simulator.gateway import FakeGateway
-from ibkr_connection.simulator.month import RATES, Month, VirtualTimeLoop, generate
-from ibkr_connection.simulator.scenario import parse_scenario, run_scenario
+from ibkr_connection.simulator.month import (
+    MONTH_START,
+    RATES,
+    Month,
+    VirtualTimeLoop,
+    faults_from_steps,
+    generate,
+)
+from ibkr_connection.simulator.scenario import load_scenario, parse_scenario, run_scenario
 from ibkr_connection.timeline import Band, Lane, Mark, render_svg
 
 S = ConnectionState
@@ -428,6 +435,52 @@ def one_run(name: str, month: Month, loop_kind: str, trace: bool) -> Run:
     return run
 
 
+async def _idle_hour(bare: bool) -> tuple[int, float, float]:
+    """An idle simulated hour: the manager's heartbeat, or a bare client probing as often."""
+    loop = asyncio.get_running_loop()
+    clock = LoopClock(wall_start=MONTH_START, loop=loop)
+    async with FakeGateway(clock=clock) as gw:
+        ib = IB()
+        if bare:
+            await ib.connectAsync("127.0.0.1", gw.port, CLIENT_ID)
+            done: asyncio.Future[None] = loop.create_future()
+
+            def tick() -> None:
+                ib.reqCurrentTimeAsync().add_done_callback(  # type: ignore[attr-defined]
+                    lambda _: loop.call_later(3.0, tick) if not done.done() else None)
+
+            loop.call_later(3.0, tick)
+        else:
+            manager = ConnectionManager(ib, ConnectionConfig(port=gw.port, client_id=CLIENT_ID),
+                                        clock=clock)
+            await manager.start(timeout=60)
+        before = len(gw.requests_named("reqCurrentTime"))
+        t0, c0 = time.perf_counter(), time.process_time()
+        await asyncio.sleep(3600.0)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        probes = len(gw.requests_named("reqCurrentTime")) - before
+        if bare:
+            done.set_result(None)
+            ib.disconnect()
+        else:
+            await manager.stop()
+    return probes, wall, cpu
+
+
+def probe_cost(loop_kind: str) -> dict[str, tuple[int, float, float]]:
+    """The cost of one idle probe cycle (manager + client + simulator), and of a bare client's."""
+    out = {}
+    for name, bare in (("manager heartbeat", False), ("bare ib_insync reqCurrentTime", True)):
+        loop = _loop_factory(loop_kind)
+        asyncio.set_event_loop(loop)
+        try:
+            out[name] = loop.run_until_complete(_idle_hour(bare))
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+    return out
+
+
 # -- accounting ---------------------------------------------------------------------------
 
 
@@ -563,6 +616,9 @@ def main() -> None:
     ap.add_argument("--tracemalloc", action="store_true",
                     help="also trace Python allocations (slows the run about 3x)")
     ap.add_argument("--svg", type=Path, default=Path(__file__).parent / "results" / "month.svg")
+    ap.add_argument("--scenario", type=Path, default=None,
+                    help="play the gateway's side from this scenario file (e.g. an edited "
+                    "benchmarks/month.toml) instead of the generated one; orders stay generated")
     ap.add_argument("--toml", type=Path, default=None,
                     help="also write the month's scenario (the gateway's side) to this file")
     ap.add_argument("--verbose", action="store_true", help="show library log lines")
@@ -572,6 +628,12 @@ def main() -> None:
     repeat = args.repeat or ("all" if args.quick else "manager")
     header(f"a month of IB's schedule: {days} simulated days", args)
     month = generate(args.seed, days)
+    if args.scenario:
+        scenario = load_scenario(args.scenario)
+        month.steps = [{"at": step.at, "action": step.action, **step.params}
+                       for step in scenario.steps]
+        month.faults = faults_from_steps(month.steps)
+        print(f"gateway's side from {args.scenario}: {len(month.steps)} steps")
     if args.toml:
         args.toml.write_text(month.toml(), encoding="utf-8")
         print(f"scenario written: {args.toml}")
@@ -581,6 +643,11 @@ def main() -> None:
     print(f"month: {len(month.steps)} gateway steps, faults {kinds}, {len(month.orders)} orders "
           f"({sum(o.fault is not None for o in month.orders)} into an order fault)")
     print(f"loop: {args.loop}; rates and their sources: ibkr_connection.simulator.month.RATES")
+    print()
+    costs = probe_cost(args.loop)
+    for what, (probes, wall, cpu) in costs.items():
+        print(f"idle probe cycle, {what}: {probes} probes in a simulated hour, "
+              f"{1e3 * wall / probes:.3f} ms wall, {1e3 * cpu / probes:.3f} ms CPU each")
     print()
     runs: list[Run] = []
     again: dict[str, Run] = {}

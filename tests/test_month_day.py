@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from ib_insync import IB, MarketOrder, Stock
@@ -10,8 +11,13 @@ from ib_insync import IB, MarketOrder, Stock
 from ibkr_connection import ConnectionConfig, ConnectionManager, ConnectionState, IBCController
 from ibkr_connection.clock import LoopClock
 from ibkr_connection.simulator.gateway import FakeGateway
-from ibkr_connection.simulator.month import MONTH_START, VirtualTimeLoop
-from ibkr_connection.simulator.scenario import parse_scenario, run_scenario
+from ibkr_connection.simulator.month import (
+    MONTH_START,
+    VirtualTimeLoop,
+    faults_from_steps,
+    generate,
+)
+from ibkr_connection.simulator.scenario import load_scenario, parse_scenario, run_scenario
 
 S = ConnectionState
 HOUR = 3600.0
@@ -124,3 +130,17 @@ def test_one_simulated_day_of_faults() -> None:
     assert first["restarts"] == 2
     again = _run_day()
     assert again["transcript"] == first["transcript"]
+
+
+def test_the_month_file_plays_the_faults_it_was_drawn_with(tmp_path: Path) -> None:
+    """A generated month written as a scenario file reads back to the same faults."""
+    month = generate(seed=5, days=30)
+    path = tmp_path / "month.toml"
+    path.write_text(month.toml(), encoding="utf-8")
+    scenario = load_scenario(path)
+    steps = [{"at": step.at, "action": step.action, **step.params} for step in scenario.steps]
+    assert [(f.at, f.kind, round(f.duration, 3)) for f in faults_from_steps(steps)] == [
+        (round(f.at, 3), f.kind, round(f.duration, 3)) for f in month.faults]
+    kinds = {f.kind for f in month.faults}
+    assert {"nightly_reset", "daily_restart", "weekly_login", "farm_flap"} <= kinds
+    assert len([f for f in month.faults if f.kind == "nightly_reset"]) == 30

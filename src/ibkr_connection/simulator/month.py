@@ -7,7 +7,7 @@ flaps, 1100 -> 1101/1102 episodes, dropped sockets, a hang and a wedge now and
 then, a 1300, and the bot's orders through the trading day, some caught by an
 order fault. The gateway's side is a list of scenario steps in the
 simulator's own format (:meth:`Month.toml` writes a file ``ibkr-connection sim
---scenario`` plays; ``scenarios/month.toml`` is the default month). Three
+--scenario`` plays; ``benchmarks/month.toml`` is the default month). Three
 things are not scenario actions and stay on the Python side, played by the
 benchmark: the orders (a bot places them, not the gateway), the order faults
 (:meth:`~ibkr_connection.simulator.faults.FaultInjection.lose_next_order`,
@@ -198,7 +198,8 @@ class Month:
             "# are in RATES there. Not in this file (no scenario action plays them): the",
             "# bot's orders and the order faults (lose_next_order, lose_next_order_ack,",
             "# drop_after_next_order), which benchmarks/month.py plays from Python.",
-            "# Run with: ibkr-connection sim --scenario month",
+            "# Run with: ibkr-connection sim --scenario benchmarks/month.toml (not shipped",
+            "# in the package's scenarios: it wedges the gateway, which the proxy refuses).",
             "",
             f'description = "{self.days} days of IB\'s schedule (seed {self.seed}): nightly '
             "resets, daily and weekly restarts, farm flaps, 1100s, drops, hangs, wedges, a "
@@ -341,6 +342,40 @@ def generate(seed: int = 0, days: int = 30, start: datetime = MONTH_START) -> Mo
     return month
 
 
+def faults_from_steps(steps: list[dict[str, Any]]) -> list[Fault]:
+    """The faults a list of scenario steps plays, for the accounting of an edited month.
+
+    A ``restart`` whose outage is longer than 10 minutes counts as the weekly
+    login, a shorter one as the daily restart; a 1100 lasts until the next
+    1101/1102, a ``stall`` until the next ``unstall``.
+    """
+    faults: list[Fault] = []
+    ordered = sorted(steps, key=lambda step: float(step["at"]))
+    for index, step in enumerate(ordered):
+        at, action = float(step["at"]), step["action"]
+
+        def until(match: Any, _index: int = index, _at: float = at) -> float:
+            later = (float(s["at"]) for s in ordered[_index + 1:] if match(s))
+            return next(later, _at) - _at
+
+        if action == "nightly_reset":
+            faults.append(Fault(at, "nightly_reset", float(step.get("silence", 2.0)),
+                                str(step.get("restore_code", 1101))))
+        elif action == "restart":
+            outage = float(step.get("outage", 1.0))
+            faults.append(Fault(at, "weekly_login" if outage > 600 else "daily_restart", outage))
+        elif action == "error" and step.get("code") == 1100:
+            faults.append(Fault(at, "link_loss", until(
+                lambda s: s["action"] == "error" and s.get("code") in (1101, 1102))))
+        elif action == "stall":
+            faults.append(Fault(at, "hang", until(lambda s: s["action"] == "unstall")))
+        elif action in ("drop_clients", "wedge", "reset_port", "farm_broken"):
+            kind = {"drop_clients": "drop", "reset_port": "port_reset",
+                    "farm_broken": "farm_flap"}.get(action, action)
+            faults.append(Fault(at, kind, 0.0, str(step.get("farm", ""))))
+    return faults
+
+
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An event loop whose clock jumps to the next timer when nothing is ready.
 
@@ -382,4 +417,4 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
 
 __all__ = ["FARMS", "MONTH_START", "ORDER_FAULTS", "RATES", "Fault", "Month", "PlannedOrder",
-           "Rate", "VirtualTimeLoop", "generate"]
+           "Rate", "VirtualTimeLoop", "faults_from_steps", "generate"]
