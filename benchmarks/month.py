@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import gc
 import hashlib
+import os
 import sys
 import time
 import tracemalloc
@@ -73,6 +74,8 @@ USABLE = (S.CONNECTED, S.DEGRADED)
 #: automatic login; the daily restart's shortest outage).
 IBC_OUTAGE = 60.0
 CLIENT_ID = 7
+#: Where to write each run's transcript lines (to find where two runs part), if set.
+DUMP = os.environ.get("MONTH_DUMP_TRANSCRIPT", "")
 RETRY = ("connecting", "backoff")
 UNSETTLED = ("PendingSubmit", "ApiPending", "Uncertain", "PreSubmitted")
 
@@ -121,10 +124,14 @@ class Run:
     probes: int = 0
     end: float = 0.0
 
+    dump: list[str] | None = None
+
     def note(self, line: str) -> None:
         """Add a line to the transcript."""
         self.transcript_hash.update(line.encode() + b"\n")
         self.transcript_lines += 1
+        if self.dump is not None:
+            self.dump.append(line)
 
     def digest(self) -> str:
         """A hash of the transcript (the same seed must give the same one)."""
@@ -246,6 +253,8 @@ class RestartingIBC:
 async def _contender(name: str, month: Month, trace: bool) -> Run:
     loop = asyncio.get_running_loop()
     run = Run(name)
+    if DUMP:
+        run.dump = []
     clock = LoopClock(wall_start=month.start, loop=loop)
     clock.monotonic()  # second 0 of the month is now
     origin = loop.time()
@@ -432,6 +441,10 @@ def one_run(name: str, month: Month, loop_kind: str, trace: bool) -> Run:
         loop.close()
     run.wall = time.perf_counter() - t0
     run.cpu = time.process_time() - c0
+    if DUMP and run.dump is not None:
+        path = Path(f"{DUMP}.{name}.{run.digest()}.txt")
+        path.write_text("\n".join(run.dump) + "\n", encoding="utf-8")
+        run.dump = None
     return run
 
 
@@ -554,7 +567,10 @@ def availability(run: Run, month: Month) -> dict[str, Any]:
             continue
         later = [a for a, _ in usable if a >= fault.at]
         first = min(later) if later else end
-        recoveries.setdefault(fault.kind, []).append(max(0.0, first - back))
+        # Only the time the gateway could serve counts: a later restart or
+        # login inside the gap is the schedule's, not the contender's.
+        recoveries.setdefault(fault.kind, []).append(
+            _overlap([(back, first)], serve) if first > back else 0.0)
     return {
         "usable": usable,
         "serve": _overlap(usable, serve) / serve_total if serve_total else float("nan"),
@@ -687,8 +703,8 @@ def main() -> None:
         ordered = sorted(per.items(), key=lambda kv: -kv[1])
         print(f"  {run.name:8s} " + ", ".join(f"{k} {v / 3600:.2f}" for k, v in ordered))
     print()
-    print("recoveries by cause: seconds from the gateway able to serve again to usable "
-          "(p50 / p99 / max, n)")
+    print("recoveries by cause: seconds from the gateway able to serve again to usable, "
+          "counting only time it could serve (p50 / p99 / max, n)")
     causes = sorted({c for st in stats.values() for c in st["recoveries"]})
     print(table(["cause", *[r.name for r in runs]], [
         [cause, *[_fmt_rec(stats[r.name]["recoveries"].get(cause, [])) for r in runs]]

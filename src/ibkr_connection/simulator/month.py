@@ -376,6 +376,11 @@ def faults_from_steps(steps: list[dict[str, Any]]) -> list[Fault]:
     return faults
 
 
+def _writing(selector: selectors.BaseSelector) -> bool:
+    """True if a socket waits to be writable: a connect in progress or a full buffer."""
+    return any(key.events & selectors.EVENT_WRITE for key in selector.get_map().values())
+
+
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An event loop whose clock jumps to the next timer when nothing is ready.
 
@@ -402,9 +407,15 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             ready: list[tuple[selectors.SelectorKey, int]] = real_select(0)
             if ready or timeout == 0:
                 return ready
-            if timeout is None:
-                waited: list[tuple[selectors.SelectorKey, int]] = real_select(1.0)
-                return waited
+            if timeout is None or _writing(selector):
+                # Nothing scheduled, or a connect (or a full send buffer) still
+                # in the kernel's hands: wait for the real I/O, never jump past
+                # it (a jump then would land its answer at a time that depends
+                # on the machine's load, and the transcript would differ).
+                waited: list[tuple[selectors.SelectorKey, int]] = real_select(
+                    1.0 if timeout is None else min(timeout, 0.05))
+                if waited or timeout is None:
+                    return waited
             self._now += timeout
             self.jumps += 1
             return ready
