@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from pathlib import Path
 from typing import Any
-
-from ib_insync import IB, MarketOrder, Stock
 
 from ibkr_connection import ConnectionConfig, ConnectionManager, ConnectionState, IBCController
 from ibkr_connection.clock import LoopClock
@@ -46,7 +45,7 @@ ORDERS: list[tuple[float, str | None]] = [
 ]
 
 
-async def _day() -> dict[str, Any]:
+async def _day(library: str) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     clock = LoopClock(wall_start=MONTH_START, loop=loop)
     origin = clock.monotonic()
@@ -55,7 +54,8 @@ async def _day() -> dict[str, Any]:
     assert gw.ibc is not None
     # A 10 s heartbeat (default 3 s) keeps the day under two seconds of wall clock.
     config = ConnectionConfig(port=gw.port, client_id=9, heartbeat_idle=10.0)
-    manager = ConnectionManager(IB(), config, clock=clock,
+    lib = importlib.import_module(library)
+    manager = ConnectionManager(lib.IB(), config, clock=clock,
                                 controller=IBCController("127.0.0.1", gw.ibc.port))
     seen: list[tuple[float, S]] = []
     resent: list[str] = []
@@ -63,8 +63,8 @@ async def _day() -> dict[str, Any]:
     def on_resolved(trade: Any, outcome: Any) -> None:
         if outcome.status == "NotReceived":  # the gateway never had it: place it again
             resent.append(trade.order.orderRef)
-            manager.ib.placeOrder(trade.contract, MarketOrder("BUY", 1,
-                                                              orderRef=trade.order.orderRef))
+            manager.ib.placeOrder(trade.contract, lib.MarketOrder(
+                "BUY", 1, orderRef=trade.order.orderRef))
 
     manager.orderResolvedEvent += on_resolved
     try:
@@ -84,8 +84,8 @@ async def _day() -> dict[str, Any]:
                 getattr(gw, fault)("placeOrder", 9)
             ref = f"day-{len(refs) + 1}"
             refs.append(ref)
-            manager.ib.placeOrder(Stock("AAPL", "SMART", "USD"), MarketOrder("BUY", 1,
-                                                                            orderRef=ref))
+            manager.ib.placeOrder(lib.Stock("AAPL", "SMART", "USD"),
+                                  lib.MarketOrder("BUY", 1, orderRef=ref))
         while due is not None:
             await asyncio.sleep(origin + due - loop.time())
             seen.append((due, manager.state))
@@ -108,11 +108,11 @@ async def _day() -> dict[str, Any]:
         await gw.stop()
 
 
-def _run_day() -> dict[str, Any]:
+def _run_day(library: str = "ib_insync") -> dict[str, Any]:
     loop = VirtualTimeLoop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_day())
+        return loop.run_until_complete(_day(library))
     finally:
         asyncio.set_event_loop(None)
         loop.close()
@@ -130,6 +130,15 @@ def test_one_simulated_day_of_faults() -> None:
     assert first["restarts"] == 2
     again = _run_day()
     assert again["transcript"] == first["transcript"]
+
+
+def test_one_simulated_day_of_faults_with_ib_async() -> None:
+    """The same day driving ib_async: usable after every fault, nothing in doubt or sent twice."""
+    day = _run_day("ib_async")
+    assert [state for _, state in day["states"]] == [S.CONNECTED] * len(CHECKS)
+    assert day["uncertain"] == 0
+    assert day["resent"] == ["day-2"]
+    assert day["booked"] == {f"day-{n}": 1 for n in range(1, 6)}
 
 
 def test_the_month_file_plays_the_faults_it_was_drawn_with(tmp_path: Path) -> None:
