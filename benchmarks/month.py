@@ -30,7 +30,7 @@ the weekly login is a restart whose outage lasts until the person logs in.
 
 Run::
 
-    uv run python benchmarks/month.py --quick      # 2 days, all contenders, ~15 s
+    uv run python benchmarks/month.py --quick      # 2 days, every contender twice, ~40 s
     uv run python benchmarks/month.py              # 30 days; writes benchmarks/results/month.svg
 """
 
