@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         "replay", help="re-feed a journal and check the transitions match (exit 0 if all do, "
                        "1 if some differ, 2 if the file is not a journal)")
     replay.add_argument("journal", type=Path, help="a JSON Lines journal written by the manager")
+    replay.add_argument("--timeline", type=Path, default=None, metavar="FILE.svg",
+                        help="also draw the journal's states over time as an SVG picture")
     replay.set_defaults(func=_replay)
 
     from ibkr_connection.proxy import cli as proxy_cli
@@ -209,6 +211,14 @@ def _replay(args: argparse.Namespace) -> int:
         # A crash mid-write cuts the last line; the lines before it are whole.
         sys.stdout.write(f"line {line}: cut mid-write (the bot stopped while writing it), "
                          f"not replayed\n")
+    if args.timeline is not None:
+        from ibkr_connection.timeline import render_svg, timeline_from_journal
+
+        lane, marks, end = timeline_from_journal(
+            args.journal.read_text(encoding="utf-8").splitlines(), args.journal.name)
+        args.timeline.write_text(render_svg([lane], marks, end=end, title=str(args.journal)),
+                                 encoding="utf-8")
+        sys.stdout.write(f"timeline written: {args.timeline}\n")
     mismatches = len(result.mismatches)
     verdict = f"{mismatches} differ" if mismatches else "all transitions match"
     complete = "complete inputs" if result.cut_lines else "inputs"

@@ -52,6 +52,53 @@ class SystemClock:
         return asyncio.get_event_loop().call_later(delay, callback)
 
 
+class LoopClock:
+    """The running event loop's own clock: readings and timers on one time base.
+
+    :class:`SystemClock` reads ``time.monotonic()`` while its timers run on
+    the loop; the two agree on a real loop but not on one whose time is
+    virtual (``looptime``, which jumps the loop's clock forward whenever every
+    task waits), where the readings would barely move while the timers fire.
+    This clock reads ``loop.time()`` for both, and maps it to a wall-clock time
+    from ``wall_start``, so IB's reset windows fall where the loop's time says.
+
+    Args:
+        wall_start: the wall-clock time at the loop time of the first reading
+            (the real current time if omitted).
+        loop: the loop to read; the running loop at the first reading if omitted.
+    """
+
+    def __init__(self, wall_start: datetime | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop
+        self._wall_start = wall_start
+        self._origin: float | None = None
+
+    def _the_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def monotonic(self) -> float:
+        """Return the loop's time."""
+        now = self._the_loop().time()
+        if self._origin is None:
+            self._origin = now
+        return now
+
+    def wall(self) -> datetime:
+        """Return ``wall_start`` plus the loop time elapsed since the first reading."""
+        now = self.monotonic()
+        elapsed = timedelta(seconds=now - (now if self._origin is None else self._origin))
+        if self._wall_start is None:
+            self._wall_start = datetime.now(timezone.utc) - elapsed
+        return self._wall_start + elapsed
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Schedule ``callback`` on the clock's loop."""
+        return self._the_loop().call_later(delay, callback)
+
+
 class _ManualTimer:
     def __init__(self) -> None:
         self.cancelled = False

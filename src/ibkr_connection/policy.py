@@ -32,6 +32,7 @@ are chosen for a bot running on the same host (or LAN) as its gateway:
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -88,10 +89,15 @@ class BackoffPolicy:
             The delay in seconds, never above the schedule's cap.
         """
         exponent = max(failures - 1, 0)
-        if costly:
-            base = min(self.max_costly_delay, self.costly_delay * self.factor**exponent)
-        else:
-            base = min(self.max_delay, self.initial_delay * self.factor**exponent)
+        try:
+            growth = self.factor**exponent
+        except OverflowError:
+            # 2.0 ** 1024 overflows a float: a gateway refusing for ~4 minutes
+            # (4 connects a second) reaches that; the cap holds from there on.
+            growth = math.inf
+        start, cap = ((self.costly_delay, self.max_costly_delay) if costly
+                      else (self.initial_delay, self.max_delay))
+        base = min(cap, start * growth) if start > 0 else 0.0
         return base * (1.0 - self.jitter * rng.random())
 
     def exhausted(self, attempts: int) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
@@ -209,6 +209,8 @@ class Brokerage:
         prices: dict[str, float] | None = None,
     ) -> None:
         self.accounts: list[str] = list(accounts)
+        #: The current time of fills and cancels (the gateway's clock sets it).
+        self.wall: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
         self.fill_mode: FillMode = fill_mode
         self.commission = commission
         self.account_values: dict[str, tuple[str, str]] = dict(DEFAULT_ACCOUNT_VALUES)
@@ -416,7 +418,7 @@ class Brokerage:
         order.filled += qty
         order.avg_fill_price = cost / order.filled
         order.last_fill_price = price
-        now = datetime.now(timezone.utc)
+        now = self.wall()
         if order.remaining <= 0:
             order.status = "Filled"
             order.completed_time = now.strftime(p.TIME_FORMAT)
@@ -482,6 +484,6 @@ class Brokerage:
         if order.is_done:
             return False
         order.status = "Cancelled"
-        order.completed_time = datetime.now(timezone.utc).strftime(p.TIME_FORMAT)
+        order.completed_time = self.wall().strftime(p.TIME_FORMAT)
         logger.info("order %d cancelled", order_id)
         return True

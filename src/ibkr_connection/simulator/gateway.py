@@ -38,7 +38,7 @@ from ibkr_connection.simulator.brokerage import (
 )
 from ibkr_connection.simulator.faults import FaultInjection
 from ibkr_connection.simulator.ibc import IbcCommandServer
-from ibkr_connection.simulator.transport import ApiClient, Request
+from ibkr_connection.simulator.transport import ApiClient, Request, SimClock
 from ibkr_connection.wire import protocol as p
 from ibkr_connection.wire.scenario import SYNC_REQUESTS
 
@@ -90,6 +90,9 @@ class FakeGateway(FaultInjection):
             port (0: a free one; None: none); see :attr:`ibc`.
         ibc_restart_outage: Seconds a ``RESTART`` keeps the gateway refusing
             connections.
+        clock: Where the simulator reads time (``monotonic()`` and ``wall()``,
+            e.g. an :class:`ibkr_connection.clock.LoopClock` on virtual time);
+            the real clock if omitted.
 
     Attributes:
         ibc: The IBC command server, when ``ibc_port`` was given (its ``port``
@@ -112,11 +115,15 @@ class FakeGateway(FaultInjection):
         commission: float = 1.0,
         ibc_port: int | None = None,
         ibc_restart_outage: float = 1.0,
+        clock: SimClock | None = None,
     ) -> None:
         super().__init__(host, port, server_version, farms)
+        if clock is not None:
+            self.clock = clock
         self.book = Brokerage(
             accounts, next_order_id, fill_mode=fill_mode, commission=commission, prices=prices
         )
+        self.book.wall = self.clock.wall
         self.ibc = None if ibc_port is None else IbcCommandServer(
             self, host, ibc_port, restart_outage=ibc_restart_outage)
 

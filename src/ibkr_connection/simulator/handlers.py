@@ -12,13 +12,12 @@ handler are logged and ignored, as are requests sent before ``startApi``.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ibkr_connection.simulator import layouts, messages
 from ibkr_connection.simulator.brokerage import Brokerage, SimExecution, SimOrder, SimPosition
-from ibkr_connection.simulator.transport import ApiClient, Request
+from ibkr_connection.simulator.transport import ApiClient, Request, SimClock
 from ibkr_connection.wire import protocol as p
 
 logger = logging.getLogger(__name__)
@@ -33,6 +32,8 @@ class Gateway(Protocol):
     """
 
     book: Brokerage
+    #: The time the gateway reads (the real clock, or a virtual one).
+    clock: SimClock
 
     @property
     def stalled(self) -> bool: ...
@@ -138,7 +139,8 @@ def start_api(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
 def req_current_time(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     """``reqCurrentTime``: the gateway's clock, in whole seconds."""
     layouts.fixed("reqCurrentTime", fields)
-    gw.send_reply(conn, "reqCurrentTime", [], messages.current_time(int(time.time())))
+    now = int(gw.clock.wall().timestamp())
+    gw.send_reply(conn, "reqCurrentTime", [], messages.current_time(now))
 
 
 def req_ids(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
@@ -182,7 +184,7 @@ def req_account_updates(gw: Gateway, conn: ApiClient, fields: list[str]) -> None
         for key, (value, currency) in gw.account_values.items()
     ]
     body += [messages.portfolio(pos) for pos in gw.positions.values() if pos.account == account]
-    body.append(messages.account_update_time(time.strftime("%H:%M")))
+    body.append(messages.account_update_time(gw.clock.wall().astimezone().strftime("%H:%M")))
     end = messages.account_download_end(account)
     gw.send_reply(conn, "reqAccountUpdates", body, end)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from ibkr_connection.simulator.brokerage import DEFAULT_INSTRUMENTS
 from ibkr_connection.simulator.gateway import FakeGateway
@@ -108,9 +107,11 @@ async def run_scenario(gw: FakeGateway, scenario: Scenario) -> None:
         gw: The gateway to act on.
         scenario: The timeline.
     """
-    start = time.monotonic()
+    # The loop's clock, which its sleeps run on (also when that time is virtual).
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     for step in scenario.steps:
-        wait = start + step.at - time.monotonic()
+        wait = start + step.at - loop.time()
         if wait > 0:
             await asyncio.sleep(wait)
         await apply_step(gw, step)

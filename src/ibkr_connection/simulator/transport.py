@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ibkr_connection.simulator import messages
 from ibkr_connection.wire import protocol as p
@@ -36,6 +36,28 @@ if TYPE_CHECKING:
     from ibkr_connection.simulator.brokerage import Instrument
 
 logger = logging.getLogger(__name__)
+
+
+class SimClock(Protocol):
+    """The time the simulator reads: any :class:`ibkr_connection.clock.Clock` serves."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards."""
+
+    def wall(self) -> datetime:
+        """The current time of day, timezone-aware."""
+
+
+class RealClock:
+    """The real clock: ``time.monotonic()`` and the current UTC time."""
+
+    def monotonic(self) -> float:
+        """Return ``time.monotonic()``."""
+        return time.monotonic()
+
+    def wall(self) -> datetime:
+        """Return the current UTC time."""
+        return datetime.now(timezone.utc)
 
 
 @dataclass
@@ -168,6 +190,9 @@ class GatewayTransport:
 
     def __init__(self, host: str, port: int, server_version: int) -> None:
         self.host = host
+        #: Where the simulator reads time (the real clock unless given one,
+        #: e.g. a LoopClock for a run on virtual time).
+        self.clock: SimClock = RealClock()
         self._port = port
         self._server_version = versions.check_cap(server_version)
         self.handshake_delay: float = 0.0
@@ -280,7 +305,7 @@ class GatewayTransport:
             conn_id=next(self._conn_seq),
             peer=f"{peer[0]}:{peer[1]}" if peer else "?",
             transport=transport,
-            connected_at=time.monotonic(),
+            connected_at=self.clock.monotonic(),
         )
         self._conns[conn.conn_id] = conn
         self.accepted_connections += 1
@@ -339,7 +364,8 @@ class GatewayTransport:
             logger.warning("connection %d sent garbage %r; ignored", conn.conn_id, fields[:3])
             return
         name = p.INCOMING.get(msg_id, f"unknown{msg_id}")
-        request = Request(conn.client_id, msg_id, name, fields, time.monotonic(), conn.conn_id)
+        request = Request(conn.client_id, msg_id, name, fields, self.clock.monotonic(),
+                          conn.conn_id)
         self.requests.append(request)
         self._notify_waiters(request)
         self._handle_request(conn, request)
@@ -369,7 +395,7 @@ class GatewayTransport:
         version = self._negotiate(conn, low, high)
         if version is None:
             answer = self._refusal(conn, low, high)
-            conn.send_raw(messages.server_version(answer, datetime.now(timezone.utc)))
+            conn.send_raw(messages.server_version(answer, self.clock.wall()))
             conn.transport.close()  # close() flushes the answer first; abort() would not
             return
         conn.version = version
@@ -440,7 +466,7 @@ class GatewayTransport:
         conn.handles.append(handle)
 
     def _send_server_version(self, conn: ApiClient) -> None:
-        conn.send_raw(messages.server_version(conn.version, datetime.now(timezone.utc)))
+        conn.send_raw(messages.server_version(conn.version, self.clock.wall()))
 
     def accept_client(self, conn: ApiClient, client_id: int) -> bool:
         """Accept a ``startApi``, or refuse a client id already in use (326).

@@ -1,0 +1,431 @@
+"""A month of IB's schedule as data, and a loop whose time jumps: the month benchmark's parts.
+
+:func:`generate` draws a seeded month (or any number of days) of what IB and
+the gateway do to a bot: the nightly server reset, the gateway's daily
+auto-restart and the weekly restart that needs a person to log in, data-farm
+flaps, 1100 -> 1101/1102 episodes, dropped sockets, a hang and a wedge now and
+then, a 1300, and the bot's orders through the trading day, some caught by an
+order fault. The gateway's side is a list of scenario steps in the
+simulator's own format (:meth:`Month.toml` writes a file ``ibkr-connection sim
+--scenario`` plays; ``benchmarks/month.toml`` is the default month). Three
+things are not scenario actions and stay on the Python side, played by the
+benchmark: the orders (a bot places them, not the gateway), the order faults
+(:meth:`~ibkr_connection.simulator.faults.FaultInjection.lose_next_order`,
+``lose_next_order_ack`` and ``drop_after_next_order`` have no action) and the
+weekly login (a ``restart`` whose outage is the time until the person logs in).
+
+:class:`VirtualTimeLoop` is an asyncio loop whose clock jumps to the next
+timer whenever nothing is ready: socket I/O stays real (loopback), and every
+timer of the manager, the client library and the simulator runs on the jumped
+clock. It does what ``looptime`` does, without the no-op turns looptime spends
+before each jump (42 by default; at ``noop_cycles=0`` still one extra turn),
+which the month pays about a million times.
+
+Rates: each :data:`RATES` entry says where it comes from; most are
+assumptions, marked so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import selectors
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+ET = ZoneInfo("America/New_York")
+
+#: Where the month starts: Monday 2 March 2026, 00:00 New York (05:00 UTC).
+#: US daylight saving time begins on Sunday 8 March, so the month also shows
+#: the reset window moving an hour in UTC.
+MONTH_START = datetime(2026, 3, 2, 0, 0, tzinfo=ET).astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """How often something happens, and for how long.
+
+    Attributes:
+        per_day: mean events per day (a Poisson rate), or 1 for a daily event.
+        low: shortest duration in seconds.
+        high: longest duration in seconds.
+        source: where the figure comes from, or ``assumption: ...``.
+    """
+
+    per_day: float
+    low: float
+    high: float
+    source: str
+
+
+#: The month's rates. The reset window itself is the policy's
+#: ``NIGHTLY_RESET_US`` (23:45-00:45 New York).
+RATES: dict[str, Rate] = {
+    "nightly_reset": Rate(1.0, 30.0, 300.0, (
+        "IB: 'You are very likely to lose connectivity to our servers at least once a day due "
+        "to our daily server maintenance' (interactivebrokers.github.io/tws-api/"
+        "message_codes.html); the window is the policy's NIGHTLY_RESET_US; the silence "
+        "(30-300 s) is an assumption")),
+    "daily_restart": Rate(1.0, 60.0, 180.0, (
+        "the gateway's Auto restart, once a day (ibkrguides.com/traderworkstation/"
+        "auto-restart-considerations.htm), set inside the reset window here; 'only the 2-3 "
+        "minutes of the scheduled daily restart' (emailtrader.app, a user report): 60-180 s")),
+    "weekly_login": Rate(1.0 / 7.0, 1800.0, 6 * 3600.0, (
+        "security tokens invalidated each Sunday at 1:00 am ET, the next start needs a manual "
+        "login (ibkrguides.com auto-restart-considerations); the person logs in 0.5-6 h "
+        "later: assumption")),
+    "farm_flap": Rate(3.0, 5.0, 180.0, "assumption: 3 flaps a day over the three farms"),
+    "link_loss": Rate(0.5, 10.0, 90.0, (
+        "assumption: a 1100 outside the reset window every other day, restored by 1101 or "
+        "1102 within 10-90 s")),
+    "drop": Rate(1.0 / 3.0, 0.0, 0.0, "assumption: the API socket drops every third day"),
+    "hang": Rate(1.0 / 7.0, 30.0, 120.0, (
+        "assumption: a hang (nothing answered, heals by itself) once a week, 30-120 s")),
+    "wedge": Rate(1.0 / 14.0, 0.0, 0.0, (
+        "assumption: a wedge (only a restart helps; nautilus_trader #4796, "
+        "ib-gateway-docker #336) every other week")),
+    "port_reset": Rate(1.0 / 30.0, 0.0, 0.0, "assumption: one 1300 a month"),
+    "orders": Rate(10.0, 0.0, 0.0, (
+        "assumption: 10 market orders per weekday, 09:30-16:00 New York")),
+    "order_fault": Rate(0.1, 0.0, 0.0, (
+        "assumption: one order in ten caught by a dying socket (lost, its answer lost, or "
+        "answered then dropped), far above real life, to exercise the in-flight tracking")),
+}
+
+#: The farms the flaps pick from (2103/2104, 2105/2106, 2157/2158).
+FARMS = ("usfarm", "ushmds", "secdefil")
+
+#: The order faults, by the FakeGateway method that arms them.
+ORDER_FAULTS = ("lose_next_order", "lose_next_order_ack", "drop_after_next_order")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault of the month, for the picture and the accounting.
+
+    Attributes:
+        at: seconds from the month's start.
+        kind: the :data:`RATES` key (``nightly_reset``, ``drop``, ...).
+        duration: seconds the gateway cannot serve because of it (0 for a
+            drop or a wedge, whose cost is the contender's).
+        detail: a few words (farm, restore code).
+    """
+
+    at: float
+    kind: str
+    duration: float
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class PlannedOrder:
+    """An order the bot places at ``at`` (seconds from the start), maybe into a fault."""
+
+    at: float
+    ref: str
+    fault: str | None = None
+
+
+@dataclass
+class Month:
+    """A generated month: the gateway's steps, its faults, the bot's orders.
+
+    Attributes:
+        start: the wall-clock time at second 0.
+        days: how many days it covers.
+        seed: the seed it was drawn from.
+        steps: scenario steps (``{"at": ..., "action": ..., fields}``), by time.
+        faults: the faults, by time.
+        orders: the bot's orders, by time.
+    """
+
+    start: datetime
+    days: int
+    seed: int
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    orders: list[PlannedOrder] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        """The month's length in seconds."""
+        return self.days * 86400.0
+
+    def in_reset_window(self, at: float) -> bool:
+        """Return True if second ``at`` falls inside the policy's reset windows."""
+        from ibkr_connection.policy import RecoveryPolicy
+
+        return RecoveryPolicy().in_reset_window(self.start + timedelta(seconds=at))
+
+    def reset_windows(self) -> list[tuple[float, float]]:
+        """The reset windows as (start, end) seconds, clipped to the month."""
+        out: list[tuple[float, float]] = []
+        local0 = self.start.astimezone(ET).date()
+        for n in range(-1, self.days + 1):
+            day = local0 + timedelta(days=n)
+            begin = datetime.combine(day, time(23, 45), ET).astimezone(timezone.utc)
+            end = datetime.combine(day + timedelta(days=1), time(0, 45), ET).astimezone(
+                timezone.utc)
+            a = (begin - self.start).total_seconds()
+            b = (end - self.start).total_seconds()
+            a, b = max(a, 0.0), min(b, self.seconds)
+            if a < b:
+                out.append((a, b))
+        return out
+
+    def cannot_serve(self) -> list[tuple[float, float, str]]:
+        """When the gateway could not serve whoever asked: (start, end, why), merged by cause.
+
+        Reset windows, restarts and logins (down), 1100 episodes (cut off from
+        IB) and hangs. Drops and wedges are not here: recovering from them is
+        the contender's own work.
+        """
+        spans = [(a, b, "reset window") for a, b in self.reset_windows()]
+        for f in self.faults:
+            if f.duration > 0 and f.kind in ("daily_restart", "weekly_login", "link_loss",
+                                             "hang", "nightly_reset"):
+                spans.append((f.at, min(f.at + f.duration, self.seconds), f.kind))
+        return sorted(spans)
+
+    def toml(self) -> str:
+        """The gateway's side as a scenario file in the simulator's format."""
+        lines = [
+            f"# A month of IB's schedule: {self.days} days from "
+            f"{self.start.isoformat()}, seed {self.seed}.",
+            "# Generated by ibkr_connection.simulator.month.generate; rates and their sources",
+            "# are in RATES there. Not in this file (no scenario action plays them): the",
+            "# bot's orders and the order faults (lose_next_order, lose_next_order_ack,",
+            "# drop_after_next_order), which benchmarks/month.py plays from Python.",
+            "# Run with: ibkr-connection sim --scenario benchmarks/month.toml (not shipped",
+            "# in the package's scenarios: it wedges the gateway, which the proxy refuses).",
+            "",
+            f'description = "{self.days} days of IB\'s schedule (seed {self.seed}): nightly '
+            "resets, daily and weekly restarts, farm flaps, 1100s, drops, hangs, wedges, a "
+            '1300"',
+        ]
+        for step in self.steps:
+            lines += ["", "[[step]]"]
+            for key, value in step.items():
+                lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, int):
+        return str(value)
+    return '"' + str(value).replace('"', '\\"') + '"'
+
+
+def _poisson_times(rng: random.Random, per_day: float, begin: float, end: float) -> list[float]:
+    out: list[float] = []
+    if per_day <= 0:
+        return out
+    t = begin
+    while True:
+        t += rng.expovariate(per_day / 86400.0)
+        if t >= end:
+            return out
+        out.append(t)
+
+
+def generate(seed: int = 0, days: int = 30, start: datetime = MONTH_START) -> Month:
+    """Draw ``days`` days of IB's schedule from ``seed``.
+
+    Args:
+        seed: the random source's seed; the same seed gives the same month.
+        days: the month's length.
+        start: the wall-clock time of second 0 (a midnight in New York).
+
+    Returns:
+        The month: the gateway's steps, the faults, the bot's orders.
+    """
+    rng = random.Random(seed)
+    month = Month(start=start, days=days, seed=seed)
+    end = month.seconds
+    events: list[tuple[float, int, list[dict[str, Any]], Fault | None]] = []
+    seq = 0
+
+    def add(at: float, steps: list[dict[str, Any]], fault: Fault | None) -> None:
+        nonlocal seq
+        seq += 1
+        events.append((at, seq, steps, fault))
+
+    def busy(at: float, margin: float = 600.0) -> bool:
+        # Scheduled maintenance keeps its own hour; random faults go elsewhere.
+        return any(a - margin <= at <= b + margin for a, b in month.reset_windows())
+
+    for a, _b in month.reset_windows():
+        if a <= 0:
+            continue
+        local = (start + timedelta(seconds=a)).astimezone(ET)
+        # The weekly token invalidation (Sunday 01:00 New York) replaces that
+        # night's auto-restart with a restart that waits for a person.
+        sunday_night = local.weekday() == 5  # the window opening Saturday 23:45
+        r = RATES["nightly_reset"]
+        silence = round(rng.uniform(r.low, r.high), 3)
+        reset_at = a + rng.uniform(60.0, 900.0)
+        code = rng.choice((1101, 1102))
+        add(reset_at, [{"action": "nightly_reset", "silence": silence, "restore_code": code}],
+            Fault(reset_at, "nightly_reset", silence, str(code)))
+        if sunday_night:
+            r = RATES["weekly_login"]
+            at = a + 3600.0 + 900.0  # 01:30 New York, after the tokens went at 01:00
+            outage = round(rng.uniform(r.low, r.high), 3)
+            add(at, [{"action": "restart", "outage": outage}, {"action": "unstall"}],
+                Fault(at, "weekly_login", outage))
+        else:
+            r = RATES["daily_restart"]
+            at = reset_at + silence + rng.uniform(60.0, 600.0)
+            outage = round(rng.uniform(r.low, r.high), 3)
+            add(at, [{"action": "restart", "outage": outage}, {"action": "unstall"}],
+                Fault(at, "daily_restart", outage))
+
+    for at in _poisson_times(rng, RATES["farm_flap"].per_day, 0.0, end):
+        if busy(at):
+            continue
+        r = RATES["farm_flap"]
+        farm = rng.choice(FARMS)
+        down = round(rng.uniform(r.low, r.high), 3)
+        add(at, [{"action": "farm_broken", "farm": farm}], Fault(at, "farm_flap", 0.0, farm))
+        add(at + down, [{"action": "farm_ok", "farm": farm}], None)
+    for at in _poisson_times(rng, RATES["link_loss"].per_day, 0.0, end):
+        if busy(at):
+            continue
+        r = RATES["link_loss"]
+        down = round(rng.uniform(r.low, r.high), 3)
+        code = rng.choice((1101, 1102))
+        add(at, [{"action": "error", "code": 1100}], Fault(at, "link_loss", down, str(code)))
+        add(at + down, [{"action": "error", "code": code}], None)
+    for at in _poisson_times(rng, RATES["drop"].per_day, 0.0, end):
+        if not busy(at):
+            add(at, [{"action": "drop_clients"}], Fault(at, "drop", 0.0))
+    for at in _poisson_times(rng, RATES["hang"].per_day, 0.0, end):
+        if busy(at):
+            continue
+        r = RATES["hang"]
+        down = round(rng.uniform(r.low, r.high), 3)
+        add(at, [{"action": "stall"}], Fault(at, "hang", down))
+        add(at + down, [{"action": "unstall"}], None)
+    for at in _poisson_times(rng, RATES["wedge"].per_day, 0.0, end):
+        if not busy(at):
+            add(at, [{"action": "wedge"}], Fault(at, "wedge", 0.0))
+    for at in _poisson_times(rng, RATES["port_reset"].per_day, 0.0, end):
+        if not busy(at):
+            add(at, [{"action": "reset_port"}], Fault(at, "port_reset", 0.0))
+
+    n = 0
+    for day in range(days):
+        local = (start + timedelta(days=day)).astimezone(ET)
+        if local.weekday() >= 5:
+            continue
+        open_ = datetime.combine(local.date(), time(9, 30), ET).astimezone(timezone.utc)
+        close = datetime.combine(local.date(), time(16, 0), ET).astimezone(timezone.utc)
+        a, b = (open_ - start).total_seconds(), (close - start).total_seconds()
+        for at in sorted(rng.uniform(a, b) for _ in range(int(RATES["orders"].per_day))):
+            n += 1
+            caught = rng.choice(ORDER_FAULTS) if rng.random() < RATES["order_fault"].per_day \
+                else None
+            month.orders.append(PlannedOrder(round(at, 3), f"month-{n}", caught))
+
+    events.sort(key=lambda e: (e[0], e[1]))
+    for at, _, steps, fault in events:
+        for step in steps:
+            month.steps.append({"at": round(at, 3), **step})
+        if fault is not None:
+            month.faults.append(fault)
+    return month
+
+
+def faults_from_steps(steps: list[dict[str, Any]]) -> list[Fault]:
+    """The faults a list of scenario steps plays, for the accounting of an edited month.
+
+    A ``restart`` whose outage is longer than 10 minutes counts as the weekly
+    login, a shorter one as the daily restart; a 1100 lasts until the next
+    1101/1102, a ``stall`` until the next ``unstall``.
+    """
+    faults: list[Fault] = []
+    ordered = sorted(steps, key=lambda step: float(step["at"]))
+    for index, step in enumerate(ordered):
+        at, action = float(step["at"]), step["action"]
+
+        def until(match: Any, _index: int = index, _at: float = at) -> float:
+            later = (float(s["at"]) for s in ordered[_index + 1:] if match(s))
+            return next(later, _at) - _at
+
+        if action == "nightly_reset":
+            faults.append(Fault(at, "nightly_reset", float(step.get("silence", 2.0)),
+                                str(step.get("restore_code", 1101))))
+        elif action == "restart":
+            outage = float(step.get("outage", 1.0))
+            faults.append(Fault(at, "weekly_login" if outage > 600 else "daily_restart", outage))
+        elif action == "error" and step.get("code") == 1100:
+            faults.append(Fault(at, "link_loss", until(
+                lambda s: s["action"] == "error" and s.get("code") in (1101, 1102))))
+        elif action == "stall":
+            faults.append(Fault(at, "hang", until(lambda s: s["action"] == "unstall")))
+        elif action in ("drop_clients", "wedge", "reset_port", "farm_broken"):
+            kind = {"drop_clients": "drop", "reset_port": "port_reset",
+                    "farm_broken": "farm_flap"}.get(action, action)
+            faults.append(Fault(at, kind, 0.0, str(step.get("farm", ""))))
+    return faults
+
+
+def _writing(selector: selectors.BaseSelector) -> bool:
+    """True if a socket waits to be writable: a connect in progress or a full buffer."""
+    return any(key.events & selectors.EVENT_WRITE for key in selector.get_map().values())
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock jumps to the next timer when nothing is ready.
+
+    Each turn first polls the sockets without waiting; only when nothing is
+    ready and a timer is due later does the clock jump to it. Loopback writes
+    are readable by the peer at once, so no in-flight byte is overtaken by a
+    jump. With no timer at all it waits for real I/O.
+
+    Args:
+        start: the loop's time at creation.
+
+    Attributes:
+        jumps: how many times the clock jumped.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        super().__init__()
+        self._now = start
+        self.jumps = 0
+        selector = self._selector  # type: ignore[attr-defined]
+        real_select = selector.select
+
+        def select(timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+            ready: list[tuple[selectors.SelectorKey, int]] = real_select(0)
+            if ready or timeout == 0:
+                return ready
+            if timeout is None or _writing(selector):
+                # Nothing scheduled, or a connect (or a full send buffer) still
+                # in the kernel's hands: wait for the real I/O, never jump past
+                # it (a jump then would land its answer at a time that depends
+                # on the machine's load, and the transcript would differ).
+                waited: list[tuple[selectors.SelectorKey, int]] = real_select(
+                    1.0 if timeout is None else min(timeout, 0.05))
+                if waited or timeout is None:
+                    return waited
+            self._now += timeout
+            self.jumps += 1
+            return ready
+
+        selector.select = select
+
+    def time(self) -> float:
+        """Return the virtual time."""
+        return self._now
+
+
+__all__ = ["FARMS", "MONTH_START", "ORDER_FAULTS", "RATES", "Fault", "Month", "PlannedOrder",
+           "Rate", "VirtualTimeLoop", "faults_from_steps", "generate"]
