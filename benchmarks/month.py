@@ -65,8 +65,9 @@ from ibkr_connection.simulator.month import (
     faults_from_steps,
     generate,
 )
-from ibkr_connection.simulator.scenario import load_scenario, parse_scenario, run_scenario
+from ibkr_connection.simulator.scenario import run_scenario
 from ibkr_connection.timeline import Band, Lane, Mark, render_svg
+from ibkr_connection.wire.scenario import load_scenario, parse_scenario
 
 S = ConnectionState
 USABLE = (S.CONNECTED, S.DEGRADED)

@@ -16,7 +16,8 @@ from ibkr_connection.simulator.month import (
     faults_from_steps,
     generate,
 )
-from ibkr_connection.simulator.scenario import load_scenario, parse_scenario, run_scenario
+from ibkr_connection.simulator.scenario import run_scenario
+from ibkr_connection.wire.scenario import load_scenario, parse_scenario
 
 S = ConnectionState
 HOUR = 3600.0
