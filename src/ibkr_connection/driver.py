@@ -359,14 +359,27 @@ class Driver:
         self._schedule_tick()
 
     async def _probe(self) -> None:
+        """Send a reqCurrentTime; at its deadline, feed heartbeat_missed if the gateway was silent.
+
+        The client keeps one pending reqCurrentTime: ``Wrapper.startReq("currentTime")``
+        stores a new future under that key, replacing one still in flight, and the
+        ``currentTime`` answer ends whichever is stored (``Wrapper._endReq`` pops the key;
+        ib_insync 0.9.86 and ib_async 2.1 ``wrapper.py`` alike). A bot asking the time
+        while the probe is on the wire takes the probe's answer, and the probe's own
+        future is never resolved. So the probe counts as answered when any message came
+        from the gateway since it was sent, counted at the deadline: a silent gateway is
+        what it probes for. Whether a miss matters is the table's.
+        """
         timeout = self.config.heartbeat_timeout
         started = self._clock.monotonic()
-        request = asyncio.ensure_future(self.ib.reqCurrentTimeAsync())
+        ib = self.ib
+        heard_before = adapter.received_messages(ib)
+        request = asyncio.ensure_future(ib.reqCurrentTimeAsync())
         expired: list[bool] = []
 
         def expire() -> None:
             if not request.done():
-                expired.append(True)
+                expired.append(adapter.received_messages(ib) != heard_before)
                 request.cancel()
 
         # The probe's deadline runs on the injected clock, like every other timer.
@@ -377,7 +390,12 @@ class Driver:
             if not expired:
                 raise
             self._probe_task = None
-            if self._heartbeat_on:
+            if expired[0]:
+                logger.debug("heartbeat probe: no answer of its own within %gs (another "
+                             "reqCurrentTime may have taken it), but the gateway sent "
+                             "messages since: alive", timeout)
+                self._last_activity = self._clock.monotonic()
+            elif self._heartbeat_on:
                 self._feed(Input(
                     InputKind.HEARTBEAT_MISSED,
                     message=f"no answer to a heartbeat probe within {timeout:g}s",
