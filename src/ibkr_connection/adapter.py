@@ -352,6 +352,8 @@ _CODE_LINE = re.compile(r"(?:Error|Warning) (\d+), reqId (-?\d+):")
 #: word of its own. It catches an account before the client has learnt it (the
 #: raw ``managedAccounts`` message itself, logged at DEBUG as ``<<< 15,1,DU...``).
 _ACCOUNT_SHAPE = r"[A-Z]{1,2}\d{5,}"
+#: A digit: a text without one names no account.
+_DIGIT = re.compile(r"\d")
 #: Where a match may start and end: not inside a longer word (``DU1`` in ``DU12``).
 _WORD = r"(?<![A-Za-z0-9])(?:{})(?![A-Za-z0-9])"
 #: The attributes holding a client's loggers, on the IB, its client, wrapper and decoder.
@@ -451,6 +453,36 @@ class _ManagedClientLogs(logging.Filter):
         return logging.getLogger(record.name).isEnabledFor(level)
 
 
+def _accounts_of(ib: Any) -> Callable[[], list[str]]:
+    """The accounts ``ib`` manages, read when called (a weak reference: a manager never
+    stopped must not keep its IB alive)."""
+    alive = weakref.ref(ib)
+
+    def accounts() -> list[str]:
+        target = alive()
+        return managed_accounts(target) if target is not None else []
+
+    return accounts
+
+
+def account_masker(ib: Any) -> Callable[[str], str]:
+    """Return a function masking the account ids in a text as ``ib``'s own log lines are.
+
+    The same masking as :func:`manage_client_logs` (the accounts ``ib`` manages,
+    and anything shaped like an account id), for the manager's lines quoting IB's
+    message text, which may name an account (e.g. an order rejection's "account
+    DU...").
+    """
+    mask = _ClientLogPolicy(lambda code: False, _accounts_of(ib)).mask
+
+    def masked(text: str) -> str:
+        # Every IB account id has digits; the farm notices of each connect have
+        # none: they skip the masking's work (a few microseconds each).
+        return mask(text) if _DIGIT.search(text) else text
+
+    return masked
+
+
 def manage_client_logs(ib: Any, known_code: Callable[[int], bool], *,
                        mask_accounts: bool = True) -> Callable[[], None]:
     """Route ``ib``'s own log lines through ``<logger>.managed``, masked and demoted.
@@ -470,16 +502,7 @@ def manage_client_logs(ib: Any, known_code: Callable[[int], bool], *,
     Returns:
         The undo, which puts the original loggers back.
     """
-    accounts: Callable[[], list[str]] | None = None
-    if mask_accounts:
-        # A weak reference: a manager never stopped must not keep its IB alive.
-        alive = weakref.ref(ib)
-
-        def accounts() -> list[str]:
-            target = alive()
-            return managed_accounts(target) if target is not None else []
-
-    policy = _ClientLogPolicy(known_code, accounts)
+    policy = _ClientLogPolicy(known_code, _accounts_of(ib) if mask_accounts else None)
     swapped: list[tuple[Any, str, logging.Logger, _ManagedLogger]] = []
     client = getattr(ib, "client", None)
     owners: tuple[Any, ...] = (ib, client, getattr(ib, "wrapper", None),

@@ -85,6 +85,8 @@ class Driver:
         self._unwatch_ids: Callable[[], None] | None = None
         self._unwatch_sync: Callable[[], None] | None = None
         self._sync_catcher = adapter.SyncTimeoutCatcher()
+        #: Masks the account ids in IB's message text as the client's own lines are.
+        self._mask_accounts_in = adapter.account_masker(ib)
         self.account = ""
         self.high_water = 0
         self.last_error: Exception | None = None
@@ -154,10 +156,16 @@ class Driver:
 
     def _on_ib_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
         info = codes.lookup(code)
+        if info is None and req_id >= 0:
+            return
+        # IB's text may name the account (321, 2100-range notices, an order
+        # rejection's "account DU..."): masked before it reaches a log line, or
+        # a transition's cause.
+        if message and self.config.mask_accounts:
+            message = self._mask_accounts_in(message)
         if info is None:
-            if req_id < 0:
-                logger.warning("IB code %d (not in the code table, no state change): %s",
-                               code, message)
+            logger.warning("IB code %d (not in the code table, no state change): %s",
+                           code, message)
             return
         logger.log(info.level, "IB %d (%s): %s", code, info.meaning, message)
         inp = codes.classify(code, message)
