@@ -73,15 +73,19 @@ def market_order(action: str, quantity: float, order_ref: str = "") -> Any:
 
 
 def needs_qualified_contract(ib: Any, contract: Any) -> bool:
-    """Return True if ``ib`` cannot stream market data for ``contract`` as it is.
+    """Return True if ``contract`` is to be qualified through the gateway before streaming.
 
-    ib_async keys its tickers by the contract's hash, which needs a ``conId``
-    (``reqMktData`` raises ``ValueError: ... no 'conId'`` otherwise); ib_insync
-    keys them by the object's identity and takes any contract.
+    On both backends, a contract without a ``conId`` (a combo, ``BAG``, has
+    none of its own): ib_async keys its tickers by the contract's hash, which
+    needs one (``reqMktData`` raises ``ValueError: ... no 'conId'``
+    otherwise); ib_insync takes any contract, but a ``reqMktData`` for one the
+    gateway does not know is answered only by an error 200 on its request id,
+    which nothing waits for, so ``wait_ready()`` would return as if all were
+    well. Qualifying first turns an unknown contract into a failed handle on
+    both. Qualified in place, the contract has its ``conId`` on every later
+    session: one round trip per subscribe, none per reconnect.
     """
-    if getattr(contract, "conId", 0) or getattr(contract, "secType", "") == "BAG":
-        return False
-    return type(ib).__module__.split(".")[0] != "ib_insync"
+    return not (getattr(contract, "conId", 0) or getattr(contract, "secType", "") == "BAG")
 
 
 async def qualify_contract(ib: Any, contract: Any) -> bool:
