@@ -13,6 +13,8 @@ import asyncio
 import importlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -24,7 +26,7 @@ from ibkr_connection.machine import ConnectionMachine
 from ibkr_connection.outputs import Step, Transition
 from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
 from ibkr_connection.simulator import FakeGateway
-from ibkr_connection.table import ConnectionState
+from ibkr_connection.table import ConnectionState, Row
 
 
 class RecordingEffects:
@@ -50,6 +52,25 @@ class RecordingEffects:
         return [args for called, args in self.calls if called == name]
 
 
+@dataclass
+class Mutant:
+    """A changed table for the row-mutation test (tests/test_table_mutations.py).
+
+    While one is set in :data:`MUTANT`, every :class:`RecordedMachine` is built
+    with its rows, entry and exit actions (``ConnectionMachine``'s ``table=``,
+    ``entry_actions=``, ``exit_actions=``) and notes each step it makes in ``met``
+    (state before, input, state after) and the row that took it in ``rows``.
+    """
+
+    arguments: dict[str, Any]
+    met: set[tuple[ConnectionState, InputKind, ConnectionState]] = field(default_factory=set)
+    rows: set[Row | None] = field(default_factory=set)
+
+
+#: The mutant the machines of this context run (None: the real table).
+MUTANT: ContextVar[Mutant | None] = ContextVar("MUTANT", default=None)
+
+
 class RecordedMachine(ConnectionMachine):
     """The machine, its steps' effects recorded and its transitions told to listeners.
 
@@ -57,6 +78,9 @@ class RecordedMachine(ConnectionMachine):
     """
 
     def __init__(self, effects: RecordingEffects, clock: Clock, **kwargs: Any) -> None:
+        self._mutant = MUTANT.get()
+        if self._mutant is not None:
+            kwargs = {**self._mutant.arguments, **kwargs}
         super().__init__(clock, **kwargs)
         self.effects = effects
         self.listeners: list[Callable[[Transition], object]] = []
@@ -66,7 +90,11 @@ class RecordedMachine(ConnectionMachine):
         self.listeners.append(listener)
 
     def handle(self, inp: Input) -> Step:
+        before = self.state
         step = super().handle(inp)
+        if self._mutant is not None:
+            self._mutant.met.add((before, inp.kind, step.state))
+            self._mutant.rows.add(self.last_row)
         self.effects.record(step)
         if step.transition is not None:
             for listener in self.listeners:

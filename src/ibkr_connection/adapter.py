@@ -73,15 +73,19 @@ def market_order(action: str, quantity: float, order_ref: str = "") -> Any:
 
 
 def needs_qualified_contract(ib: Any, contract: Any) -> bool:
-    """Return True if ``ib`` cannot stream market data for ``contract`` as it is.
+    """Return True if ``contract`` is to be qualified through the gateway before streaming.
 
-    ib_async keys its tickers by the contract's hash, which needs a ``conId``
-    (``reqMktData`` raises ``ValueError: ... no 'conId'`` otherwise); ib_insync
-    keys them by the object's identity and takes any contract.
+    On both backends, a contract without a ``conId`` (a combo, ``BAG``, has
+    none of its own): ib_async keys its tickers by the contract's hash, which
+    needs one (``reqMktData`` raises ``ValueError: ... no 'conId'``
+    otherwise); ib_insync takes any contract, but a ``reqMktData`` for one the
+    gateway does not know is answered only by an error 200 on its request id,
+    which nothing waits for, so ``wait_ready()`` would return as if all were
+    well. Qualifying first turns an unknown contract into a failed handle on
+    both. Qualified in place, the contract has its ``conId`` on every later
+    session: one round trip per subscribe, none per reconnect.
     """
-    if getattr(contract, "conId", 0) or getattr(contract, "secType", "") == "BAG":
-        return False
-    return type(ib).__module__.split(".")[0] != "ib_insync"
+    return not (getattr(contract, "conId", 0) or getattr(contract, "secType", "") == "BAG")
 
 
 async def qualify_contract(ib: Any, contract: Any) -> bool:
@@ -352,6 +356,8 @@ _CODE_LINE = re.compile(r"(?:Error|Warning) (\d+), reqId (-?\d+):")
 #: word of its own. It catches an account before the client has learnt it (the
 #: raw ``managedAccounts`` message itself, logged at DEBUG as ``<<< 15,1,DU...``).
 _ACCOUNT_SHAPE = r"[A-Z]{1,2}\d{5,}"
+#: A digit: a text without one names no account.
+_DIGIT = re.compile(r"\d")
 #: Where a match may start and end: not inside a longer word (``DU1`` in ``DU12``).
 _WORD = r"(?<![A-Za-z0-9])(?:{})(?![A-Za-z0-9])"
 #: The attributes holding a client's loggers, on the IB, its client, wrapper and decoder.
@@ -451,6 +457,36 @@ class _ManagedClientLogs(logging.Filter):
         return logging.getLogger(record.name).isEnabledFor(level)
 
 
+def _accounts_of(ib: Any) -> Callable[[], list[str]]:
+    """The accounts ``ib`` manages, read when called (a weak reference: a manager never
+    stopped must not keep its IB alive)."""
+    alive = weakref.ref(ib)
+
+    def accounts() -> list[str]:
+        target = alive()
+        return managed_accounts(target) if target is not None else []
+
+    return accounts
+
+
+def account_masker(ib: Any) -> Callable[[str], str]:
+    """Return a function masking the account ids in a text as ``ib``'s own log lines are.
+
+    The same masking as :func:`manage_client_logs` (the accounts ``ib`` manages,
+    and anything shaped like an account id), for the manager's lines quoting IB's
+    message text, which may name an account (e.g. an order rejection's "account
+    DU...").
+    """
+    mask = _ClientLogPolicy(lambda code: False, _accounts_of(ib)).mask
+
+    def masked(text: str) -> str:
+        # Every IB account id has digits; the farm notices of each connect have
+        # none: they skip the masking's work (a few microseconds each).
+        return mask(text) if _DIGIT.search(text) else text
+
+    return masked
+
+
 def manage_client_logs(ib: Any, known_code: Callable[[int], bool], *,
                        mask_accounts: bool = True) -> Callable[[], None]:
     """Route ``ib``'s own log lines through ``<logger>.managed``, masked and demoted.
@@ -470,16 +506,7 @@ def manage_client_logs(ib: Any, known_code: Callable[[int], bool], *,
     Returns:
         The undo, which puts the original loggers back.
     """
-    accounts: Callable[[], list[str]] | None = None
-    if mask_accounts:
-        # A weak reference: a manager never stopped must not keep its IB alive.
-        alive = weakref.ref(ib)
-
-        def accounts() -> list[str]:
-            target = alive()
-            return managed_accounts(target) if target is not None else []
-
-    policy = _ClientLogPolicy(known_code, accounts)
+    policy = _ClientLogPolicy(known_code, _accounts_of(ib) if mask_accounts else None)
     swapped: list[tuple[Any, str, logging.Logger, _ManagedLogger]] = []
     client = getattr(ib, "client", None)
     owners: tuple[Any, ...] = (ib, client, getattr(ib, "wrapper", None),

@@ -86,6 +86,8 @@ class Driver:
         self._unwatch_ids: Callable[[], None] | None = None
         self._unwatch_sync: Callable[[], None] | None = None
         self._sync_catcher = adapter.SyncTimeoutCatcher()
+        #: Masks the account ids in IB's message text as the client's own lines are.
+        self._mask_accounts_in = adapter.account_masker(ib)
         self.account = ""
         self.high_water = 0
         self.last_error: Exception | None = None
@@ -155,10 +157,16 @@ class Driver:
 
     def _on_ib_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
         info = codes.lookup(code)
+        if info is None and req_id >= 0:
+            return
+        # IB's text may name the account (321, 2100-range notices, an order
+        # rejection's "account DU..."): masked before it reaches a log line, or
+        # a transition's cause.
+        if message and self.config.mask_accounts:
+            message = self._mask_accounts_in(message)
         if info is None:
-            if req_id < 0:
-                logger.warning("IB code %d (not in the code table, no state change): %s",
-                               code, message)
+            logger.warning("IB code %d (not in the code table, no state change): %s",
+                           code, message)
             return
         logger.log(info.level, "IB %d (%s): %s", code, info.meaning, message)
         inp = codes.classify(code, message)
@@ -398,14 +406,28 @@ class Driver:
             event -= handler
 
     def _probe(self) -> None:
-        # A request future and a done callback rather than a task awaiting it:
-        # one loop turn and one task fewer per probe, which an idle month pays
-        # about 864,000 times (issue 21).
+        """Send a reqCurrentTime; at its deadline, feed heartbeat_missed if the gateway was silent.
+
+        The client keeps one pending reqCurrentTime: ``Wrapper.startReq("currentTime")``
+        stores a new future under that key, replacing one still in flight, and the
+        ``currentTime`` answer ends whichever is stored (``Wrapper._endReq`` pops the key;
+        ib_insync 0.9.86 and ib_async 2.1 ``wrapper.py`` alike). A bot asking the time
+        while the probe is on the wire takes the probe's answer, and the probe's own
+        future is never resolved. So the probe counts as answered when any message came
+        from the gateway since it was sent, counted at the deadline: a silent gateway is
+        what it probes for. Whether a miss matters is the table's.
+
+        A request future and a done callback rather than a task awaiting it: one loop
+        turn and one task fewer per probe, which an idle month pays about 864,000 times
+        (issue 21).
+        """
         timeout = self.config.heartbeat_timeout
         interval = min(0.5, self.config.heartbeat_idle / 4)
         started = self._clock.monotonic()
+        ib = self.ib
+        heard_before = adapter.received_messages(ib)
         try:
-            request: asyncio.Future[Any] = asyncio.ensure_future(self.ib.reqCurrentTimeAsync())
+            request: asyncio.Future[Any] = asyncio.ensure_future(ib.reqCurrentTimeAsync())
         except (ConnectionError, OSError) as exc:
             # The socket is going away; disconnectedEvent reports it.
             logger.debug("heartbeat probe failed: %r", exc)
@@ -416,7 +438,7 @@ class Driver:
 
         def expire() -> None:
             if not request.done():
-                expired.append(True)
+                expired.append(adapter.received_messages(ib) != heard_before)
                 request.cancel()
 
         # The probe's deadline runs on the injected clock, like every other timer.
@@ -428,7 +450,12 @@ class Driver:
                 return  # stopped meanwhile: a cancelled probe stays silent
             self._probe_task = None
             if fut.cancelled():
-                if expired and self._heartbeat_on:
+                if expired and expired[0]:
+                    logger.debug("heartbeat probe: no answer of its own within %gs (another "
+                                 "reqCurrentTime may have taken it), but the gateway sent "
+                                 "messages since: alive", timeout)
+                    self._last_activity = self._clock.monotonic()
+                elif expired and self._heartbeat_on:
                     self._feed(Input(
                         InputKind.HEARTBEAT_MISSED,
                         message=f"no answer to a heartbeat probe within {timeout:g}s",

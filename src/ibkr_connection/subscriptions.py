@@ -51,8 +51,8 @@ class Subscription:
         """Wait until the subscription is issued on the current session.
 
         Most requests are sent at once; a market-data subscription whose
-        contract must first be qualified through the gateway (ib_async needs a
-        ``conId``) is sent one round trip later.
+        contract has no ``conId`` is qualified through the gateway first and
+        sent one round trip later.
 
         Raises:
             SubscriptionError: the subscription could not be issued.
@@ -157,9 +157,11 @@ class MarketDataSubscription(Subscription):
     def issue(self, ib: Any, fresh_session: bool) -> None:
         """Request the market data (cancelling the dead stream first after a 1101).
 
-        A contract without a ``conId`` on a backend that needs one (ib_async)
-        is qualified through the gateway first; the request follows when the
-        answer comes (``await handle.wait_ready()``), or the handle fails.
+        A contract without a ``conId`` is qualified through the gateway first
+        (see :func:`~ibkr_connection.adapter.needs_qualified_contract`); the
+        request follows when the answer comes (``await handle.wait_ready()``),
+        or the handle fails with :class:`SubscriptionError` (an unknown or
+        ambiguous contract).
         """
         if not fresh_session and self.ticker is not None:
             self.withdraw(ib)
@@ -180,6 +182,11 @@ class MarketDataSubscription(Subscription):
         except (ConnectionError, OSError) as exc:
             # The session went away; the next session issues it again.
             logger.debug("qualifying %s: %r; retried on the next session", self.name, exc)
+            return
+        except Exception as exc:
+            # Not a contract the client can even ask about (e.g. None): the handle
+            # says so, as it would for a reqMktData that raised.
+            self._mark_failed(SubscriptionError(f"{self.name}: could not be qualified: {exc!r}"))
             return
         if not self.active:
             return

@@ -90,3 +90,55 @@ def test_no_circle_in_the_simulator_the_proxy_or_the_wire_layer() -> None:
 def _package(module: str) -> str:
     # A module's own package face (its __init__) re-exports it: not a circle of code.
     return module.rsplit(".", 1)[0]
+
+
+def _defined(path: Path) -> set[str]:
+    """The names a module defines at its top level (functions, classes, assignments)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def _exported(path: Path) -> list[str]:
+    """The names in a module's ``__all__`` (none if it has none)."""
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if (isinstance(node, ast.Assign) and isinstance(node.value, (ast.List, ast.Tuple))
+                and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)):
+            return [e.value for e in node.value.elts if isinstance(e, ast.Constant)]
+    return []
+
+
+#: The modules of the three packages, not their package faces (``__init__``), by name.
+HOMES = {_module(path): path for package in PACKAGES for path in (SRC / package).rglob("*.py")
+         if path.name != "__init__.py"}
+
+
+def test_a_module_exports_only_its_own_names() -> None:
+    """No module of the three packages re-exports another's names: each name has one home
+    (a package's __init__ is its face and may gather them)."""
+    borrowed = sorted(f"{module}: {name}" for module, path in HOMES.items()
+                      for name in sorted(set(_exported(path)) - _defined(path)))
+    assert borrowed == []
+
+
+def test_importers_import_a_name_from_its_home() -> None:
+    """``from <module> import name`` names a name the module defines (or a submodule), in
+    src/, tests/ and benchmarks/: nothing is taken from a module that only imported it."""
+    root = SRC.parent.parent
+    files = [*SRC.rglob("*.py"), *(root / "tests").rglob("*.py"),
+             *(root / "benchmarks").rglob("*.py")]
+    strays = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.ImportFrom) and node.level == 0
+                    and node.module in HOMES):
+                defined = _defined(HOMES[node.module])
+                strays += [f"{path.relative_to(root)}: {node.module}.{alias.name}"
+                           for alias in node.names if alias.name not in defined]
+    assert sorted(strays) == []

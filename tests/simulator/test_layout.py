@@ -20,22 +20,3 @@ def test_module_is_short_and_says_its_job(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert len(text.splitlines()) <= MAX_LINES
     assert ast.get_docstring(ast.parse(text))
-
-
-def test_old_import_paths_still_work() -> None:
-    """Names that lived in gateway.py before the split are still importable from it."""
-    from ibkr_connection.simulator import gateway
-
-    for name in (
-        "SYNC_REQUESTS",
-        "DEFAULT_ACCOUNT_VALUES",
-        "ApiClient",
-        "FakeGateway",
-        "FillMode",
-        "Instrument",
-        "Request",
-        "SimExecution",
-        "SimOrder",
-        "SimPosition",
-    ):
-        assert hasattr(gateway, name), name

@@ -18,18 +18,17 @@ Example::
         await gw.send_error(1100)
 """
 
-from ibkr_connection.simulator.gateway import (
-    SYNC_REQUESTS,
-    ApiClient,
-    FakeGateway,
+from ibkr_connection.simulator.brokerage import (
     FillMode,
     Instrument,
-    Request,
     SimExecution,
     SimOrder,
     SimPosition,
 )
+from ibkr_connection.simulator.gateway import FakeGateway
+from ibkr_connection.simulator.transport import ApiClient, Request
 from ibkr_connection.wire.protocol import SERVER_VERSION, default_message, farm_codes
+from ibkr_connection.wire.scenario import SYNC_REQUESTS
 from ibkr_connection.wire.versions import MAX_SERVER_VERSION, MIN_SERVER_VERSION
 
 __all__ = [

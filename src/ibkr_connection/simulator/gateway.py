@@ -17,8 +17,8 @@ This module is the facade users call; its job is to join the parts:
 * :mod:`~ibkr_connection.simulator.messages`: the encoders of every message
   sent.
 
-The names callers import from here (``Request``, ``ApiClient``,
-``SimOrder``, ``SYNC_REQUESTS`` ...) are re-exported from those modules.
+Each part's names are imported from the part (or from the package,
+:mod:`ibkr_connection.simulator`); this module exports only ``FakeGateway``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from types import TracebackType
 
 from ibkr_connection.simulator import handlers, messages
 from ibkr_connection.simulator.brokerage import (
-    DEFAULT_ACCOUNT_VALUES,
     Brokerage,
     FillMode,
     Instrument,
@@ -40,20 +39,8 @@ from ibkr_connection.simulator.faults import FaultInjection
 from ibkr_connection.simulator.ibc import IbcCommandServer
 from ibkr_connection.simulator.transport import ApiClient, Request, SimClock
 from ibkr_connection.wire import protocol as p
-from ibkr_connection.wire.scenario import SYNC_REQUESTS
 
-__all__ = [
-    "DEFAULT_ACCOUNT_VALUES",
-    "SYNC_REQUESTS",
-    "ApiClient",
-    "FakeGateway",
-    "FillMode",
-    "Instrument",
-    "Request",
-    "SimExecution",
-    "SimOrder",
-    "SimPosition",
-]
+__all__ = ["FakeGateway"]
 
 
 class FakeGateway(FaultInjection):
