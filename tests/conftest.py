@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -343,3 +346,24 @@ async def on_live_session(manager: ConnectionManager, state: ConnectionState,
                 and manager.state is state):
             return
         await asyncio.sleep(0.002)  # the old socket is closing: poll for the next session
+
+
+# -- the command line, as a user runs it ---------------------------------------------------------
+
+#: ``ibkr-connection`` as a child process of this interpreter.
+CLI = [sys.executable, "-m", "ibkr_connection.cli"]
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``ibkr-connection ARGS`` to its end; its exit status, stdout and stderr."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that another socket is listening on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])

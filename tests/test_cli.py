@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -171,15 +171,6 @@ def _cli(*args: str, hide_prometheus: bool = False) -> subprocess.CompletedProce
         [sys.executable, "-c", _CHILD, "hide" if hide_prometheus else "show", *args],
         capture_output=True, text=True, timeout=120, check=False, env=_CHILD_ENV,
     )
-
-
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    """A port on 127.0.0.1 that another socket is listening on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield int(sock.getsockname()[1])
 
 
 @pytest.mark.parametrize("command", ["watch", "demo"])

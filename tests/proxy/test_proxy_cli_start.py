@@ -9,38 +9,21 @@ import asyncio
 import re
 import signal
 import socket
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-COMMAND = [sys.executable, "-m", "ibkr_connection.cli"]
+from conftest import CLI, run_cli
 
 #: A recording worth keeping: what a user would lose if the proxy truncated it.
 KEPT = '{"type": "header", "recording": "ibkr-connection", "format": 1}\n' + "x" * 20_000 + "\n"
-
-
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*COMMAND, *args], capture_output=True, text=True, timeout=120,
-                          check=False)
-
-
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    """A port on 127.0.0.1 that another socket is listening on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield int(sock.getsockname()[1])
 
 
 def test_record_refuses_an_existing_file_without_overwrite(tmp_path: Path) -> None:
     """--record onto an existing file: one line naming it and --overwrite, exit 2, file kept."""
     record = tmp_path / "rec.jsonl"
     record.write_text(KEPT)
-    done = _run("proxy", "--upstream", "127.0.0.1:4002", "--port", "0", "--record",
+    done = run_cli("proxy", "--upstream", "127.0.0.1:4002", "--port", "0", "--record",
                 str(record), "--duration", "0.1")
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.splitlines() == [
@@ -53,7 +36,7 @@ def test_record_keeps_the_file_when_the_port_is_taken(tmp_path: Path, taken_port
     """--record --overwrite with the listening port taken: one line naming it, exit 2, file kept."""
     record = tmp_path / "rec.jsonl"
     record.write_text(KEPT)
-    done = _run("proxy", "--upstream", "127.0.0.1:4002", "--port", str(taken_port),
+    done = run_cli("proxy", "--upstream", "127.0.0.1:4002", "--port", str(taken_port),
                 "--record", str(record), "--overwrite", "--duration", "0.1")
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stdout == ""
@@ -66,7 +49,7 @@ def test_record_overwrite_replaces_the_file_once_listening(tmp_path: Path) -> No
     """--record --overwrite on a free port: the old content is replaced by a new recording."""
     record = tmp_path / "rec.jsonl"
     record.write_text(KEPT)
-    done = _run("proxy", "--upstream", "127.0.0.1:4002", "--port", "0", "--record",
+    done = run_cli("proxy", "--upstream", "127.0.0.1:4002", "--port", "0", "--record",
                 str(record), "--overwrite", "--duration", "0.1")
     assert done.returncode == 0, done.stderr
     lines = record.read_text().splitlines()
@@ -78,7 +61,7 @@ def test_record_overwrite_replaces_the_file_once_listening(tmp_path: Path) -> No
 @pytest.mark.parametrize("upstream", ["localhost:4002:1", "::1:4002", "[::1]x:4002"])
 def test_upstream_with_a_stray_colon_is_refused_at_start(upstream: str) -> None:
     """An --upstream that is not HOST:PORT is one line naming it, exit 2, before listening."""
-    done = _run("proxy", "--upstream", upstream, "--port", "0", "--duration", "5")
+    done = run_cli("proxy", "--upstream", upstream, "--port", "0", "--duration", "5")
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
@@ -87,7 +70,7 @@ def test_upstream_with_a_stray_colon_is_refused_at_start(upstream: str) -> None:
 
 
 def _proxy_lines(upstream: str) -> list[str]:
-    done = _run("proxy", "--upstream", upstream, "--port", "0", "--duration", "3")
+    done = run_cli("proxy", "--upstream", upstream, "--port", "0", "--duration", "3")
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
 
@@ -99,7 +82,7 @@ def test_the_proxy_says_at_start_that_the_upstream_answers() -> None:
     async def main() -> list[str]:
         async with FakeGateway(server_version=176) as gw:
             child = await asyncio.create_subprocess_exec(
-                *COMMAND, "proxy", "--upstream", f"127.0.0.1:{gw.port}", "--port", "0",
+                *CLI, "proxy", "--upstream", f"127.0.0.1:{gw.port}", "--port", "0",
                 "--duration", "60", stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE)
             assert child.stdout is not None
@@ -156,7 +139,7 @@ def test_the_proxy_says_each_event_once(tmp_path: Path) -> None:
     async def main() -> list[str]:
         async with FakeGateway() as gw:
             child = await asyncio.create_subprocess_exec(
-                *COMMAND, "proxy", "--upstream", f"127.0.0.1:{gw.port}", "--port", "0",
+                *CLI, "proxy", "--upstream", f"127.0.0.1:{gw.port}", "--port", "0",
                 "--scenario", str(scenario), "--duration", "60",
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             assert child.stdout is not None
