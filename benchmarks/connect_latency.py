@@ -131,7 +131,11 @@ def main() -> None:
     ]))
     print(f"calls: manager / bare = {calls_managed / calls_bare:.3f} "
           f"(+{calls_managed - calls_bare:.0f} calls per connect)")
-    ok = verdict("connect latency ratio", median(ratios), 1.05)
+    # The goal (issue 19): at most 0.25 ms added per connect, the median of the
+    # per-pair differences. The ratio against a bare connect of 1-2 ms on
+    # loopback is printed for comparison with the older 1.05 target.
+    ok = verdict("connect latency, added per connect", median(differences) * ms, 0.25, " ms")
+    verdict("connect latency ratio (the older target)", median(ratios), 1.05)
     print(f"overall: {'PASS' if ok else 'MISS'}")
 
 

@@ -105,7 +105,7 @@ def bypass_transitions() -> None:
                 continue
             for name in row.actions_in(Phase.BEFORE):
                 actions[name](self, inp)
-            self._record(row, inp)
+            self._record(inp, row)
             if row.dest is not None:
                 for step in EXIT[ConnectionState(source)]:
                     if holds(self, step.guard, inp):

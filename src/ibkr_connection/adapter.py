@@ -14,6 +14,7 @@ import re
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ibkr_connection.config import mask_account
@@ -410,6 +411,15 @@ class _ManagedLogger(_LoggerAdapter):
 
     def __init__(self, logger: logging.Logger, policy: _ClientLogPolicy) -> None:
         super().__init__(logger, {_POLICY_ATTRIBUTE: policy})
+        # The client asks isEnabledFor on every socket read and send, and logs
+        # at INFO per order status, open order, position and execution: those
+        # calls go straight to the logger, so while the level is off they cost
+        # what an unmanaged client's do (an adapter adds two or three Python
+        # calls to each). The policy still rides on the record as ``extra``;
+        # ib_insync 0.9.86 and ib_async 2.x pass no ``extra`` of their own.
+        self.isEnabledFor = logger.isEnabledFor  # type: ignore[method-assign]
+        self.debug = partial(logger.debug, extra=self.extra)  # type: ignore[method-assign]
+        self.info = partial(logger.info, extra=self.extra)  # type: ignore[method-assign]
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         kwargs["extra"] = {**(kwargs.get("extra") or {}), **(self.extra or {})}

@@ -168,7 +168,9 @@ class Driver:
             logger.warning("IB code %d (not in the code table, no state change): %s",
                            code, message)
             return
-        logger.log(info.level, "IB %d (%s): %s", code, info.meaning, message)
+        # Three farm notices arrive with every connect: build nothing unless wanted.
+        if logger.isEnabledFor(info.level):
+            logger.log(info.level, "IB %d (%s): %s", code, info.meaning, message)
         inp = codes.classify(code, message)
         if inp is not None:
             self._feed(inp)
@@ -316,7 +318,8 @@ class Driver:
 
     def select_account(self) -> None:
         """Log the chosen account; ask for its updates when ib_insync will not."""
-        logger.info("using account %s", self._show(self.account))
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("using account %s", self._show(self.account))
         if self._pending_account_request:
             # ib_insync subscribes account updates itself only for a single
             # account or an explicit one; with "first" we ask for it.

@@ -1,6 +1,6 @@
 """The connection state machine: the table of :mod:`ibkr_connection.table`, run by ``transitions``.
 
-:class:`ConnectionMachine` builds a ``transitions`` machine whose transitions
+:class:`ConnectionMachine` runs on a ``transitions`` machine whose transitions
 are the rows of :data:`~ibkr_connection.table.TABLE` and whose callbacks are
 the rows' actions (:data:`~ibkr_connection.table.ACTIONS`): notes as
 ``prepare`` callbacks, counting and drawing delays as ``before`` callbacks,
@@ -9,7 +9,10 @@ the rest as ``after`` callbacks; the states' entry and exit actions
 as the states' ``on_enter`` and ``on_exit`` callbacks. Every callback and
 guard is a function registered from an explicit name -> function table
 (:data:`ACTION_FUNCTIONS`, :data:`GUARD_FUNCTIONS`), through ``transitions``'
-public API only.
+public API only. That machine is built once and shared: each
+:class:`ConnectionMachine` adds its own model to it (``add_model``) and passes
+itself to ``trigger``, so every callback and guard receives the connection
+machine and the input.
 
 The machine is sans-IO and calls nothing outside itself: :meth:`~ConnectionMachine.handle`
 returns a :class:`~ibkr_connection.outputs.Step`, the transition made and the
@@ -25,10 +28,11 @@ from __future__ import annotations
 
 import logging
 import random
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Any
 
 from transitions import Machine, State
 
@@ -48,8 +52,6 @@ from ibkr_connection.table import (
 )
 
 logger = logging.getLogger(__name__)
-
-_R = TypeVar("_R")
 
 # transitions logs every callback at INFO/DEBUG; our own log has one line per
 # transition. Quieten it unless the application configured it.
@@ -165,28 +167,15 @@ class ConnectionMachine:
         #: The table row that handled the last input (for tests and logs).
         self.last_row: Row | None = None
         self._model = _Model()
-        self._actions: dict[str, Callable[[Input], None]] = {
-            name: _bind(function, self) for name, function in ACTION_FUNCTIONS.items()}
-        self._guards: dict[str, Callable[[Input], bool]] = {
-            name: _bind(function, self) for name, function in GUARD_FUNCTIONS.items()}
-        entry = ENTRY if entry_actions is None else entry_actions
-        leave = EXIT if exit_actions is None else exit_actions
-        states = [
-            State(state.value, on_enter=self._state_callback(entry.get(state, ())),
-                  on_exit=self._state_callback(leave.get(state, ())))
-            for state in ConnectionState
-        ]
-        fsm = Machine(
-            model=self._model,
-            states=states,
-            initial=ConnectionState.DISCONNECTED.value,
-            transitions=self._specs(table),
-            auto_transitions=False,
-            send_event=False,
-            ignore_invalid_triggers=False,
-        )
+        fsm, events = _shared_machine(
+            table, ENTRY if entry_actions is None else entry_actions,
+            EXIT if exit_actions is None else exit_actions)
+        fsm.add_model(self._model)
+        # The shared machine holds the model only while this machine lives:
+        # nothing of the shared machine refers to this one.
+        weakref.finalize(self, fsm.remove_model, self._model).atexit = False
         #: Each input's ``transitions`` event, by the input's value.
-        self._events = {kind.value: fsm.events[kind.value] for kind in InputKind}
+        self._events = events
 
     @property
     def state(self) -> ConnectionState:
@@ -231,7 +220,7 @@ class ConnectionMachine:
         out: list[Effect] = []
         self._out = out
         try:
-            self._events[inp.kind._value_].trigger(self._model, inp)
+            self._events[inp.kind._value_].trigger(self._model, self, inp)
         finally:
             self._handling = False
         state = _STATE_BY_VALUE[self._model.state]
@@ -239,64 +228,6 @@ class ConnectionMachine:
         if self.record_journal:
             self.journal.append(JournalEntry(self._clock.monotonic(), inp, state, effects))
         return Step(inp, self._made, effects, state)
-
-    # -- derived from the table ---------------------------------------------------
-
-    def _specs(self, table: Sequence[Row]) -> list[dict[str, object]]:
-        """The table as ``transitions`` transitions; actions and guards become callables.
-
-        Each phase of a row is one callable (running the row's actions of that
-        phase in order): transitions then makes one call per phase, not one
-        per action. A row without a guard runs its notes with its ``before``
-        actions (nothing is tried between them).
-        """
-        actions = self._actions
-        specs: list[dict[str, object]] = []
-        tried: set[tuple[ConnectionState, InputKind]] = set()
-        for row in table:
-            # The notes are the same on every row of a (state, input): noting
-            # them before the first row's guard is enough.
-            first = (row.source, row.input) not in tried
-            tried.add((row.source, row.input))
-            notes: list[Callable[[Input], None]] = (
-                [actions[a] for a in row.actions_in(Phase.NOTE)] if first else [])
-            before: list[Callable[[Input], None]] = [
-                *(actions[a] for a in row.actions_in(Phase.BEFORE)), partial(self._record, row)]
-            after: list[Callable[[Input], None]] = [
-                actions[a] for a in row.actions_in(Phase.AFTER)]
-            if row.guard is None:
-                before = notes + before
-                notes = []
-            spec: dict[str, object] = {
-                "trigger": row.input.value,
-                "source": row.source.value,
-                "dest": None if row.dest is None else row.dest.value,
-                "prepare": [_in_order(notes)] if notes else [],
-                "before": [_in_order(before)],
-                "after": [_in_order(after)] if after else [],
-            }
-            if row.guard is not None:
-                name = row.guard.lstrip("!")
-                spec["unless" if row.guard.startswith("!") else "conditions"] = [
-                    self._guards[name]]
-            specs.append(spec)
-        return specs
-
-    def _state_callback(self, steps: Sequence[StateAction]) -> Callable[[Input], None] | None:
-        """A state's entry (or exit) actions as one callback, each run when its guard holds."""
-        if not steps:
-            return None
-        plan = [(self._actions[step.action],
-                 None if step.guard is None else self._guards[step.guard.lstrip("!")],
-                 step.guard is None or not step.guard.startswith("!"))
-                for step in steps]
-
-        def run(inp: Input) -> None:
-            for action, guard, wanted in plan:
-                if guard is None or guard(inp) is wanted:
-                    action(inp)
-
-        return run
 
     # -- guards ---------------------------------------------------------------------
 
@@ -347,8 +278,11 @@ class ConnectionMachine:
 
     # -- recording --------------------------------------------------------------------
 
-    def _record(self, row: Row, inp: Input) -> None:
-        """Record and log the transition of a move; log a stay at DEBUG."""
+    def _record(self, inp: Input, row: Row) -> None:
+        """Record and log the transition of a move; log a stay at DEBUG.
+
+        A row's last ``before`` callback (``row`` bound by keyword).
+        """
         self.last_row = row
         if row.dest is None:
             # Farm notices take this path at every connect: build nothing
@@ -587,23 +521,130 @@ class ConnectionMachine:
         self._effect("cancel_farm_timer")
 
 
-def _in_order(functions: Sequence[Callable[[Input], None]]) -> Callable[[Input], None]:
+_Callback = Callable[[ConnectionMachine, Input], None]
+_Guard = Callable[[ConnectionMachine, Input], bool]
+
+
+def _shared_machine(
+    table: Sequence[Row],
+    entry: dict[ConnectionState, tuple[StateAction, ...]],
+    leave: dict[ConnectionState, tuple[StateAction, ...]],
+) -> tuple[Machine, dict[str, Any]]:
+    """The ``transitions`` machine running ``table``, and its events by input value.
+
+    Building one takes a few milliseconds (a ``transitions`` transition per
+    row); one per :class:`ConnectionMachine` spent them, and the garbage they
+    leave, on every manager's set-up. So one machine runs the table for every
+    :class:`ConnectionMachine` (``transitions``' multiple models: each
+    connection machine adds its own model); its callbacks and guards hold no
+    connection machine: :meth:`ConnectionMachine.handle` passes itself to the
+    event's ``trigger``, and ``transitions`` hands it to every callback and
+    guard as their first argument. The last machine built is kept, with
+    what it was built from (the table, the entry and exit actions, the
+    functions of :data:`ACTION_FUNCTIONS` and :data:`GUARD_FUNCTIONS`): a
+    connection machine built from anything else gets a new one.
+    """
+    key = (table, entry, leave, tuple(ACTION_FUNCTIONS.items()), tuple(GUARD_FUNCTIONS.items()))
+    last = _LAST_BUILT[0] if _LAST_BUILT else None
+    if last is not None and _same_key(last[0], key):
+        return last[1], last[2]
+    states = [
+        State(state.value, on_enter=_state_callback(entry.get(state, ())),
+              on_exit=_state_callback(leave.get(state, ())))
+        for state in ConnectionState
+    ]
+    fsm = Machine(
+        model=None,
+        states=states,
+        initial=ConnectionState.DISCONNECTED.value,
+        transitions=_specs(table),
+        auto_transitions=False,
+        send_event=False,
+        ignore_invalid_triggers=False,
+    )
+    events = {kind.value: fsm.events[kind.value] for kind in InputKind}
+    _LAST_BUILT[:] = [(key, fsm, events)]
+    return fsm, events
+
+
+#: The last shared machine built: (what it was built from, the machine, its events).
+_LAST_BUILT: list[tuple[tuple[Any, ...], Machine, dict[str, Any]]] = []
+
+
+def _same_key(old: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
+    """True if a machine built from ``old`` runs ``new`` (the tables: the same objects)."""
+    return (old[0] is new[0] and old[1] is new[1] and old[2] is new[2]
+            and old[3] == new[3] and old[4] == new[4])
+
+
+def _specs(table: Sequence[Row]) -> list[dict[str, object]]:
+    """The table as ``transitions`` transitions; actions and guards become callables.
+
+    Each phase of a row is one callable (running the row's actions of that
+    phase in order): transitions then makes one call per phase, not one per
+    action. A row without a guard runs its notes with its ``before`` actions
+    (nothing is tried between them).
+    """
+    actions = ACTION_FUNCTIONS
+    specs: list[dict[str, object]] = []
+    tried: set[tuple[ConnectionState, InputKind]] = set()
+    for row in table:
+        # The notes are the same on every row of a (state, input): noting
+        # them before the first row's guard is enough.
+        first = (row.source, row.input) not in tried
+        tried.add((row.source, row.input))
+        notes: list[_Callback] = (
+            [actions[a] for a in row.actions_in(Phase.NOTE)] if first else [])
+        record: _Callback = partial(ConnectionMachine._record, row=row)
+        before: list[_Callback] = [*(actions[a] for a in row.actions_in(Phase.BEFORE)), record]
+        after: list[_Callback] = [actions[a] for a in row.actions_in(Phase.AFTER)]
+        if row.guard is None:
+            before = notes + before
+            notes = []
+        spec: dict[str, object] = {
+            "trigger": row.input.value,
+            "source": row.source.value,
+            "dest": None if row.dest is None else row.dest.value,
+            "prepare": [_in_order(notes)] if notes else [],
+            "before": [_in_order(before)],
+            "after": [_in_order(after)] if after else [],
+        }
+        if row.guard is not None:
+            name = row.guard.lstrip("!")
+            spec["unless" if row.guard.startswith("!") else "conditions"] = [
+                GUARD_FUNCTIONS[name]]
+        specs.append(spec)
+    return specs
+
+
+def _state_callback(steps: Sequence[StateAction]) -> _Callback | None:
+    """A state's entry (or exit) actions as one callback, each run when its guard holds."""
+    if not steps:
+        return None
+    plan = [(ACTION_FUNCTIONS[step.action],
+             None if step.guard is None else GUARD_FUNCTIONS[step.guard.lstrip("!")],
+             step.guard is None or not step.guard.startswith("!"))
+            for step in steps]
+
+    def run(machine: ConnectionMachine, inp: Input) -> None:
+        for action, guard, wanted in plan:
+            if guard is None or guard(machine, inp) is wanted:
+                action(machine, inp)
+
+    return run
+
+
+def _in_order(functions: Sequence[_Callback]) -> _Callback:
     """One callable running ``functions`` in order (the function itself if it is alone)."""
     if len(functions) == 1:
         return functions[0]
     ordered = tuple(functions)
 
-    def run(inp: Input) -> None:
+    def run(machine: ConnectionMachine, inp: Input) -> None:
         for function in ordered:
-            function(inp)
+            function(machine, inp)
 
     return run
-
-
-def _bind(function: Callable[[ConnectionMachine, Input], _R], machine: ConnectionMachine,
-          ) -> Callable[[Input], _R]:
-    """``function`` with the machine bound: a callable of the input alone."""
-    return function.__get__(machine)  # type: ignore[no-any-return]
 
 
 _M = ConnectionMachine
