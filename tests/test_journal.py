@@ -230,8 +230,12 @@ async def test_a_real_session_journals_each_inputs_effects(tmp_path: Path) -> No
     assert inputs[0]["input"] == "connect"
     assert inputs[0]["effects"] == [["start_attempt", 1, 9, gw.port]]
     succeeded = next(r for r in inputs if r["input"] == "attempt_succeeded")
-    assert succeeded["effects"] == [["select_account"], ["restore_subscriptions", True],
+    # The accounts the attempt reported and the one the table chose, masked.
+    assert succeeded["accounts"] == ["DU***567"]
+    assert succeeded["effects"] == [["select_account", "DU***567"],
+                                    ["restore_subscriptions", True],
                                     ["start_heartbeat"], ["begin_session"]]
+    assert "DU1234567" not in path.read_text()
     # stop(): the disconnect's step, then the close its tear-down caused, fed after it.
     assert [r["input"] for r in inputs[-2:]] == ["disconnect", "socket_closed"]
     assert inputs[-2]["effects"] == [["cancel_retry"], ["cancel_restore_timer"],

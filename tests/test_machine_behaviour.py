@@ -231,8 +231,9 @@ def test_each_step_returns_its_transition_and_effects(clock: ManualClock) -> Non
     assert (step.transition.source, step.transition.dest) == (S.DISCONNECTED, S.CONNECTING)
     assert step.effects == (Effect("start_attempt", (1, 7, 4002)),)
     assert step.state is S.CONNECTING
-    step = machine.handle(Input(K.ATTEMPT_SUCCEEDED))
-    assert step.effects == (Effect("select_account"), Effect("restore_subscriptions", (True,)),
+    step = machine.handle(Input(K.ATTEMPT_SUCCEEDED, accounts=("DU1234567",)))
+    assert step.effects == (Effect("select_account", ("DU1234567",)),
+                            Effect("restore_subscriptions", (True,)),
                             Effect("start_heartbeat"), Effect("begin_session"))
     step = machine.handle(Input(K.FARM_OK, code=2104, farm="usfarm"))
     assert (step.transition, step.effects, step.state) == (None, (), S.CONNECTED)

@@ -162,3 +162,54 @@ def test_wedge_signs_count_only_on_a_proven_endpoint(
             machine.handle(Input(InputKind.RETRY_DUE))
         machine.handle(Input(InputKind.ATTEMPT_FAILED, costly=failure == "costly"))
     assert machine.state.value == cell
+
+
+#: connecting + attempt_succeeded, by the account settings and the accounts
+#: the attempt reported: the state, the account selected (or the refusal).
+#: (configured account, account_fallback, managed accounts) -> (state, effect).
+ACCOUNT_GRID = {
+    ("DU222", "error", ("DU111", "DU222")): ("connected", ("select_account", "DU222")),
+    ("DU333", "error", ("DU111", "DU222")):
+        ("failed", ("refuse_account", "account DU333 is not managed by this login "
+                                      "(managed: DU111, DU222)")),
+    ("DU333", "first", ()):
+        ("failed", ("refuse_account", "account DU333 is not managed by this login "
+                                      "(managed: none)")),
+    ("", "error", ("DU111",)): ("connected", ("select_account", "DU111")),
+    ("", "first", ("DU111", "DU222")): ("connected", ("select_account", "DU111")),
+    ("", "error", ("DU111", "DU222")):
+        ("failed", ("refuse_account", "this login manages 2 accounts (DU111, DU222); set the "
+                                      "account (IBKR_ACCOUNT) or account_fallback='first'")),
+    ("", "first", ()): ("failed", ("refuse_account", "the gateway reported no managed accounts")),
+}
+
+
+@pytest.mark.parametrize(("account", "fallback", "managed", "expected"),
+                         [(*key, cell) for key, cell in ACCOUNT_GRID.items()])
+def test_the_table_chooses_the_account(
+    account: str, fallback: str, managed: tuple[str, ...], expected: tuple[str, tuple[str, str]],
+    clock: ManualClock,
+) -> None:
+    """A successful attempt's accounts: the configured one, the only one, the first, or failed."""
+    machine = ConnectionMachine(clock, port=4002, client_ids=[7], account=account,
+                                account_fallback=fallback, mask_accounts=False)
+    machine.handle(Input(InputKind.CONNECT))
+    step = machine.handle(Input(InputKind.ATTEMPT_SUCCEEDED, message="connected",
+                                accounts=managed))
+    state, (command, argument) = expected
+    assert step.state.value == state
+    chosen = [e for e in step.effects if e.name in ("select_account", "refuse_account")]
+    assert [(e.name, e.args) for e in chosen] == [(command, (argument,))]
+    if state == "failed":
+        # The refusal is the transition's cause (what start() raises and the log says).
+        assert step.transition is not None and step.transition.cause == argument
+
+
+def test_the_refusal_masks_the_accounts(clock: ManualClock) -> None:
+    """With mask_accounts (the default) the refusal names the accounts masked."""
+    machine = ConnectionMachine(clock, port=4002, client_ids=[7], account="DU0000001")
+    machine.handle(Input(InputKind.CONNECT))
+    step = machine.handle(Input(InputKind.ATTEMPT_SUCCEEDED, accounts=("DU1234567",)))
+    assert step.state is ConnectionState.FAILED
+    assert step.effects[0].args == ("account DU***001 is not managed by this login "
+                                    "(managed: DU***567)",)

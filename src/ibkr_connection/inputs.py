@@ -83,6 +83,11 @@ class Input:
         costly: for a failed attempt, whether it cost the gateway an API
             handshake (the backoff then waits longer) rather than a refused
             TCP connect, which costs it next to nothing.
+        accounts: for a successful attempt, the accounts the gateway says the
+            login manages, in its order (the table chooses one of them, or
+            refuses them all). None: not reported (a test's bare input, a
+            journal written before the table chose the account): the account
+            check counts as passed.
     """
 
     kind: InputKind
@@ -91,6 +96,7 @@ class Input:
     farm: str | None = None
     port: int | None = None
     costly: bool = False
+    accounts: tuple[str, ...] | None = None
 
     def to_json(self) -> dict[str, object]:
         """Return the input as a JSON-ready dict (for the journal)."""
@@ -105,6 +111,8 @@ class Input:
             data["port"] = self.port
         if self.costly:
             data["costly"] = True
+        if self.accounts is not None:
+            data["accounts"] = list(self.accounts)
         return data
 
     @classmethod
@@ -113,6 +121,7 @@ class Input:
         code = data.get("code")
         port = data.get("port")
         farm = data.get("farm")
+        accounts = data.get("accounts")
         return cls(
             kind=InputKind(str(data["input"])),
             code=int(str(code)) if code is not None else None,
@@ -120,4 +129,6 @@ class Input:
             farm=str(farm) if farm is not None else None,
             port=int(str(port)) if port is not None else None,
             costly=bool(data.get("costly", False)),
+            accounts=(tuple(str(a) for a in accounts)
+                      if isinstance(accounts, list) else None),
         )

@@ -33,6 +33,7 @@ from typing import TypeVar
 from transitions import Machine, State
 
 from ibkr_connection.clock import Clock
+from ibkr_connection.config import mask_account
 from ibkr_connection.errors import ReentrantHandleError, UsageError
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.outputs import Effect, JournalEntry, Step, Transition
@@ -108,6 +109,11 @@ class ConnectionMachine:
             may pass a changed table).
         entry_actions: the states' entry actions (:data:`~ibkr_connection.table.ENTRY`).
         exit_actions: the states' exit actions (:data:`~ibkr_connection.table.EXIT`).
+        account: the configured account ('' for none); the table checks it
+            against the accounts a successful attempt reports.
+        account_fallback: with no account and several managed ones, "first"
+            takes the first, "error" refuses them.
+        mask_accounts: mask account ids in the refusal messages.
 
     Raises:
         UsageError: if no client id is given.
@@ -127,6 +133,9 @@ class ConnectionMachine:
         table: Sequence[Row] = TABLE,
         entry_actions: dict[ConnectionState, tuple[StateAction, ...]] | None = None,
         exit_actions: dict[ConnectionState, tuple[StateAction, ...]] | None = None,
+        account: str = "",
+        account_fallback: str = "error",
+        mask_accounts: bool = True,
     ) -> None:
         if not client_ids:
             raise UsageError("at least one client id is required")
@@ -148,6 +157,12 @@ class ConnectionMachine:
         self._session = _Session()
         self._retry_delay = 0.0
         self.controller_configured = controller_configured
+        #: The configured account ('' for none), and what to do without one.
+        self.account = account
+        self.account_fallback = account_fallback
+        self.mask_accounts = mask_accounts
+        #: The cause a ``before`` action gave the move being made (else the input's).
+        self._cause = ""
         #: Consecutive signs of a wedged gateway (see the action note_wedge_sign).
         self.wedge_signs = 0
         #: How many restarts the machine asked for.
@@ -345,6 +360,20 @@ class ConnectionMachine:
     def _in_reset_window(self, inp: Input) -> bool:
         return self.policy.in_reset_window(self._clock.wall())
 
+    # An attempt that reported no accounts (None) passed the account check.
+
+    def _account_not_managed(self, inp: Input) -> bool:
+        return (bool(self.account) and inp.accounts is not None
+                and self.account not in inp.accounts)
+
+    def _no_managed_accounts(self, inp: Input) -> bool:
+        return not self.account and inp.accounts == ()
+
+    def _accounts_ambiguous(self, inp: Input) -> bool:
+        accounts = inp.accounts
+        return (not self.account and accounts is not None and len(accounts) > 1
+                and self.account_fallback != "first")
+
     # -- recording --------------------------------------------------------------------
 
     def _record(self, row: Row, inp: Input) -> None:
@@ -358,7 +387,8 @@ class ConnectionMachine:
                              "ignored, " if row.ignored else "", row.note)
             return
         source = _STATE_BY_VALUE[self._model.state]
-        cause = inp.message or row.note
+        cause = self._cause or inp.message or row.note
+        self._cause = ""
         delay = self._retry_delay if row.dest is ConnectionState.BACKOFF else None
         transition = Transition(
             source=source, dest=row.dest, trigger=inp.kind, at=self._clock.monotonic(),
@@ -382,7 +412,7 @@ class ConnectionMachine:
             extra={"ibkr": transition.to_json()},
         )
 
-    def _effect(self, name: str, *args: float) -> None:
+    def _effect(self, name: str, *args: float | str) -> None:
         self._out.append(Effect(name, args) if args else _BARE[name])
 
     # -- actions: notes -------------------------------------------------------------------
@@ -456,6 +486,28 @@ class ConnectionMachine:
     def _retry_at_once(self, inp: Input) -> None:
         self._retry_delay = 0.0
 
+    def _show(self, account: str) -> str:
+        return mask_account(account) if self.mask_accounts else account
+
+    def _refuse(self, message: str) -> None:
+        self._cause = message
+        self._effect("refuse_account", message)
+
+    def _refuse_unmanaged_account(self, inp: Input) -> None:
+        managed = ", ".join(self._show(a) for a in inp.accounts or ()) or "none"
+        self._refuse(f"account {self._show(self.account)} is not managed by this login "
+                     f"(managed: {managed})")
+
+    def _refuse_no_account(self, inp: Input) -> None:
+        self._refuse("the gateway reported no managed accounts")
+
+    def _refuse_ambiguous_accounts(self, inp: Input) -> None:
+        accounts = inp.accounts or ()
+        self._refuse(
+            f"this login manages {len(accounts)} accounts "
+            f"({', '.join(self._show(a) for a in accounts)}); set the account "
+            "(IBKR_ACCOUNT) or account_fallback='first'")
+
     def _reset_backoff(self, inp: Input) -> None:
         self._reset_counters()
 
@@ -491,7 +543,11 @@ class ConnectionMachine:
     # -- actions: effects of a row -------------------------------------------------------
 
     def _select_account(self, inp: Input) -> None:
-        self._effect("select_account")
+        # The rows before this one refused every other case: the configured
+        # account is managed; without one, the first is the only one or the
+        # fallback's.
+        accounts = inp.accounts
+        self._effect("select_account", self.account or (accounts[0] if accounts else ""))
 
     def _issue_subscriptions(self, inp: Input) -> None:
         self._out.append(_ISSUE_ON_NEW_SESSION)
@@ -614,7 +670,7 @@ _ISSUE_AGAIN = Effect("restore_subscriptions", (False,))
 
 #: The effects without arguments, built once (a connect asks for several).
 _BARE = {name: Effect(name) for name in (
-    "select_account", "issue_new_subscriptions", "start_heartbeat",
+    "issue_new_subscriptions", "start_heartbeat",
     "send_reconnect_data", "cancel_retry", "cancel_restore_timer", "stop_heartbeat",
     "tear_down", "send_restart", "cancel_restart_timer", "cancel_probe", "cancel_farm_timer",
     "begin_session", "end_session")}
@@ -634,6 +690,9 @@ ACTION_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], None]] = {
     "draw_delay": _M._draw_delay,
     "draw_costly_delay": _M._draw_costly_delay,
     "retry_at_once": _M._retry_at_once,
+    "refuse_unmanaged_account": _M._refuse_unmanaged_account,
+    "refuse_no_account": _M._refuse_no_account,
+    "refuse_ambiguous_accounts": _M._refuse_ambiguous_accounts,
     "reset_backoff": _M._reset_backoff,
     "select_account": _M._select_account,
     "issue_subscriptions": _M._issue_subscriptions,
@@ -682,6 +741,9 @@ GUARD_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], bool]] = {
     "same_client_id_again": _M._same_client_id_again,
     "fallback_client_id": _M._fallback_client_id,
     "in_reset_window": _M._in_reset_window,
+    "account_not_managed": _M._account_not_managed,
+    "no_managed_accounts": _M._no_managed_accounts,
+    "accounts_ambiguous": _M._accounts_ambiguous,
 }
 
 

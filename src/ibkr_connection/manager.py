@@ -133,6 +133,8 @@ class ConnectionManager:
             client_ids=self.config.client_ids, policy=self.config.policy,
             record_journal=journal is not None,
             controller_configured=controller is not None, host=self.config.host,
+            account=self.config.account, account_fallback=self.config.account_fallback,
+            mask_accounts=self.config.mask_accounts,
         )
         #: Inputs waiting for the step being carried out to end.
         self._inputs: deque[Input] = deque()
@@ -167,14 +169,19 @@ class ConnectionManager:
         """The settings; a new value takes effect at the next attempt.
 
         The machine keeps the port, client ids and policy it was built with
-        (a 1300 moves the port); the driver reads the rest (host, timeouts,
-        account, readonly for the startup sync) at each attempt.
+        (a 1300 moves the port) and takes the account settings anew; the
+        driver reads the rest (host, timeouts, readonly for the startup sync)
+        at each attempt.
         """
         return self._driver.config
 
     @config.setter
     def config(self, value: ConnectionConfig) -> None:
         self._driver.config = value
+        machine = self._machine
+        machine.account = value.account
+        machine.account_fallback = value.account_fallback
+        machine.mask_accounts = value.mask_accounts
 
     @property
     def state(self) -> ConnectionState:

@@ -55,9 +55,10 @@ class ConnectionState(str, Enum):
     #: Nobody wants a connection. No socket, no timers. Entry: cancel every
     #: timer and the running attempt, stop the heartbeat, tear the socket down.
     DISCONNECTED = "disconnected"
-    #: An attempt is running: TCP connect, API handshake, startup sync, account
-    #: check. Entry: forget the last session's farm and link status, start the
-    #: attempt with the current client id and port.
+    #: An attempt is running: TCP connect, API handshake, startup sync; its
+    #: success reports the managed accounts, which the rows check against the
+    #: configured account. Entry: forget the last session's farm and link
+    #: status, start the attempt with the current client id and port.
     CONNECTING = "connecting"
     #: Ready: the API is up, TWS is linked to IB, every data farm is OK.
     #: The rows from ``connecting`` reset the backoff, select the account,
@@ -166,9 +167,23 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
                                     "schedule (the failure cost the gateway a handshake, or "
                                     "it hangs); jittered"),
     Action("retry_at_once", _B, "the next attempt starts without delay; no failure counted"),
+    Action("refuse_unmanaged_account", _B, "effect: refuse_account: the configured account is "
+                                           "not managed by this login (the message names it "
+                                           "and the managed ones, masked unless "
+                                           "`mask_accounts` is off); the transition's cause"),
+    Action("refuse_no_account", _B, "effect: refuse_account: the gateway reported no managed "
+                                    "accounts; the transition's cause"),
+    Action("refuse_ambiguous_accounts", _B, "effect: refuse_account: several managed accounts "
+                                            "and none configured (set the account, or "
+                                            "account_fallback='first'); the transition's "
+                                            "cause"),
     Action("reset_backoff", _A, "a session is up: attempts, failures and the client id's "
                                 "326 retries back to zero"),
-    Action("select_account", _A, "effect: apply the account chosen during the attempt"),
+    Action("select_account", _A, "effect: select_account(account): the configured account "
+                                 "if one is set (the rows before refused it unless the login "
+                                 "manages it), else the first managed one (the only one, or "
+                                 "the first with account_fallback='first': the rows before "
+                                 "refused several without it)"),
     Action("issue_subscriptions", _A, "effect: issue every registered subscription on the "
                                       "new session"),
     Action("restore_subscriptions", _A, "effect: issue every registered subscription again: "
@@ -340,7 +355,18 @@ TABLE: tuple[Row, ...] = tuple(
     + [Row(_S.DISCONNECTED, _I.DISCONNECT, None, note="already disconnected")]
     # -- attempt results -------------------------------------------------------
     + [
-        # The usual case first: a connect tries one row.
+        # The account check: the attempt reports the managed accounts, these
+        # rows refuse what no retry can fix (the usual case fails all three).
+        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.FAILED, "account_not_managed",
+            ("refuse_unmanaged_account",),
+            "the configured account is not managed by this login: retrying cannot fix it"),
+        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.FAILED, "no_managed_accounts",
+            ("refuse_no_account",), "the gateway reported no managed accounts"),
+        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.FAILED, "accounts_ambiguous",
+            ("refuse_ambiguous_accounts",),
+            "several managed accounts, none configured, and no fallback: which one is "
+            "the bot's is not ours to guess"),
+        # Then the session's state: the usual case first.
         Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.CONNECTED, "all_clear", _ON_SESSION_UP,
             "session up: handshake, startup sync and account check done"),
         Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.LOST, "link_lost", _ON_SESSION_UP,
@@ -572,6 +598,12 @@ GUARDS = {
                           "is configured",
     "in_reset_window": "the injected clock's time of day is inside one of IB's reset "
                        "windows (the policy's `reset_windows`)",
+    "account_not_managed": "an account is configured and the accounts the attempt reported "
+                           "(the login's managed accounts) do not include it",
+    "no_managed_accounts": "no account is configured and the attempt reported no managed "
+                           "account",
+    "accounts_ambiguous": "no account is configured, the attempt reported several managed "
+                          "accounts, and `account_fallback` is not 'first'",
 }
 
 

@@ -137,8 +137,11 @@ class TimerEffects:
         if self._restore is not None:
             self._restore.cancel()
 
-    def select_account(self) -> None:
+    def select_account(self, account: str) -> None:
         self.calls.append("select_account")
+
+    def refuse_account(self, message: str) -> None:
+        self.calls.append("refuse_account")
 
     def restore_subscriptions(self, fresh_session: bool) -> None:
         self.calls.append(f"restore_subscriptions {fresh_session}")
