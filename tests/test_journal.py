@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -25,6 +27,16 @@ from ibkr_connection.outputs import JournalEntry
 from ibkr_connection.simulator import FakeGateway
 
 FAST = RecoveryPolicy(backoff=BackoffPolicy(costly_delay=0.05, max_costly_delay=0.2))
+
+
+@pytest.fixture(autouse=True)
+def _logger_levels_kept() -> Iterator[None]:
+    """cli.main(["replay", ...]) quietens the library's loggers for its process: undo it here."""
+    names = ("ib_insync", "ib_async", "ibkr_connection", "asyncio")
+    levels = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 HEADER = (
     '{"type": "header", "port": 4002, "client_ids": [7], "seed": 0, "backoff": '

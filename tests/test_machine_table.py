@@ -23,6 +23,7 @@ import pytest
 from ibkr_connection.clock import ManualClock
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.machine import ConnectionMachine
+from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
 from ibkr_connection.table import ConnectionState
 
 from conftest import RecordedMachine, RecordingEffects, drive_to
@@ -213,3 +214,39 @@ def test_the_refusal_masks_the_accounts(clock: ManualClock) -> None:
     assert step.state is ConnectionState.FAILED
     assert step.effects[0].args == ("account DU***001 is not managed by this login "
                                     "(managed: DU***567)",)
+
+
+#: connecting + attempt_failed on a proven endpoint with one wedge sign counted
+#: (a heartbeat miss), by the failure and whether attempts are left (max_attempts
+#: 1: the first attempt after the drop is the last). With a controller, restart_after 3.
+#: -> (state, the row's guard, its actions, wedge signs after, endpoint proven after).
+FAILURE_GRID = {
+    ("costly", "left"): ("backoff", "costly", ("note_wedge_sign", "draw_costly_delay"),
+                         2, True),
+    ("refused", "left"): ("backoff", None, ("note_gateway_down", "draw_delay"), 0, False),
+    ("costly", "last"): ("failed", "!retries_left & costly", ("note_wedge_sign",), 2, True),
+    ("refused", "last"): ("failed", "!retries_left", ("note_gateway_down",), 0, False),
+}
+
+
+@pytest.mark.parametrize(("failure", "attempts", "expected"),
+                         [(*key, cell) for key, cell in FAILURE_GRID.items()])
+def test_a_failed_attempt_is_a_wedge_sign_or_a_gateway_down_by_its_row(
+    failure: str, attempts: str, expected: tuple[str, str | None, tuple[str, ...], int, bool],
+    clock: ManualClock,
+) -> None:
+    """Costly or refused is the row's guard; each row's action does one thing."""
+    policy = RecoveryPolicy(backoff=BackoffPolicy(max_attempts=1 if attempts == "last" else None))
+    machine = ConnectionMachine(clock, port=4002, client_ids=[7], policy=policy,
+                                controller_configured=True)
+    machine.handle(Input(InputKind.CONNECT))
+    machine.handle(Input(InputKind.ATTEMPT_SUCCEEDED))
+    machine.handle(Input(InputKind.HEARTBEAT_MISSED))
+    machine.handle(Input(InputKind.RETRY_DUE))
+    assert machine.wedge_signs == 1 and machine.attempt == 1
+    step = machine.handle(Input(InputKind.ATTEMPT_FAILED, costly=failure == "costly"))
+    state, guard, actions, signs, proven = expected
+    row = machine.last_row
+    assert row is not None
+    assert (step.state.value, row.guard, row.actions) == (state, guard, actions)
+    assert (machine.wedge_signs, machine.endpoint_proven) == (signs, proven)

@@ -46,6 +46,7 @@ from ibkr_connection.table import (
     Phase,
     Row,
     StateAction,
+    guard_terms,
 )
 
 logger = logging.getLogger(__name__)
@@ -290,10 +291,10 @@ class ConnectionMachine:
                 "before": [_in_order(before)],
                 "after": [_in_order(after)] if after else [],
             }
-            if row.guard is not None:
-                name = row.guard.lstrip("!")
-                spec["unless" if row.guard.startswith("!") else "conditions"] = [
-                    self._guards[name]]
+            terms = guard_terms(row.guard)
+            if terms:
+                spec["conditions"] = [self._guards[name] for name, wanted in terms if wanted]
+                spec["unless"] = [self._guards[name] for name, wanted in terms if not wanted]
             specs.append(spec)
         return specs
 
@@ -337,8 +338,10 @@ class ConnectionMachine:
             self._clock.monotonic() - last >= self.policy.restart_cooldown)
 
     def _wedged(self, inp: Input) -> bool:
+        # Asked only by the rows of a wedge sign, before they count it.
         return (self.controller_configured and self.endpoint_proven
-                and self.wedge_signs >= self.policy.restart_after and self._cooldown_over())
+                and self.wedge_signs + 1 >= self.policy.restart_after
+                and self._cooldown_over())
 
     def _silent_unproven(self, inp: Input) -> bool:
         return inp.costly and not self.endpoint_proven and not self._warned_not_api
@@ -436,14 +439,14 @@ class ConnectionMachine:
         self._session.server_link_broken = False
 
     def _note_wedge_sign(self, inp: Input) -> None:
-        if inp.kind is InputKind.HEARTBEAT_MISSED or inp.costly:
-            self.wedge_signs += 1
-        else:
-            # Refused: the gateway is down (restarting already), not wedged;
-            # the one that comes up must give a session before it counts as
-            # proven (it may sit at its login, 2FA pending, for minutes).
-            self.wedge_signs = 0
-            self.endpoint_proven = False
+        self.wedge_signs += 1
+
+    def _note_gateway_down(self, inp: Input) -> None:
+        # Refused: the gateway is down (restarting already), not wedged; the
+        # one that comes up must give a session before it counts as proven
+        # (it may sit at its login, 2FA pending, for minutes).
+        self.wedge_signs = 0
+        self.endpoint_proven = False
 
     def _note_port(self, inp: Input) -> None:
         port = inp.port
@@ -684,6 +687,7 @@ ACTION_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], None]] = {
     "note_link_restored": _M._note_link_restored,
     "note_port": _M._note_port,
     "note_wedge_sign": _M._note_wedge_sign,
+    "note_gateway_down": _M._note_gateway_down,
     "first_attempt": _M._first_attempt,
     "count_attempt": _M._count_attempt,
     "warn_not_an_api_port": _M._warn_not_an_api_port,

@@ -147,13 +147,6 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
                                      "2110"),
     Action("note_port", _N, "the next attempt uses the port the input names (1300); a new "
                             "port is a new endpoint, unproven until a session comes up on it"),
-    Action("note_wedge_sign", _N, "count a sign of a wedged gateway: a heartbeat miss, or "
-                                  "an attempt that reached the socket and got no handshake "
-                                  "(within handshake_timeout) or no startup sync (classified "
-                                  "costly); a refused connect "
-                                  "(cheap: the gateway is down, not wedged) clears the count, "
-                                  "and the endpoint is unproven again (the gateway that comes "
-                                  "up there must give a session before it can be restarted)"),
     Action("first_attempt", _B, "a user's connect starts a fresh series: attempt 1, no "
                                 "failure counted, the client id's 326 retries forgotten"),
     Action("count_attempt", _B, "count the attempt about to start"),
@@ -167,6 +160,14 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
                                     "schedule (the failure cost the gateway a handshake, or "
                                     "it hangs); jittered"),
     Action("retry_at_once", _B, "the next attempt starts without delay; no failure counted"),
+    Action("note_wedge_sign", _B, "count a sign of a wedged gateway: a heartbeat miss, or "
+                                  "an attempt that reached the socket and got no handshake "
+                                  "(within handshake_timeout) or no startup sync (the rows "
+                                  "guarded by costly)"),
+    Action("note_gateway_down", _B, "a refused (cheap) connect: the gateway is down, not "
+                                    "wedged: the count of wedge signs back to zero, and the "
+                                    "endpoint unproven again (the gateway that comes up there "
+                                    "must give a session before it can be restarted)"),
     Action("refuse_unmanaged_account", _B, "effect: refuse_account: the configured account is "
                                            "not managed by this login (the message names it "
                                            "and the managed ones, masked unless "
@@ -303,7 +304,8 @@ class Row:
         input: the input it reacts to.
         dest: the next state, or None to stay (no exit or entry actions run).
         guard: name of a guard that must hold, ``"!name"`` for its negation,
-            or None. Rows of the same (source, input) are tried in order.
+            several joined by ``" & "`` (all must hold), or None. Rows of the
+            same (source, input) are tried in order.
         actions: names of :data:`ACTIONS`, in the order they run.
         note: why; for a row that ignores its input, the reason that is logged.
     """
@@ -377,9 +379,14 @@ TABLE: tuple[Row, ...] = tuple(
     + _rows([s for s in _ALL_STATES if s is not _S.CONNECTING], _I.ATTEMPT_SUCCEEDED, None,
             "stale result of an attempt that was cancelled")
     + [
-        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.FAILED, "!retries_left",
+        # A failed attempt that cost the gateway a handshake (costly) is a wedge
+        # sign; a refused one (cheap) says the gateway is down, not wedged.
+        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.FAILED, "!retries_left & costly",
             ("note_wedge_sign",), "no attempts left"),
-        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.RESTARTING, "wedged", ("note_wedge_sign",),
+        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.FAILED, "!retries_left",
+            ("note_gateway_down",), "no attempts left"),
+        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.RESTARTING, "costly & wedged",
+            ("note_wedge_sign",),
             "the gateway takes sockets but answers no handshake or sync: restart it"),
         Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, "silent_unproven",
             ("note_wedge_sign", "warn_not_an_api_port", "draw_costly_delay"),
@@ -390,7 +397,7 @@ TABLE: tuple[Row, ...] = tuple(
             ("note_wedge_sign", "draw_costly_delay"),
             "the attempt cost the gateway a handshake: retry after the costly delay"),
         Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, None,
-            ("note_wedge_sign", "draw_delay"), "refused or cheap: retry after the delay"),
+            ("note_gateway_down", "draw_delay"), "refused or cheap: retry after the delay"),
     ]
     + _rows([s for s in _ALL_STATES if s is not _S.CONNECTING], _I.ATTEMPT_FAILED, None,
             "stale result of an attempt that was cancelled")
@@ -582,8 +589,9 @@ GUARDS = {
     "all_clear": "neither link_lost nor farms_broken holds",
     "wedged": "a controller is configured, the endpoint is proven (this manager had a "
               "session on host:port and has seen it neither refuse a connect nor restart "
-              "since), `restart_cooldown` has passed since the last restart, and "
-              "`restart_after` consecutive wedge signs were counted",
+              "since), `restart_cooldown` has passed since the last restart, and this "
+              "input is the `restart_after`-th consecutive wedge sign (only rows of a wedge "
+              "sign ask: a heartbeat miss, a costly failed attempt)",
     "silent_unproven": "the failed attempt reached a socket and got no handshake or sync "
                        "(classified costly) on an endpoint that is not proven, and no "
                        "warning was logged in this series yet",
@@ -605,6 +613,18 @@ GUARDS = {
     "accounts_ambiguous": "no account is configured, the attempt reported several managed "
                           "accounts, and `account_fallback` is not 'first'",
 }
+
+
+def guard_terms(guard: str | None) -> tuple[tuple[str, bool], ...]:
+    """Split a row's guard into (name of :data:`GUARDS`, the value it must have) terms.
+
+    ``"!retries_left & costly"`` is ``(("retries_left", False), ("costly", True))``;
+    None is no term (the row always holds).
+    """
+    if guard is None:
+        return ()
+    return tuple((term.lstrip("!"), not term.startswith("!"))
+                 for term in (part.strip() for part in guard.split("&")))
 
 
 def outcome(state: ConnectionState, kind: InputKind) -> list[Row]:
@@ -645,7 +665,7 @@ def check_table(table: Sequence[Row] = TABLE) -> list[str]:
                     problems.append(f"{where}: unknown guard {step.guard}")
     for row in table:
         where = f"{row.source.value} + {row.input.value}"
-        if row.guard is not None and row.guard.lstrip("!") not in GUARDS:
+        if any(name not in GUARDS for name, _ in guard_terms(row.guard)):
             problems.append(f"{where}: unknown guard {row.guard}")
         unknown = [a for a in row.actions if a not in ACTIONS]
         if unknown:
@@ -691,5 +711,6 @@ __all__ = [
     "Row",
     "StateAction",
     "check_table",
+    "guard_terms",
     "outcome",
 ]
