@@ -250,3 +250,47 @@ def test_a_failed_attempt_is_a_wedge_sign_or_a_gateway_down_by_its_row(
     assert row is not None
     assert (step.state.value, row.guard, row.actions) == (state, guard, actions)
     assert (machine.wedge_signs, machine.endpoint_proven) == (signs, proven)
+
+
+#: A connect's attempt budget (the sync wrapper's max_attempts), by the policy's
+#: max_attempts: where each of four refused attempts in a row leads.
+BUDGET_GRID = {
+    (2, None): ("backoff", "failed", None, None),
+    (None, None): ("backoff", "backoff", "backoff", "backoff"),
+    (3, 2): ("backoff", "failed", None, None),
+    (2, 3): ("backoff", "failed", None, None),
+}
+
+
+@pytest.mark.parametrize(("budget", "policy_max", "expected"),
+                         [(*key, cell) for key, cell in BUDGET_GRID.items()])
+def test_a_connects_attempt_budget_is_the_tables_give_up(
+    budget: int | None, policy_max: int | None, expected: tuple[str | None, ...],
+    clock: ManualClock,
+) -> None:
+    """connect(attempts=N): the N-th failed attempt takes connecting -> failed (or the policy's)."""
+    policy = RecoveryPolicy(backoff=BackoffPolicy(max_attempts=policy_max))
+    machine = ConnectionMachine(clock, port=4002, client_ids=[7], policy=policy)
+    machine.handle(Input(InputKind.CONNECT, attempts=budget))
+    seen: list[str | None] = []
+    for _ in range(4):
+        if machine.state is ConnectionState.BACKOFF:
+            machine.handle(Input(InputKind.RETRY_DUE))
+        if machine.state is not ConnectionState.CONNECTING:
+            seen.append(None)
+            continue
+        seen.append(machine.handle(Input(InputKind.ATTEMPT_FAILED)).state.value)
+    assert tuple(seen) == expected
+
+
+def test_a_session_spends_the_connects_budget(clock: ManualClock) -> None:
+    """After a session came up, recovery follows the policy (unbounded), not connect()'s budget."""
+    machine = ConnectionMachine(clock, port=4002, client_ids=[7])
+    machine.handle(Input(InputKind.CONNECT, attempts=1))
+    machine.handle(Input(InputKind.ATTEMPT_SUCCEEDED))
+    machine.handle(Input(InputKind.SOCKET_CLOSED))
+    states = []
+    for _ in range(3):
+        machine.handle(Input(InputKind.RETRY_DUE))
+        states.append(machine.handle(Input(InputKind.ATTEMPT_FAILED)).state.value)
+    assert states == ["backoff", "backoff", "backoff"]

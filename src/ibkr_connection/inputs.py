@@ -88,6 +88,10 @@ class Input:
             refuses them all). None: not reported (a test's bare input, a
             journal written before the table chose the account): the account
             check counts as passed.
+        attempts: for a connect request, the failed attempts after which this
+            series gives up (``failed``), if fewer than the policy's
+            ``max_attempts``; None: the policy's. A session that comes up
+            ends the series: recovery after it follows the policy.
     """
 
     kind: InputKind
@@ -97,6 +101,7 @@ class Input:
     port: int | None = None
     costly: bool = False
     accounts: tuple[str, ...] | None = None
+    attempts: int | None = None
 
     def to_json(self) -> dict[str, object]:
         """Return the input as a JSON-ready dict (for the journal)."""
@@ -113,6 +118,8 @@ class Input:
             data["costly"] = True
         if self.accounts is not None:
             data["accounts"] = list(self.accounts)
+        if self.attempts is not None:
+            data["attempts"] = self.attempts
         return data
 
     @classmethod
@@ -122,6 +129,7 @@ class Input:
         port = data.get("port")
         farm = data.get("farm")
         accounts = data.get("accounts")
+        attempts = data.get("attempts")
         return cls(
             kind=InputKind(str(data["input"])),
             code=int(str(code)) if code is not None else None,
@@ -131,4 +139,5 @@ class Input:
             costly=bool(data.get("costly", False)),
             accounts=(tuple(str(a) for a in accounts)
                       if isinstance(accounts, list) else None),
+            attempts=int(str(attempts)) if attempts is not None else None,
         )

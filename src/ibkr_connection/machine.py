@@ -154,6 +154,8 @@ class ConnectionMachine:
         self._client_index = 0
         self._same_id_failures = 0
         self.attempt = 0
+        #: The attempt budget the user's connect gave this series (None: the policy's).
+        self._budget: int | None = None
         self._failures = 0
         self._session = _Session()
         self._retry_delay = 0.0
@@ -317,6 +319,9 @@ class ConnectionMachine:
     # -- guards ---------------------------------------------------------------------
 
     def _retries_left(self, inp: Input) -> bool:
+        budget = self._budget
+        if budget is not None and self.attempt >= budget:
+            return False
         return not self.policy.backoff.exhausted(self.attempt)
 
     def _farms_broken(self, inp: Input) -> bool:
@@ -462,6 +467,7 @@ class ConnectionMachine:
 
     def _first_attempt(self, inp: Input) -> None:
         self._reset_counters()
+        self._budget = inp.attempts
         self.attempt = 1
 
     def _count_attempt(self, inp: Input) -> None:
@@ -515,6 +521,7 @@ class ConnectionMachine:
         self._reset_counters()
 
     def _reset_counters(self) -> None:
+        self._budget = None
         self._warned_not_api = False
         self.attempt = 0
         self._failures = 0

@@ -148,7 +148,9 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
     Action("note_port", _N, "the next attempt uses the port the input names (1300); a new "
                             "port is a new endpoint, unproven until a session comes up on it"),
     Action("first_attempt", _B, "a user's connect starts a fresh series: attempt 1, no "
-                                "failure counted, the client id's 326 retries forgotten"),
+                                "failure counted, the client id's 326 retries forgotten, the "
+                                "series' attempt budget the connect gave (`attempts`: the "
+                                "sync wrapper's connect())"),
     Action("count_attempt", _B, "count the attempt about to start"),
     Action("warn_not_an_api_port", _B, "log one WARNING per series: host:port accepts sockets "
                                        "but answers no API handshake, \"not a TWS API port?\"; "
@@ -179,7 +181,8 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
                                             "account_fallback='first'); the transition's "
                                             "cause"),
     Action("reset_backoff", _A, "a session is up: attempts, failures and the client id's "
-                                "326 retries back to zero"),
+                                "326 retries back to zero; a connect's attempt budget is "
+                                "spent (recovery follows the policy)"),
     Action("select_account", _A, "effect: select_account(account): the configured account "
                                  "if one is set (the rows before refused it unless the login "
                                  "manages it), else the first managed one (the only one, or "
@@ -583,7 +586,8 @@ TABLE = _ending_sessions(TABLE)
 
 #: The guards a row may name, and what each asks.
 GUARDS = {
-    "retries_left": "the policy allows another attempt (`max_attempts`)",
+    "retries_left": "the policy allows another attempt (`max_attempts`), and so does the "
+                    "attempt budget of the connect that started the series, if it gave one",
     "farms_broken": "a data farm, or TWS's link to its server, is noted as broken",
     "link_lost": "a 1100 was noted and no 1101/1102 since",
     "all_clear": "neither link_lost nor farms_broken holds",
