@@ -248,11 +248,13 @@ async def test_a_real_session_journals_each_inputs_effects(tmp_path: Path) -> No
                                     ["restore_subscriptions", True],
                                     ["start_heartbeat"], ["begin_session"]]
     assert "DU1234567" not in path.read_text()
-    # stop(): the disconnect's step, then the close its tear-down caused, fed after it.
-    assert [r["input"] for r in inputs[-2:]] == ["disconnect", "socket_closed"]
-    assert inputs[-2]["effects"] == [["cancel_retry"], ["cancel_restore_timer"],
+    # stop(): the disconnect's step, then the close its tear-down caused, fed after
+    # it, then the stop into the terminal state.
+    assert [(r["input"], r["state"]) for r in inputs[-3:]] == [
+        ("disconnect", "disconnected"), ("socket_closed", "disconnected"), ("stop", "stopped")]
+    assert inputs[-3]["effects"] == [["cancel_retry"], ["cancel_restore_timer"],
                                      ["stop_heartbeat"], ["tear_down"], ["end_session"]]
-    assert inputs[-1]["effects"] == []
+    assert inputs[-2]["effects"] == inputs[-1]["effects"] == []
     assert journal.replay_file(path).mismatches == []
 
 

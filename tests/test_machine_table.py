@@ -35,21 +35,22 @@ COLUMNS = (
     "restored_data_kept", "farm_broken", "farm_ok", "server_link_broken", "port_reset",
     "client_id_in_use", "not_connected", "heartbeat_missed", "restore_timeout",
     "restart_sent", "restart_failed", "gateway_back", "restart_timeout", "farm_reconnect_due",
-    "subscribed",
+    "subscribed", "stop",
 )
 
 # Setup of each row: see conftest.drive_to (degraded = usfarm broken).
 # Inputs carry: farm_broken -> "ushmds", farm_ok -> "usfarm", port_reset -> 4003.
 EXPECTED = {
-    #                connect     disconnect    succeeded  failed   fatal   closed   retry       1100  1101       1102       f_broken  f_ok       2110      1300     326      502/504  heartbeat restore      r_sent r_failed  back    r_timeout farm_due subscribed
-    "disconnected": ("connecting", "-",          "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-",         "-",   "-",      "-",    "-",      "-", "-"),
-    "connecting":   ("-",          "disconnected", "connected", "backoff", "failed", "-",     "-",  "=",  "=",       "=",       "=",      "=",       "=",      "backoff", "backoff", "backoff", "-",  "-",         "-",   "-",      "-",    "-",      "-", "-"),
-    "connected":    ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "lost", "=",     "-",       "degraded", "-",     "degraded", "backoff", "-",   "backoff", "backoff", "-",       "-",   "-",      "-",    "-",      "-", "="),
-    "degraded":     ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "lost", "=",     "=",       "=",      "connected", "=",     "backoff", "-",   "backoff", "backoff", "-",       "-",   "-",      "-",    "-",      "=", "="),
-    "lost":         ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "-",  "connected", "connected", "=",    "=",       "=",      "backoff", "-",   "backoff", "backoff", "restarting", "-", "-",      "-",    "-",      "-", "="),
-    "backoff":      ("-",          "disconnected", "-",       "-",      "failed", "-",     "connecting", "-", "-",     "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-",         "-",   "-",      "-",    "-",      "-", "-"),
-    "restarting":   ("-",          "disconnected", "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-",         "=",   "backoff", "connecting", "backoff", "-", "-"),
-    "failed":       ("connecting", "disconnected", "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-",         "-",   "-",      "-",    "-",      "-", "-"),
+    #                connect     disconnect    succeeded  failed   fatal   closed   retry       1100  1101       1102       f_broken  f_ok       2110      1300     326      502/504  heartbeat restore      r_sent r_failed  back    r_timeout farm_due subscribed stop
+    "disconnected": ("connecting", "-",          "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-",         "-",   "-",      "-",    "-",      "-", "-", "stopped"),
+    "connecting":   ("-",          "disconnected", "connected", "backoff", "failed", "-",     "-",  "=",  "=",       "=",       "=",      "=",       "=",      "backoff", "backoff", "backoff", "-",  "-",         "-",   "-",      "-",    "-",      "-", "-", "-"),
+    "connected":    ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "lost", "=",     "-",       "degraded", "-",     "degraded", "backoff", "-",   "backoff", "backoff", "-",       "-",   "-",      "-",    "-",      "-", "=", "-"),
+    "degraded":     ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "lost", "=",     "=",       "=",      "connected", "=",     "backoff", "-",   "backoff", "backoff", "-",       "-",   "-",      "-",    "-",      "=", "=", "-"),
+    "lost":         ("-",          "disconnected", "-",       "-",      "failed", "backoff", "-",     "-",  "connected", "connected", "=",    "=",       "=",      "backoff", "-",   "backoff", "backoff", "restarting", "-", "-",      "-",    "-",      "-", "=", "-"),
+    "backoff":      ("-",          "disconnected", "-",       "-",      "failed", "-",     "connecting", "-", "-",     "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-",         "-",   "-",      "-",    "-",      "-", "-", "-"),
+    "restarting":   ("-",          "disconnected", "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-",         "=",   "backoff", "connecting", "backoff", "-", "-", "-"),
+    "failed":       ("connecting", "disconnected", "-",       "-",      "-",     "-",     "-",        "-",  "-",       "-",       "-",      "-",       "-",      "=",     "-",     "-",     "-",      "-",         "-",   "-",      "-",    "-",      "-", "-", "-"),
+    "stopped":      ("-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"),
 }
 
 #: The cells that differ for a machine without a controller: nothing escalates.

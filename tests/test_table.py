@@ -96,6 +96,7 @@ ENTRY_EXIT = {
     "restarting": (["count_restart", "stop_heartbeat", "tear_down", "start_restart_timer",
                     "send_restart"], ["cancel_restart_timer", "cancel_probe"]),
     "failed": (["cancel_retry", "cancel_restore_timer", "stop_heartbeat", "tear_down"], []),
+    "stopped": ([], []),
 }
 
 

@@ -261,6 +261,7 @@ _PRODUCED_BY = {
     InputKind.CONNECT: "bot",
     InputKind.DISCONNECT: "bot",
     InputKind.SUBSCRIBED: "bot",
+    InputKind.STOP: "bot",
     InputKind.ATTEMPT_SUCCEEDED: "attempt",
     InputKind.SOCKET_CLOSED: "ib",
     InputKind.RETRY_DUE: "timers",

@@ -68,6 +68,9 @@ class InputKind(str, Enum):
     RESTART_TIMEOUT = "restart_timeout"
     #: A data farm has been broken for ``farm_reconnect_after``.
     FARM_RECONNECT_DUE = "farm_reconnect_due"
+    #: The user stopped the manager (``stop()``, after its disconnect): nothing
+    #: connects again.
+    STOP = "stop"
 
 
 @dataclass(frozen=True, slots=True)

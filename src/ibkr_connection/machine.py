@@ -408,9 +408,13 @@ class ConnectionMachine:
         if limit is not None and len(self.transcript) > limit:
             # Trim in chunks so the cost per transition stays constant.
             del self.transcript[: len(self.transcript) - limit // 2]
-        if not logger.isEnabledFor(logging.INFO):
+        # The end of a stopped manager is the bot's own doing, said by the
+        # disconnect before it: DEBUG (a manager stopped unused logs nothing).
+        level = logging.DEBUG if row.dest is ConnectionState.STOPPED else logging.INFO
+        if not logger.isEnabledFor(level):
             return
-        logger.info(
+        logger.log(
+            level,
             "connection %s -> %s on %s%s (attempt %d%s): %s",
             transition.source.value, transition.dest.value, transition.trigger.value,
             f" [{inp.code}]" if inp.code is not None else "",

@@ -85,6 +85,10 @@ class ConnectionState(str, Enum):
     #: Entry: as for ``disconnected``. Only a connect request (to ``connecting``)
     #: or a disconnect (to ``disconnected``) leaves it.
     FAILED = "failed"
+    #: The manager was stopped (``stop()``: a disconnect, then ``stop``):
+    #: terminal. Nothing is left to tear down; every input is ignored, with
+    #: its reason logged. Nothing leaves it.
+    STOPPED = "stopped"
 
 
 _S = ConnectionState
@@ -95,7 +99,9 @@ SESSION_STATES = (_S.CONNECTED, _S.DEGRADED, _S.LOST)
 #: States in which requests and orders can be sent.
 USABLE_STATES = (_S.CONNECTED, _S.DEGRADED)
 
-_ALL_STATES = tuple(ConnectionState)
+#: The states a manager in use can be in: every state but the terminal ``stopped``
+#: (its rows are the last of the table: it ignores everything).
+_ALL_STATES = tuple(s for s in ConnectionState if s is not ConnectionState.STOPPED)
 _NO_SESSION = (_S.DISCONNECTED, _S.BACKOFF, _S.RESTARTING, _S.FAILED)
 
 
@@ -279,6 +285,8 @@ ENTRY: dict[ConnectionState, tuple[StateAction, ...]] = {
                                  StateAction("tear_down"), StateAction("start_restart_timer"),
                                  StateAction("send_restart")),
     ConnectionState.FAILED: _STOP_EVERYTHING,
+    # Reached from disconnected only: everything is down already.
+    ConnectionState.STOPPED: (),
 }
 
 #: What each state does when it is left, in order, before the next state's entry.
@@ -292,6 +300,7 @@ EXIT: dict[ConnectionState, tuple[StateAction, ...]] = {
     ConnectionState.RESTARTING: (StateAction("cancel_restart_timer"),
                                  StateAction("cancel_probe")),
     ConnectionState.FAILED: (),
+    ConnectionState.STOPPED: (),
 }
 
 #: The actions that set the delay of a move into ``backoff``; every such row names one.
@@ -564,6 +573,13 @@ TABLE: tuple[Row, ...] = tuple(
     ]
     + _rows([s for s in _ALL_STATES if s is not _S.DEGRADED], _I.FARM_RECONNECT_DUE, None,
             "stale farm timer")
+    # -- the manager stopped ---------------------------------------------------------
+    + [Row(_S.DISCONNECTED, _I.STOP, _S.STOPPED,
+           note="the manager was stopped (stop(), after its disconnect): nothing connects "
+                "again")]
+    + _rows([s for s in _ALL_STATES if s is not _S.DISCONNECTED], _I.STOP, None,
+            "stop() disconnects first: a stop anywhere else is ignored")
+    + [Row(_S.STOPPED, kind, None, note="the manager was stopped") for kind in InputKind]
 )
 
 

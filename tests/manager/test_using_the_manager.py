@@ -50,8 +50,11 @@ async def test_wait_for_after_stop_raises_at_once(make_manager: Any) -> None:
         await manager.wait_for(S.CONNECTED)
     with pytest.raises(ManagerStoppedError):
         await manager.wait_for(S.CONNECTED, timeout=30.0)
-    # A state it is in is still answered.
-    assert await manager.wait_for(S.DISCONNECTED) is S.DISCONNECTED
+    # A state it is in is still answered: the terminal one (disconnected was
+    # passed on the way out).
+    assert await manager.wait_for(S.STOPPED) is S.STOPPED
+    with pytest.raises(ManagerStoppedError):
+        await manager.wait_for(S.DISCONNECTED)
 
 
 async def test_waiter_pending_at_stop_is_woken(make_manager: Any, gw: FakeGateway) -> None:
