@@ -295,3 +295,17 @@ def test_a_session_spends_the_connects_budget(clock: ManualClock) -> None:
         machine.handle(Input(InputKind.RETRY_DUE))
         states.append(machine.handle(Input(InputKind.ATTEMPT_FAILED)).state.value)
     assert states == ["backoff", "backoff", "backoff"]
+
+
+@pytest.mark.parametrize(("account", "expected"), [("DU111", "degraded"), ("DU333", "failed")])
+def test_the_account_check_holds_for_a_session_that_comes_up_hurt(
+    account: str, expected: str, clock: ManualClock,
+) -> None:
+    """A farm broken during the attempt: a managed account -> degraded, an unmanaged one -> failed."""
+    machine = ConnectionMachine(clock, port=4002, client_ids=[7], account=account)
+    machine.handle(Input(InputKind.CONNECT))
+    machine.handle(Input(InputKind.FARM_BROKEN, code=2103, farm="usfarm"))
+    step = machine.handle(Input(InputKind.ATTEMPT_SUCCEEDED, accounts=("DU111", "DU222")))
+    assert step.state.value == expected
+    assert [e.name for e in step.effects if "account" in e.name] == (
+        ["select_account"] if expected == "degraded" else ["refuse_account"])

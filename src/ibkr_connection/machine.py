@@ -382,6 +382,14 @@ class ConnectionMachine:
         return (not self.account and accounts is not None and len(accounts) > 1
                 and self.account_fallback != "first")
 
+    def _account_usable(self, inp: Input) -> bool:
+        accounts = inp.accounts
+        if accounts is None:
+            return True
+        if self.account:
+            return self.account in accounts
+        return len(accounts) == 1 or (len(accounts) > 1 and self.account_fallback == "first")
+
     # -- recording --------------------------------------------------------------------
 
     def _record(self, row: Row, inp: Input) -> None:
@@ -756,6 +764,7 @@ GUARD_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], bool]] = {
     "same_client_id_again": _M._same_client_id_again,
     "fallback_client_id": _M._fallback_client_id,
     "in_reset_window": _M._in_reset_window,
+    "account_usable": _M._account_usable,
     "account_not_managed": _M._account_not_managed,
     "no_managed_accounts": _M._no_managed_accounts,
     "accounts_ambiguous": _M._accounts_ambiguous,

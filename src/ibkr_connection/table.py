@@ -369,8 +369,12 @@ TABLE: tuple[Row, ...] = tuple(
     + [Row(_S.DISCONNECTED, _I.DISCONNECT, None, note="already disconnected")]
     # -- attempt results -------------------------------------------------------
     + [
-        # The account check: the attempt reports the managed accounts, these
-        # rows refuse what no retry can fix (the usual case fails all three).
+        # The usual case first, two guards per connect: an account to use and
+        # nothing broken.
+        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.CONNECTED, "account_usable & all_clear",
+            _ON_SESSION_UP, "session up: handshake, startup sync and account check done"),
+        # The account check: the attempt reported the managed accounts; these
+        # rows refuse what no retry can fix.
         Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.FAILED, "account_not_managed",
             ("refuse_unmanaged_account",),
             "the configured account is not managed by this login: retrying cannot fix it"),
@@ -380,9 +384,7 @@ TABLE: tuple[Row, ...] = tuple(
             ("refuse_ambiguous_accounts",),
             "several managed accounts, none configured, and no fallback: which one is "
             "the bot's is not ours to guess"),
-        # Then the session's state: the usual case first.
-        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.CONNECTED, "all_clear", _ON_SESSION_UP,
-            "session up: handshake, startup sync and account check done"),
+        # The account is usable (the rows above refused every other case).
         Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.LOST, "link_lost", _ON_SESSION_UP,
             "session up, but TWS reported 1100 during the attempt"),
         Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.DEGRADED, None, _ON_SESSION_UP,
@@ -626,6 +628,10 @@ GUARDS = {
                           "is configured",
     "in_reset_window": "the injected clock's time of day is inside one of IB's reset "
                        "windows (the policy's `reset_windows`)",
+    "account_usable": "none of account_not_managed, no_managed_accounts, "
+                      "accounts_ambiguous holds: the configured account is managed, or none "
+                      "is configured and the login manages one, or several with "
+                      "`account_fallback` 'first'",
     "account_not_managed": "an account is configured and the accounts the attempt reported "
                            "(the login's managed accounts) do not include it",
     "no_managed_accounts": "no account is configured and the attempt reported no managed "
