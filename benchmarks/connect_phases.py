@@ -37,7 +37,7 @@ from ibkr_connection import driver as driver_module
 from ibkr_connection import machine as machine_module
 from ibkr_connection.outputs import JournalEntry, Step
 from ibkr_connection.simulator.gateway import FakeGateway
-from ibkr_connection.table import ENTRY, EXIT, TABLE, ConnectionState, Phase, Row
+from ibkr_connection.table import ENTRY, EXIT, TABLE, ConnectionState, Phase, Row, guard_terms
 
 STAMPS: dict[str, float] = {}
 
@@ -89,9 +89,7 @@ def bypass_transitions() -> None:
         rows.setdefault((row.source.value, row.input.value), []).append(row)
 
     def holds(self: Any, guard: str | None, inp: Any) -> bool:
-        if guard is None:
-            return True
-        return bool(guards[guard.lstrip("!")](self, inp)) != guard.startswith("!")
+        return all(bool(guards[name](self, inp)) is wanted for name, wanted in guard_terms(guard))
 
     def handle(self: Any, inp: Any) -> Any:
         self._made = None

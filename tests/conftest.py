@@ -123,6 +123,7 @@ def drive_to(machine: ConnectionMachine, state: ConnectionState) -> None:
         ],
         ConnectionState.BACKOFF: [Input(InputKind.CONNECT), Input(InputKind.ATTEMPT_FAILED)],
         ConnectionState.FAILED: [Input(InputKind.CONNECT), Input(InputKind.FATAL_ERROR)],
+        ConnectionState.STOPPED: [Input(InputKind.STOP)],
         # Needs a machine with a controller: after a session (the endpoint is
         # proven), a heartbeat miss and two attempts in a row that reached the
         # socket and got no handshake make a wedged gateway.

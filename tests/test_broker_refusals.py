@@ -44,7 +44,8 @@ def test_unknown_account_is_not_a_dead_gateway(gw, loop, caplog) -> None:  # typ
     try:
         assert api.connect() is False
         assert [str(t) for t in api.manager.transcript] == [
-            "disconnected -> connecting (connect)", "connecting -> failed (fatal_error)"]
+            "disconnected -> connecting (connect)",
+            "connecting -> failed (attempt_succeeded)"]
         assert len(gw.requests_named("startApi")) == 1
         messages = [r.getMessage() for r in caplog.records]
         assert not any("Retrying" in m for m in messages)

@@ -132,7 +132,8 @@ async def test_demo_stops_cleanly_on_a_signal(sig: signal.Signals, status: int) 
     assert err == ""
     assert re.match(rf"^ *\d+\.\d{{3}}s  --- stopped by {sig.name}: the manager is stopped, "
                     r"the simulator closed\n$", lines[-1]), lines[-1]
-    assert re.search(r"-> disconnected +disconnect: stop\(\) called", lines[-2]), lines[-2]
+    assert re.search(r"-> disconnected +disconnect: stop\(\) called", lines[-3]), lines[-3]
+    assert re.search(r"disconnected -> stopped +stop: stop\(\) called", lines[-2]), lines[-2]
 
 
 async def test_demo_journal_replays(tmp_path: Path) -> None:
@@ -146,7 +147,7 @@ async def test_demo_journal_replays(tmp_path: Path) -> None:
     assert re.fullmatch(r"\d+ inputs replayed: all transitions match\n", done.stdout)
     states = [json.loads(line).get("state") for line in journal.read_text().splitlines()]
     assert "degraded" in states
-    assert states[-1] == "disconnected"
+    assert states[-2:] == ["disconnected", "stopped"]
 
 
 async def test_watch_journal_replays(tmp_path: Path) -> None:
@@ -167,7 +168,8 @@ async def test_watch_journal_replays(tmp_path: Path) -> None:
     changes = [move for before, move in zip([("", "disconnected"), *moves[:-1]], moves, strict=True)
                if move[1] != before[1]]
     assert changes == [("connect", "connecting"), ("attempt_succeeded", "connected"),
-                       ("farm_broken", "degraded"), ("disconnect", "disconnected")]
+                       ("farm_broken", "degraded"), ("disconnect", "disconnected"),
+                       ("stop", "stopped")]
     done = await asyncio.to_thread(_cli, "replay", str(journal))
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{len(moves)} inputs replayed: all transitions match\n"

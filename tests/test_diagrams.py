@@ -84,7 +84,7 @@ def test_diagram_labels_each_row_with_its_actions() -> None:
         " | restart_sent / forget_endpoint+probe_gateway",
         "connecting --> backoff: attempt_failed / note_wedge_sign+warn_not_an_api_port"
         "+draw_costly_delay [silent_unproven] | attempt_failed / note_wedge_sign"
-        "+draw_costly_delay [costly] | attempt_failed / note_wedge_sign+draw_delay"
+        "+draw_costly_delay [costly] | attempt_failed / note_gateway_down+draw_delay"
         " | port_reset / note_port+retry_at_once | client_id_in_use / draw_costly_delay"
         "+retry_same_client_id [same_client_id_again] | client_id_in_use / draw_costly_delay"
         "+next_client_id [fallback_client_id] | client_id_in_use / draw_costly_delay"
@@ -92,6 +92,7 @@ def test_diagram_labels_each_row_with_its_actions() -> None:
         "restarting --> backoff: restart_failed / draw_costly_delay"
         " | restart_timeout / draw_costly_delay",
         "restarting --> connecting: gateway_back / count_attempt",
+        "connecting --> restarting: attempt_failed / note_wedge_sign [costly & wedged]",
     ):
         assert f"  {line}\n" in text, line
     assert "farm_ok / note_farm_ok" in text

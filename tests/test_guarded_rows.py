@@ -13,8 +13,8 @@ import pytest
 
 from ibkr_connection.clock import ManualClock
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.machine import ConnectionState
 from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
+from ibkr_connection.table import ConnectionState
 
 from conftest import RecordedMachine, RecordingEffects, drive_to
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -25,6 +27,16 @@ from ibkr_connection.outputs import JournalEntry
 from ibkr_connection.simulator import FakeGateway
 
 FAST = RecoveryPolicy(backoff=BackoffPolicy(costly_delay=0.05, max_costly_delay=0.2))
+
+
+@pytest.fixture(autouse=True)
+def _logger_levels_kept() -> Iterator[None]:
+    """cli.main(["replay", ...]) quietens the library's loggers for its process: undo it here."""
+    names = ("ib_insync", "ib_async", "ibkr_connection", "asyncio")
+    levels = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 HEADER = (
     '{"type": "header", "port": 4002, "client_ids": [7], "seed": 0, "backoff": '
@@ -230,13 +242,19 @@ async def test_a_real_session_journals_each_inputs_effects(tmp_path: Path) -> No
     assert inputs[0]["input"] == "connect"
     assert inputs[0]["effects"] == [["start_attempt", 1, 9, gw.port]]
     succeeded = next(r for r in inputs if r["input"] == "attempt_succeeded")
-    assert succeeded["effects"] == [["select_account"], ["restore_subscriptions", True],
+    # The accounts the attempt reported and the one the table chose, masked.
+    assert succeeded["accounts"] == ["DU***567"]
+    assert succeeded["effects"] == [["select_account", "DU***567"],
+                                    ["restore_subscriptions", True],
                                     ["start_heartbeat"], ["begin_session"]]
-    # stop(): the disconnect's step, then the close its tear-down caused, fed after it.
-    assert [r["input"] for r in inputs[-2:]] == ["disconnect", "socket_closed"]
-    assert inputs[-2]["effects"] == [["cancel_retry"], ["cancel_restore_timer"],
+    assert "DU1234567" not in path.read_text()
+    # stop(): the disconnect's step, then the close its tear-down caused, fed after
+    # it, then the stop into the terminal state.
+    assert [(r["input"], r["state"]) for r in inputs[-3:]] == [
+        ("disconnect", "disconnected"), ("socket_closed", "disconnected"), ("stop", "stopped")]
+    assert inputs[-3]["effects"] == [["cancel_retry"], ["cancel_restore_timer"],
                                      ["stop_heartbeat"], ["tear_down"], ["end_session"]]
-    assert inputs[-1]["effects"] == []
+    assert inputs[-2]["effects"] == inputs[-1]["effects"] == []
     assert journal.replay_file(path).mismatches == []
 
 

@@ -225,14 +225,15 @@ def test_disconnect_stops_everything(machine: ConnectionMachine, effects: Record
 
 def test_each_step_returns_its_transition_and_effects(clock: ManualClock) -> None:
     """handle returns a Step: the move made (None for a stay), the effects in order, the state."""
-    machine = ConnectionMachine(clock, port=4002, client_ids=[7])
+    machine = RecordedMachine(RecordingEffects(), clock, port=4002, client_ids=[7])
     step = machine.handle(Input(K.CONNECT))
     assert step.transition is not None
     assert (step.transition.source, step.transition.dest) == (S.DISCONNECTED, S.CONNECTING)
     assert step.effects == (Effect("start_attempt", (1, 7, 4002)),)
     assert step.state is S.CONNECTING
-    step = machine.handle(Input(K.ATTEMPT_SUCCEEDED))
-    assert step.effects == (Effect("select_account"), Effect("restore_subscriptions", (True,)),
+    step = machine.handle(Input(K.ATTEMPT_SUCCEEDED, accounts=("DU1234567",)))
+    assert step.effects == (Effect("select_account", ("DU1234567",)),
+                            Effect("restore_subscriptions", (True,)),
                             Effect("start_heartbeat"), Effect("begin_session"))
     step = machine.handle(Input(K.FARM_OK, code=2104, farm="usfarm"))
     assert (step.transition, step.effects, step.state) == (None, (), S.CONNECTED)
@@ -245,7 +246,7 @@ def test_each_step_returns_its_transition_and_effects(clock: ManualClock) -> Non
 
 def test_the_table_says_new_session_or_data_lost(clock: ManualClock) -> None:
     """Subscriptions go out as on a new session when one comes up, as re-issues after a 1101."""
-    machine = ConnectionMachine(clock, port=4002, client_ids=[7])
+    machine = RecordedMachine(RecordingEffects(), clock, port=4002, client_ids=[7])
     machine.handle(Input(K.CONNECT))
     up = machine.handle(Input(K.ATTEMPT_SUCCEEDED))
     assert Effect("restore_subscriptions", (True,)) in up.effects
@@ -264,7 +265,7 @@ def test_a_nested_handle_is_refused(monkeypatch: pytest.MonkeyPatch, clock: Manu
         machines[0].handle(Input(K.DISCONNECT))
 
     monkeypatch.setitem(ACTION_FUNCTIONS, "note_port", reenter)
-    machines.append(ConnectionMachine(clock, port=4002, client_ids=[7]))
+    machines.append(RecordedMachine(RecordingEffects(), clock, port=4002, client_ids=[7]))
     with pytest.raises(ReentrantHandleError, match="disconnect"):
         machines[0].handle(Input(K.PORT_RESET, code=1300, port=4003))
     # The machine is usable again afterwards.
@@ -312,7 +313,8 @@ def test_steps_carry_every_change_whatever_the_transcript_keeps(
     limit: int, clock: ManualClock
 ) -> None:
     """A tiny transcript_limit trims the transcript, never the steps' transitions."""
-    machine = ConnectionMachine(clock, port=4002, client_ids=[7], transcript_limit=limit)
+    machine = RecordedMachine(RecordingEffects(), clock, port=4002, client_ids=[7],
+                              transcript_limit=limit)
     heard: list[str] = []
     for inp in (Input(K.CONNECT), Input(K.ATTEMPT_SUCCEEDED),
                 Input(K.CONNECTIVITY_LOST, code=1100), Input(K.RESTORED_DATA_KEPT, code=1102)):

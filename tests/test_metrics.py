@@ -101,7 +101,7 @@ def test_state_gauge_exists_before_any_state() -> None:
     """Every state has a series (at 0) before the first state is known."""
     m = ConnectionMetrics()
     assert m.state is None
-    assert [value(m, "ibkr_connection_state", state=s.value) for s in S] == [0.0] * 8
+    assert [value(m, "ibkr_connection_state", state=s.value) for s in S] == [0.0] * 9
 
 
 @pytest.mark.parametrize(

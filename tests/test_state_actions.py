@@ -11,6 +11,7 @@ import pytest
 
 from ibkr_connection.clock import ManualClock
 from ibkr_connection.inputs import Input, InputKind
+from ibkr_connection.policy import RecoveryPolicy
 from ibkr_connection.table import ConnectionState
 
 from conftest import RecordedMachine, RecordingEffects, drive_to
@@ -136,3 +137,44 @@ def test_a_session_that_comes_up_starts_the_counts_over(
     assert machine.wedge_signs == 0
     assert machine.handle(Input(K.SOCKET_CLOSED)).state is S.BACKOFF
     assert 0 < effects.args_of("schedule_retry")[-1][0] <= 0.05
+
+
+@pytest.mark.parametrize("session", [S.CONNECTED, S.DEGRADED, S.LOST])
+def test_a_heartbeat_miss_in_any_session_state_is_a_wedge_sign(
+    session: ConnectionState, effects: RecordingEffects, clock: ManualClock
+) -> None:
+    """A miss from connected, degraded or lost counts: two unanswered handshakes after it
+    make three signs, and the third restarts the gateway, saying it saw three."""
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7],
+                              controller_configured=True)
+    drive_to(machine, session)
+    assert machine.handle(Input(K.HEARTBEAT_MISSED)).state is S.BACKOFF
+    silent = Input(K.ATTEMPT_FAILED, message="no handshake", costly=True)
+    with _warnings() as lines:
+        for expected in (S.BACKOFF, S.RESTARTING):
+            clock.advance(10.0)
+            machine.handle(Input(K.RETRY_DUE))
+            assert machine.handle(silent).state is expected
+    assert [line for line in lines if line.startswith("restarting the gateway")] == [
+        "restarting the gateway through its controller (restart 1): the gateway takes "
+        "sockets but answers no handshake or sync: restart it (3 consecutive wedge sign(s)); "
+        "waiting up to 180s for it to come back"]
+
+
+@pytest.mark.parametrize("session", [S.CONNECTED, S.DEGRADED, S.LOST])
+def test_the_miss_that_restarts_is_counted_in_the_restart_line(
+    session: ConnectionState, effects: RecordingEffects, clock: ManualClock
+) -> None:
+    """With restart_after=1 a miss restarts at once, and the restart line counts it as the
+    one sign it saw (the count itself is forgotten once the restart starts)."""
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7],
+                              controller_configured=True,
+                              policy=RecoveryPolicy(restart_after=1))
+    drive_to(machine, session)
+    with _warnings() as lines:
+        assert machine.handle(Input(K.HEARTBEAT_MISSED)).state is S.RESTARTING
+    assert [line for line in lines if line.startswith("restarting the gateway")] == [
+        "restarting the gateway through its controller (restart 1): the gateway keeps "
+        "hanging and reconnecting did not help: restart it (1 consecutive wedge sign(s)); "
+        "waiting up to 180s for it to come back"]
+    assert machine.wedge_signs == 0

@@ -37,13 +37,17 @@ PHASES = {
     "note_link_lost": "note",
     "note_link_restored": "note",
     "note_port": "note",
-    "note_wedge_sign": "note",
     "first_attempt": "before",
     "count_attempt": "before",
     "warn_not_an_api_port": "before",
     "draw_delay": "before",
     "draw_costly_delay": "before",
     "retry_at_once": "before",
+    "note_wedge_sign": "before",
+    "note_gateway_down": "before",
+    "refuse_unmanaged_account": "before",
+    "refuse_no_account": "before",
+    "refuse_ambiguous_accounts": "before",
     "reset_backoff": "after",
     "select_account": "after",
     "issue_subscriptions": "after",
@@ -92,6 +96,7 @@ ENTRY_EXIT = {
     "restarting": (["count_restart", "stop_heartbeat", "tear_down", "start_restart_timer",
                     "send_restart"], ["cancel_restart_timer", "cancel_probe"]),
     "failed": (["cancel_retry", "cancel_restore_timer", "stop_heartbeat", "tear_down"], []),
+    "stopped": ([], []),
 }
 
 

@@ -13,11 +13,13 @@ Initial connect versus recovery:
     :class:`~ibkr_connection.policy.RecoveryPolicy`), so a session that was
     once up is recovered after any outage (a ConnectionConfig's policy is used
     as given: with ``max_attempts`` set, recovery gives up in ``failed``
-    too). ``connect()`` bounds only its
-    own call: it counts the failed attempts it sees on ``stateChangeEvent``
-    (moves into ``backoff`` or ``failed``) and, after ``max_attempts`` of them
-    (3, as in the seed), feeds a ``disconnect`` to the manager, logs "Failed to
-    connect to IBKR" and returns False. The machine's table is untouched.
+    too). ``connect()`` bounds only its own series of attempts: its connect
+    input carries an attempt budget (``max_attempts``, 3 as in the seed), and
+    the machine's table gives up (``failed``, guard ``retries_left``) once that
+    many attempts failed; ``connect()`` then logs "Failed to connect to IBKR"
+    and returns False. A session that comes up spends the budget: recovery
+    after it follows the policy. A ``connect()`` while the manager already
+    recovers waits for it (the table ignores a second connect).
 
 Configs:
     ``config`` is either a :class:`~ibkr_connection.config.ConnectionConfig`,
@@ -320,7 +322,6 @@ class IBKRIBInsyncApi:
                               max_completed_orders=max_completed_orders)
         self._sessions = 0
         self._connect_outcome: asyncio.Future[bool] | None = None
-        self._failed_attempts = 0
         self.orderUncertainEvent = Event("orderUncertainEvent")
         self.orderResolvedEvent = Event("orderResolvedEvent")
         self.manager = ConnectionManager(self.ib, self.config)
@@ -439,10 +440,11 @@ class IBKRIBInsyncApi:
             return outcome  # a connect is already under way: join it
         outcome = asyncio.get_running_loop().create_future()
         self._connect_outcome = outcome
-        self._failed_attempts = 0
         logger.info("Connecting to IBKR at %s:%d with client ID %d",
                     self.host, self.port, self.client_id)
-        self.manager.feed(Input(InputKind.CONNECT, message="connect() called"))
+        # The give-up is the table's: the series' attempt budget rides on the input.
+        self.manager.feed(Input(InputKind.CONNECT, message="connect() called",
+                                attempts=self.max_attempts))
         return outcome
 
     async def _await_connect(self, outcome: asyncio.Future[bool]) -> bool:
@@ -457,12 +459,7 @@ class IBKRIBInsyncApi:
         last = self.manager.transcript[-1] if self.manager.transcript else None
         cause = last.cause if last is not None else "unknown"
         logger.error("Failed to connect to IBKR at %s:%d after %d attempt(s): %s",
-                     self.host, self.port, self._failed_attempts, cause)
-        if self.manager.state is not ConnectionState.FAILED:
-            self.manager.feed(Input(
-                InputKind.DISCONNECT,
-                message=f"connect() gave up after {self._failed_attempts} attempt(s)",
-            ))
+                     self.host, self.port, last.attempt if last is not None else 0, cause)
         await adapter.wait_transport_closed(self.ib)
 
     def disconnect(self) -> None:
@@ -526,15 +523,10 @@ class IBKRIBInsyncApi:
             logger.info("Successfully connected to IBKR, account %s", shown)
             outcome.set_result(True)
         elif dest is ConnectionState.FAILED:
-            self._failed_attempts += 1
             outcome.set_result(False)
         elif dest is ConnectionState.BACKOFF:
-            self._failed_attempts += 1
-            if self._failed_attempts >= self.max_attempts:
-                outcome.set_result(False)
-            else:
-                logger.warning("Connection attempt %d failed: %s. Retrying...",
-                               self._failed_attempts, transition.cause)
+            logger.warning("Connection attempt %d failed: %s. Retrying...",
+                           transition.attempt, transition.cause)
         elif dest is ConnectionState.DISCONNECTED:
             outcome.set_result(False)
 

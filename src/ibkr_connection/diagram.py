@@ -46,6 +46,7 @@ from ibkr_connection.table import (
     ConnectionState,
     Phase,
     Row,
+    guard_terms,
 )
 
 TITLE = "ibkr-connection: connection state machine"
@@ -66,9 +67,10 @@ def _graph_rows() -> list[dict[str, Any]]:
             "source": row.source.value,
             "dest": (row.dest or row.source).value,
         }
-        if row.guard is not None:
-            key = "unless" if row.guard.startswith("!") else "conditions"
-            spec[key] = [row.guard.lstrip("!")]
+        terms = guard_terms(row.guard)
+        if terms:
+            spec["conditions"] = [name for name, wanted in terms if wanted]
+            spec["unless"] = [name for name, wanted in terms if not wanted]
         if row.actions:
             # transitions labels an edge with its trigger: add what the row does.
             spec["trigger"] = f"{row.input.value} / {'+'.join(row.actions)}"
@@ -259,6 +261,7 @@ _PRODUCED_BY = {
     InputKind.CONNECT: "bot",
     InputKind.DISCONNECT: "bot",
     InputKind.SUBSCRIBED: "bot",
+    InputKind.STOP: "bot",
     InputKind.ATTEMPT_SUCCEEDED: "attempt",
     InputKind.SOCKET_CLOSED: "ib",
     InputKind.RETRY_DUE: "timers",

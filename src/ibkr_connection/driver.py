@@ -82,7 +82,6 @@ class Driver:
         self._data_hook: tuple[Any, Callable[..., None]] | None = None
         self._last_count = -1
         self._last_activity = 0.0
-        self._pending_account_request = ""
         self._unwatch_ids: Callable[[], None] | None = None
         self._unwatch_sync: Callable[[], None] | None = None
         self._sync_catcher = adapter.SyncTimeoutCatcher()
@@ -105,6 +104,7 @@ class Driver:
             "start_restore_timer": self.start_restore_timer,
             "cancel_restore_timer": self.cancel_restore_timer,
             "select_account": self.select_account,
+            "refuse_account": self.refuse_account,
             "restore_subscriptions": self.restore_subscriptions,
             "issue_new_subscriptions": self.issue_new_subscriptions,
             "start_heartbeat": self.start_heartbeat,
@@ -210,7 +210,6 @@ class Driver:
                 account=config.account, catcher=self._sync_catcher,
                 handshake_timeout=config.handshake_timeout,
             )
-            account = self._choose_account()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -218,14 +217,12 @@ class Driver:
             self._attempt_failed(attempt, exc)
             return
         self._attempt_task = None
-        self.account = account
-        self._pending_account_request = account if account != config.account and len(
-            adapter.managed_accounts(ib)) > 1 else ""
         self._apply_high_water()
+        # What the attempt learnt goes in as data: the table checks the
+        # configured account against it and chooses the one to use.
         self._feed(Input(InputKind.ATTEMPT_SUCCEEDED, message=(
-            f"connected to {config.host}:{port} as client {client_id}, account "
-            f"{self._show(account)}"
-        )))
+            f"connected to {config.host}:{port} as client {client_id}"
+        ), accounts=tuple(adapter.managed_accounts(ib))))
 
     def _attempt_failed(self, attempt: int, exc: Exception) -> None:
         info, inp = codes.classify_failure(exc)
@@ -238,28 +235,6 @@ class Driver:
         # that follows meets ``backoff`` or ``failed``, where it is ignored.
         self._feed(inp)
         adapter.safe_disconnect(self.ib)
-
-    def _choose_account(self) -> str:
-        config = self.config
-        managed = adapter.managed_accounts(self.ib)
-        if config.account:
-            if config.account not in managed:
-                raise AccountError(
-                    f"account {self._show(config.account)} is not managed by this login "
-                    f"(managed: {', '.join(self._show(a) for a in managed) or 'none'})"
-                )
-            return config.account
-        if len(managed) == 1:
-            return managed[0]
-        if not managed:
-            raise AccountError("the gateway reported no managed accounts")
-        if config.account_fallback == "first":
-            return managed[0]
-        raise AccountError(
-            f"this login manages {len(managed)} accounts "
-            f"({', '.join(self._show(a) for a in managed)}); set the account "
-            "(IBKR_ACCOUNT) or account_fallback='first'"
-        )
 
     def _show(self, account: str) -> str:
         return mask_account(account) if self.config.mask_accounts else account
@@ -316,17 +291,25 @@ class Driver:
 
     # -- session ----------------------------------------------------------------------
 
-    def select_account(self) -> None:
-        """Log the chosen account; ask for its updates when ib_insync will not."""
+    def select_account(self, account: str) -> None:
+        """Use ``account`` (the table's choice); ask for its updates when ib_insync did not."""
+        self.account = account
         if logger.isEnabledFor(logging.INFO):
-            logger.info("using account %s", self._show(self.account))
-        if self._pending_account_request:
-            # ib_insync subscribes account updates itself only for a single
-            # account or an explicit one; with "first" we ask for it.
+            logger.info("using account %s", self._show(account))
+        # ib_insync's startup sync subscribed account updates itself only for
+        # the account it was given or a login's only account: a mechanic of
+        # the client, not a choice.
+        if account and account != self.config.account and len(
+                adapter.managed_accounts(self.ib)) > 1:
             try:
-                adapter.request_account_updates(self.ib, self._pending_account_request)
+                adapter.request_account_updates(self.ib, account)
             except (ConnectionError, OSError) as exc:
                 logger.warning("account updates request failed: %r", exc)
+
+    def refuse_account(self, message: str) -> None:
+        """The table refused the login's accounts: the attempt fails with AccountError."""
+        self.last_error = AccountError(message)
+        logger.error("%s; not retrying", message)
 
     def restore_subscriptions(self, fresh_session: bool) -> None:
         """Issue every registered subscription: on a new session, or again after a 1101.

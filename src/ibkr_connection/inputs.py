@@ -68,6 +68,9 @@ class InputKind(str, Enum):
     RESTART_TIMEOUT = "restart_timeout"
     #: A data farm has been broken for ``farm_reconnect_after``.
     FARM_RECONNECT_DUE = "farm_reconnect_due"
+    #: The user stopped the manager (``stop()``, after its disconnect): nothing
+    #: connects again.
+    STOP = "stop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,15 @@ class Input:
         costly: for a failed attempt, whether it cost the gateway an API
             handshake (the backoff then waits longer) rather than a refused
             TCP connect, which costs it next to nothing.
+        accounts: for a successful attempt, the accounts the gateway says the
+            login manages, in its order (the table chooses one of them, or
+            refuses them all). None: not reported (a test's bare input, a
+            journal written before the table chose the account): the account
+            check counts as passed.
+        attempts: for a connect request, the failed attempts after which this
+            series gives up (``failed``), if fewer than the policy's
+            ``max_attempts``; None: the policy's. A session that comes up
+            ends the series: recovery after it follows the policy.
     """
 
     kind: InputKind
@@ -91,6 +103,8 @@ class Input:
     farm: str | None = None
     port: int | None = None
     costly: bool = False
+    accounts: tuple[str, ...] | None = None
+    attempts: int | None = None
 
     def to_json(self) -> dict[str, object]:
         """Return the input as a JSON-ready dict (for the journal)."""
@@ -105,6 +119,10 @@ class Input:
             data["port"] = self.port
         if self.costly:
             data["costly"] = True
+        if self.accounts is not None:
+            data["accounts"] = list(self.accounts)
+        if self.attempts is not None:
+            data["attempts"] = self.attempts
         return data
 
     @classmethod
@@ -113,6 +131,8 @@ class Input:
         code = data.get("code")
         port = data.get("port")
         farm = data.get("farm")
+        accounts = data.get("accounts")
+        attempts = data.get("attempts")
         return cls(
             kind=InputKind(str(data["input"])),
             code=int(str(code)) if code is not None else None,
@@ -120,4 +140,7 @@ class Input:
             farm=str(farm) if farm is not None else None,
             port=int(str(port)) if port is not None else None,
             costly=bool(data.get("costly", False)),
+            accounts=(tuple(str(a) for a in accounts)
+                      if isinstance(accounts, list) else None),
+            attempts=int(str(attempts)) if attempts is not None else None,
         )

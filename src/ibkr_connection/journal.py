@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ibkr_connection.clock import Clock, ManualClock
-from ibkr_connection.config import ConnectionConfig
+from ibkr_connection.config import ConnectionConfig, mask_account
 from ibkr_connection.errors import JournalError
 from ibkr_connection.inputs import Input
 from ibkr_connection.machine import ConnectionMachine
@@ -102,6 +102,9 @@ class JournalWriter:
             self._file = target
         policy = config.policy
         backoff = policy.backoff
+        #: Account ids are written masked, as the logs show them (a replay
+        #: checks masked against masked: the same decisions).
+        self._mask = mask_account if config.mask_accounts else None
         header = {
             "type": "header",
             "at": round(clock.monotonic(), 6),
@@ -123,6 +126,9 @@ class JournalWriter:
             "restart_wait": policy.restart_wait,
             "restart_cooldown": policy.restart_cooldown,
             "farm_reconnect_after": policy.farm_reconnect_after,
+            "account": self._masked(config.account),
+            "account_fallback": config.account_fallback,
+            "mask_accounts": config.mask_accounts,
         }
         self._file.write(json.dumps(header) + "\n")
         self._file.flush()
@@ -139,10 +145,19 @@ class JournalWriter:
                 "type": "input", "at": round(entry.at, 6),
                 "wall": wall_text(wall - timedelta(seconds=now - entry.at)),
                 **entry.input.to_json(), "state": entry.state.value}
+            accounts = entry.input.accounts
+            if accounts is not None:
+                line["accounts"] = [self._masked(a) for a in accounts]
             if entry.effects is not None:
-                line["effects"] = [effect.to_json() for effect in entry.effects]
+                line["effects"] = [
+                    [effect.name, *map(self._masked, effect.args)]
+                    if effect.name == "select_account" else effect.to_json()
+                    for effect in entry.effects]
             self._file.write(json.dumps(line) + "\n")
         self._file.flush()
+
+    def _masked(self, account: Any) -> Any:
+        return self._mask(account) if self._mask is not None and account else account
 
     def close(self) -> None:
         """Close the file if this writer opened it (then writes are dropped). Idempotent."""
@@ -238,7 +253,10 @@ def _machine(header: dict[str, Any], number: int) -> tuple[ConnectionMachine, Ma
         machine = ConnectionMachine(
             clock, port=header["port"], client_ids=header["client_ids"],
             policy=policy,
-            controller_configured=bool(header.get("controller_configured", False)))
+            controller_configured=bool(header.get("controller_configured", False)),
+            account=str(header.get("account", "")),
+            account_fallback=str(header.get("account_fallback", "error")),
+            mask_accounts=bool(header.get("mask_accounts", True)))
     except (KeyError, TypeError, ValueError) as exc:
         raise JournalError(number, f"bad header: {exc!r}") from exc
     return machine, clock

@@ -37,6 +37,7 @@ from typing import Any
 from transitions import Machine, State
 
 from ibkr_connection.clock import Clock
+from ibkr_connection.config import mask_account
 from ibkr_connection.errors import ReentrantHandleError, UsageError
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.outputs import Effect, JournalEntry, Step, Transition
@@ -49,6 +50,7 @@ from ibkr_connection.table import (
     Phase,
     Row,
     StateAction,
+    guard_terms,
 )
 
 logger = logging.getLogger(__name__)
@@ -110,6 +112,11 @@ class ConnectionMachine:
             may pass a changed table).
         entry_actions: the states' entry actions (:data:`~ibkr_connection.table.ENTRY`).
         exit_actions: the states' exit actions (:data:`~ibkr_connection.table.EXIT`).
+        account: the configured account ('' for none); the table checks it
+            against the accounts a successful attempt reports.
+        account_fallback: with no account and several managed ones, "first"
+            takes the first, "error" refuses them.
+        mask_accounts: mask account ids in the refusal messages.
 
     Raises:
         UsageError: if no client id is given.
@@ -129,6 +136,9 @@ class ConnectionMachine:
         table: Sequence[Row] = TABLE,
         entry_actions: dict[ConnectionState, tuple[StateAction, ...]] | None = None,
         exit_actions: dict[ConnectionState, tuple[StateAction, ...]] | None = None,
+        account: str = "",
+        account_fallback: str = "error",
+        mask_accounts: bool = True,
     ) -> None:
         if not client_ids:
             raise UsageError("at least one client id is required")
@@ -146,10 +156,18 @@ class ConnectionMachine:
         self._client_index = 0
         self._same_id_failures = 0
         self.attempt = 0
+        #: The attempt budget the user's connect gave this series (None: the policy's).
+        self._budget: int | None = None
         self._failures = 0
         self._session = _Session()
         self._retry_delay = 0.0
         self.controller_configured = controller_configured
+        #: The configured account ('' for none), and what to do without one.
+        self.account = account
+        self.account_fallback = account_fallback
+        self.mask_accounts = mask_accounts
+        #: The cause a ``before`` action gave the move being made (else the input's).
+        self._cause = ""
         #: Consecutive signs of a wedged gateway (see the action note_wedge_sign).
         self.wedge_signs = 0
         #: How many restarts the machine asked for.
@@ -232,6 +250,9 @@ class ConnectionMachine:
     # -- guards ---------------------------------------------------------------------
 
     def _retries_left(self, inp: Input) -> bool:
+        budget = self._budget
+        if budget is not None and self.attempt >= budget:
+            return False
         return not self.policy.backoff.exhausted(self.attempt)
 
     def _farms_broken(self, inp: Input) -> bool:
@@ -253,8 +274,10 @@ class ConnectionMachine:
             self._clock.monotonic() - last >= self.policy.restart_cooldown)
 
     def _wedged(self, inp: Input) -> bool:
+        # Asked only by the rows of a wedge sign, before they count it.
         return (self.controller_configured and self.endpoint_proven
-                and self.wedge_signs >= self.policy.restart_after and self._cooldown_over())
+                and self.wedge_signs + 1 >= self.policy.restart_after
+                and self._cooldown_over())
 
     def _silent_unproven(self, inp: Input) -> bool:
         return inp.costly and not self.endpoint_proven and not self._warned_not_api
@@ -276,6 +299,28 @@ class ConnectionMachine:
     def _in_reset_window(self, inp: Input) -> bool:
         return self.policy.in_reset_window(self._clock.wall())
 
+    # An attempt that reported no accounts (None) passed the account check.
+
+    def _account_not_managed(self, inp: Input) -> bool:
+        return (bool(self.account) and inp.accounts is not None
+                and self.account not in inp.accounts)
+
+    def _no_managed_accounts(self, inp: Input) -> bool:
+        return not self.account and inp.accounts == ()
+
+    def _accounts_ambiguous(self, inp: Input) -> bool:
+        accounts = inp.accounts
+        return (not self.account and accounts is not None and len(accounts) > 1
+                and self.account_fallback != "first")
+
+    def _account_usable(self, inp: Input) -> bool:
+        accounts = inp.accounts
+        if accounts is None:
+            return True
+        if self.account:
+            return self.account in accounts
+        return len(accounts) == 1 or (len(accounts) > 1 and self.account_fallback == "first")
+
     # -- recording --------------------------------------------------------------------
 
     def _record(self, inp: Input, row: Row) -> None:
@@ -292,7 +337,8 @@ class ConnectionMachine:
                              "ignored, " if row.ignored else "", row.note)
             return
         source = _STATE_BY_VALUE[self._model.state]
-        cause = inp.message or row.note
+        cause = self._cause or inp.message or row.note
+        self._cause = ""
         delay = self._retry_delay if row.dest is ConnectionState.BACKOFF else None
         transition = Transition(
             source=source, dest=row.dest, trigger=inp.kind, at=self._clock.monotonic(),
@@ -304,9 +350,13 @@ class ConnectionMachine:
         if limit is not None and len(self.transcript) > limit:
             # Trim in chunks so the cost per transition stays constant.
             del self.transcript[: len(self.transcript) - limit // 2]
-        if not logger.isEnabledFor(logging.INFO):
+        # The end of a stopped manager is the bot's own doing, said by the
+        # disconnect before it: DEBUG (a manager stopped unused logs nothing).
+        level = logging.DEBUG if row.dest is ConnectionState.STOPPED else logging.INFO
+        if not logger.isEnabledFor(level):
             return
-        logger.info(
+        logger.log(
+            level,
             "connection %s -> %s on %s%s (attempt %d%s): %s",
             transition.source.value, transition.dest.value, transition.trigger.value,
             f" [{inp.code}]" if inp.code is not None else "",
@@ -316,7 +366,7 @@ class ConnectionMachine:
             extra={"ibkr": transition.to_json()},
         )
 
-    def _effect(self, name: str, *args: float) -> None:
+    def _effect(self, name: str, *args: float | str) -> None:
         self._out.append(Effect(name, args) if args else _BARE[name])
 
     # -- actions: notes -------------------------------------------------------------------
@@ -340,14 +390,14 @@ class ConnectionMachine:
         self._session.server_link_broken = False
 
     def _note_wedge_sign(self, inp: Input) -> None:
-        if inp.kind is InputKind.HEARTBEAT_MISSED or inp.costly:
-            self.wedge_signs += 1
-        else:
-            # Refused: the gateway is down (restarting already), not wedged;
-            # the one that comes up must give a session before it counts as
-            # proven (it may sit at its login, 2FA pending, for minutes).
-            self.wedge_signs = 0
-            self.endpoint_proven = False
+        self.wedge_signs += 1
+
+    def _note_gateway_down(self, inp: Input) -> None:
+        # Refused: the gateway is down (restarting already), not wedged; the
+        # one that comes up must give a session before it counts as proven
+        # (it may sit at its login, 2FA pending, for minutes).
+        self.wedge_signs = 0
+        self.endpoint_proven = False
 
     def _note_port(self, inp: Input) -> None:
         port = inp.port
@@ -363,6 +413,7 @@ class ConnectionMachine:
 
     def _first_attempt(self, inp: Input) -> None:
         self._reset_counters()
+        self._budget = inp.attempts
         self.attempt = 1
 
     def _count_attempt(self, inp: Input) -> None:
@@ -390,10 +441,33 @@ class ConnectionMachine:
     def _retry_at_once(self, inp: Input) -> None:
         self._retry_delay = 0.0
 
+    def _show(self, account: str) -> str:
+        return mask_account(account) if self.mask_accounts else account
+
+    def _refuse(self, message: str) -> None:
+        self._cause = message
+        self._effect("refuse_account", message)
+
+    def _refuse_unmanaged_account(self, inp: Input) -> None:
+        managed = ", ".join(self._show(a) for a in inp.accounts or ()) or "none"
+        self._refuse(f"account {self._show(self.account)} is not managed by this login "
+                     f"(managed: {managed})")
+
+    def _refuse_no_account(self, inp: Input) -> None:
+        self._refuse("the gateway reported no managed accounts")
+
+    def _refuse_ambiguous_accounts(self, inp: Input) -> None:
+        accounts = inp.accounts or ()
+        self._refuse(
+            f"this login manages {len(accounts)} accounts "
+            f"({', '.join(self._show(a) for a in accounts)}); set the account "
+            "(IBKR_ACCOUNT) or account_fallback='first'")
+
     def _reset_backoff(self, inp: Input) -> None:
         self._reset_counters()
 
     def _reset_counters(self) -> None:
+        self._budget = None
         self._warned_not_api = False
         self.attempt = 0
         self._failures = 0
@@ -425,7 +499,11 @@ class ConnectionMachine:
     # -- actions: effects of a row -------------------------------------------------------
 
     def _select_account(self, inp: Input) -> None:
-        self._effect("select_account")
+        # The rows before this one refused every other case: the configured
+        # account is managed; without one, the first is the only one or the
+        # fallback's.
+        accounts = inp.accounts
+        self._effect("select_account", self.account or (accounts[0] if accounts else ""))
 
     def _issue_subscriptions(self, inp: Input) -> None:
         self._out.append(_ISSUE_ON_NEW_SESSION)
@@ -609,10 +687,10 @@ def _specs(table: Sequence[Row]) -> list[dict[str, object]]:
             "before": [_in_order(before)],
             "after": [_in_order(after)] if after else [],
         }
-        if row.guard is not None:
-            name = row.guard.lstrip("!")
-            spec["unless" if row.guard.startswith("!") else "conditions"] = [
-                GUARD_FUNCTIONS[name]]
+        terms = guard_terms(row.guard)
+        if terms:
+            spec["conditions"] = [GUARD_FUNCTIONS[name] for name, wanted in terms if wanted]
+            spec["unless"] = [GUARD_FUNCTIONS[name] for name, wanted in terms if not wanted]
         specs.append(spec)
     return specs
 
@@ -655,7 +733,7 @@ _ISSUE_AGAIN = Effect("restore_subscriptions", (False,))
 
 #: The effects without arguments, built once (a connect asks for several).
 _BARE = {name: Effect(name) for name in (
-    "select_account", "issue_new_subscriptions", "start_heartbeat",
+    "issue_new_subscriptions", "start_heartbeat",
     "send_reconnect_data", "cancel_retry", "cancel_restore_timer", "stop_heartbeat",
     "tear_down", "send_restart", "cancel_restart_timer", "cancel_probe", "cancel_farm_timer",
     "begin_session", "end_session")}
@@ -669,12 +747,16 @@ ACTION_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], None]] = {
     "note_link_restored": _M._note_link_restored,
     "note_port": _M._note_port,
     "note_wedge_sign": _M._note_wedge_sign,
+    "note_gateway_down": _M._note_gateway_down,
     "first_attempt": _M._first_attempt,
     "count_attempt": _M._count_attempt,
     "warn_not_an_api_port": _M._warn_not_an_api_port,
     "draw_delay": _M._draw_delay,
     "draw_costly_delay": _M._draw_costly_delay,
     "retry_at_once": _M._retry_at_once,
+    "refuse_unmanaged_account": _M._refuse_unmanaged_account,
+    "refuse_no_account": _M._refuse_no_account,
+    "refuse_ambiguous_accounts": _M._refuse_ambiguous_accounts,
     "reset_backoff": _M._reset_backoff,
     "select_account": _M._select_account,
     "issue_subscriptions": _M._issue_subscriptions,
@@ -723,6 +805,10 @@ GUARD_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], bool]] = {
     "same_client_id_again": _M._same_client_id_again,
     "fallback_client_id": _M._fallback_client_id,
     "in_reset_window": _M._in_reset_window,
+    "account_usable": _M._account_usable,
+    "account_not_managed": _M._account_not_managed,
+    "no_managed_accounts": _M._no_managed_accounts,
+    "accounts_ambiguous": _M._accounts_ambiguous,
 }
 
 

@@ -133,11 +133,12 @@ class ConnectionManager:
             client_ids=self.config.client_ids, policy=self.config.policy,
             record_journal=journal is not None,
             controller_configured=controller is not None, host=self.config.host,
+            account=self.config.account, account_fallback=self.config.account_fallback,
+            mask_accounts=self.config.mask_accounts,
         )
         #: Inputs waiting for the step being carried out to end.
         self._inputs: deque[Input] = deque()
         self._stepping = False
-        self._stopped = False
         self._waiters: list[
             tuple[frozenset[ConnectionState], asyncio.Future[ConnectionState]]] = []
         self._failure: Exception | None = None
@@ -167,14 +168,19 @@ class ConnectionManager:
         """The settings; a new value takes effect at the next attempt.
 
         The machine keeps the port, client ids and policy it was built with
-        (a 1300 moves the port); the driver reads the rest (host, timeouts,
-        account, readonly for the startup sync) at each attempt.
+        (a 1300 moves the port) and takes the account settings anew; the
+        driver reads the rest (host, timeouts, readonly for the startup sync)
+        at each attempt.
         """
         return self._driver.config
 
     @config.setter
     def config(self, value: ConnectionConfig) -> None:
         self._driver.config = value
+        machine = self._machine
+        machine.account = value.account
+        machine.account_fallback = value.account_fallback
+        machine.mask_accounts = value.mask_accounts
 
     @property
     def state(self) -> ConnectionState:
@@ -203,8 +209,8 @@ class ConnectionManager:
 
     @property
     def stopped(self) -> bool:
-        """True once :meth:`stop` was called."""
-        return self._stopped
+        """True once :meth:`stop` was called (the machine is in ``stopped``)."""
+        return self._machine.state is ConnectionState.STOPPED
 
     @property
     def order_id_high_water(self) -> int:
@@ -241,10 +247,12 @@ class ConnectionManager:
 
         Idempotent.
         """
-        if self._stopped:
+        if self.stopped:
             return
+        # Disconnect (the teardown, end of session), then stop: the table's
+        # terminal state ignores every input from now on.
         self._feed(Input(InputKind.DISCONNECT, message="stop() called"))
-        self._stopped = True
+        self._feed(Input(InputKind.STOP, message="stop() called"))
         # Nothing will ever move the machine again: wake whoever still waits.
         for _, future in list(self._waiters):
             if not future.done():
@@ -425,9 +433,6 @@ class ConnectionManager:
         return self._feed(inp)
 
     def _feed(self, inp: Input) -> ConnectionState:
-        if self._stopped and inp.kind is not InputKind.DISCONNECT:
-            logger.debug("manager stopped: %s dropped", inp.kind.value)
-            return self._machine.state
         if self._stepping:
             # It arose while a step's effects or listeners ran (the close that
             # a tear-down causes, a timer due at once, a stateChangeEvent
@@ -513,7 +518,7 @@ class ConnectionManager:
     # -- errors ---------------------------------------------------------------------
 
     def _check_not_stopped(self) -> None:
-        if self._stopped:
+        if self._machine.state is ConnectionState.STOPPED:
             raise ManagerStoppedError(
                 "this ConnectionManager was stopped; create a new one to connect again"
             )

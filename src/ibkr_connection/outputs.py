@@ -27,11 +27,11 @@ class Effect:
 
     Attributes:
         name: the command (``"start_attempt"``, ``"schedule_retry"``, ...).
-        args: its arguments, in order (numbers and flags only: plain data).
+        args: its arguments, in order (numbers, flags and text only: plain data).
     """
 
     name: str
-    args: tuple[float | int, ...] = ()
+    args: tuple[float | int | str, ...] = ()
 
     def to_json(self) -> list[object]:
         """Return ``[name, *args]``, as the journal writes it."""
@@ -41,7 +41,7 @@ class Effect:
     def from_json(cls, data: list[object]) -> Effect:
         """Rebuild an effect written by :meth:`to_json`."""
         name, *args = data
-        return cls(str(name), tuple(a for a in args if isinstance(a, (int, float))))
+        return cls(str(name), tuple(a for a in args if isinstance(a, (int, float, str))))
 
 
 class Effects(Protocol):
@@ -68,8 +68,12 @@ class Effects(Protocol):
     def cancel_restore_timer(self) -> None:
         """Cancel the restore timer, if any."""
 
-    def select_account(self) -> None:
-        """Apply the account chosen during the attempt (account updates etc.)."""
+    def select_account(self, account: str) -> None:
+        """Use ``account``, the one the table chose, for this session (account updates etc.)."""
+
+    def refuse_account(self, message: str) -> None:
+        """The table refused the login's accounts: the attempt fails with
+        ``AccountError(message)``, logged as an ERROR."""
 
     def restore_subscriptions(self, fresh_session: bool) -> None:
         """Issue every subscription the bot registered: on a new session

@@ -55,9 +55,10 @@ class ConnectionState(str, Enum):
     #: Nobody wants a connection. No socket, no timers. Entry: cancel every
     #: timer and the running attempt, stop the heartbeat, tear the socket down.
     DISCONNECTED = "disconnected"
-    #: An attempt is running: TCP connect, API handshake, startup sync, account
-    #: check. Entry: forget the last session's farm and link status, start the
-    #: attempt with the current client id and port.
+    #: An attempt is running: TCP connect, API handshake, startup sync; its
+    #: success reports the managed accounts, which the rows check against the
+    #: configured account. Entry: forget the last session's farm and link
+    #: status, start the attempt with the current client id and port.
     CONNECTING = "connecting"
     #: Ready: the API is up, TWS is linked to IB, every data farm is OK.
     #: The rows from ``connecting`` reset the backoff, select the account,
@@ -84,6 +85,10 @@ class ConnectionState(str, Enum):
     #: Entry: as for ``disconnected``. Only a connect request (to ``connecting``)
     #: or a disconnect (to ``disconnected``) leaves it.
     FAILED = "failed"
+    #: The manager was stopped (``stop()``: a disconnect, then ``stop``):
+    #: terminal. Nothing is left to tear down; every input is ignored, with
+    #: its reason logged. Nothing leaves it.
+    STOPPED = "stopped"
 
 
 _S = ConnectionState
@@ -94,7 +99,9 @@ SESSION_STATES = (_S.CONNECTED, _S.DEGRADED, _S.LOST)
 #: States in which requests and orders can be sent.
 USABLE_STATES = (_S.CONNECTED, _S.DEGRADED)
 
-_ALL_STATES = tuple(ConnectionState)
+#: The states a manager in use can be in: every state but the terminal ``stopped``
+#: (its rows are the last of the table: it ignores everything).
+_ALL_STATES = tuple(s for s in ConnectionState if s is not ConnectionState.STOPPED)
 _NO_SESSION = (_S.DISCONNECTED, _S.BACKOFF, _S.RESTARTING, _S.FAILED)
 
 
@@ -146,15 +153,10 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
                                      "2110"),
     Action("note_port", _N, "the next attempt uses the port the input names (1300); a new "
                             "port is a new endpoint, unproven until a session comes up on it"),
-    Action("note_wedge_sign", _N, "count a sign of a wedged gateway: a heartbeat miss, or "
-                                  "an attempt that reached the socket and got no handshake "
-                                  "(within handshake_timeout) or no startup sync (classified "
-                                  "costly); a refused connect "
-                                  "(cheap: the gateway is down, not wedged) clears the count, "
-                                  "and the endpoint is unproven again (the gateway that comes "
-                                  "up there must give a session before it can be restarted)"),
     Action("first_attempt", _B, "a user's connect starts a fresh series: attempt 1, no "
-                                "failure counted, the client id's 326 retries forgotten"),
+                                "failure counted, the client id's 326 retries forgotten, the "
+                                "series' attempt budget the connect gave (`attempts`: the "
+                                "sync wrapper's connect())"),
     Action("count_attempt", _B, "count the attempt about to start"),
     Action("warn_not_an_api_port", _B, "log one WARNING per series: host:port accepts sockets "
                                        "but answers no API handshake, \"not a TWS API port?\"; "
@@ -166,9 +168,32 @@ ACTIONS: dict[str, Action] = {action.name: action for action in (
                                     "schedule (the failure cost the gateway a handshake, or "
                                     "it hangs); jittered"),
     Action("retry_at_once", _B, "the next attempt starts without delay; no failure counted"),
+    Action("note_wedge_sign", _B, "count a sign of a wedged gateway: a heartbeat miss, or "
+                                  "an attempt that reached the socket and got no handshake "
+                                  "(within handshake_timeout) or no startup sync (the rows "
+                                  "guarded by costly)"),
+    Action("note_gateway_down", _B, "a refused (cheap) connect: the gateway is down, not "
+                                    "wedged: the count of wedge signs back to zero, and the "
+                                    "endpoint unproven again (the gateway that comes up there "
+                                    "must give a session before it can be restarted)"),
+    Action("refuse_unmanaged_account", _B, "effect: refuse_account: the configured account is "
+                                           "not managed by this login (the message names it "
+                                           "and the managed ones, masked unless "
+                                           "`mask_accounts` is off); the transition's cause"),
+    Action("refuse_no_account", _B, "effect: refuse_account: the gateway reported no managed "
+                                    "accounts; the transition's cause"),
+    Action("refuse_ambiguous_accounts", _B, "effect: refuse_account: several managed accounts "
+                                            "and none configured (set the account, or "
+                                            "account_fallback='first'); the transition's "
+                                            "cause"),
     Action("reset_backoff", _A, "a session is up: attempts, failures and the client id's "
-                                "326 retries back to zero"),
-    Action("select_account", _A, "effect: apply the account chosen during the attempt"),
+                                "326 retries back to zero; a connect's attempt budget is "
+                                "spent (recovery follows the policy)"),
+    Action("select_account", _A, "effect: select_account(account): the configured account "
+                                 "if one is set (the rows before refused it unless the login "
+                                 "manages it), else the first managed one (the only one, or "
+                                 "the first with account_fallback='first': the rows before "
+                                 "refused several without it)"),
     Action("issue_subscriptions", _A, "effect: issue every registered subscription on the "
                                       "new session"),
     Action("restore_subscriptions", _A, "effect: issue every registered subscription again: "
@@ -260,6 +285,8 @@ ENTRY: dict[ConnectionState, tuple[StateAction, ...]] = {
                                  StateAction("tear_down"), StateAction("start_restart_timer"),
                                  StateAction("send_restart")),
     ConnectionState.FAILED: _STOP_EVERYTHING,
+    # Reached from disconnected only: everything is down already.
+    ConnectionState.STOPPED: (),
 }
 
 #: What each state does when it is left, in order, before the next state's entry.
@@ -273,6 +300,7 @@ EXIT: dict[ConnectionState, tuple[StateAction, ...]] = {
     ConnectionState.RESTARTING: (StateAction("cancel_restart_timer"),
                                  StateAction("cancel_probe")),
     ConnectionState.FAILED: (),
+    ConnectionState.STOPPED: (),
 }
 
 #: The actions that set the delay of a move into ``backoff``; every such row names one.
@@ -288,7 +316,8 @@ class Row:
         input: the input it reacts to.
         dest: the next state, or None to stay (no exit or entry actions run).
         guard: name of a guard that must hold, ``"!name"`` for its negation,
-            or None. Rows of the same (source, input) are tried in order.
+            several joined by ``" & "`` (all must hold), or None. Rows of the
+            same (source, input) are tried in order.
         actions: names of :data:`ACTIONS`, in the order they run.
         note: why; for a row that ignores its input, the reason that is logged.
     """
@@ -340,9 +369,22 @@ TABLE: tuple[Row, ...] = tuple(
     + [Row(_S.DISCONNECTED, _I.DISCONNECT, None, note="already disconnected")]
     # -- attempt results -------------------------------------------------------
     + [
-        # The usual case first: a connect tries one row.
-        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.CONNECTED, "all_clear", _ON_SESSION_UP,
-            "session up: handshake, startup sync and account check done"),
+        # The usual case first, two guards per connect: an account to use and
+        # nothing broken.
+        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.CONNECTED, "account_usable & all_clear",
+            _ON_SESSION_UP, "session up: handshake, startup sync and account check done"),
+        # The account check: the attempt reported the managed accounts; these
+        # rows refuse what no retry can fix.
+        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.FAILED, "account_not_managed",
+            ("refuse_unmanaged_account",),
+            "the configured account is not managed by this login: retrying cannot fix it"),
+        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.FAILED, "no_managed_accounts",
+            ("refuse_no_account",), "the gateway reported no managed accounts"),
+        Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.FAILED, "accounts_ambiguous",
+            ("refuse_ambiguous_accounts",),
+            "several managed accounts, none configured, and no fallback: which one is "
+            "the bot's is not ours to guess"),
+        # The account is usable (the rows above refused every other case).
         Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.LOST, "link_lost", _ON_SESSION_UP,
             "session up, but TWS reported 1100 during the attempt"),
         Row(_S.CONNECTING, _I.ATTEMPT_SUCCEEDED, _S.DEGRADED, None, _ON_SESSION_UP,
@@ -351,9 +393,14 @@ TABLE: tuple[Row, ...] = tuple(
     + _rows([s for s in _ALL_STATES if s is not _S.CONNECTING], _I.ATTEMPT_SUCCEEDED, None,
             "stale result of an attempt that was cancelled")
     + [
-        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.FAILED, "!retries_left",
+        # A failed attempt that cost the gateway a handshake (costly) is a wedge
+        # sign; a refused one (cheap) says the gateway is down, not wedged.
+        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.FAILED, "!retries_left & costly",
             ("note_wedge_sign",), "no attempts left"),
-        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.RESTARTING, "wedged", ("note_wedge_sign",),
+        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.FAILED, "!retries_left",
+            ("note_gateway_down",), "no attempts left"),
+        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.RESTARTING, "costly & wedged",
+            ("note_wedge_sign",),
             "the gateway takes sockets but answers no handshake or sync: restart it"),
         Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, "silent_unproven",
             ("note_wedge_sign", "warn_not_an_api_port", "draw_costly_delay"),
@@ -364,7 +411,7 @@ TABLE: tuple[Row, ...] = tuple(
             ("note_wedge_sign", "draw_costly_delay"),
             "the attempt cost the gateway a handshake: retry after the costly delay"),
         Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, None,
-            ("note_wedge_sign", "draw_delay"), "refused or cheap: retry after the delay"),
+            ("note_gateway_down", "draw_delay"), "refused or cheap: retry after the delay"),
     ]
     + _rows([s for s in _ALL_STATES if s is not _S.CONNECTING], _I.ATTEMPT_FAILED, None,
             "stale result of an attempt that was cancelled")
@@ -528,6 +575,13 @@ TABLE: tuple[Row, ...] = tuple(
     ]
     + _rows([s for s in _ALL_STATES if s is not _S.DEGRADED], _I.FARM_RECONNECT_DUE, None,
             "stale farm timer")
+    # -- the manager stopped ---------------------------------------------------------
+    + [Row(_S.DISCONNECTED, _I.STOP, _S.STOPPED,
+           note="the manager was stopped (stop(), after its disconnect): nothing connects "
+                "again")]
+    + _rows([s for s in _ALL_STATES if s is not _S.DISCONNECTED], _I.STOP, None,
+            "stop() disconnects first: a stop anywhere else is ignored")
+    + [Row(_S.STOPPED, kind, None, note="the manager was stopped") for kind in InputKind]
 )
 
 
@@ -550,14 +604,16 @@ TABLE = _ending_sessions(TABLE)
 
 #: The guards a row may name, and what each asks.
 GUARDS = {
-    "retries_left": "the policy allows another attempt (`max_attempts`)",
+    "retries_left": "the policy allows another attempt (`max_attempts`), and so does the "
+                    "attempt budget of the connect that started the series, if it gave one",
     "farms_broken": "a data farm, or TWS's link to its server, is noted as broken",
     "link_lost": "a 1100 was noted and no 1101/1102 since",
     "all_clear": "neither link_lost nor farms_broken holds",
     "wedged": "a controller is configured, the endpoint is proven (this manager had a "
               "session on host:port and has seen it neither refuse a connect nor restart "
-              "since), `restart_cooldown` has passed since the last restart, and "
-              "`restart_after` consecutive wedge signs were counted",
+              "since), `restart_cooldown` has passed since the last restart, and this "
+              "input is the `restart_after`-th consecutive wedge sign (only rows of a wedge "
+              "sign ask: a heartbeat miss, a costly failed attempt)",
     "silent_unproven": "the failed attempt reached a socket and got no handshake or sync "
                        "(classified costly) on an endpoint that is not proven, and no "
                        "warning was logged in this series yet",
@@ -572,7 +628,29 @@ GUARDS = {
                           "is configured",
     "in_reset_window": "the injected clock's time of day is inside one of IB's reset "
                        "windows (the policy's `reset_windows`)",
+    "account_usable": "none of account_not_managed, no_managed_accounts, "
+                      "accounts_ambiguous holds: the configured account is managed, or none "
+                      "is configured and the login manages one, or several with "
+                      "`account_fallback` 'first'",
+    "account_not_managed": "an account is configured and the accounts the attempt reported "
+                           "(the login's managed accounts) do not include it",
+    "no_managed_accounts": "no account is configured and the attempt reported no managed "
+                           "account",
+    "accounts_ambiguous": "no account is configured, the attempt reported several managed "
+                          "accounts, and `account_fallback` is not 'first'",
 }
+
+
+def guard_terms(guard: str | None) -> tuple[tuple[str, bool], ...]:
+    """Split a row's guard into (name of :data:`GUARDS`, the value it must have) terms.
+
+    ``"!retries_left & costly"`` is ``(("retries_left", False), ("costly", True))``;
+    None is no term (the row always holds).
+    """
+    if guard is None:
+        return ()
+    return tuple((term.lstrip("!"), not term.startswith("!"))
+                 for term in (part.strip() for part in guard.split("&")))
 
 
 def outcome(state: ConnectionState, kind: InputKind) -> list[Row]:
@@ -613,7 +691,7 @@ def check_table(table: Sequence[Row] = TABLE) -> list[str]:
                     problems.append(f"{where}: unknown guard {step.guard}")
     for row in table:
         where = f"{row.source.value} + {row.input.value}"
-        if row.guard is not None and row.guard.lstrip("!") not in GUARDS:
+        if any(name not in GUARDS for name, _ in guard_terms(row.guard)):
             problems.append(f"{where}: unknown guard {row.guard}")
         unknown = [a for a in row.actions if a not in ACTIONS]
         if unknown:
@@ -659,5 +737,6 @@ __all__ = [
     "Row",
     "StateAction",
     "check_table",
+    "guard_terms",
     "outcome",
 ]

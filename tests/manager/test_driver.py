@@ -104,4 +104,4 @@ async def test_the_coroutine_twins_have_the_conventions_names(
     await manager.connect_async(timeout=3)
     assert manager.state is S.CONNECTED
     await manager.disconnect_async()
-    assert manager.state is S.DISCONNECTED and manager.stopped
+    assert manager.state is S.STOPPED and manager.stopped

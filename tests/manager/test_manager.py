@@ -362,11 +362,18 @@ async def test_stop_is_final_and_idempotent(make_manager: Make, gw: FakeGateway)
     await manager.start()
     await manager.stop()
     await manager.stop()
-    assert manager.state is S.DISCONNECTED
+    assert manager.state is S.STOPPED and manager.stopped
     await _until(lambda: not gw.clients, "the gateway seeing the disconnect")
-    # "Nothing reconnects later" is a decision: disconnected ignores every timer
-    # (tests/test_machine_table.py::test_outcome, its disconnected row).
-    assert manager.state is S.DISCONNECTED and not gw.clients
+    # "Nothing reconnects later" is a decision: stopped ignores every input
+    # (tests/test_machine_table.py::test_outcome, its stopped row).
+    assert manager.state is S.STOPPED and not gw.clients
+    # The disconnect, then the stop: one more stateChangeEvent than a disconnect.
+    assert [(t.source, t.dest, t.trigger) for t in manager.transcript[-2:]] == [
+        (S.CONNECTED, S.DISCONNECTED, InputKind.DISCONNECT),
+        (S.DISCONNECTED, S.STOPPED, InputKind.STOP),
+    ]
+    manager.feed(Input(InputKind.CONNECT))
+    assert manager.state is S.STOPPED
     with pytest.raises(ManagerStoppedError):
         await manager.start()
 
@@ -375,7 +382,7 @@ async def test_context_manager(gw: FakeGateway, ib_factory: Callable[[], Any]) -
     """async with starts and stops the manager."""
     async with ConnectionManager(ib_factory(), ConnectionConfig(port=gw.port)) as manager:
         assert manager.state is S.CONNECTED
-    assert manager.state is S.DISCONNECTED
+    assert manager.state is S.STOPPED
 
 
 async def test_unknown_code_changes_nothing(make_manager: Make, gw: FakeGateway) -> None:

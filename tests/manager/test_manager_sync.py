@@ -39,7 +39,7 @@ def test_connect_and_disconnect_block(loop: asyncio.AbstractEventLoop) -> None:
         assert manager.state is ConnectionState.CONNECTED
         assert [c.client_id for c in gw.clients] == [3]
         manager.disconnect()
-        assert manager.state is ConnectionState.DISCONNECTED
+        assert manager.state is ConnectionState.STOPPED
 
         async def client_gone() -> None:  # the gateway saw the socket close
             while gw.clients:

@@ -78,4 +78,4 @@ async def test_handle_is_never_nested_under_a_fault_storm(
         assert issued, "the handler's subscriptions were issued"
         assert not [r.getMessage() for r in caplog.records
                     if "failed to handle" in r.getMessage()]
-        assert manager.state is S.DISCONNECTED
+        assert manager.state is S.STOPPED

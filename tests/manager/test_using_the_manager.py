@@ -50,8 +50,11 @@ async def test_wait_for_after_stop_raises_at_once(make_manager: Any) -> None:
         await manager.wait_for(S.CONNECTED)
     with pytest.raises(ManagerStoppedError):
         await manager.wait_for(S.CONNECTED, timeout=30.0)
-    # A state it is in is still answered.
-    assert await manager.wait_for(S.DISCONNECTED) is S.DISCONNECTED
+    # A state it is in is still answered: the terminal one (disconnected was
+    # passed on the way out).
+    assert await manager.wait_for(S.STOPPED) is S.STOPPED
+    with pytest.raises(ManagerStoppedError):
+        await manager.wait_for(S.DISCONNECTED)
 
 
 async def test_waiter_pending_at_stop_is_woken(make_manager: Any, gw: FakeGateway) -> None:
@@ -97,10 +100,13 @@ async def test_unknown_account_fails_in_one_handshake(
     # Once the client's socket is gone, its disconnectedEvent has fired: a
     # socket_closed that went in before the fatal error would show below.
     await asyncio.wait_for(_closed(manager.ib), 30)
+    # The attempt reports the managed accounts; the table refuses them.
     assert [(t.source, t.dest, t.trigger) for t in manager.transcript] == [
         (S.DISCONNECTED, S.CONNECTING, InputKind.CONNECT),
-        (S.CONNECTING, S.FAILED, InputKind.FATAL_ERROR),
+        (S.CONNECTING, S.FAILED, InputKind.ATTEMPT_SUCCEEDED),
     ]
+    assert manager.transcript[-1].cause == ("account DU***001 is not managed by this login "
+                                            "(managed: DU***567)")
     assert len(gw.requests_named("startApi")) == 1
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR
               and r.name.startswith("ibkr_connection")]

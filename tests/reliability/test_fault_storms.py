@@ -137,8 +137,11 @@ class TimerEffects:
         if self._restore is not None:
             self._restore.cancel()
 
-    def select_account(self) -> None:
+    def select_account(self, account: str) -> None:
         self.calls.append("select_account")
+
+    def refuse_account(self, message: str) -> None:
+        self.calls.append("refuse_account")
 
     def restore_subscriptions(self, fresh_session: bool) -> None:
         self.calls.append(f"restore_subscriptions {fresh_session}")
@@ -194,8 +197,13 @@ class TimerEffects:
 _FARMS = ("usfarm", "ushmds", "secdefil", "eufarm")
 
 
+#: Every input but stop: the manager's end, after which a storm moves nothing (and
+#: the seeded streams stay those of the storms written before it existed).
+_STORM_KINDS = [kind for kind in InputKind if kind is not InputKind.STOP]
+
+
 def _random_input(rng: random.Random) -> Input:
-    kind = rng.choice(list(InputKind))
+    kind = rng.choice(_STORM_KINDS)
     farm = rng.choice(_FARMS) if kind in (InputKind.FARM_BROKEN, InputKind.FARM_OK) else None
     port = rng.choice((None, 4002, 4003)) if kind is InputKind.PORT_RESET else None
     return Input(kind, code=rng.choice((None, 1100, 2103, 9999)), farm=farm, port=port,
