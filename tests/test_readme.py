@@ -34,6 +34,7 @@ EXPECTED_OUTPUT = {
         "connecting -> connected (attempt_succeeded)",
         "AAPL last 150.0 - state connected",
         "connected -> disconnected (disconnect)",
+        "disconnected -> stopped (stop)",
     ],
     "Health checks and metrics from the bot itself": ["ok connected", "ibkr_connection_state"],
     "Sync bots: `IBKRIBInsyncApi`": ["Filled"],
