@@ -273,9 +273,14 @@ async def test_fault_in_state(
 
 
 def test_matrix_covers_every_reachable_state() -> None:
-    """Every state of the machine is the start of a column of the matrix."""
+    """Every state of the machine but ``stopped`` is the start of a column of the matrix.
+
+    A stopped manager has let go of its ``IB`` (no handler of its is on the client), so no
+    fault over the socket can reach its machine: that every input is ignored there is the
+    pure grid's (tests/test_machine_table.py::test_outcome[stopped-*]).
+    """
     assert set(START) == set(STATES)
-    assert set(START.values()) == set(ConnectionState)
+    assert set(START.values()) == set(ConnectionState) - {ConnectionState.STOPPED}
     assert all(len(row) == len(STATES) for row in EXPECTED.values())
     assert set(CODE_STATES) <= set(STATES)
 
