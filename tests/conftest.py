@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -368,3 +369,28 @@ def taken_port() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         yield int(sock.getsockname()[1])
+
+
+async def start_sim(*args: str) -> tuple[asyncio.subprocess.Process, int, list[str]]:
+    """Start ``ibkr-connection sim --port 0 ARGS`` and wait (with a deadline) until it is ready.
+
+    Returns:
+        The child, the port it listens on, and its stderr lines up to its ready line.
+    """
+    child = await asyncio.create_subprocess_exec(
+        *CLI, "sim", "--port", "0", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert child.stderr is not None
+    seen: list[str] = []
+    try:
+        while not seen or "simulator ready on" not in seen[-1]:
+            raw = await asyncio.wait_for(child.stderr.readline(), 60)
+            assert raw, f"sim ended before it was ready: {seen}"
+            seen.append(raw.decode().rstrip("\n"))
+    except BaseException:
+        child.kill()
+        await child.wait()
+        raise
+    ready = re.search(r"ready on 127\.0\.0\.1:(\d+)", seen[-1])
+    assert ready is not None, seen[-1]
+    return child, int(ready.group(1)), seen

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,8 +21,9 @@ from ibkr_connection import (
 )
 from ibkr_connection.simulator import FakeGateway
 
+from conftest import start_sim
+
 LIBS = ["ib_insync", "ib_async"]
-COMMAND = [sys.executable, "-m", "ibkr_connection.cli"]
 
 
 @pytest.fixture(params=LIBS)
@@ -154,7 +154,6 @@ async def test_unknown_contract_raises_subscription_error_through_the_manager() 
 
 async def test_a_scenario_adds_instruments_to_the_sim_command(tmp_path: Path) -> None:
     """``[[gateway.instruments]]`` in a scenario: ``sim`` knows that symbol at that price."""
-    import re
     import signal
 
     from ib_insync import IB, Stock
@@ -162,17 +161,8 @@ async def test_a_scenario_adds_instruments_to_the_sim_command(tmp_path: Path) ->
     scenario = tmp_path / "s.toml"
     scenario.write_text('[[gateway.instruments]]\nsymbol = "TSLA"\nprice = 250.0\n'
                         "con_id = 76792991\n")
-    child = await asyncio.create_subprocess_exec(
-        *COMMAND, "sim", "--port", "0", "--scenario", str(scenario), "--duration", "60",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    assert child.stderr is not None
+    child, port, _ = await start_sim("--scenario", str(scenario), "--duration", "60")
     try:
-        line = ""
-        while "simulator ready on" not in line:
-            raw = await asyncio.wait_for(child.stderr.readline(), 60)
-            assert raw, "sim ended early"
-            line = raw.decode()
-        port = int(re.search(r"ready on 127\.0\.0\.1:(\d+)", line).group(1))  # type: ignore[union-attr]
         ib = IB()
         await ib.connectAsync("127.0.0.1", port, clientId=5, timeout=10)
         [contract] = await ib.qualifyContractsAsync(Stock("TSLA", "SMART", "USD"))

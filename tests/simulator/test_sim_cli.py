@@ -7,7 +7,7 @@ import re
 import signal
 from pathlib import Path
 
-from conftest import CLI, run_cli
+from conftest import run_cli, start_sim
 
 
 def test_sim_ibc_port_taken_names_the_ibc_port(taken_port: int) -> None:
@@ -42,17 +42,9 @@ async def _sim_session(scenario: Path) -> list[str]:
     """Run ``sim`` with IBC and ``scenario``, connect a client once, stop it; its stderr lines."""
     from ib_insync import IB
 
-    child = await asyncio.create_subprocess_exec(
-        *CLI, "sim", "--port", "0", "--ibc-port", "0", "--scenario", str(scenario),
-        "--duration", "60", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    assert child.stderr is not None
-    seen: list[str] = []
+    child, port, seen = await start_sim("--ibc-port", "0", "--scenario", str(scenario),
+                                        "--duration", "60")
     try:
-        while not any("simulator ready on" in line for line in seen):
-            raw = await asyncio.wait_for(child.stderr.readline(), 60)
-            assert raw, seen
-            seen.append(raw.decode().rstrip("\n"))
-        port = int(re.search(r"ready on 127\.0\.0\.1:(\d+)", seen[-1]).group(1))  # type: ignore[union-attr]
         ib = IB()
         await ib.connectAsync("127.0.0.1", port, clientId=5, timeout=10)
         # The scenario's last step drops the client: its disconnect is the cue to stop.
@@ -89,17 +81,9 @@ async def test_sim_fill_mode_parts_fills_in_that_many_executions() -> None:
     """``sim --fill-mode parts --fill-parts 3``: a 30-share order fills in three executions."""
     from ib_insync import IB, MarketOrder, Stock
 
-    child = await asyncio.create_subprocess_exec(
-        *CLI, "sim", "--port", "0", "--fill-mode", "parts", "--fill-parts", "3",
-        "--duration", "60", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    assert child.stderr is not None
+    child, port, _ = await start_sim("--fill-mode", "parts", "--fill-parts", "3",
+                                     "--duration", "60")
     try:
-        line = ""
-        while "simulator ready on" not in line:
-            raw = await asyncio.wait_for(child.stderr.readline(), 60)
-            assert raw, "sim ended early"
-            line = raw.decode()
-        port = int(re.search(r"ready on 127\.0\.0\.1:(\d+)", line).group(1))  # type: ignore[union-attr]
         ib = IB()
         await ib.connectAsync("127.0.0.1", port, clientId=5, timeout=10)
         trade = ib.placeOrder(Stock("AAPL", "SMART", "USD"), MarketOrder("BUY", 30))
