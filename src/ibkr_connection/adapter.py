@@ -153,10 +153,48 @@ def watch_sync_timeouts(ib: Any, catcher: SyncTimeoutCatcher) -> Callable[[], No
     return undo
 
 
+class SocketWatch:
+    """Relays the client's "socket closed" to the attempt that is connecting, if any.
+
+    One per manager, connected to the client's connection once
+    (:func:`watch_socket`), not per attempt: :func:`connect_session` only sets
+    and clears :attr:`on_close` around its ``connectAsync``.
+
+    Attributes:
+        on_close: the running attempt's handler, or None between attempts.
+    """
+
+    def __init__(self) -> None:
+        self.on_close: Callable[[str], None] | None = None
+
+    def closed(self, message: str = "") -> None:
+        """The client's ``conn.disconnected`` handler."""
+        on_close = self.on_close
+        if on_close is not None:
+            on_close(message)
+
+
+def watch_socket(ib: Any, watch: SocketWatch) -> Callable[[], None] | None:
+    """Connect ``watch`` to ``ib``'s socket; return the undo (None: no socket to watch).
+
+    The client builds its connection object once (``Client.__init__`` in
+    ib_insync 0.9.86 and ib_async 2.1) and reuses it for every connect.
+    """
+    conn = getattr(getattr(ib, "client", None), "conn", None)
+    if conn is None:
+        return None
+    conn.disconnected += watch.closed
+
+    def undo() -> None:
+        conn.disconnected -= watch.closed
+
+    return undo
+
+
 async def connect_session(
     ib: Any, *, host: str, port: int, client_id: int, timeout: float,
     readonly: bool, account: str, catcher: SyncTimeoutCatcher,
-    handshake_timeout: float | None = None,
+    handshake_timeout: float | None = None, watch: SocketWatch | None = None,
 ) -> None:
     """Connect ``ib`` and complete the startup sync, or raise.
 
@@ -167,6 +205,8 @@ async def connect_session(
             to answer the handshake with its server version; None: only
             ``timeout`` applies. Checked every ``handshake_timeout`` seconds
             from the start, so a socket that opens late gets up to twice that.
+        watch: the manager's :class:`SocketWatch` (see :func:`watch_socket`);
+            None: a handler is connected to the socket for this attempt only.
 
     Raises:
         HandshakeTimeoutError: the socket opened but no server version came.
@@ -214,7 +254,10 @@ async def connect_session(
     loop = asyncio.get_running_loop()
     if handshake_timeout is not None and handshake_timeout < timeout:
         timer = loop.call_later(handshake_timeout, check_handshake, handshake_timeout)
-    conn.disconnected += on_closed
+    if watch is not None:
+        watch.on_close = on_closed
+    else:
+        conn.disconnected += on_closed
     try:
         await ib.connectAsync(**kwargs)
     except asyncio.CancelledError:
@@ -231,7 +274,11 @@ async def connect_session(
     finally:
         if timer is not None:
             timer.cancel()
-        conn.disconnected -= on_closed
+        if watch is None:
+            conn.disconnected -= on_closed
+        elif watch.on_close is on_closed:
+            # Not the handler of an attempt that replaced this cancelled one.
+            watch.on_close = None
     if catcher.timed_out:
         safe_disconnect(ib)
         raise SyncIncompleteError("; ".join(catcher.timed_out))

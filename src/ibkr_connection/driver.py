@@ -19,6 +19,7 @@ manager and hands it the function that feeds the machine.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
 from collections.abc import Callable, Iterable
@@ -85,6 +86,9 @@ class Driver:
         self._unwatch_ids: Callable[[], None] | None = None
         self._unwatch_sync: Callable[[], None] | None = None
         self._sync_catcher = adapter.SyncTimeoutCatcher()
+        #: Relays a socket closed mid-handshake to the attempt (connected once, in bind).
+        self._socket_watch: adapter.SocketWatch | None = None
+        self._unwatch_socket: Callable[[], None] | None = None
         #: Masks the account ids in IB's message text as the client's own lines are.
         self._mask_accounts_in = adapter.account_masker(ib)
         self.account = ""
@@ -141,6 +145,9 @@ class Driver:
         ib.newOrderEvent += self._on_new_order
         self._unwatch_ids = adapter.watch_request_ids(ib, self.note_request_id)
         self._unwatch_sync = adapter.watch_sync_timeouts(ib, self._sync_catcher)
+        watch = adapter.SocketWatch()
+        self._unwatch_socket = adapter.watch_socket(ib, watch)
+        self._socket_watch = watch if self._unwatch_socket is not None else None
 
     def release(self) -> None:
         """Remove every handler :meth:`bind` added."""
@@ -154,6 +161,10 @@ class Driver:
         if self._unwatch_sync is not None:
             self._unwatch_sync()
             self._unwatch_sync = None
+        if self._unwatch_socket is not None:
+            self._unwatch_socket()
+            self._unwatch_socket = None
+            self._socket_watch = None
 
     def _on_ib_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
         info = codes.lookup(code)
@@ -171,7 +182,7 @@ class Driver:
         # Three farm notices arrive with every connect: build nothing unless wanted.
         if logger.isEnabledFor(info.level):
             logger.log(info.level, "IB %d (%s): %s", code, info.meaning, message)
-        inp = codes.classify(code, message)
+        inp = _classify(code, message)
         if inp is not None:
             self._feed(inp)
 
@@ -194,13 +205,16 @@ class Driver:
     def start_attempt(self, attempt: int, client_id: int, port: int) -> None:
         """Start attempt number ``attempt`` as a task; its result comes back as an input."""
         self._cancel_attempt()
-        self._attempt_task = asyncio.ensure_future(self._attempt(attempt, client_id, port))
+        # What ensure_future does with a coroutine, without its checks.
+        self._attempt_task = asyncio.get_event_loop().create_task(
+            self._attempt(attempt, client_id, port))
 
     async def _attempt(self, attempt: int, client_id: int, port: int) -> None:
         config = self.config
         ib = self.ib
-        logger.info("attempt %d: connecting to %s:%d with client id %d",
-                    attempt, config.host, port, client_id)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("attempt %d: connecting to %s:%d with client id %d",
+                        attempt, config.host, port, client_id)
         try:
             if adapter.transport_open(ib):
                 await adapter.wait_transport_closed(ib)
@@ -208,7 +222,7 @@ class Driver:
                 ib, host=config.host, port=port, client_id=client_id,
                 timeout=config.connect_timeout, readonly=config.readonly,
                 account=config.account, catcher=self._sync_catcher,
-                handshake_timeout=config.handshake_timeout,
+                handshake_timeout=config.handshake_timeout, watch=self._socket_watch,
             )
         except asyncio.CancelledError:
             raise
@@ -603,6 +617,10 @@ class Driver:
             self._farm_timer.cancel()
             self._farm_timer = None
 
+
+#: codes.classify, remembered: a connect brings the same farm notices every time, and
+#: an input is immutable, so each (code, message) is classified once.
+_classify = functools.lru_cache(maxsize=256)(codes.classify)
 
 #: The API handshake a probe sends: the prefix and the version range ib_insync offers.
 _PROBE_HELLO = b"API\0" + struct.pack(">I", 9) + b"v157..178"

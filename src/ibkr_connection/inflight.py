@@ -347,6 +347,11 @@ class InFlightOrders:
         return [flight.trade for flight in self._uncertain.values()]
 
     @property
+    def has_uncertain(self) -> bool:
+        """True if any order is left uncertain (:attr:`uncertain` without building the list)."""
+        return bool(self._uncertain)
+
+    @property
     def in_flight(self) -> list[Any]:
         """The trades whose latest request this session has no answer yet."""
         return [f.trade for f in self._flights.values() if not f.answered and not f.done]

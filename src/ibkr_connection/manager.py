@@ -233,12 +233,14 @@ class ConnectionManager:
             ConnectFailedError: every allowed attempt failed.
             TimeoutError: ``timeout`` passed first.
         """
-        self._check_not_stopped()
-        if self.usable:
+        state = self._machine.state
+        if state is ConnectionState.STOPPED:
+            raise _stopped_error()
+        if state in USABLE_STATES:
             return
         self._failure = None
         self._feed(Input(InputKind.CONNECT, message="start() called"))
-        state = await self.wait_for(*USABLE_STATES, ConnectionState.FAILED, timeout=timeout)
+        state = await self._wait(_STARTED, timeout)
         if state is ConnectionState.FAILED:
             raise self._failure_error()
 
@@ -338,10 +340,16 @@ class ConnectionManager:
                 stopped while waiting.
             TimeoutError: ``timeout`` seconds passed first.
         """
-        targets = frozenset(states)
-        if self._machine.state in targets:
-            return self._machine.state
-        self._check_not_stopped()
+        return await self._wait(frozenset(states), timeout)
+
+    async def _wait(self, targets: frozenset[ConnectionState],
+                    timeout: float | None) -> ConnectionState:
+        """:meth:`wait_for` with its targets built (``start()`` waits for constant ones)."""
+        state = self._machine.state
+        if state in targets:
+            return state
+        if state is ConnectionState.STOPPED:
+            raise _stopped_error()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ConnectionState] = loop.create_future()
         waiter = (targets, future)
@@ -440,41 +448,39 @@ class ConnectionManager:
             self._inputs.append(inp)
             return self._machine.state
         self._stepping = True
+        inputs = self._inputs
+        machine = self._machine
         try:
-            state = self._step(inp)
-            inputs = self._inputs
-            while inputs:
-                state = self._step(inputs.popleft())
+            # One input at a time: feed it to the machine, journal it, carry out
+            # its effects, tell the listeners; then the next queued one.
+            while True:
+                try:
+                    step = machine.handle(inp)
+                except Exception:
+                    logger.exception("the machine failed to handle %s", inp)
+                    state = machine.state
+                else:
+                    state = step.state
+                    if self._journal is not None:
+                        self._flush_journal()
+                    if step.effects:
+                        self._driver.perform(step.effects)
+                    if step.transition is not None:
+                        try:
+                            self._on_transition(step.transition)
+                        except Exception:
+                            logger.exception("state change listeners failed on %s",
+                                             step.transition)
+                    if self._resolve_due:
+                        # begin_session: the orders are settled once the bot heard of
+                        # the new session (orderResolvedEvent after its stateChangeEvent).
+                        self._resolve_due = False
+                        self._resolve_orders()
+                if not inputs:
+                    return state
+                inp = inputs.popleft()
         finally:
             self._stepping = False
-        return state
-
-    def _step(self, inp: Input) -> ConnectionState:
-        """Feed one input; journal it; carry out its effects; tell the listeners.
-
-        Returns:
-            The state after the input.
-        """
-        try:
-            step = self._machine.handle(inp)
-        except Exception:
-            logger.exception("the machine failed to handle %s", inp)
-            return self._machine.state
-        if self._journal is not None:
-            self._flush_journal()
-        if step.effects:
-            self._driver.perform(step.effects)
-        if step.transition is not None:
-            try:
-                self._on_transition(step.transition)
-            except Exception:
-                logger.exception("state change listeners failed on %s", step.transition)
-        if self._resolve_due:
-            # begin_session: the orders are settled once the bot heard of the
-            # new session (orderResolvedEvent after its stateChangeEvent).
-            self._resolve_due = False
-            self._resolve_orders()
-        return step.state
 
     def _on_transition(self, transition: Transition) -> None:
         if transition.dest is ConnectionState.FAILED and self._failure is None:
@@ -502,11 +508,10 @@ class ConnectionManager:
             self.ordersUncertainEvent.emit(trades)
 
     def _session_began(self) -> None:
-        self._resolve_due = True
+        # Only uncertain orders need settling (most sessions begin with none).
+        self._resolve_due = self.in_flight.has_uncertain
 
     def _resolve_orders(self) -> None:
-        if not self.in_flight.uncertain:
-            return
         # The startup sync just completed: ib.trades() and ib.fills() are the
         # gateway's record. A read-only session's sync skipped the orders.
         record = GatewayRecord(self.ib.trades(), self.ib.fills(),
@@ -519,9 +524,7 @@ class ConnectionManager:
 
     def _check_not_stopped(self) -> None:
         if self._machine.state is ConnectionState.STOPPED:
-            raise ManagerStoppedError(
-                "this ConnectionManager was stopped; create a new one to connect again"
-            )
+            raise _stopped_error()
 
     def _failure_error(self) -> Exception:
         last = self.transcript[-1] if self.transcript else None
@@ -547,6 +550,15 @@ class ConnectionManager:
             return
         self._journal.write(self._machine.journal)
         self._machine.journal.clear()
+
+
+#: What :meth:`ConnectionManager.start` waits for: a usable session, or failed.
+_STARTED = frozenset((*USABLE_STATES, ConnectionState.FAILED))
+
+
+def _stopped_error() -> ManagerStoppedError:
+    return ManagerStoppedError(
+        "this ConnectionManager was stopped; create a new one to connect again")
 
 
 def refuse_inside_loop(what: str, instead: str) -> None:
