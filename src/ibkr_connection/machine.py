@@ -538,7 +538,8 @@ class ConnectionMachine:
         self._session = _Session()
 
     def _start_attempt(self, inp: Input) -> None:
-        self._effect("start_attempt", self.attempt, self.client_id, self.port)
+        self._out.append(Effect(
+            "start_attempt", (self.attempt, self.client_ids[self._client_index], self.port)))
 
     def _schedule_retry(self, inp: Input) -> None:
         self._effect("schedule_retry", self._retry_delay)
@@ -687,12 +688,36 @@ def _specs(table: Sequence[Row]) -> list[dict[str, object]]:
             "before": [_in_order(before)],
             "after": [_in_order(after)] if after else [],
         }
-        terms = guard_terms(row.guard)
-        if terms:
-            spec["conditions"] = [GUARD_FUNCTIONS[name] for name, wanted in terms if wanted]
-            spec["unless"] = [GUARD_FUNCTIONS[name] for name, wanted in terms if not wanted]
+        condition = _condition(guard_terms(row.guard))
+        if condition is not None:
+            spec["conditions"] = [condition]
         specs.append(spec)
     return specs
+
+
+def _condition(terms: Sequence[tuple[str, bool]]) -> _Guard | None:
+    """A row's guard as one ``transitions`` condition (None: the row always holds).
+
+    One callable for all the terms: transitions then checks one condition,
+    not one per term. A single term that must hold is the guard function itself.
+    """
+    if not terms:
+        return None
+    if len(terms) == 1 and terms[0][1]:
+        return GUARD_FUNCTIONS[terms[0][0]]
+    # The terms that must hold are asked first, then those that must not, as
+    # transitions asks ``conditions`` before ``unless``; the first that fails ends it.
+    plan = tuple((GUARD_FUNCTIONS[name], wanted)
+                 for name, wanted in sorted(terms, key=lambda term: not term[1]))
+
+    def holds(machine: ConnectionMachine, inp: Input) -> bool:
+        # A loop, not all() over a generator: no generator to resume per term.
+        for guard, wanted in plan:  # noqa: SIM110
+            if guard(machine, inp) != wanted:  # transitions' own test of a condition
+                return False
+        return True
+
+    return holds
 
 
 def _state_callback(steps: Sequence[StateAction]) -> _Callback | None:
