@@ -74,6 +74,25 @@ async def test_one_sync_catcher_serves_every_attempt(
     assert handlers() == before
 
 
+async def test_one_socket_watch_serves_every_attempt(
+    gw: FakeGateway, ib_factory: Callable[[], Any]
+) -> None:
+    """The socket's close handler is added once, kept across reconnects, and removed at stop()."""
+    ib = ib_factory()
+    closed_event = ib.client.conn.disconnected
+    before = len(closed_event)
+    manager = ConnectionManager(ib, ConnectionConfig(port=gw.port, client_id=7, policy=FAST))
+    assert len(closed_event) == before + 1
+    await manager.start()
+    await gw.drop_clients()
+    await manager.wait_for(S.BACKOFF, timeout=2)
+    await manager.wait_for(S.CONNECTED, timeout=3)
+    assert len(manager.transcript) >= 4
+    assert len(closed_event) == before + 1
+    await manager.stop()
+    assert len(closed_event) == before
+
+
 async def test_an_incomplete_sync_after_a_reconnect_is_still_caught(
     gw: FakeGateway, ib_factory: Callable[[], Any]
 ) -> None:
