@@ -239,7 +239,7 @@ class ConnectionManager:
         if state in USABLE_STATES:
             return
         self._failure = None
-        self._feed(Input(InputKind.CONNECT, message="start() called"))
+        self._feed(_START)
         state = await self._wait(_STARTED, timeout)
         if state is ConnectionState.FAILED:
             raise self._failure_error()
@@ -552,6 +552,8 @@ class ConnectionManager:
         self._machine.journal.clear()
 
 
+#: The input :meth:`ConnectionManager.start` feeds (inputs are immutable: built once).
+_START = Input(InputKind.CONNECT, message="start() called")
 #: What :meth:`ConnectionManager.start` waits for: a usable session, or failed.
 _STARTED = frozenset((*USABLE_STATES, ConnectionState.FAILED))
 
