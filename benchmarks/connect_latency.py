@@ -8,8 +8,10 @@ returning once the state is ``connected``), then disconnects. Runs alternate
 per-pair ratios manager / bare. A connect takes a few ms and this shared
 machine is noisy (30 pairs gave anything from 1.07 to 1.30 in one hour), so
 the default is 200 pairs; the median per-pair difference is printed too.
-Then, as a figure that does not move with the machine's load, it counts the
-Python function calls (cProfile) each kind of connect makes, over 20 each.
+The same pairs' CPU time (``time.process_time``, which leaves out the time
+spent waiting for a core) is printed too. Then, as a figure that does not move
+with the machine's load, it counts the Python function calls (cProfile) each
+kind of connect makes, over 20 each.
 ``connect_phases.py`` shows where the difference goes. ``--bypass-transitions``
 is the experiment described there (the table run without ``transitions``).
 
@@ -36,14 +38,19 @@ from ib_insync import IB
 from ibkr_connection import ConnectionManager
 from ibkr_connection.simulator.gateway import FakeGateway
 
+#: CPU time (``time.process_time``) of each timed connect, by contender, in run order.
+CPU: dict[str, list[float]] = {"bare": [], "manager": []}
+
 
 async def bare(gw: FakeGateway, client_id: int, profiler: cProfile.Profile | None = None) -> float:
     ib = IB()
     if profiler is not None:
         profiler.enable()
+    c0 = time.process_time()
     t0 = time.perf_counter()
     await ib.connectAsync("127.0.0.1", gw.port, client_id, timeout=10)
     elapsed = time.perf_counter() - t0
+    CPU["bare"].append(time.process_time() - c0)
     if profiler is not None:
         profiler.disable()
     ib.disconnect()
@@ -56,9 +63,11 @@ async def managed(gw: FakeGateway, client_id: int,
     manager = ConnectionManager(ib, manager_config(gw, client_id))
     if profiler is not None:
         profiler.enable()
+    c0 = time.process_time()
     t0 = time.perf_counter()
     await manager.start(timeout=10)
     elapsed = time.perf_counter() - t0
+    CPU["manager"].append(time.process_time() - c0)
     if profiler is not None:
         profiler.disable()
     await manager.stop()
@@ -110,6 +119,8 @@ def main() -> None:
     pairs = args.runs or (50 if args.quick else 200)
     header("connect latency", args)
     b, m = asyncio.run(bench(pairs))
+    # The warm-up connect of each contender is not a pair's.
+    cpu_b, cpu_m = CPU["bare"][1:], CPU["manager"][1:]
     ratios = [y / x for x, y in zip(b, m, strict=True)]
     differences = [y - x for x, y in zip(b, m, strict=True)]
     ms = 1e3
@@ -123,6 +134,13 @@ def main() -> None:
           f"(ratio of medians {median(m) / median(b):.3f}, "
           f"difference of medians {(median(m) - median(b)) * ms:.2f} ms)")
     print(f"median per-pair difference manager - bare: {median(differences) * ms:.3f} ms")
+    # CPU time leaves out the time the process waits for a core, which a busy
+    # neighbour moves (a preemption inside the clock's window adds a tick);
+    # it still counts the simulator's share, the same for both contenders.
+    cpu_differences = [y - x for x, y in zip(cpu_b, cpu_m, strict=True)]
+    print(f"in CPU time (time.process_time): bare {median(cpu_b) * ms:.3f} ms, manager "
+          f"{median(cpu_m) * ms:.3f} ms, median per-pair difference "
+          f"{median(cpu_differences) * ms:.3f} ms")
     calls_bare, calls_managed = asyncio.run(count_calls())
     print()
     print(table(["contender", "Python function calls per connect"], [
