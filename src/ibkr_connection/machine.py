@@ -8,8 +8,9 @@ the rest as ``after`` callbacks; the states' entry and exit actions
 (:data:`~ibkr_connection.table.ENTRY`, :data:`~ibkr_connection.table.EXIT`)
 as the states' ``on_enter`` and ``on_exit`` callbacks. Every callback and
 guard is a function registered from an explicit name -> function table
-(:data:`ACTION_FUNCTIONS`, :data:`GUARD_FUNCTIONS`), through ``transitions``'
-public API only. That machine is built once and shared: each
+(:data:`ACTION_FUNCTIONS`, :data:`GUARD_FUNCTIONS`; a row guarded by several
+terms gets one ``conditions`` callable asking them in turn), through
+``transitions``' public API only. That machine is built once and shared: each
 :class:`ConnectionMachine` adds its own model to it (``add_model``) and passes
 itself to ``trigger``, so every callback and guard receives the connection
 machine and the input.
