@@ -195,6 +195,18 @@ def test_resolve_settles_what_it_can_and_keeps_the_rest() -> None:
     assert tracker.uncertain == [other]
 
 
+def test_has_uncertain_is_true_while_an_order_is_left_uncertain() -> None:
+    """has_uncertain: False with orders only in flight, True once one is uncertain, then False."""
+    tracker = InFlightOrders()
+    mine = trade(101, status="PendingSubmit")
+    tracker.sent(mine, "place")
+    assert tracker.has_uncertain is False
+    tracker.session_ended()
+    assert tracker.has_uncertain is True
+    tracker.resolve(record([trade(101, perm_id=9001)]))
+    assert tracker.has_uncertain is False
+
+
 def test_permids_of_answered_orders_tell_look_alikes_apart() -> None:
     """The bot's own cancelled order of the same shape does not block NotReceived."""
     tracker = InFlightOrders()
