@@ -19,11 +19,13 @@ import pytest
 from ibkr_connection import cli
 from ibkr_connection.demo import run_demo
 
+from conftest import on_virtual_time
 
-async def test_demo_tells_the_whole_story() -> None:
+
+def test_demo_tells_the_whole_story() -> None:
     """Every chapter, the wedge through one IBC restart; ends disconnected, five recoveries."""
     out = io.StringIO()
-    status = await run_demo(out.write, pause=0.2)
+    status = on_virtual_time(run_demo(out.write))
     text = out.getvalue()
     assert status == 0
     for expected in ("connected -> degraded", "connected -> lost", "lost -> connected",
@@ -102,22 +104,26 @@ async def _written(lines: list[str], pattern: str, timeout: float = 60.0) -> re.
         raise AssertionError(f"{pattern!r} never written: {lines}") from None
 
 
-async def test_demo_serves_metrics_and_health() -> None:
+def test_demo_serves_metrics_and_health() -> None:
     """With --metrics-port, the demo serves /metrics and a /healthz that follows the state."""
-    lines: list[str] = []
-    demo = asyncio.ensure_future(run_demo(lines.append, metrics_port=0, pause=0.5))
-    port = int((await _written(lines, r"127\.0\.0\.1:(\d+)/metrics")).group(1))
-    await _written(lines, "connecting -> connected")
-    status, body = await _get(port, "/healthz")
-    assert status.endswith("200 OK") and "connected" in body
-    status, body = await _get(port, "/metrics")
-    assert status.endswith("200 OK")
-    assert 'ibkr_connection_state{state="connected"} 1.0' in body
-    assert "ibkr_connection_transitions_total" in body
-    await _written(lines, "connected -> degraded")
-    status, _ = await _get(port, "/healthz")
-    assert status.endswith("503 Service Unavailable")
-    assert await demo == 0
+
+    async def demo_and_requests() -> None:
+        lines: list[str] = []
+        demo = asyncio.ensure_future(run_demo(lines.append, metrics_port=0))
+        port = int((await _written(lines, r"127\.0\.0\.1:(\d+)/metrics")).group(1))
+        await _written(lines, "connecting -> connected")
+        status, body = await _get(port, "/healthz")
+        assert status.endswith("200 OK") and "connected" in body
+        status, body = await _get(port, "/metrics")
+        assert status.endswith("200 OK")
+        assert 'ibkr_connection_state{state="connected"} 1.0' in body
+        assert "ibkr_connection_transitions_total" in body
+        await _written(lines, "connected -> degraded")
+        status, _ = await _get(port, "/healthz")
+        assert status.endswith("503 Service Unavailable")
+        assert await demo == 0
+
+    on_virtual_time(demo_and_requests())
 
 
 async def test_watch_live_view_and_endpoints() -> None:
