@@ -70,9 +70,27 @@ def test_upstream_with_a_stray_colon_is_refused_at_start(upstream: str) -> None:
 
 
 def _proxy_lines(upstream: str) -> list[str]:
-    done = run_cli("proxy", "--upstream", upstream, "--port", "0", "--duration", "3")
-    assert done.returncode == 0, done.stderr
-    return done.stdout.splitlines()
+    """Start the proxy in front of ``upstream``, SIGTERM it once its notice is out: its stdout."""
+
+    async def main() -> list[str]:
+        child = await asyncio.create_subprocess_exec(
+            *CLI, "proxy", "--upstream", upstream, "--port", "0", "--duration", "60",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert child.stdout is not None
+        try:
+            # The listening line, then the notice about the upstream.
+            lines = [(await asyncio.wait_for(child.stdout.readline(), 60)).decode().rstrip()
+                     for _ in range(2)]
+            child.send_signal(signal.SIGTERM)
+            out, err = await asyncio.wait_for(child.communicate(), 60)
+        finally:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+        assert child.returncode == 0, err.decode()
+        return lines + out.decode().splitlines()
+
+    return asyncio.run(main())
 
 
 def test_the_proxy_says_at_start_that_the_upstream_answers() -> None:
