@@ -41,7 +41,9 @@ async def test_proxy_relays_injects_records_and_stops_cleanly(tmp_path: Path) ->
     """
     record = tmp_path / "rec.jsonl"
     scenario = tmp_path / "s.toml"
-    scenario.write_text('[[step]]\nat = 2.0\naction = "farm_broken"\nfarm = "usfarm"\n')
+    # Pacing, not a wait for a result: the fault's time (from the proxy's start) leaves the
+    # test's manager a second to connect first; the line then names one session.
+    scenario.write_text('[[step]]\nat = 1.0\naction = "farm_broken"\nfarm = "usfarm"\n')
     async with FakeGateway(accounts=[ACCOUNT]) as gw:
         child = await _spawn("proxy", "--upstream", f"127.0.0.1:{gw.port}", "--port", "0",
                              "--record", str(record), "--scenario", str(scenario))
