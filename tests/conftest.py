@@ -16,10 +16,10 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -30,6 +30,7 @@ from ibkr_connection.machine import ConnectionMachine
 from ibkr_connection.outputs import Step, Transition
 from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
 from ibkr_connection.simulator import FakeGateway
+from ibkr_connection.simulator.month import VirtualTimeLoop
 from ibkr_connection.table import ConnectionState, Row
 
 
@@ -394,3 +395,23 @@ async def start_sim(*args: str) -> tuple[asyncio.subprocess.Process, int, list[s
     ready = re.search(r"ready on 127\.0\.0\.1:(\d+)", seen[-1])
     assert ready is not None, seen[-1]
     return child, int(ready.group(1)), seen
+
+
+# -- virtual time ---------------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+def on_virtual_time(main: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``main`` to its end on a :class:`VirtualTimeLoop`: its waits cost no wall clock.
+
+    Sockets stay real loopback; the loop's clock jumps to the next timer whenever
+    nothing is ready, so only code that reads the loop's clock belongs here.
+    """
+    loop = VirtualTimeLoop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()

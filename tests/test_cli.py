@@ -19,11 +19,13 @@ import pytest
 from ibkr_connection import cli
 from ibkr_connection.demo import run_demo
 
+from conftest import on_virtual_time
 
-async def test_demo_tells_the_whole_story() -> None:
+
+def test_demo_tells_the_whole_story() -> None:
     """Every chapter, the wedge through one IBC restart; ends disconnected, five recoveries."""
     out = io.StringIO()
-    status = await run_demo(out.write, pause=0.2)
+    status = on_virtual_time(run_demo(out.write))
     text = out.getvalue()
     assert status == 0
     for expected in ("connected -> degraded", "connected -> lost", "lost -> connected",
@@ -102,22 +104,26 @@ async def _written(lines: list[str], pattern: str, timeout: float = 60.0) -> re.
         raise AssertionError(f"{pattern!r} never written: {lines}") from None
 
 
-async def test_demo_serves_metrics_and_health() -> None:
+def test_demo_serves_metrics_and_health() -> None:
     """With --metrics-port, the demo serves /metrics and a /healthz that follows the state."""
-    lines: list[str] = []
-    demo = asyncio.ensure_future(run_demo(lines.append, metrics_port=0, pause=0.5))
-    port = int((await _written(lines, r"127\.0\.0\.1:(\d+)/metrics")).group(1))
-    await _written(lines, "connecting -> connected")
-    status, body = await _get(port, "/healthz")
-    assert status.endswith("200 OK") and "connected" in body
-    status, body = await _get(port, "/metrics")
-    assert status.endswith("200 OK")
-    assert 'ibkr_connection_state{state="connected"} 1.0' in body
-    assert "ibkr_connection_transitions_total" in body
-    await _written(lines, "connected -> degraded")
-    status, _ = await _get(port, "/healthz")
-    assert status.endswith("503 Service Unavailable")
-    assert await demo == 0
+
+    async def demo_and_requests() -> None:
+        lines: list[str] = []
+        demo = asyncio.ensure_future(run_demo(lines.append, metrics_port=0))
+        port = int((await _written(lines, r"127\.0\.0\.1:(\d+)/metrics")).group(1))
+        await _written(lines, "connecting -> connected")
+        status, body = await _get(port, "/healthz")
+        assert status.endswith("200 OK") and "connected" in body
+        status, body = await _get(port, "/metrics")
+        assert status.endswith("200 OK")
+        assert 'ibkr_connection_state{state="connected"} 1.0' in body
+        assert "ibkr_connection_transitions_total" in body
+        await _written(lines, "connected -> degraded")
+        status, _ = await _get(port, "/healthz")
+        assert status.endswith("503 Service Unavailable")
+        assert await demo == 0
+
+    on_virtual_time(demo_and_requests())
 
 
 async def test_watch_live_view_and_endpoints() -> None:
@@ -197,48 +203,18 @@ def test_metrics_port_without_the_extra_says_how_to_install_it(command: str) -> 
     assert "uv sync --extra metrics" in lines[0]
 
 
-def test_metrics_host_is_the_address_bound() -> None:
+def test_metrics_host_is_the_address_bound(capsys: pytest.CaptureFixture[str]) -> None:
     """--metrics-host reaches the bind: an address not on this machine is refused by name."""
-    done = _cli("watch", "--metrics-host", "203.0.113.1", "--metrics-port", "0")
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.splitlines() == [
+    # In-process: the refusal's exit path is the one the taken port's process test runs.
+    status = cli.main(["watch", "--metrics-host", "203.0.113.1", "--metrics-port", "0"])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.splitlines() == [
         "ibkr-connection watch: cannot serve /metrics and /healthz on 203.0.113.1:0: "
         "Cannot assign requested address"]
 
 
 _TRANSITION_LINE = re.compile(r"^ *\d+\.\d{3}s +[a-z]+ -> [a-z]+ +[a-z_]+.*: .+$")
-
-
-async def test_watch_quiet_prints_transition_lines_only() -> None:
-    """watch -q writes each transition line as it happens and nothing else, and exits 0."""
-    from ibkr_connection.simulator import FakeGateway
-
-    async with FakeGateway() as gw:
-        child = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _CHILD, "show", "watch", "-q", "--port", str(gw.port),
-            "--client-id", "3", "--metrics-port", "0", env=_CHILD_ENV,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        assert child.stdout is not None
-        lines: list[str] = []
-        try:
-            # The child writes into a pipe: lines arrive only if it flushes each one.
-            while not any("connecting -> connected" in line for line in lines):
-                line = await asyncio.wait_for(child.stdout.readline(), 60)
-                assert line, "watch exited early"
-                lines.append(line.decode())
-            await gw.farm_broken("usfarm")
-            lines.append((await asyncio.wait_for(child.stdout.readline(), 60)).decode())
-            child.send_signal(signal.SIGINT)
-            rest, err = await asyncio.wait_for(child.communicate(), 60)
-        finally:
-            if child.returncode is None:
-                child.kill()
-                await child.wait()
-    lines += rest.decode().splitlines(keepends=True)
-    assert child.returncode == 0, err.decode()
-    assert "connected -> degraded" in "".join(lines)
-    assert [line for line in lines if not _TRANSITION_LINE.match(line.rstrip("\n"))] == []
-    assert len(lines) >= 4  # connect, connected, degraded, disconnect
 
 
 async def _read_until(stream: asyncio.StreamReader, lines: list[str], pattern: str,
@@ -250,17 +226,22 @@ async def _read_until(stream: asyncio.StreamReader, lines: list[str], pattern: s
         lines.append(line.decode())
 
 
-async def _watch_quiet(port: int, until: Callable[[asyncio.StreamReader, list[str]], Any]
-                       ) -> tuple[list[str], list[str], int | None]:
-    """Run ``watch -q --port PORT`` until ``until`` returns, then SIGINT: (stdout, stderr, rc)."""
+async def _watch_quiet(port: int, until: Callable[[asyncio.StreamReader, list[str]], Any],
+                       *extra: str) -> tuple[list[str], list[str], int | None]:
+    """Run ``watch -q --port PORT EXTRA`` until ``until`` returns, then SIGINT.
+
+    Returns:
+        stdout's lines, stderr's lines, the exit status.
+    """
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _CHILD, "show", "watch", "-q", "--port", str(port),
-        "--client-id", "3", env={k: v for k, v in _CHILD_ENV.items()
+        "--client-id", "3", *extra, env={k: v for k, v in _CHILD_ENV.items()
                                  if not k.startswith("IBKR_")},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert child.stdout is not None
     lines: list[str] = []
     try:
+        # The child writes into a pipe: lines arrive as they happen only if it flushes each one.
         await until(child.stdout, lines)
         child.send_signal(signal.SIGINT)
         rest, err = await asyncio.wait_for(child.communicate(), 60)
@@ -272,22 +253,31 @@ async def _watch_quiet(port: int, until: Callable[[asyncio.StreamReader, list[st
         child.returncode
 
 
-async def test_watch_quiet_logs_nothing_per_connect() -> None:
-    """watch -q over two connects: the transition lines on stdout, not one line on stderr."""
+async def test_watch_quiet_prints_transition_lines_only_and_logs_nothing() -> None:
+    """watch -q over a farm outage and two connects: transition lines only, as they happen."""
     from ibkr_connection.simulator import FakeGateway
 
     async with FakeGateway(accounts=["DU1234567"]) as gw:
 
-        async def two_connects(stdout: asyncio.StreamReader, lines: list[str]) -> None:
+        async def outage_and_two_connects(stdout: asyncio.StreamReader, lines: list[str]
+                                          ) -> None:
             await _read_until(stdout, lines, r"connecting -> connected")
+            await gw.farm_broken("usfarm")
+            await _read_until(stdout, lines, r"connected -> degraded")
+            await gw.farm_ok("usfarm")
+            await _read_until(stdout, lines, r"degraded -> connected")
             await gw.drop_clients()  # the second connect
             await _read_until(stdout, lines, r"connecting -> connected", count=2)
 
-        out, err, status = await _watch_quiet(gw.port, two_connects)
+        out, err, status = await _watch_quiet(gw.port, outage_and_two_connects,
+                                              "--metrics-port", "0")
     assert status == 0
-    assert err == []
+    # stderr: the farm's warning alone (-q keeps warnings and errors), nothing per connect;
+    # stdout: no endpoint notice, no summary.
+    assert len(err) == 1 and re.search(r" WARNING .*IB 2103 ", err[0]), err
     assert [line for line in out if not _TRANSITION_LINE.match(line.rstrip("\n"))] == []
-    assert sum("-> connected" in line for line in out) == 2
+    assert sum("connecting -> connected" in line for line in out) == 2
+    assert out[-2:] == [line for line in out if "-> disconnected" in line or "-> stopped" in line]
 
 
 async def test_watch_quiet_against_a_closed_port_logs_nothing() -> None:

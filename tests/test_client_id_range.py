@@ -14,7 +14,7 @@ from unittest.mock import MagicMock
 
 import pytest
 
-from ibkr_connection import Config, ConfigError, ConnectionConfig, IBKRIBInsyncApi
+from ibkr_connection import Config, ConfigError, ConnectionConfig, IBKRIBInsyncApi, cli
 
 #: Client ids every entry point refuses: negative, the API's unset marker, beyond int32.
 REFUSED = [-1, 2**31 - 1, 2**31, 99999999999999]
@@ -90,27 +90,45 @@ def _closed_port() -> int:
 
 
 @pytest.mark.parametrize("client_id", ["99999999999999", "2147483647", "-1"])
-def test_watch_refuses_the_client_id_flag_in_one_line(client_id: str) -> None:
+def test_watch_refuses_the_client_id_flag_in_one_line(
+    client_id: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """watch --client-id outside the range: one line naming the flag, exit 2, no attempt."""
-    done = subprocess.run(
-        [sys.executable, "-m", "ibkr_connection.cli", "watch", "-q",
-         "--port", str(_closed_port()), f"--client-id={client_id}"],
-        capture_output=True, text=True, timeout=30, check=False)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.splitlines() == [
+    for name in [name for name in os.environ if name.startswith("IBKR_")]:
+        monkeypatch.delenv(name)
+    status = cli.main(["watch", "-q", "--port", str(_closed_port()), f"--client-id={client_id}"])
+    out, err = capsys.readouterr()
+    assert status == 2, err
+    assert err.splitlines() == [
         f"ibkr-connection watch: --client-id: must be a client id from 0 to 2147483646, "
         f"got {client_id}"]
-    assert done.stdout == ""
+    assert out == ""
 
 
-def test_watch_refuses_the_client_id_variable_in_one_line() -> None:
+def test_watch_refuses_the_client_id_variable_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """IBKR_CLIENT_ID beyond int32 for watch: one line naming the variable, exit 2."""
-    done = subprocess.run(
-        [sys.executable, "-m", "ibkr_connection.cli", "watch", "-q",
-         "--port", str(_closed_port())],
-        capture_output=True, text=True, timeout=30, check=False,
-        env={**_environ(), "IBKR_CLIENT_ID": "2147483648"})
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.splitlines() == [
+    for name in [name for name in os.environ if name.startswith("IBKR_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("IBKR_CLIENT_ID", "2147483648")
+    status = cli.main(["watch", "-q", "--port", str(_closed_port())])
+    out, err = capsys.readouterr()
+    assert status == 2, err
+    assert err.splitlines() == [
         "ibkr-connection watch: IBKR_CLIENT_ID: must be a client id from 0 to 2147483646, "
         "got 2147483648"]
+    assert out == ""
+
+
+def test_the_watch_process_refuses_the_client_id_in_one_line() -> None:
+    """The same refusal as a user meets it: the real command, one line, exit 2, nothing run."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ibkr_connection.cli", "watch", "-q",
+         "--port", str(_closed_port()), "--client-id=99999999999999"],
+        capture_output=True, text=True, timeout=30, check=False, env=_environ())
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "ibkr-connection watch: --client-id: must be a client id from 0 to 2147483646, "
+        "got 99999999999999"]
+    assert done.stdout == ""

@@ -80,7 +80,7 @@ def gateway_port() -> Iterator[tuple[int, int]]:
     blocks' programs can reach it: (API port, IBC port)."""
     loop = asyncio.new_event_loop()
     gateway = FakeGateway(accounts=["DU1234567"], next_order_id=100, prices={"AAPL": 150.0},
-                          ibc_port=0, ibc_restart_outage=0.5)
+                          ibc_port=0, ibc_restart_outage=0.1)
     started = threading.Event()
 
     def serve() -> None:

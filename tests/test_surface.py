@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
+
+import pytest
 
 import ibkr_connection
 from ibkr_connection import broker, inputs, journal, machine, manager, outputs, table
@@ -104,3 +108,20 @@ def test_every_exception_of_the_core_lives_in_errors() -> None:
     for name in ("ControllerError", "HandshakeTimeoutError", "SyncIncompleteError",
                  "ReentrantHandleError", "JournalError"):
         assert getattr(errors, name).__module__ == "ibkr_connection.errors"
+
+
+def test_a_bare_import_of_the_root_leaves_eventkit_unloaded() -> None:
+    """`import ibkr_connection` loads no eventkit nor numpy; every exported name resolves."""
+    # In a fresh interpreter: this one has loaded everything already. The CLI's
+    # children (sim, proxy, replay, diagram) start without eventkit's imports.
+    probe = ("import sys, ibkr_connection\n"
+             "print(sorted(m for m in ('eventkit', 'numpy', 'ib_insync') if m in sys.modules))\n"
+             "print(sorted(set(ibkr_connection.__all__) - set(dir(ibkr_connection))))\n"
+             "print(ibkr_connection.ConnectionManager.__module__)\n"
+             "print('eventkit' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[]", "[]", "ibkr_connection.manager", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
+        ibkr_connection.NoSuchName  # noqa: B018

@@ -56,7 +56,8 @@ and ``InputKind`` are importable here too, as before)::
 How it fits together, and where each kind of change goes: ``docs/architecture.md``.
 """
 
-from ibkr_connection.broker import Config, IBKRIBInsyncApi
+from typing import TYPE_CHECKING, Any
+
 from ibkr_connection.clock import Clock, ManualClock, SystemClock
 from ibkr_connection.config import ConnectionConfig, mask_account
 from ibkr_connection.controller import CommandController, Controller, IBCController
@@ -76,17 +77,50 @@ from ibkr_connection.errors import (
 )
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.machine import ConnectionMachine
-from ibkr_connection.manager import ConnectionManager
 from ibkr_connection.outputs import Transition
 from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy, ResetWindow
-from ibkr_connection.subscriptions import (
-    AccountUpdatesSubscription,
-    CallableSubscription,
-    MarketDataSubscription,
-    PnLSubscription,
-    Subscription,
-)
 from ibkr_connection.table import USABLE_STATES, ConnectionState
+
+if TYPE_CHECKING:
+    from ibkr_connection.broker import Config, IBKRIBInsyncApi
+    from ibkr_connection.manager import ConnectionManager
+    from ibkr_connection.subscriptions import (
+        AccountUpdatesSubscription,
+        CallableSubscription,
+        MarketDataSubscription,
+        PnLSubscription,
+        Subscription,
+    )
+
+#: Names whose modules import eventkit (and through it numpy, most of a bare
+#: import's time), loaded on first use: ``ibkr-connection sim``, ``proxy``,
+#: ``replay`` and ``diagram`` never touch them and start in a third of the time.
+_LAZY = {
+    "Config": "ibkr_connection.broker",
+    "IBKRIBInsyncApi": "ibkr_connection.broker",
+    "ConnectionManager": "ibkr_connection.manager",
+    "AccountUpdatesSubscription": "ibkr_connection.subscriptions",
+    "CallableSubscription": "ibkr_connection.subscriptions",
+    "MarketDataSubscription": "ibkr_connection.subscriptions",
+    "PnLSubscription": "ibkr_connection.subscriptions",
+    "Subscription": "ibkr_connection.subscriptions",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a name of :data:`_LAZY` from its module the first time it is asked for."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # asked once: later lookups find it as a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 __version__ = "0.1.0"
 

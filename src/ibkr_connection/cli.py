@@ -121,11 +121,12 @@ def _write(text: str) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ibkr_connection.demo import EndpointUnavailable, run_demo
-
     _quiet_client_logs(args)
     if _journal_refused("demo", args.journal):
         return 2
+    # Imported once the arguments pass: a refusal does not wait for eventkit's imports.
+    from ibkr_connection.demo import EndpointUnavailable, run_demo
+
     try:
         return asyncio.run(run_demo(_write, seed=args.seed,
                                     metrics_port=args.metrics_port,
@@ -141,7 +142,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _watch(args: argparse.Namespace) -> int:
     from ibkr_connection.config import ConnectionConfig
-    from ibkr_connection.demo import EndpointUnavailable, run_watch
     from ibkr_connection.errors import ConfigError
 
     overrides = {name: value for name, value in (
@@ -156,6 +156,9 @@ def _watch(args: argparse.Namespace) -> int:
         return 2
     if _journal_refused("watch", args.journal):
         return 2
+    # Imported once the arguments pass: a refusal does not wait for eventkit's imports.
+    from ibkr_connection.demo import EndpointUnavailable, run_watch
+
     if args.quiet and not args.verbose:
         # Transitions are on stdout already: stderr keeps warnings and errors only.
         logging.getLogger().setLevel(logging.WARNING)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ibkr_connection import adapter
+from ibkr_connection.clock import LoopClock
 from ibkr_connection.config import ConnectionConfig
 from ibkr_connection.errors import UsageError
 from ibkr_connection.health import DEFAULT_HOST
@@ -123,7 +124,8 @@ async def _serve_metrics(manager: ConnectionManager, port: int | None, write: Wr
             f"{METRICS_EXTRA_HINT}") from exc
     from ibkr_connection.health import HealthServer
 
-    metrics = ConnectionMetrics()
+    # Time in each state on the loop's clock, as the demo's manager reads it.
+    metrics = ConnectionMetrics(clock=asyncio.get_running_loop().time)
     metrics.bind(manager)
     server = HealthServer(metrics, lambda: manager.state, host=host, port=port,
                           degraded_ok=degraded_ok)
@@ -230,13 +232,17 @@ async def _tell_story(write: Write, started: float, *, seed: int, metrics_port: 
 
     # The wedge act is shortened to keep the demo near 20 s: two wedge signs
     # instead of three, a 1 s handshake deadline, a 0.5 s restart.
+    # Every clock of the story reads the loop's (on a real loop that is
+    # time.monotonic(), as the defaults read): a loop on virtual time (the
+    # tests') then plays the whole story without waiting out its pauses.
+    clock = LoopClock()
     async with FakeGateway(accounts=["DU1234567"], prices={"AAPL": 150.0}, ibc_port=0,
-                           ibc_restart_outage=0.5) as gw:
+                           ibc_restart_outage=0.5, clock=clock) as gw:
         assert gw.ibc is not None
         config = ConnectionConfig(port=gw.port, client_id=7, handshake_timeout=1.0,
                                   policy=RecoveryPolicy(seed=seed, restart_after=2),
                                   ibc_port=gw.ibc.port)
-        manager = ConnectionManager(adapter.new_ib(), config, journal=journal)
+        manager = ConnectionManager(adapter.new_ib(), config, clock=clock, journal=journal)
         loop = asyncio.get_running_loop()
         view = LiveView(write, started=started)
         manager.stateChangeEvent += view.on_transition

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -330,7 +329,8 @@ async def test_a_scenario_file_plays_on_the_proxy(
     manager = make_manager()
     await manager.start(timeout=10)
     since = len(manager.transcript)
-    await run_relay_scenario(proxy, load_relay_scenario(path), origin=time.monotonic())
+    await run_relay_scenario(proxy, load_relay_scenario(path),
+                             origin=asyncio.get_running_loop().time())
     await _settled(manager, ConnectionState.CONNECTED)
     assert _rows(manager, since) == [(OK, DEG, "farm_broken", 2103), (DEG, OK, "farm_ok", 2104)]
     faults = [line for line in proxy.lines if " fault " in line]  # type: ignore[attr-defined]

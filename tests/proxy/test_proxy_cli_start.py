@@ -69,10 +69,28 @@ def test_upstream_with_a_stray_colon_is_refused_at_start(upstream: str) -> None:
         "brackets, e.g. [::1]:4002)"]
 
 
-def _proxy_lines(upstream: str) -> list[str]:
-    done = run_cli("proxy", "--upstream", upstream, "--port", "0", "--duration", "3")
-    assert done.returncode == 0, done.stderr
-    return done.stdout.splitlines()
+def _proxy_lines(upstream: str, sig: signal.Signals) -> list[str]:
+    """Start the proxy in front of ``upstream``, ``sig`` once its notice is out: its stdout."""
+
+    async def main() -> list[str]:
+        child = await asyncio.create_subprocess_exec(
+            *CLI, "proxy", "--upstream", upstream, "--port", "0", "--duration", "60",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert child.stdout is not None
+        try:
+            # The listening line, then the notice about the upstream.
+            lines = [(await asyncio.wait_for(child.stdout.readline(), 60)).decode().rstrip()
+                     for _ in range(2)]
+            child.send_signal(sig)
+            out, err = await asyncio.wait_for(child.communicate(), 60)
+        finally:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+        assert child.returncode == 0, err.decode()  # a clean stop, either signal
+        return lines + out.decode().splitlines()
+
+    return asyncio.run(main())
 
 
 def test_the_proxy_says_at_start_that_the_upstream_answers() -> None:
@@ -100,8 +118,8 @@ def test_the_proxy_says_at_start_that_the_upstream_answers() -> None:
 
 
 def test_the_proxy_says_at_start_that_the_upstream_is_down(free_port: int) -> None:
-    """Nothing on the upstream port: a notice that it does not answer yet; the proxy runs on."""
-    lines = _proxy_lines(f"127.0.0.1:{free_port}")
+    """Nothing on the upstream port: a notice that it does not answer yet; Ctrl-C stops it."""
+    lines = _proxy_lines(f"127.0.0.1:{free_port}", signal.SIGINT)
     assert lines[1].startswith(f"upstream 127.0.0.1:{free_port} does not answer yet ("), lines
     assert lines[1].endswith("sessions that open before it does are closed"), lines
     assert lines[-1] == "proxy stopped"
@@ -111,7 +129,7 @@ def test_the_proxy_says_at_start_that_the_upstream_is_not_an_api_port(
     taken_port: int,
 ) -> None:
     """A socket that accepts and never speaks the API: named as maybe not a TWS API port."""
-    lines = _proxy_lines(f"127.0.0.1:{taken_port}")
+    lines = _proxy_lines(f"127.0.0.1:{taken_port}", signal.SIGTERM)
     assert lines[1] == (
         f"upstream 127.0.0.1:{taken_port} accepts connections but does not answer the API "
         "handshake within 2s: not a TWS API port, or a gateway still starting?"), lines

@@ -254,7 +254,12 @@ async def test_a_slow_reader_gets_everything(gw: FakeGateway, proxy: ProxyServer
     conn = next(c for c in gw.clients if c.client_id == 5)
     burst = frame(1, 6, 1, 4, 150.0, 100, 0) * 200_000  # ~5 MB, far above socket buffers
     conn.send_raw(burst)
-    await asyncio.sleep(0.3)
+    session = next(iter(proxy.sessions.values()))
+    # The client reads nothing until the burst has left the gateway (into the sockets'
+    # buffers), or until the relay, its buffer to the client full, stops reading the gateway.
+    await wait_until(lambda: session.upstream_paused
+                     or conn.transport.get_write_buffer_size() == 0,
+                     what="the burst sent or the gateway paused")
     received = bytearray()
     while not received.endswith(burst):
         received += await asyncio.wait_for(client.reader.read(1 << 20), 5)

@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,15 @@ import ib_async
 import pytest
 from ib_insync import IB
 
-from ibkr_connection import ConnectionConfig, ConnectionManager, ConnectionState
+from ibkr_connection import ConnectionConfig, ConnectionManager, ConnectionState, adapter
+from ibkr_connection.clock import LoopClock
 from ibkr_connection.proxy import ProxyServer, RecordingWriter, load_recording
 from ibkr_connection.proxy.injection import load_relay_scenario, run_relay_scenario
 from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator.replay import ReplayGateway
 
 from .conftest import ACCOUNT, FAST, RawClient, frame, wait_until
+from conftest import on_virtual_time
 
 #: The rehearsal: a farm goes down and comes back, then TWS loses IB and gets it back.
 STORY = """
@@ -60,7 +63,7 @@ async def _session(port: int, scenario_start: Any = None, library: str = "ib_ins
                    version: int = 176) -> tuple[list[tuple[Any, ...]], Any]:
     """Connect, subscribe, live through the story, disconnect; return the transcript."""
     module = importlib.import_module(library)
-    manager = ConnectionManager(module.IB(), _config(port))
+    manager = ConnectionManager(module.IB(), _config(port), clock=LoopClock())
     restored: list[Any] = []
     manager.subscriptionRestoredEvent += restored.append
     await manager.start(timeout=10)
@@ -83,20 +86,27 @@ async def _session(port: int, scenario_start: Any = None, library: str = "ib_ins
 
 
 @pytest.mark.parametrize(("library", "cap", "version"), WIRES, ids=WIRE_IDS)
-async def test_replayed_recording_gives_the_manager_the_same_transcript(
+def test_replayed_recording_gives_the_manager_the_same_transcript(
     tmp_path: Path, library: str, cap: int, version: int
 ) -> None:
     """A session recorded through the proxy, replayed, gives a fresh manager the same transcript."""
+    on_virtual_time(_record_and_replay_the_story(tmp_path, library, cap, version))
+
+
+async def _record_and_replay_the_story(tmp_path: Path, library: str, cap: int,
+                                       version: int) -> None:
+    """The story through a recording proxy, then its replay (virtual time: no waiting)."""
     path = tmp_path / "session.jsonl"
     story = tmp_path / "story.toml"
     story.write_text(STORY)
     scenario = load_relay_scenario(story)
+    loop = asyncio.get_running_loop()
     async with FakeGateway(accounts=[ACCOUNT], prices={"AAPL": 150.0}, server_version=cap) as gw:
         gw.add_instrument("AAPL", 150.0, con_id=1001)
-        recorder = RecordingWriter(path, upstream=f"127.0.0.1:{gw.port}")
+        recorder = RecordingWriter(path, upstream=f"127.0.0.1:{gw.port}", clock=loop.time)
         async with ProxyServer("127.0.0.1", gw.port, recorder=recorder) as proxy:
             original, _ = await _session(proxy.port, lambda: asyncio.ensure_future(
-                run_relay_scenario(proxy, scenario, origin=time.monotonic())), library, version)
+                run_relay_scenario(proxy, scenario, origin=loop.time())), library, version)
         recorder.close()
     triggers = [(t[2].value, t[3]) for t in original]
     assert ("farm_broken", 2103) in triggers and ("restored_data_lost", 1101) in triggers
@@ -112,9 +122,13 @@ async def test_replayed_recording_gives_the_manager_the_same_transcript(
     assert handle.restored == 1
 
 
-async def _record(path: Path, gw: FakeGateway, script: Any, offered: str = "v157..176") -> None:
-    """Run ``script(client, proxy)`` through a recording proxy in front of ``gw``."""
-    recorder = RecordingWriter(path, upstream=f"127.0.0.1:{gw.port}")
+async def _record(path: Path, gw: FakeGateway, script: Any, offered: str = "v157..176",
+                  clock: Callable[[], float] = time.monotonic) -> None:
+    """Run ``script(client, proxy)`` through a recording proxy in front of ``gw``.
+
+    ``clock`` stamps the recording (the loop's, for a test on virtual time).
+    """
+    recorder = RecordingWriter(path, upstream=f"127.0.0.1:{gw.port}", clock=clock)
     async with ProxyServer("127.0.0.1", gw.port, recorder=recorder) as proxy:
         client = await RawClient.connect(proxy.port)
         await client.handshake(client_id=7, versions=offered)
@@ -208,11 +222,14 @@ async def test_the_model_answers_what_the_recording_lacks_in_the_recorded_layout
     assert {"reqContractDetails", "placeOrder"} <= {r.name for r in replay.unmatched}
 
 
-async def test_unasked_messages_follow_their_request_at_the_recorded_delay(
-    tmp_path: Path,
-) -> None:
+def test_unasked_messages_follow_their_request_at_the_recorded_delay(tmp_path: Path) -> None:
     """An error the proxy injected after a request is replayed after that request, as long after."""
-    path = tmp_path / "rec.jsonl"
+    on_virtual_time(_unasked_messages(tmp_path / "rec.jsonl"))
+
+
+async def _unasked_messages(path: Path) -> None:
+    """Record a 2103 injected 0.3 s after reqPositions's answer; replay it (virtual time)."""
+    loop = asyncio.get_running_loop()
 
     async def script(client: RawClient, proxy: ProxyServer) -> None:
         client.writer.write(frame(61, 1))  # reqPositions
@@ -222,20 +239,22 @@ async def test_unasked_messages_follow_their_request_at_the_recorded_delay(
         await client.read_error(2103)
 
     async with FakeGateway(accounts=[ACCOUNT]) as gw:
-        await _record(path, gw, script)
+        await _record(path, gw, script, clock=loop.time)
     async with ReplayGateway(load_recording(path)) as replay:
         client = await RawClient.connect(replay.port)
         await client.handshake(client_id=7)
         await client.read_until("9")
+        # Half a second on the loop's (virtual) clock, longer than the recorded
+        # 0.3 s: a 2103 timed from the session's start, not from its request,
+        # would be sent in it and read below before the request's answer.
         await asyncio.sleep(0.5)
         assert replay.unmatched == []
-        loop = asyncio.get_running_loop()
         asked = loop.time()
         client.writer.write(frame(61, 1))
         before = await client.read_until("62")
         assert [f for f in before if f[0] == "4" and f[3] == "2103"] == []  # not before it
         await client.read_error(2103)
-        assert loop.time() - asked >= 0.25
+        assert loop.time() - asked == pytest.approx(0.3, abs=0.01)  # as recorded
         await client.close()
 
 
@@ -289,8 +308,12 @@ async def test_a_recording_at_a_version_the_client_cannot_speak(
     caplog.set_level(logging.INFO)
     async with ReplayGateway(recording) as replay:
         ib = IB()  # ib_insync 0.9.86: v157..176
-        with pytest.raises((ConnectionError, asyncio.TimeoutError, TimeoutError)):
-            await ib.connectAsync("127.0.0.1", replay.port, clientId=7, timeout=3)
+        # ib_insync alone would notice the close only at its connect timeout; the
+        # library's connect watches the socket and fails the moment it closes.
+        with pytest.raises(ConnectionError, match="closed the socket during the handshake"):
+            await adapter.connect_session(
+                ib, host="127.0.0.1", port=replay.port, client_id=7, timeout=30,
+                readonly=False, account="", catcher=adapter.SyncTimeoutCatcher())
         ib.disconnect()
         assert replay.served == 0
         # A client whose range holds the recorded version is served the recorded session.
@@ -334,14 +357,18 @@ async def test_sessions_at_two_versions_each_go_to_a_client_that_speaks_theirs(
 
 
 @pytest.mark.parametrize("fault", ["restart", "reset_port"])
-async def test_a_recorded_restart_or_port_reset_replays_to_the_same_transcript(
+def test_a_recorded_restart_or_port_reset_replays_to_the_same_transcript(
     tmp_path: Path, fault: str
 ) -> None:
     """A restart's refusals and a 1300's new port are replayed: same seed, same transcript."""
-    path = tmp_path / "rec.jsonl"
+    on_virtual_time(_record_and_replay_a_fault(tmp_path / "rec.jsonl", fault))
+
+
+async def _record_and_replay_a_fault(path: Path, fault: str) -> None:
+    """``fault`` through a recording proxy, then its replay (virtual time: no waiting)."""
 
     async def live(port: int, proxy: ProxyServer | None) -> list[tuple[Any, ...]]:
-        manager = ConnectionManager(IB(), _config(port))
+        manager = ConnectionManager(IB(), _config(port), clock=LoopClock())
         await manager.start(timeout=10)
         if proxy is not None:
             await asyncio.sleep(0.2)
@@ -356,7 +383,7 @@ async def test_a_recorded_restart_or_port_reset_replays_to_the_same_transcript(
         return [(t.source, t.dest, t.trigger, t.code) for t in manager.transcript]
 
     async with FakeGateway(accounts=[ACCOUNT]) as gw:
-        recorder = RecordingWriter(path)
+        recorder = RecordingWriter(path, clock=asyncio.get_running_loop().time)
         async with ProxyServer("127.0.0.1", gw.port, recorder=recorder) as proxy:
             original = await live(proxy.port, proxy)
         recorder.close()

@@ -13,6 +13,8 @@ from ib_insync import IB
 
 from ibkr_connection.simulator import FakeGateway
 
+from conftest import on_virtual_time
+
 SIM = "ibkr_connection.simulator"
 
 
@@ -109,12 +111,12 @@ async def test_on_command_is_called_as_each_command_arrives() -> None:
     assert heard == [("RECONNECTDATA", 0), ("RESTART", 0)]
 
 
-async def test_the_demo_says_the_ibc_restart_when_it_arrives() -> None:
+def test_the_demo_says_the_ibc_restart_when_it_arrives() -> None:
     """The demo's IBC line is timed like the transitions, between restarting and gateway_back."""
     from ibkr_connection.demo import run_demo
 
     out = io.StringIO()
-    assert await run_demo(out.write, pause=0.2) == 0
+    assert on_virtual_time(run_demo(out.write)) == 0
     lines = out.getvalue().splitlines()
     [at] = [i for i, line in enumerate(lines) if "IBC command server received" in line]
     assert re.fullmatch(r" +\d+\.\d{3}s  IBC command server received: RESTART", lines[at])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 
 from ibkr_connection.proxy.relay import ProxyServer
@@ -110,12 +109,15 @@ async def run_relay_scenario(
     Args:
         proxy: The relay (started).
         scenario: A scenario loaded for the proxy.
-        origin: ``time.monotonic()`` that ``at = 0`` stands for; the proxy's
-            start if omitted.
+        origin: the loop's time (``loop.time()``, ``time.monotonic()`` on a
+            real loop) that ``at = 0`` stands for; the proxy's start if omitted.
     """
-    start = origin if origin is not None else time.monotonic() - proxy.elapsed()
+    # The loop's clock, as the sleeps below: on a loop with virtual time
+    # (the tests') the steps keep their spacing.
+    now = asyncio.get_running_loop().time
+    start = origin if origin is not None else now() - proxy.elapsed()
     for step in scenario.steps:
-        wait = start + step.at - time.monotonic()
+        wait = start + step.at - now()
         if wait > 0:
             await asyncio.sleep(wait)
         await apply_relay_step(proxy, step)

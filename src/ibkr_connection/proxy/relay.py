@@ -159,7 +159,7 @@ class ProxyServer:
 
     def elapsed(self) -> float:
         """Seconds since the proxy started listening."""
-        return time.monotonic() - self._t0
+        return asyncio.get_running_loop().time() - self._t0
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> ProxyServer:
@@ -175,8 +175,8 @@ class ProxyServer:
         await self.stop()
 
     async def start(self) -> None:
-        """Start listening; the scenario clock starts now."""
-        self._t0 = time.monotonic()
+        """Start listening; the scenario clock (the loop's) starts now."""
+        self._t0 = asyncio.get_running_loop().time()
         await self.start_listening()
 
     async def stop(self) -> None:

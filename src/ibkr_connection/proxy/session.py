@@ -139,6 +139,11 @@ class RelaySession:
         """Bytes from the gateway held by a stall or a handshake delay, not yet delivered."""
         return sum(len(data) for data, _ in self._held)
 
+    @property
+    def upstream_paused(self) -> bool:
+        """True while the relay does not read the gateway: the bot reads slower than it sends."""
+        return self._upstream is not None and not self._upstream.is_reading()
+
     def __repr__(self) -> str:
         return f"<RelaySession {self.number} client {self.client_id} {self.peer}>"
 
