@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
 
 from ibkr_connection import ConnectionConfig, ConnectionManager
 from ibkr_connection.inputs import InputKind
+from ibkr_connection.simulator.month import VirtualTimeLoop
 from ibkr_connection.simulator.storm import TracebackCatcher
 from ibkr_connection.table import ConnectionState
 
@@ -116,3 +118,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def handler_counts(ib: Any) -> tuple[int, int, int]:
     """Handlers on the three events the manager may touch."""
     return len(ib.errorEvent), len(ib.disconnectedEvent), len(ib.newOrderEvent)
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item,
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Run a module that sets ``VIRTUAL_TIME = True`` on a :class:`VirtualTimeLoop`.
+
+    Its timers (the policy's waits, IBC's timeouts, the client's handshake
+    deadline, ``wait_until``'s hang guards) then cost no wall clock: the loop's
+    clock jumps to the next timer whenever no socket is ready, and the sockets
+    stay real loopback ones. Its managers read that clock too (``LoopClock``).
+    Every other module runs on asyncio's own loop.
+    """
+    module = getattr(item, "module", None)
+    if getattr(module, "VIRTUAL_TIME", False):
+        return {"virtual_time": VirtualTimeLoop}
+    return {"asyncio": asyncio.new_event_loop}
