@@ -287,8 +287,16 @@ def manager_port(gw: FakeGateway) -> int:
 
 
 @pytest.fixture
+def manager_clock() -> Clock | None:
+    """The clock of ``make_manager``'s managers (None: the system clock; a directory may
+    override it, e.g. with a ``LoopClock`` for a module on virtual time)."""
+    return None
+
+
+@pytest.fixture
 async def make_manager(
     manager_port: int, ib_factory: Callable[[], Any], manager_settings: dict[str, Any],
+    manager_clock: Clock | None,
 ) -> AsyncIterator[Callable[..., ConnectionManager]]:
     """Factory of managers driving a real ``IB`` on ``manager_port``; all stopped afterwards."""
     made: list[ConnectionManager] = []
@@ -296,7 +304,8 @@ async def make_manager(
     def make(**overrides: Any) -> ConnectionManager:
         fields = dict(manager_settings, port=manager_port)
         fields.update(overrides)
-        manager = ConnectionManager(ib_factory(), ConnectionConfig(**fields))
+        manager = ConnectionManager(ib_factory(), ConnectionConfig(**fields),
+                                    clock=manager_clock)
         made.append(manager)
         return manager
 

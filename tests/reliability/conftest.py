@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from ibkr_connection import ConnectionConfig, ConnectionManager
+from ibkr_connection.clock import Clock, LoopClock
 from ibkr_connection.inputs import InputKind
 from ibkr_connection.simulator.month import VirtualTimeLoop
 from ibkr_connection.simulator.storm import TracebackCatcher
@@ -42,6 +43,17 @@ def fast_config(port: int, **overrides: Any) -> ConnectionConfig:
 def manager_settings() -> dict[str, Any]:
     """``make_manager``'s managers here get the suite's tight timeouts."""
     return dict(FAST_SETTINGS)
+
+
+def _on_virtual_time(item: Any) -> bool:
+    """True if the test's module sets ``VIRTUAL_TIME = True``."""
+    return bool(getattr(getattr(item, "module", None), "VIRTUAL_TIME", False))
+
+
+@pytest.fixture
+def manager_clock(request: pytest.FixtureRequest) -> Clock | None:
+    """On virtual time, ``make_manager``'s managers read the loop's clock, their timers'."""
+    return LoopClock() if _on_virtual_time(request.node) else None
 
 
 async def settle(
@@ -131,7 +143,6 @@ def pytest_asyncio_loop_factories(
     stay real loopback ones. Its managers read that clock too (``LoopClock``).
     Every other module runs on asyncio's own loop.
     """
-    module = getattr(item, "module", None)
-    if getattr(module, "VIRTUAL_TIME", False):
+    if _on_virtual_time(item):
         return {"virtual_time": VirtualTimeLoop}
     return {"asyncio": asyncio.new_event_loop}

@@ -14,6 +14,10 @@ out is named by ``test_dropped_code_cells_are_in_the_pure_grid``. The simulator'
 ``stall`` row is the wedge's. Each module runs on one wire per client library
 (ib_insync at 176, ib_async at 178, see conftest); test_fault_matrix_at_157 is
 the smoke run at 157.
+
+The matrix runs on virtual time (``VIRTUAL_TIME``, see conftest.py): a held fault,
+the restarting column's restart_wait, the handshake deadlines and the backoff delays
+cost no wall clock; the sockets are the real loopback ones.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ from .conftest import (
 S = ConnectionState
 C, D, L, B, X, F = S.CONNECTED, S.DEGRADED, S.LOST, S.BACKOFF, S.DISCONNECTED, S.FAILED
 Make = Callable[..., ConnectionManager]
+
+#: Every async test here runs on a VirtualTimeLoop, its managers on its clock.
+VIRTUAL_TIME = True
 
 #: Start states, in the column order of EXPECTED.
 #:   connected     session up, every farm OK
@@ -205,8 +212,9 @@ async def _leave_connecting(state: str, gw: FakeGateway) -> None:
 async def _hold(manager: ConnectionManager, seconds: float) -> None:
     """Keep a persistent fault in force until the manager reacts, or ``seconds`` pass."""
     moves = len(manager.transcript)
-    deadline = time.monotonic() + seconds
-    while len(manager.transcript) == moves and time.monotonic() < deadline:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while len(manager.transcript) == moves and loop.time() < deadline:
         await asyncio.sleep(0.005)
 
 
