@@ -24,12 +24,13 @@ from typing import Any
 import pytest
 
 from ibkr_connection import ConnectionConfig, ConnectionManager
-from ibkr_connection.clock import Clock, ManualClock
+from ibkr_connection.clock import Clock, LoopClock, ManualClock
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.machine import ConnectionMachine
 from ibkr_connection.outputs import Step, Transition
 from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
 from ibkr_connection.simulator import FakeGateway
+from ibkr_connection.simulator.month import VirtualTimeLoop
 from ibkr_connection.table import ConnectionState, Row
 
 
@@ -286,11 +287,32 @@ def manager_port(gw: FakeGateway) -> int:
     return gw.port
 
 
+# -- virtual time -----------------------------------------------------------------------------
+
+
+def on_virtual_time(node: Any) -> bool:
+    """True if the test's module sets ``VIRTUAL_TIME = True``."""
+    return bool(getattr(getattr(node, "module", None), "VIRTUAL_TIME", False))
+
+
+def loop_factories(item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The event loop of an async test, for a directory's ``pytest_asyncio_loop_factories``.
+
+    A module that sets ``VIRTUAL_TIME = True`` runs on a :class:`VirtualTimeLoop`: its
+    timers (policy waits, handshake and IBC deadlines, hang guards) cost no wall clock,
+    the clock jumping to the next timer whenever no socket is ready, and its sockets
+    stay real loopback ones. Every other module runs on asyncio's own loop.
+    """
+    if on_virtual_time(item):
+        return {"virtual_time": VirtualTimeLoop}
+    return {"asyncio": asyncio.new_event_loop}
+
+
 @pytest.fixture
-def manager_clock() -> Clock | None:
-    """The clock of ``make_manager``'s managers (None: the system clock; a directory may
-    override it, e.g. with a ``LoopClock`` for a module on virtual time)."""
-    return None
+def manager_clock(request: pytest.FixtureRequest) -> Clock | None:
+    """The clock of ``make_manager``'s managers: the loop's on virtual time (its timers'),
+    else None (the system clock)."""
+    return LoopClock() if on_virtual_time(request.node) else None
 
 
 @pytest.fixture

@@ -10,13 +10,11 @@ from typing import Any
 import pytest
 
 from ibkr_connection import ConnectionConfig, ConnectionManager
-from ibkr_connection.clock import Clock, LoopClock
 from ibkr_connection.inputs import InputKind
-from ibkr_connection.simulator.month import VirtualTimeLoop
 from ibkr_connection.simulator.storm import TracebackCatcher
 from ibkr_connection.table import ConnectionState
 
-from conftest import ACCOUNT, FAST_POLICY, on_live_session, wait_until
+from conftest import ACCOUNT, FAST_POLICY, loop_factories, on_live_session, wait_until
 
 __all__ = ["ACCOUNT", "FAST_POLICY", "TracebackCatcher", "on_live_session", "wait_until"]
 
@@ -43,17 +41,6 @@ def fast_config(port: int, **overrides: Any) -> ConnectionConfig:
 def manager_settings() -> dict[str, Any]:
     """``make_manager``'s managers here get the suite's tight timeouts."""
     return dict(FAST_SETTINGS)
-
-
-def _on_virtual_time(item: Any) -> bool:
-    """True if the test's module sets ``VIRTUAL_TIME = True``."""
-    return bool(getattr(getattr(item, "module", None), "VIRTUAL_TIME", False))
-
-
-@pytest.fixture
-def manager_clock(request: pytest.FixtureRequest) -> Clock | None:
-    """On virtual time, ``make_manager``'s managers read the loop's clock, their timers'."""
-    return LoopClock() if _on_virtual_time(request.node) else None
 
 
 async def settle(
@@ -132,17 +119,9 @@ def handler_counts(ib: Any) -> tuple[int, int, int]:
     return len(ib.errorEvent), len(ib.disconnectedEvent), len(ib.newOrderEvent)
 
 
+
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item,
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Run a module that sets ``VIRTUAL_TIME = True`` on a :class:`VirtualTimeLoop`.
-
-    Its timers (the policy's waits, IBC's timeouts, the client's handshake
-    deadline, ``wait_until``'s hang guards) then cost no wall clock: the loop's
-    clock jumps to the next timer whenever no socket is ready, and the sockets
-    stay real loopback ones. Its managers read that clock too (``LoopClock``).
-    Every other module runs on asyncio's own loop.
-    """
-    if _on_virtual_time(item):
-        return {"virtual_time": VirtualTimeLoop}
-    return {"asyncio": asyncio.new_event_loop}
+    """A module that sets ``VIRTUAL_TIME = True`` runs on virtual time (tests/conftest.py)."""
+    return loop_factories(item)
