@@ -669,9 +669,13 @@ def check_table(table: Sequence[Row] = TABLE) -> list[str]:
     """
     problems = []
     order = list(Phase)
+    # Each (state, input)'s rows in one pass, in order (not one pass per pair).
+    groups: dict[tuple[ConnectionState, InputKind], list[Row]] = {}
+    for row in table:
+        groups.setdefault((row.source, row.input), []).append(row)
     for state in ConnectionState:
         for kind in InputKind:
-            rows = [row for row in table if row.source is state and row.input is kind]
+            rows = groups.get((state, kind), [])
             where = f"{state.value} + {kind.value}"
             if not rows:
                 problems.append(f"{where}: no row")
