@@ -259,13 +259,15 @@ def ib_factory(wire: tuple[str, int]) -> Callable[[], Any]:
 
 
 @pytest.fixture
-async def gw(wire: tuple[str, int]) -> AsyncIterator[FakeGateway]:
-    """A running simulator with one account and AAPL at 150, speaking up to the wire's version.
+async def gw(wire: tuple[str, int], request: pytest.FixtureRequest) -> AsyncIterator[FakeGateway]:
+    """A running simulator with one account and AAPL at 150, speaking up to the wire's version
+    (on the loop's clock on virtual time).
 
     Faults a test left in force are healed before it stops.
     """
     gateway = FakeGateway(accounts=[ACCOUNT], next_order_id=100, prices={"AAPL": 150.0},
-                          server_version=wire[1])
+                          server_version=wire[1],
+                          clock=LoopClock() if on_virtual_time(request.node) else None)
     await gateway.start()
     try:
         yield gateway
