@@ -2,7 +2,10 @@
 
 Here, once: the pure machine's recording effects port, the fast policy, the
 gateway simulator (``gw``), the client library of a run (``wire``, ``ib_factory``),
-a manager factory (``make_manager``), and the waits (``wait_until``, ``round_trip``).
+a manager factory (``make_manager``), the waits (``wait_until``, ``round_trip``), and
+virtual time (a module that sets ``VIRTUAL_TIME = True`` runs on a ``VirtualTimeLoop``,
+``gw`` and ``make_manager``'s managers on its clock; a directory's conftest.py hands
+``loop_factories`` to pytest-asyncio's ``pytest_asyncio_loop_factories`` hook).
 A directory's conftest.py changes a fixture's inputs (``wire``'s parameters,
 ``manager_settings``, ``manager_port``), never builds a second copy of it.
 """

@@ -119,7 +119,6 @@ def handler_counts(ib: Any) -> tuple[int, int, int]:
     return len(ib.errorEvent), len(ib.disconnectedEvent), len(ib.newOrderEvent)
 
 
-
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item,
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
