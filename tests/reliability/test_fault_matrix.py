@@ -23,7 +23,6 @@ cost no wall clock; the sockets are the real loopback ones.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -40,9 +39,11 @@ from ibkr_connection import (
     IBKRIBInsyncApi,
     RecoveryPolicy,
 )
+from ibkr_connection.clock import LoopClock
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator.ibc import IbcCommandServer
+from ibkr_connection.simulator.month import VirtualTimeLoop
 
 from .conftest import (
     FAST_POLICY,
@@ -311,23 +312,24 @@ AAPL = Stock("AAPL", "SMART", "USD")
 
 
 def _pump_until(api: IBKRIBInsyncApi, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+    loop = asyncio.get_event_loop()
+    deadline = loop.time() + timeout
     while not predicate():
-        if time.monotonic() > deadline:
+        if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s; state {api.state.value}")
         api.handle_callbacks(0.01)
 
 
 def test_no_fill_lost_or_doubled_across_drops_and_restarts() -> None:
     """Fills booked while disconnected are in the book exactly once after every reconnect."""
-    loop = asyncio.new_event_loop()
+    loop = VirtualTimeLoop()  # the outages and backoffs cost no wall clock
     asyncio.set_event_loop(loop)
     gw = FakeGateway(accounts=["DU1234567"], next_order_id=100, prices={"AAPL": 150.0},
                      fill_mode="manual")
     loop.run_until_complete(gw.start())
     api = IBKRIBInsyncApi(
         Config(IBKR_PORT=gw.port, IBKR_CLIENT_ID=7), IB(), connect_timeout=0.5,
-        policy=FAST_POLICY,
+        policy=FAST_POLICY, clock=LoopClock(loop=loop),
     )
     try:
         assert api.connect() is True
