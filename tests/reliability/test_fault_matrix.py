@@ -23,6 +23,7 @@ cost no wall clock; the sockets are the real loopback ones.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -39,7 +40,7 @@ from ibkr_connection import (
     IBKRIBInsyncApi,
     RecoveryPolicy,
 )
-from ibkr_connection.clock import LoopClock
+from ibkr_connection.clock import Clock, LoopClock
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator.ibc import IbcCommandServer
@@ -279,6 +280,20 @@ async def test_fault_in_state(
         await wait_until(lambda: sorted(f.execution.execId for f in ib.fills()) == wanted,
                          timeout=3, what="every execution known to the client once")
     assert tracebacks.escaped() == []
+
+
+async def test_the_matrix_runs_on_virtual_time(manager_clock: Clock, gw: FakeGateway) -> None:
+    """Its loop is a VirtualTimeLoop (conftest's hook), and the clock ``make_manager`` gives
+    its managers and the gateway's read that loop: an hour asleep costs no wall clock, and
+    both clocks moved by the hour."""
+    assert isinstance(asyncio.get_running_loop(), VirtualTimeLoop)
+    clocks = (manager_clock, gw.clock)
+    before = [clock.monotonic() for clock in clocks]
+    started = time.monotonic()
+    await asyncio.sleep(3600)
+    assert time.monotonic() - started < 60
+    assert [round(clock.monotonic() - at) for clock, at in zip(clocks, before, strict=True)
+            ] == [3600, 3600]
 
 
 def test_matrix_covers_every_reachable_state() -> None:
