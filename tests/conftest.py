@@ -2,7 +2,10 @@
 
 Here, once: the pure machine's recording effects port, the fast policy, the
 gateway simulator (``gw``), the client library of a run (``wire``, ``ib_factory``),
-a manager factory (``make_manager``), and the waits (``wait_until``, ``round_trip``).
+a manager factory (``make_manager``), the waits (``wait_until``, ``round_trip``), and
+virtual time (a module that sets ``VIRTUAL_TIME = True`` runs on a ``VirtualTimeLoop``,
+``gw`` and ``make_manager``'s managers on its clock; a directory's conftest.py hands
+``loop_factories`` to pytest-asyncio's ``pytest_asyncio_loop_factories`` hook).
 A directory's conftest.py changes a fixture's inputs (``wire``'s parameters,
 ``manager_settings``, ``manager_port``), never builds a second copy of it.
 """
@@ -24,7 +27,7 @@ from typing import Any, TypeVar
 import pytest
 
 from ibkr_connection import ConnectionConfig, ConnectionManager
-from ibkr_connection.clock import Clock, ManualClock
+from ibkr_connection.clock import Clock, LoopClock, ManualClock
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.machine import ConnectionMachine
 from ibkr_connection.outputs import Step, Transition
@@ -259,13 +262,15 @@ def ib_factory(wire: tuple[str, int]) -> Callable[[], Any]:
 
 
 @pytest.fixture
-async def gw(wire: tuple[str, int]) -> AsyncIterator[FakeGateway]:
-    """A running simulator with one account and AAPL at 150, speaking up to the wire's version.
+async def gw(wire: tuple[str, int], request: pytest.FixtureRequest) -> AsyncIterator[FakeGateway]:
+    """A running simulator with one account and AAPL at 150, speaking up to the wire's version
+    (on the loop's clock on virtual time).
 
     Faults a test left in force are healed before it stops.
     """
     gateway = FakeGateway(accounts=[ACCOUNT], next_order_id=100, prices={"AAPL": 150.0},
-                          server_version=wire[1])
+                          server_version=wire[1],
+                          clock=LoopClock() if on_virtual_time(request.node) else None)
     await gateway.start()
     try:
         yield gateway
@@ -287,9 +292,38 @@ def manager_port(gw: FakeGateway) -> int:
     return gw.port
 
 
+# -- virtual time -----------------------------------------------------------------------------
+
+
+def on_virtual_time(node: Any) -> bool:
+    """True if the test's module sets ``VIRTUAL_TIME = True``."""
+    return bool(getattr(getattr(node, "module", None), "VIRTUAL_TIME", False))
+
+
+def loop_factories(item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The event loop of an async test, for a directory's ``pytest_asyncio_loop_factories``.
+
+    A module that sets ``VIRTUAL_TIME = True`` runs on a :class:`VirtualTimeLoop`: its
+    timers (policy waits, handshake and IBC deadlines, hang guards) cost no wall clock,
+    the clock jumping to the next timer whenever no socket is ready, and its sockets
+    stay real loopback ones. Every other module runs on asyncio's own loop.
+    """
+    if on_virtual_time(item):
+        return {"virtual_time": VirtualTimeLoop}
+    return {"asyncio": asyncio.new_event_loop}
+
+
+@pytest.fixture
+def manager_clock(request: pytest.FixtureRequest) -> Clock | None:
+    """The clock of ``make_manager``'s managers: the loop's on virtual time (its timers'),
+    else None (the system clock)."""
+    return LoopClock() if on_virtual_time(request.node) else None
+
+
 @pytest.fixture
 async def make_manager(
     manager_port: int, ib_factory: Callable[[], Any], manager_settings: dict[str, Any],
+    manager_clock: Clock | None,
 ) -> AsyncIterator[Callable[..., ConnectionManager]]:
     """Factory of managers driving a real ``IB`` on ``manager_port``; all stopped afterwards."""
     made: list[ConnectionManager] = []
@@ -297,7 +331,8 @@ async def make_manager(
     def make(**overrides: Any) -> ConnectionManager:
         fields = dict(manager_settings, port=manager_port)
         fields.update(overrides)
-        manager = ConnectionManager(ib_factory(), ConnectionConfig(**fields))
+        manager = ConnectionManager(ib_factory(), ConnectionConfig(**fields),
+                                    clock=manager_clock)
         made.append(manager)
         return manager
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import Iterator
 
 import ib_async
 import pytest
@@ -18,7 +20,9 @@ from ibkr_connection import (
     RecoveryPolicy,
     UsageError,
 )
+from ibkr_connection.clock import LoopClock
 from ibkr_connection.simulator import FakeGateway
+from ibkr_connection.simulator.month import VirtualTimeLoop
 
 loop = broker_support.loop
 gw = broker_support.gw
@@ -55,9 +59,23 @@ def test_unknown_account_is_not_a_dead_gateway(gw, loop, caplog) -> None:  # typ
         api.disconnect()
 
 
-def test_config_from_env_with_ibc_port_restarts_a_wedged_gateway(loop, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def virtual_loop() -> Iterator[VirtualTimeLoop]:
+    """A loop on virtual time (its clock jumps to the next timer when no socket is ready),
+    set as the current one: the heartbeat, the handshake deadlines, the restart's outage
+    and the backoffs cost no wall clock."""
+    loop = VirtualTimeLoop()
+    asyncio.set_event_loop(loop)
+    yield loop
+    asyncio.set_event_loop(None)
+    loop.close()
+
+
+def test_config_from_env_with_ibc_port_restarts_a_wedged_gateway(virtual_loop, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """IBKRIBInsyncApi(Config.from_env(), IB()) with IBKR_IBC_PORT: one RESTART through IBC."""
-    gateway = FakeGateway(accounts=[broker_support.ACCOUNT], ibc_port=0, ibc_restart_outage=0.3)
+    loop = virtual_loop
+    gateway = FakeGateway(accounts=[broker_support.ACCOUNT], ibc_port=0, ibc_restart_outage=0.3,
+                          clock=LoopClock(loop=loop))
     run(loop, gateway.start())
     assert gateway.ibc is not None
     for name in [n for n in os.environ if n.startswith("IBKR_")]:
@@ -70,7 +88,7 @@ def test_config_from_env_with_ibc_port_restarts_a_wedged_gateway(loop, monkeypat
     # Quick retries and a short restart wait; the restart rule itself is the default one.
     policy = RecoveryPolicy(backoff=BackoffPolicy(costly_delay=0.05, max_costly_delay=0.2),
                             restart_wait=5.0, restart_cooldown=60.0)
-    api = IBKRIBInsyncApi(Config.from_env(), IB(), policy=policy)
+    api = IBKRIBInsyncApi(Config.from_env(), IB(), policy=policy, clock=LoopClock(loop=loop))
     try:
         assert api.connect()  # a session first: only a gateway that had one is restarted
         gateway.wedge()

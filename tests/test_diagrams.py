@@ -72,7 +72,7 @@ def test_diagram_labels_each_row_with_its_actions() -> None:
         "disconnected --> connecting: connect / first_attempt",
         "backoff --> connecting: retry_due / count_attempt",
         "backoff --> backoff: port_reset / note_port",
-        "connected --> lost: connectivity_lost / note_link_lost",
+        "connected --> lost: connectivity_lost",
         "lost --> backoff: socket_closed / draw_delay+end_session"
         " | heartbeat_missed / note_wedge_sign+draw_costly_delay+end_session"
         " | restore_timeout / draw_costly_delay+end_session"

@@ -8,11 +8,14 @@ well under a millisecond); these tests pin what that sharing must not change.
 from __future__ import annotations
 
 import gc
+import random
 import weakref
+from dataclasses import replace
 
 from ibkr_connection.clock import ManualClock
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.machine import ConnectionMachine, ConnectionState
+from ibkr_connection.table import TABLE
 
 S = ConnectionState
 K = InputKind
@@ -47,3 +50,44 @@ def test_a_machine_let_go_of_is_collected_with_its_model(clock: ManualClock) -> 
     gc.collect()
     assert gone() is None
     assert model() is None
+
+
+def _run(machine: ConnectionMachine, clock: ManualClock, seed: int) -> list[object]:
+    """Feed ``machine`` 400 seeded random inputs; every step's state and effects."""
+    rng = random.Random(seed)
+    kinds = [kind for kind in InputKind if kind is not K.STOP]
+    steps: list[object] = []
+    for _ in range(400):
+        clock.advance(rng.expovariate(2.0))
+        step = machine.handle(Input(rng.choice(kinds), code=rng.choice((None, 1100, 2103)),
+                                    farm=rng.choice((None, "usfarm")), costly=rng.random() < 0.5))
+        steps.append((step.state, [(e.name, e.args) for e in step.effects]))
+    return steps
+
+
+def test_a_changed_copy_of_the_table_runs_as_if_built_from_scratch() -> None:
+    """A copy of the table with two rows changed (its machine made from the table's, sharing
+    the other rows) runs exactly as the same rows built from scratch; the table's own
+    machines still run the table."""
+    changed = list(TABLE)
+    for index, row in enumerate(TABLE):
+        if (row.source, row.input) == (S.DISCONNECTED, K.CONNECT):
+            changed[index] = replace(row, dest=S.FAILED)
+        if (row.source, row.input, row.dest) == (S.LOST, K.RESTORED_DATA_LOST, S.CONNECTED):
+            changed[index] = replace(row, actions=("note_link_restored",))
+    copy = tuple(changed)
+    # The same rows and one more, never reached (after its (state, input)'s unguarded
+    # row): another length, so a machine built from scratch.
+    scratch = (*copy, copy[-1])
+    runs = {}
+    for name, table in (("real", TABLE), ("copy", copy), ("scratch", scratch),
+                        ("real again", TABLE)):
+        clock = ManualClock()
+        runs[name] = _run(ConnectionMachine(clock, port=4002, client_ids=[7], table=table),
+                          clock, seed=3)
+    assert runs["copy"] == runs["scratch"]
+    assert runs["copy"] != runs["real"]
+    assert runs["real again"] == runs["real"]
+    clock = ManualClock()
+    machine = ConnectionMachine(clock, port=4002, client_ids=[7], table=copy)
+    assert machine.handle(Input(K.CONNECT)).state is S.FAILED

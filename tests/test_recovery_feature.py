@@ -1,9 +1,13 @@
-"""Step definitions for features/recovery.feature, against the gateway simulator."""
+"""Step definitions for features/recovery.feature, against the gateway simulator.
+
+Each scenario runs on virtual time (a :class:`VirtualTimeLoop`, the bot on its
+``LoopClock``): outages, heartbeat deadlines, backoff delays and IBC's restart cost
+no wall clock, while the sockets stay real loopback ones.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -16,10 +20,12 @@ from ibkr_connection import (
     ConnectionManager,
     IBCController,
 )
+from ibkr_connection.clock import LoopClock
 from ibkr_connection.inputs import InputKind
 from ibkr_connection.outputs import Transition
 from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator.ibc import IbcCommandServer
+from ibkr_connection.simulator.month import VirtualTimeLoop
 from ibkr_connection.table import ConnectionState
 
 from conftest import FAST_POLICY as FAST
@@ -31,11 +37,13 @@ T = TypeVar("T")
 
 
 class World:
-    """What the scenario knows: one event loop, the gateway, the bot."""
+    """What the scenario knows: one event loop on virtual time, the gateway, the bot."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = VirtualTimeLoop()
         asyncio.set_event_loop(self.loop)  # ib_insync looks the loop up itself
+        #: The bot's clock: the loop's, so its timers and readings agree.
+        self.clock = LoopClock(loop=self.loop)
         self.gw: FakeGateway | None = None
         self.manager: ConnectionManager | None = None
         self.others: list[IB] = []
@@ -74,8 +82,9 @@ def world() -> Iterator[World]:
 
 
 async def _until(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
         if check():
             return True
         await asyncio.sleep(0.01)
@@ -94,7 +103,7 @@ def _bot(world: World, client_id: int) -> None:
     gw = world.gateway
     config = ConnectionConfig(port=gw.port, client_id=client_id, fallback_client_ids=(8,),
                               heartbeat_idle=0.3, heartbeat_timeout=0.3, policy=FAST)
-    world.manager = ConnectionManager(IB(), config)
+    world.manager = ConnectionManager(IB(), config, clock=world.clock)
     world.run(world.bot.start(timeout=5))
     world.bot.subscribe_market_data(Stock("AAPL", "SMART", "USD"))
     world.run(gw.wait_for_request("reqMktData"))
@@ -127,7 +136,8 @@ def _under_ibc(world: World) -> None:
     config = ConnectionConfig(port=gw.port, client_id=7, heartbeat_idle=0.3,
                               heartbeat_timeout=0.3, connect_timeout=1.0, policy=FAST)
     world.manager = ConnectionManager(
-        IB(), config, controller=IBCController("127.0.0.1", gw.ibc.port, timeout=2.0))
+        IB(), config, controller=IBCController("127.0.0.1", gw.ibc.port, timeout=2.0),
+        clock=world.clock)
     world.run(world.bot.start(timeout=5))
     world.bot.subscribe_market_data(Stock("AAPL", "SMART", "USD"))
     world.run(gw.wait_for_request("reqMktData"))

@@ -74,6 +74,7 @@ from eventkit import Event
 
 from ibkr_connection import adapter
 from ibkr_connection.book import DONE_STATUSES, NOT_RECEIVED, UNCERTAIN, OrderBook
+from ibkr_connection.clock import Clock
 from ibkr_connection.config import (
     ENV_VARIABLES,
     AccountFallback,
@@ -270,6 +271,8 @@ class IBKRIBInsyncApi:
             else unbounded); replaces a ConnectionConfig's when given.
         connect_timeout: seconds for one attempt (default: a
             ConnectionConfig's, else 10); replaces a ConnectionConfig's when given.
+        clock: the manager's injected clock (the system clock by default), as
+            :class:`ConnectionManager`'s ``clock``.
 
     Raises:
         ConfigError: ``config`` is neither kind (field ``config``), or a
@@ -307,6 +310,7 @@ class IBKRIBInsyncApi:
         max_completed_orders: int = 1000,
         policy: RecoveryPolicy | None = None,
         connect_timeout: float | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ConfigError("max_attempts", f"must be at least 1, got {max_attempts}")
@@ -324,7 +328,7 @@ class IBKRIBInsyncApi:
         self._connect_outcome: asyncio.Future[bool] | None = None
         self.orderUncertainEvent = Event("orderUncertainEvent")
         self.orderResolvedEvent = Event("orderResolvedEvent")
-        self.manager = ConnectionManager(self.ib, self.config)
+        self.manager = ConnectionManager(self.ib, self.config, clock=clock)
         self.manager.stateChangeEvent += self._on_state_change
         self.manager.ordersUncertainEvent += self._on_orders_uncertain
         self.manager.orderResolvedEvent += self._on_order_resolved

@@ -628,23 +628,73 @@ def _shared_machine(
     last = _LAST_BUILT[0] if _LAST_BUILT else None
     if last is not None and _same_key(last[0], key):
         return last[1], last[2]
+    base = _BASE[0] if _BASE else None
+    fsm = _derived(base[0], base[1], key) if base is not None else None
+    if fsm is None:
+        fsm = _new_machine(entry, leave)
+        fsm.add_transitions(_specs(table))
+        _BASE[:] = [(key, fsm)]
+    events = {kind.value: fsm.events[kind.value] for kind in InputKind}
+    _LAST_BUILT[:] = [(key, fsm, events)]
+    return fsm, events
+
+
+def _new_machine(
+    entry: dict[ConnectionState, tuple[StateAction, ...]],
+    leave: dict[ConnectionState, tuple[StateAction, ...]],
+) -> Machine:
+    """A ``transitions`` machine with the states, their entry and exit actions, no transition."""
     states = [
         State(state.value, on_enter=_state_callback(entry.get(state, ())),
               on_exit=_state_callback(leave.get(state, ())))
         for state in ConnectionState
     ]
-    fsm = Machine(
+    return Machine(
         model=None,
         states=states,
         initial=ConnectionState.DISCONNECTED.value,
-        transitions=_specs(table),
+        transitions=[],
         auto_transitions=False,
         send_event=False,
         ignore_invalid_triggers=False,
     )
-    events = {kind.value: fsm.events[kind.value] for kind in InputKind}
-    _LAST_BUILT[:] = [(key, fsm, events)]
-    return fsm, events
+
+
+def _derived(base_key: tuple[Any, ...], base: Machine, key: tuple[Any, ...]) -> Machine | None:
+    """A machine for ``key`` made from ``base``, a full build, sharing its unchanged transitions.
+
+    A table that differs from the base's in a few rows (same length, the other rows
+    the same objects: a changed copy, as the row-mutation test makes thousands of)
+    needs new ``transitions`` transitions for the rows of the changed (state,
+    input)s only. A transition holds no machine (it is handed the machine of the
+    event it runs in), so the others are shared; a (state, input)'s rows are one
+    list of the input's event, tried in the table's order, so the changed ones'
+    lists are rebuilt whole. The states are built anew, with ``key``'s entry and
+    exit actions. None: not derivable (other actions or guards, another length).
+    """
+    table, old = key[0], base_key[0]
+    if (len(table) != len(old) or base_key[3] != key[3] or base_key[4] != key[4]):
+        return None
+    changed: set[tuple[ConnectionState, InputKind]] = set()
+    for before, after in zip(old, table, strict=True):
+        if before is not after:
+            changed.add((before.source, before.input))
+            changed.add((after.source, after.input))
+    names = {(state.value, kind.value) for state, kind in changed}
+    fsm = _new_machine(key[1], key[2])
+    for name, event in base.events.items():
+        copy = fsm.event_cls(name, fsm)
+        for source, transitions in event.transitions.items():
+            if (source, name) not in names:
+                copy.transitions[source] = list(transitions)
+        fsm.events[name] = copy
+    fsm.add_transitions(_specs([row for row in table if (row.source, row.input) in changed]))
+    return fsm
+
+
+#: The last machine built from scratch, and what it was built from: a machine for a
+#: table that differs from it in a few rows is derived from it (see ``_derived``).
+_BASE: list[tuple[tuple[Any, ...], Machine]] = []
 
 
 #: The last shared machine built: (what it was built from, the machine, its events).

@@ -455,8 +455,10 @@ TABLE: tuple[Row, ...] = tuple(
     + _rows([_S.CONNECTING, *_NO_SESSION], _I.SUBSCRIBED, None,
             "no session: the subscription is issued when the next one comes up")
     # -- IB codes: TWS's link to IB ------------------------------------------------
+    # No note_link_lost here: being in lost says it, and the fact is read in connecting
+    # only (link_lost, all_clear), whose entry forgets the session's facts first.
     + _rows(USABLE_STATES, _I.CONNECTIVITY_LOST, _S.LOST,
-            "1100: TWS lost IB; wait for it to restore", actions=("note_link_lost",))
+            "1100: TWS lost IB; wait for it to restore")
     + [
         Row(_S.CONNECTING, _I.CONNECTIVITY_LOST, None, actions=("note_link_lost",),
             note="remembered: the attempt will end in lost"),
@@ -669,9 +671,13 @@ def check_table(table: Sequence[Row] = TABLE) -> list[str]:
     """
     problems = []
     order = list(Phase)
+    # Each (state, input)'s rows in one pass, in order (not one pass per pair).
+    groups: dict[tuple[ConnectionState, InputKind], list[Row]] = {}
+    for row in table:
+        groups.setdefault((row.source, row.input), []).append(row)
     for state in ConnectionState:
         for kind in InputKind:
-            rows = [row for row in table if row.source is state and row.input is kind]
+            rows = groups.get((state, kind), [])
             where = f"{state.value} + {kind.value}"
             if not rows:
                 problems.append(f"{where}: no row")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Mapping
+
 import pytest
 
-from conftest import ACCOUNT, FAST_POLICY
+from conftest import ACCOUNT, FAST_POLICY, loop_factories
 
 #: The names this directory's modules import.
 FAST = FAST_POLICY
@@ -23,3 +26,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "wire" in metafunc.fixturenames:
         metafunc.parametrize("wire", LIBRARIES, ids=[lib for lib, _ in LIBRARIES],
                              indirect=True)
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item,
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """A module that sets ``VIRTUAL_TIME = True`` runs on virtual time (tests/conftest.py)."""
+    return loop_factories(item)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ibkr_connection import ConnectionConfig, ConnectionManager, ConnectionState
+from ibkr_connection.clock import LoopClock
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.simulator import FakeGateway
 
@@ -15,6 +16,15 @@ from .conftest import FAST
 from conftest import wait_until
 
 S = ConnectionState
+
+#: Every async test here runs on a VirtualTimeLoop, its managers on its clock
+#: (``LoopClock``): deadlines, backoffs and held syncs cost no wall clock.
+VIRTUAL_TIME = True
+
+
+def _manager(*args: Any, **kwargs: Any) -> ConnectionManager:
+    """A ConnectionManager on the loop's (virtual) clock."""
+    return ConnectionManager(*args, clock=LoopClock(), **kwargs)
 
 
 def _journal(out: io.StringIO) -> list[tuple[str, str]]:
@@ -28,7 +38,7 @@ async def test_a_close_during_the_attempt_is_forwarded_and_the_attempt_reports_i
 ) -> None:
     """A drop during the startup sync: socket_closed is fed and ignored, then attempt_failed."""
     out = io.StringIO()
-    manager = ConnectionManager(
+    manager = _manager(
         ib_factory(), ConnectionConfig(port=gw.port, client_id=7, connect_timeout=3.0,
                                        policy=FAST), journal=out)
     gw.hold_sync("reqPositions")
@@ -62,7 +72,7 @@ async def test_one_sync_catcher_serves_every_attempt(
         return len(owner.handlers)
 
     before = handlers()
-    manager = ConnectionManager(ib, ConnectionConfig(port=gw.port, client_id=7, policy=FAST))
+    manager = _manager(ib, ConnectionConfig(port=gw.port, client_id=7, policy=FAST))
     assert handlers() == before + 1
     await manager.start()
     await gw.drop_clients()
@@ -97,7 +107,7 @@ async def test_an_incomplete_sync_after_a_reconnect_is_still_caught(
     gw: FakeGateway, ib_factory: Callable[[], Any]
 ) -> None:
     """The shared catcher is cleared per attempt: a later attempt's time-out is its own."""
-    manager = ConnectionManager(
+    manager = _manager(
         ib_factory(), ConnectionConfig(port=gw.port, client_id=7, connect_timeout=0.3,
                                        policy=FAST))
     await manager.start()
@@ -118,7 +128,7 @@ async def test_the_coroutine_twins_have_the_conventions_names(
     gw: FakeGateway, ib_factory: Callable[[], Any]
 ) -> None:
     """connect_async() connects and disconnect_async() stops, as start() and stop() do."""
-    manager = ConnectionManager(ib_factory(), ConnectionConfig(port=gw.port, client_id=9,
+    manager = _manager(ib_factory(), ConnectionConfig(port=gw.port, client_id=9,
                                                                policy=FAST))
     await manager.connect_async(timeout=3)
     assert manager.state is S.CONNECTED

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from ibkr_connection import ConnectionConfig, ConnectionManager, ConnectionState
+from ibkr_connection.clock import LoopClock
 from ibkr_connection.codes import classify_failure
 from ibkr_connection.errors import HandshakeTimeoutError
 from ibkr_connection.inputs import InputKind
@@ -22,6 +23,10 @@ from ibkr_connection.simulator import FakeGateway
 from .conftest import ACCOUNT, FAST
 
 S = ConnectionState
+
+#: Every async test here runs on a VirtualTimeLoop, its managers on its clock
+#: (``LoopClock``): the handshake deadlines and the backoffs cost no wall clock.
+VIRTUAL_TIME = True
 
 
 @pytest.fixture
@@ -60,7 +65,7 @@ async def test_a_wedged_gateway_fails_the_attempt_at_the_handshake_deadline(
     config = ConnectionConfig(port=own_gw.port, client_id=7, connect_timeout=30.0,
                               handshake_timeout=0.3, heartbeat_idle=0.2,
                               heartbeat_timeout=0.2, policy=FAST)
-    manager = ConnectionManager(ib_factory(), config)
+    manager = ConnectionManager(ib_factory(), config, clock=LoopClock())
     try:
         await manager.start(timeout=5)
         own_gw.wedge()
@@ -86,7 +91,7 @@ async def test_a_healthy_gateway_with_a_slow_sync_is_not_cut_short(
     own_gw.delay_sync("reqPositions", 0.6)
     config = ConnectionConfig(port=own_gw.port, client_id=7, connect_timeout=10.0,
                               handshake_timeout=0.2, policy=FAST)
-    manager = ConnectionManager(ib_factory(), config)
+    manager = ConnectionManager(ib_factory(), config, clock=LoopClock())
     try:
         await manager.start(timeout=8)
         assert manager.state is S.CONNECTED

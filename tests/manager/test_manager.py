@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from ibkr_connection import (
     RecoveryPolicy,
     Transition,
 )
+from ibkr_connection.clock import LoopClock
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.journal import replay_journal
 from ibkr_connection.simulator import FakeGateway
@@ -29,6 +29,15 @@ from .conftest import ACCOUNT, FAST
 from conftest import round_trip
 
 S = ConnectionState
+
+#: Every async test here runs on a VirtualTimeLoop, its managers on its clock
+#: (``LoopClock``): deadlines, backoffs and held syncs cost no wall clock.
+VIRTUAL_TIME = True
+
+
+def _manager(*args: Any, **kwargs: Any) -> ConnectionManager:
+    """A ConnectionManager on the loop's (virtual) clock."""
+    return ConnectionManager(*args, clock=LoopClock(), **kwargs)
 Make = Callable[..., ConnectionManager]
 
 
@@ -42,8 +51,9 @@ def _contract(ib: Any, gw: FakeGateway) -> Any:
 
 async def _reconnected(manager: ConnectionManager, since: int, guard: float = 30.0) -> list[str]:
     """Wait until the manager left ``connected`` after transition ``since`` and came back."""
-    deadline = time.monotonic() + guard  # a hang guard, not the assertion: generous
-    while time.monotonic() < deadline:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + guard  # a hang guard, not the assertion: generous
+    while loop.time() < deadline:
         later = [t.dest.value for t in manager.transcript[since:]]
         if "backoff" in later and manager.state is S.CONNECTED:
             return later
@@ -53,9 +63,10 @@ async def _reconnected(manager: ConnectionManager, since: int, guard: float = 30
 
 async def _until(predicate: Callable[[], object], what: str, guard: float = 30.0) -> None:
     """Poll the loop until ``predicate()`` holds; raise if ``what`` never happens."""
-    deadline = time.monotonic() + guard  # a hang guard, not the assertion: generous
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + guard  # a hang guard, not the assertion: generous
     while not predicate():
-        if time.monotonic() > deadline:
+        if loop.time() > deadline:
             raise AssertionError(f"hang guard: {what} did not happen within {guard} s")
         await asyncio.sleep(0.001)
 
@@ -120,7 +131,7 @@ async def test_refused_gives_up_after_max_attempts() -> None:
     async with FakeGateway() as gw:
         port = gw.port
     policy = RecoveryPolicy(backoff=BackoffPolicy(max_attempts=3, jitter=0.0))
-    manager = ConnectionManager(__import__("ib_insync").IB(),
+    manager = _manager(__import__("ib_insync").IB(),
                                 ConnectionConfig(port=port, policy=policy))
     with pytest.raises(ConnectFailedError, match="after 3 attempt"):
         await manager.start(timeout=30)  # a hang guard: TimeoutError is not ConnectFailedError
@@ -217,11 +228,11 @@ async def test_unknown_account_is_fatal(make_manager: Make) -> None:
 async def test_several_accounts_need_a_choice(ib_factory: Callable[[], Any]) -> None:
     """Several managed accounts and none configured: clear error, unless 'first'."""
     async with FakeGateway(accounts=["DU1111111", "DU2222222"]) as gw:
-        manager = ConnectionManager(ib_factory(), ConnectionConfig(port=gw.port, policy=FAST))
+        manager = _manager(ib_factory(), ConnectionConfig(port=gw.port, policy=FAST))
         with pytest.raises(AccountError, match="2 accounts"):
             await manager.start(timeout=5)
         await manager.stop()
-        manager = ConnectionManager(
+        manager = _manager(
             ib_factory(), ConnectionConfig(port=gw.port, account_fallback="first", policy=FAST))
         await manager.start(timeout=5)
         assert manager.account == "DU1111111"
@@ -380,7 +391,7 @@ async def test_stop_is_final_and_idempotent(make_manager: Make, gw: FakeGateway)
 
 async def test_context_manager(gw: FakeGateway, ib_factory: Callable[[], Any]) -> None:
     """async with starts and stops the manager."""
-    async with ConnectionManager(ib_factory(), ConnectionConfig(port=gw.port)) as manager:
+    async with _manager(ib_factory(), ConnectionConfig(port=gw.port)) as manager:
         assert manager.state is S.CONNECTED
     assert manager.state is S.STOPPED
 
@@ -400,7 +411,7 @@ async def test_unknown_code_changes_nothing(make_manager: Make, gw: FakeGateway)
 async def test_journal_replays(make_manager: Make, gw: FakeGateway) -> None:
     """The JSON Lines journal re-fed into a fresh machine gives the same states."""
     journal = io.StringIO()
-    manager = ConnectionManager(
+    manager = _manager(
         make_manager().ib.__class__(),
         ConnectionConfig(port=gw.port, client_id=9, policy=FAST), journal=journal)
     await manager.start()

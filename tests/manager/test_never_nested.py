@@ -17,6 +17,7 @@ import pytest
 from ib_insync import IB
 
 from ibkr_connection import ConnectionConfig, ConnectionManager, ConnectionState, Transition
+from ibkr_connection.clock import LoopClock
 from ibkr_connection.inputs import Input
 from ibkr_connection.outputs import Step
 from ibkr_connection.simulator import FakeGateway, storm
@@ -24,6 +25,10 @@ from ibkr_connection.simulator import FakeGateway, storm
 from .conftest import ACCOUNT, FAST
 
 S = ConnectionState
+
+#: Every async test here runs on a VirtualTimeLoop, its managers on its clock
+#: (``LoopClock``): the storm's gaps, the deadlines and backoffs cost no wall clock.
+VIRTUAL_TIME = True
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -34,7 +39,7 @@ async def test_handle_is_never_nested_under_a_fault_storm(
     async with FakeGateway(accounts=[ACCOUNT], prices={"AAPL": 150.0}) as gw:
         manager = ConnectionManager(IB(), ConnectionConfig(
             port=gw.port, client_id=7, connect_timeout=1.0, heartbeat_idle=0.2,
-            heartbeat_timeout=0.2, policy=FAST))
+            heartbeat_timeout=0.2, policy=FAST), clock=LoopClock())
         machine = manager.machine
         real = machine.handle
         depth = 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +23,10 @@ from ibkr_connection.simulator import FakeGateway
 from conftest import round_trip
 
 S = ConnectionState
+
+#: Every async test here runs on a VirtualTimeLoop, its managers on its clock
+#: (``LoopClock``): deadlines, backoffs and held syncs cost no wall clock.
+VIRTUAL_TIME = True
 Make = Callable[..., ConnectionManager]
 
 
@@ -42,9 +45,10 @@ def _limit(manager: ConnectionManager, quantity: float = 5, price: float = 140.0
 
 async def _until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
     """Poll until ``predicate()`` holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     while not predicate():
-        if time.monotonic() > deadline:
+        if loop.time() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
         await asyncio.sleep(0.005)
 

@@ -25,6 +25,10 @@ from conftest import ACCOUNT, wait_until
 
 S = ConnectionState
 
+#: Every async test here runs on a VirtualTimeLoop, its managers on its clock
+#: (``LoopClock``): deadlines, backoffs and held syncs cost no wall clock.
+VIRTUAL_TIME = True
+
 
 async def _closed(ib: Any) -> None:
     """Return once ``ib``'s socket is closed."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from ibkr_connection.inputs import InputKind
 from ibkr_connection.simulator.storm import TracebackCatcher
 from ibkr_connection.table import ConnectionState
 
-from conftest import ACCOUNT, FAST_POLICY, on_live_session, wait_until
+from conftest import ACCOUNT, FAST_POLICY, loop_factories, on_live_session, wait_until
 
 __all__ = ["ACCOUNT", "FAST_POLICY", "TracebackCatcher", "on_live_session", "wait_until"]
 
@@ -116,3 +117,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def handler_counts(ib: Any) -> tuple[int, int, int]:
     """Handlers on the three events the manager may touch."""
     return len(ib.errorEvent), len(ib.disconnectedEvent), len(ib.newOrderEvent)
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item,
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """A module that sets ``VIRTUAL_TIME = True`` runs on virtual time (tests/conftest.py)."""
+    return loop_factories(item)

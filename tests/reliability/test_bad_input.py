@@ -22,6 +22,7 @@ from ibkr_connection import (
     RecoveryPolicy,
     adapter,
 )
+from ibkr_connection.clock import LoopClock
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.wire import protocol as wire
@@ -30,6 +31,10 @@ from .conftest import TracebackCatcher, fast_config, wait_until
 from conftest import round_trip
 
 S = ConnectionState
+
+#: Every async test here runs on a VirtualTimeLoop, its managers on its clock: the
+#: handshake deadlines and backoffs against the garbage gateways cost no wall clock.
+VIRTUAL_TIME = True
 Make = Callable[..., ConnectionManager]
 
 # -- malformed settings --------------------------------------------------------------------------
@@ -203,7 +208,7 @@ async def test_garbage_gateway_fails_attempts_without_crash_or_hang(
 ) -> None:
     """Each garbage answer is a failed attempt followed by backoff; stop() closes the socket."""
     async with _raw_gateway(GARBAGE[behaviour]) as port:
-        manager = ConnectionManager(IB(), fast_config(port))
+        manager = ConnectionManager(IB(), fast_config(port), clock=LoopClock())
         manager.feed(Input(InputKind.CONNECT, message="garbage test"))
 
         def failures() -> list[Any]:

@@ -14,6 +14,10 @@ out is named by ``test_dropped_code_cells_are_in_the_pure_grid``. The simulator'
 ``stall`` row is the wedge's. Each module runs on one wire per client library
 (ib_insync at 176, ib_async at 178, see conftest); test_fault_matrix_at_157 is
 the smoke run at 157.
+
+The matrix runs on virtual time (``VIRTUAL_TIME``, see conftest.py): a held fault,
+the restarting column's restart_wait, the handshake deadlines and the backoff delays
+cost no wall clock; the sockets are the real loopback ones.
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ from ibkr_connection import (
     IBKRIBInsyncApi,
     RecoveryPolicy,
 )
+from ibkr_connection.clock import Clock, LoopClock
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator.ibc import IbcCommandServer
+from ibkr_connection.simulator.month import VirtualTimeLoop
 
 from .conftest import (
     FAST_POLICY,
@@ -51,6 +57,9 @@ from .conftest import (
 S = ConnectionState
 C, D, L, B, X, F = S.CONNECTED, S.DEGRADED, S.LOST, S.BACKOFF, S.DISCONNECTED, S.FAILED
 Make = Callable[..., ConnectionManager]
+
+#: Every async test here runs on a VirtualTimeLoop, its managers on its clock.
+VIRTUAL_TIME = True
 
 #: Start states, in the column order of EXPECTED.
 #:   connected     session up, every farm OK
@@ -205,8 +214,9 @@ async def _leave_connecting(state: str, gw: FakeGateway) -> None:
 async def _hold(manager: ConnectionManager, seconds: float) -> None:
     """Keep a persistent fault in force until the manager reacts, or ``seconds`` pass."""
     moves = len(manager.transcript)
-    deadline = time.monotonic() + seconds
-    while len(manager.transcript) == moves and time.monotonic() < deadline:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while len(manager.transcript) == moves and loop.time() < deadline:
         await asyncio.sleep(0.005)
 
 
@@ -272,6 +282,20 @@ async def test_fault_in_state(
     assert tracebacks.escaped() == []
 
 
+async def test_the_matrix_runs_on_virtual_time(manager_clock: Clock, gw: FakeGateway) -> None:
+    """Its loop is a VirtualTimeLoop (conftest's hook), and the clock ``make_manager`` gives
+    its managers and the gateway's read that loop: an hour asleep costs no wall clock, and
+    both clocks moved by the hour."""
+    assert isinstance(asyncio.get_running_loop(), VirtualTimeLoop)
+    clocks = (manager_clock, gw.clock)
+    before = [clock.monotonic() for clock in clocks]
+    started = time.monotonic()
+    await asyncio.sleep(3600)
+    assert time.monotonic() - started < 60
+    assert [round(clock.monotonic() - at) for clock, at in zip(clocks, before, strict=True)
+            ] == [3600, 3600]
+
+
 def test_matrix_covers_every_reachable_state() -> None:
     """Every state of the machine but ``stopped`` is the start of a column of the matrix.
 
@@ -303,23 +327,24 @@ AAPL = Stock("AAPL", "SMART", "USD")
 
 
 def _pump_until(api: IBKRIBInsyncApi, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+    loop = asyncio.get_event_loop()
+    deadline = loop.time() + timeout
     while not predicate():
-        if time.monotonic() > deadline:
+        if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s; state {api.state.value}")
         api.handle_callbacks(0.01)
 
 
 def test_no_fill_lost_or_doubled_across_drops_and_restarts() -> None:
     """Fills booked while disconnected are in the book exactly once after every reconnect."""
-    loop = asyncio.new_event_loop()
+    loop = VirtualTimeLoop()  # the outages and backoffs cost no wall clock
     asyncio.set_event_loop(loop)
     gw = FakeGateway(accounts=["DU1234567"], next_order_id=100, prices={"AAPL": 150.0},
                      fill_mode="manual")
     loop.run_until_complete(gw.start())
     api = IBKRIBInsyncApi(
         Config(IBKR_PORT=gw.port, IBKR_CLIENT_ID=7), IB(), connect_timeout=0.5,
-        policy=FAST_POLICY,
+        policy=FAST_POLICY, clock=LoopClock(loop=loop),
     )
     try:
         assert api.connect() is True

@@ -1,4 +1,9 @@
-"""Fault storms: seeded random faults at random times, on the simulator and the pure machine."""
+"""Fault storms: seeded random faults at random times, on the simulator and the pure machine.
+
+The storms against a real client run on virtual time (``VIRTUAL_TIME``, see
+tests/conftest.py): the gaps between faults, the outages, the heartbeat deadlines and
+the backoffs cost no wall clock, and the sockets are the real loopback ones.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import pytest
 from ib_insync import IB, LimitOrder, Stock
 
 from ibkr_connection import ConnectionManager, ConnectionState, IBKRIBInsyncApi
-from ibkr_connection.clock import ManualClock, TimerHandle
+from ibkr_connection.clock import LoopClock, ManualClock, TimerHandle
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.machine import ConnectionMachine
 from ibkr_connection.policy import BackoffPolicy, RecoveryPolicy
@@ -22,6 +27,9 @@ from conftest import round_trip
 
 S = ConnectionState
 Make = Callable[..., ConnectionManager]
+
+#: Every async test here runs on a VirtualTimeLoop, its managers on its clock.
+VIRTUAL_TIME = True
 
 
 async def _storm(gw: FakeGateway, rng: random.Random, faults: int) -> dict[str, int]:
@@ -53,7 +61,7 @@ async def test_storm_against_real_client_recovers(
     every fill the gateway made is booked once on its order.
     """
     gw.fill_mode = "manual"  # orders work until the storm fills or cancels them
-    api = IBKRIBInsyncApi(fast_config(gw.port), IB())
+    api = IBKRIBInsyncApi(fast_config(gw.port), IB(), clock=LoopClock())
     manager = api.manager
     bot = storm.StormBot(api, Stock("AAPL", "SMART", "USD"),
                          lambda ref: LimitOrder("BUY", 1, 150.0, orderRef=ref),

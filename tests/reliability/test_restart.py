@@ -5,6 +5,11 @@ ib_insync ``IB`` and an :class:`IBCController` at that port; the controllers
 that misbehave are small TCP servers here that answer as IBC never should.
 The long defaults (3 min restart wait, 10 min cooldown) are exercised on the
 pure machine with a ManualClock in ``tests/test_restart_machine.py``.
+
+The module runs on virtual time (``VIRTUAL_TIME``, see the suite's conftest.py):
+the loop's clock jumps to the next timer whenever no socket is ready, so the
+restart waits, cooldowns, IBC timeouts and handshake deadlines below cost no
+wall clock; the managers read the loop's clock (``LoopClock``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import pytest
 from ib_insync import IB
 
 from ibkr_connection import ConnectionManager, ConnectionState, IBCController
+from ibkr_connection.clock import LoopClock
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.journal import replay
 from ibkr_connection.simulator import FakeGateway
@@ -30,6 +36,9 @@ from ibkr_connection.simulator import FakeGateway
 from .conftest import ACCOUNT, FAST_POLICY, fast_config, on_live_session, wait_until
 
 S = ConnectionState
+
+#: Every test here runs on a VirtualTimeLoop (tests/reliability/conftest.py).
+VIRTUAL_TIME = True
 
 #: The suite's tight policy; the restart gets 2 s to come back, then a cooldown
 #: long enough that a second restart would show within a test.
@@ -91,6 +100,11 @@ class LineServer:
         writer.close()
 
 
+def _manager(ib: IB, config: Any, **kwargs: Any) -> ConnectionManager:
+    """A manager on the loop's (virtual) clock."""
+    return ConnectionManager(ib, config, clock=LoopClock(), **kwargs)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -108,7 +122,7 @@ async def test_a_wedged_gateway_is_restarted_once_then_connected(
     """Heartbeat miss, two unanswered handshakes: one RESTART through IBC, then connected."""
     assert ibc_gw.ibc is not None
     controller = IBCController("127.0.0.1", ibc_gw.ibc.port, timeout=1.0)
-    manager = ConnectionManager(IB(), fast_config(ibc_gw.port, policy=POLICY),
+    manager = _manager(IB(), fast_config(ibc_gw.port, policy=POLICY),
                                 controller=controller)
     managers.append(manager)
     await manager.start(timeout=5)
@@ -130,7 +144,7 @@ async def test_the_config_builds_the_controller(
 ) -> None:
     """With ibc_port in the config and no controller argument, the manager builds an IBC one."""
     assert ibc_gw.ibc is not None
-    manager = ConnectionManager(IB(), fast_config(ibc_gw.port, policy=POLICY,
+    manager = _manager(IB(), fast_config(ibc_gw.port, policy=POLICY,
                                                   ibc_port=ibc_gw.ibc.port))
     managers.append(manager)
     assert isinstance(manager.controller, IBCController)
@@ -165,7 +179,7 @@ async def test_a_controller_that_does_not_restart_is_a_declared_transition(
         await server.start()
         port = server.port
     controller = IBCController("127.0.0.1", port, timeout=0.3)
-    manager = ConnectionManager(IB(), fast_config(ibc_gw.port, policy=POLICY),
+    manager = _manager(IB(), fast_config(ibc_gw.port, policy=POLICY),
                                 controller=controller)
     managers.append(manager)
     try:
@@ -199,7 +213,7 @@ async def test_a_gateway_not_back_within_restart_wait(
     server = LineServer("OK RESTART in progress")
     await server.start()
     policy = replace(POLICY, restart_wait=1.0)
-    manager = ConnectionManager(IB(), fast_config(ibc_gw.port, policy=policy),
+    manager = _manager(IB(), fast_config(ibc_gw.port, policy=policy),
                                 controller=IBCController("127.0.0.1", server.port, timeout=1.0))
     managers.append(manager)
     try:
@@ -222,7 +236,7 @@ async def test_no_controller_nothing_escalates(
     ibc_gw: FakeGateway, managers: list[ConnectionManager]
 ) -> None:
     """Without a controller a wedged gateway is only reconnected to, for ever."""
-    manager = ConnectionManager(IB(), fast_config(ibc_gw.port, policy=POLICY))
+    manager = _manager(IB(), fast_config(ibc_gw.port, policy=POLICY))
     managers.append(manager)
     assert manager.controller is None
     await manager.start(timeout=5)
@@ -237,7 +251,7 @@ async def test_refused_connects_never_escalate(
 ) -> None:
     """A gateway that is down refuses connections: it is restarting already, not wedged."""
     assert ibc_gw.ibc is not None
-    manager = ConnectionManager(IB(), fast_config(ibc_gw.port, policy=POLICY),
+    manager = _manager(IB(), fast_config(ibc_gw.port, policy=POLICY),
                                 controller=IBCController("127.0.0.1", ibc_gw.ibc.port))
     managers.append(manager)
     await manager.start(timeout=5)
@@ -259,7 +273,7 @@ async def test_a_broken_farm_gets_one_reconnect_data(
     state stays degraded until the farm reports OK."""
     assert ibc_gw.ibc is not None
     policy = replace(POLICY, farm_reconnect_after=0.4)
-    manager = ConnectionManager(IB(), fast_config(ibc_gw.port, policy=policy),
+    manager = _manager(IB(), fast_config(ibc_gw.port, policy=policy),
                                 controller=IBCController("127.0.0.1", ibc_gw.ibc.port))
     managers.append(manager)
     await manager.start(timeout=5)
@@ -294,7 +308,7 @@ async def test_a_journal_of_a_restart_replays_with_every_transition_matching(
     assert ibc_gw.ibc is not None
     out = io.StringIO()
     controller = IBCController("127.0.0.1", ibc_gw.ibc.port, timeout=1.0)
-    manager = ConnectionManager(IB(), fast_config(ibc_gw.port, policy=POLICY),
+    manager = _manager(IB(), fast_config(ibc_gw.port, policy=POLICY),
                                 controller=controller, journal=out)
     managers.append(manager)
     await manager.start(timeout=5)
@@ -368,7 +382,7 @@ async def test_a_wrong_port_never_restarts_a_healthy_gateway(
     server = NotAnApiPort(kind)
     await server.start()
     controller = IBCController("127.0.0.1", ibc_gw.ibc.port, timeout=1.0)
-    manager = ConnectionManager(
+    manager = _manager(
         IB(), fast_config(server.port, policy=POLICY, handshake_timeout=0.2),
         controller=controller)
     managers.append(manager)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
 import pytest
@@ -11,9 +11,16 @@ from ib_insync import IB
 
 from ibkr_connection.simulator import FakeGateway
 
-from conftest import ACCOUNT, wait_until
+from conftest import ACCOUNT, loop_factories, wait_until
 
 __all__ = ["ACCOUNT"]
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item,
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """A module that sets ``VIRTUAL_TIME = True`` runs on virtual time (tests/conftest.py)."""
+    return loop_factories(item)
 
 
 @pytest.fixture

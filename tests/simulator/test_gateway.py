@@ -17,6 +17,10 @@ from ibkr_connection.simulator import FakeGateway, default_message
 
 from .conftest import ACCOUNT, until
 
+#: Every async test here runs on a VirtualTimeLoop: outages, held and delayed syncs,
+#: and the clients' timeouts cost no wall clock; the sockets are real loopback ones.
+VIRTUAL_TIME = True
+
 Connect = Callable[..., Coroutine[Any, Any, IB]]
 AAPL = Stock("AAPL", "SMART", "USD")
 
