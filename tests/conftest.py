@@ -437,7 +437,7 @@ async def start_sim(*args: str) -> tuple[asyncio.subprocess.Process, int, list[s
 _T = TypeVar("_T")
 
 
-def on_virtual_time(main: Coroutine[Any, Any, _T]) -> _T:
+def run_on_virtual_time(main: Coroutine[Any, Any, _T]) -> _T:
     """Run ``main`` to its end on a :class:`VirtualTimeLoop`: its waits cost no wall clock.
 
     Sockets stay real loopback; the loop's clock jumps to the next timer whenever

@@ -19,13 +19,13 @@ import pytest
 from ibkr_connection import cli
 from ibkr_connection.demo import run_demo
 
-from conftest import on_virtual_time
+from conftest import run_on_virtual_time
 
 
 def test_demo_tells_the_whole_story() -> None:
     """Every chapter, the wedge through one IBC restart; ends disconnected, five recoveries."""
     out = io.StringIO()
-    status = on_virtual_time(run_demo(out.write))
+    status = run_on_virtual_time(run_demo(out.write))
     text = out.getvalue()
     assert status == 0
     for expected in ("connected -> degraded", "connected -> lost", "lost -> connected",
@@ -123,7 +123,7 @@ def test_demo_serves_metrics_and_health() -> None:
         assert status.endswith("503 Service Unavailable")
         assert await demo == 0
 
-    on_virtual_time(demo_and_requests())
+    run_on_virtual_time(demo_and_requests())
 
 
 async def test_watch_live_view_and_endpoints() -> None:

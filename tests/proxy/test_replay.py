@@ -22,7 +22,7 @@ from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.simulator.replay import ReplayGateway
 
 from .conftest import ACCOUNT, FAST, RawClient, frame, wait_until
-from conftest import on_virtual_time
+from conftest import run_on_virtual_time
 
 #: The rehearsal: a farm goes down and comes back, then TWS loses IB and gets it back.
 STORY = """
@@ -90,7 +90,7 @@ def test_replayed_recording_gives_the_manager_the_same_transcript(
     tmp_path: Path, library: str, cap: int, version: int
 ) -> None:
     """A session recorded through the proxy, replayed, gives a fresh manager the same transcript."""
-    on_virtual_time(_record_and_replay_the_story(tmp_path, library, cap, version))
+    run_on_virtual_time(_record_and_replay_the_story(tmp_path, library, cap, version))
 
 
 async def _record_and_replay_the_story(tmp_path: Path, library: str, cap: int,
@@ -224,7 +224,7 @@ async def test_the_model_answers_what_the_recording_lacks_in_the_recorded_layout
 
 def test_unasked_messages_follow_their_request_at_the_recorded_delay(tmp_path: Path) -> None:
     """An error the proxy injected after a request is replayed after that request, as long after."""
-    on_virtual_time(_unasked_messages(tmp_path / "rec.jsonl"))
+    run_on_virtual_time(_unasked_messages(tmp_path / "rec.jsonl"))
 
 
 async def _unasked_messages(path: Path) -> None:
@@ -361,7 +361,7 @@ def test_a_recorded_restart_or_port_reset_replays_to_the_same_transcript(
     tmp_path: Path, fault: str
 ) -> None:
     """A restart's refusals and a 1300's new port are replayed: same seed, same transcript."""
-    on_virtual_time(_record_and_replay_a_fault(tmp_path / "rec.jsonl", fault))
+    run_on_virtual_time(_record_and_replay_a_fault(tmp_path / "rec.jsonl", fault))
 
 
 async def _record_and_replay_a_fault(path: Path, fault: str) -> None:

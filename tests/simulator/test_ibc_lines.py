@@ -13,7 +13,7 @@ from ib_insync import IB
 
 from ibkr_connection.simulator import FakeGateway
 
-from conftest import on_virtual_time
+from conftest import run_on_virtual_time
 
 SIM = "ibkr_connection.simulator"
 
@@ -116,7 +116,7 @@ def test_the_demo_says_the_ibc_restart_when_it_arrives() -> None:
     from ibkr_connection.demo import run_demo
 
     out = io.StringIO()
-    assert on_virtual_time(run_demo(out.write)) == 0
+    assert run_on_virtual_time(run_demo(out.write)) == 0
     lines = out.getvalue().splitlines()
     [at] = [i for i, line in enumerate(lines) if "IBC command server received" in line]
     assert re.fullmatch(r" +\d+\.\d{3}s  IBC command server received: RESTART", lines[at])
