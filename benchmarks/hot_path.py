@@ -29,8 +29,8 @@ even with logging off.)
 
 Run::
 
-    uv run python benchmarks/hot_path.py --quick   # 3 pairs per mix, ~20 s
-    uv run python benchmarks/hot_path.py           # 15 pairs per mix, ~1.5 min
+    uv run python benchmarks/hot_path.py --quick   # 3 pairs per mix, ~30 s
+    uv run python benchmarks/hot_path.py           # 15 pairs per mix, ~2-3 min
     uv run python benchmarks/hot_path.py --block-messages 100000   # the method before
 """
 
