@@ -16,7 +16,8 @@ machine's load over the same seconds; a pair is one pass of the 100,000
 messages for each, and its ratio is managed / bare of the pass's summed
 times. The ratio is the median of the per-pair ratios, taken on wall time
 and, alongside, on CPU time (``time.process_time``: what the process itself
-spent, not the time another process held the core). Before every block the
+spent, not the time another process of the machine held the core; inside a
+VM, time the host takes the core away still counts). Before every block the
 garbage collector runs (untimed), so both sides start each block with the
 same collector state. ``--block-messages 100000`` gives the method used
 until 2026-12-07 (each side runs the whole 100,000 at a go, the order
