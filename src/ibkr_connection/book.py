@@ -263,24 +263,43 @@ class OrderBook(PositionBook):
 
     def on_order_status(self, trade: Any) -> str | None:
         """Book an order's status; return its key (None if it cannot be booked whole)."""
+        # The hot path: statuses stream while orders work (one per fill,
+        # modify, and more), so the common case makes no Python call of its
+        # own (benchmarks/hot_path.py counts them); the rare cases go the
+        # long way, to the same result.
         status = trade.orderStatus
         with self.lock:
-            # The hot path (statuses stream while orders work): an order IB
-            # has acknowledged is found by its permId alone.
-            key = self._by_perm.get(status.permId) if status.permId else None
-            if key is None:
+            # An order IB has acknowledged is found by its permId alone.
+            perm_id = status.permId
+            by_perm = self._by_perm
+            key: str | None
+            if perm_id and perm_id in by_perm:
+                key = by_perm[perm_id]
+            else:
                 key = self._status_of_new_order(trade)
                 if key is None:
                     return None
             entry = self.orders[key]
-            filled = number(status.filled)
+            # number(), inlined for the floats ib_insync sends: a float within
+            # (-1e300, 1e300) is its own number (NaN and UNSET_DOUBLE are not).
+            filled = status.filled
+            if filled.__class__ is not float or not -1e300 < filled < 1e300:
+                filled = number(filled)
             if filled > entry["filled"]:
                 entry["filled"] = filled
-            entry["remaining"] = number(status.remaining)
-            self._set_status(key, status.status)
+            remaining = status.remaining
+            if remaining.__class__ is not float or not -1e300 < remaining < 1e300:
+                remaining = number(remaining)
+            entry["remaining"] = remaining
+            text = status.status
+            if text in DONE_STATUSES or (self._uncertain and key in self._uncertain):
+                self._set_status(key, text)
+            else:
+                entry["status"] = text  # what _set_status does for a working order
             if self._held_fills:
                 self._release_held_fills()
-        logger.debug("Order %s status: %s", key, status.status)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("Order %s status: %s", key, text)
         return key
 
     def _status_of_new_order(self, trade: Any) -> str | None:
