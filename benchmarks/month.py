@@ -211,7 +211,11 @@ class Bot:
 
 def _watch_stalls(gw: FakeGateway, run: Run, loop: asyncio.AbstractEventLoop,
                   origin: float) -> None:
-    for name, value in (("stall", True), ("wedge", True), ("unstall", False)):
+    # IBC's RESTART clears a hang or wedge through clear_faults (since 14abf5e; it
+    # called unstall before): watched too, or the gateway would count as hung from
+    # the first restart that cleared one to the end of the run.
+    for name, value in (("stall", True), ("wedge", True), ("unstall", False),
+                        ("clear_faults", False)):
         original = getattr(gw, name)
 
         def wrapped(*args: Any, _orig: Any = original, _value: bool = value,
