@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,25 @@ def test_the_month_file_plays_the_faults_it_was_drawn_with(tmp_path: Path) -> No
     kinds = {f.kind for f in month.faults}
     assert {"nightly_reset", "daily_restart", "weekly_login", "farm_flap"} <= kinds
     assert len([f for f in month.faults if f.kind == "nightly_reset"]) == 30
+
+
+def test_the_month_benchmark_sees_ibcs_restart_end_a_hang() -> None:
+    """benchmarks/month.py's stall watch: a hang cleared by IBC's RESTART (clear_faults) ends."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        month_bench = importlib.import_module("month")
+    finally:
+        sys.path.remove(str(bench))
+    loop = VirtualTimeLoop()
+    try:
+        gw = FakeGateway()
+        run = month_bench.Run("manager")
+        month_bench._watch_stalls(gw, run, loop, 0.0)
+        gw.stall()
+        gw.clear_faults()  # what IbcCommandServer's RESTART does to the gateway
+        gw.wedge()
+        gw.unstall()
+        assert [stalled for _, stalled in run.stalls] == [True, False, True, False]
+    finally:
+        loop.close()

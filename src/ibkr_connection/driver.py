@@ -81,6 +81,11 @@ class Driver:
         self._probe_task: asyncio.Future[Any] | None = None
         self._heartbeat_on = False
         self._data_hook: tuple[Any, Callable[..., None]] | None = None
+        #: True while the heartbeat sleeps until heartbeat_idle after the last activity.
+        self._quiet = False
+        #: The running probe's answer handler, when the data hook calls it (see _probe).
+        self._probe_done: Callable[[asyncio.Future[Any]], None] | None = None
+        self._probe_deadline: TimerHandle | None = None
         self._last_count = -1
         self._last_activity = 0.0
         self._unwatch_ids: Callable[[], None] | None = None
@@ -348,7 +353,9 @@ class Driver:
         self._heartbeat_on = True
         self._last_count = -1
         self._last_activity = self._clock.monotonic()
-        self._schedule_tick(min(0.5, self.config.heartbeat_idle / 4))
+        self._hook_data()
+        idle = self.config.heartbeat_idle
+        self._schedule_tick(idle / 4 if idle < 2.0 else 0.5)
 
     def _schedule_tick(self, delay: float) -> None:
         if self._heartbeat is not None:
@@ -363,49 +370,71 @@ class Driver:
         # period instead of two a second (issue 21: 172,800 a day), and the
         # probe still goes out after ``heartbeat_idle`` of silence, no later.
         self._heartbeat = None
-        self._unhook_data()
+        self._quiet = False
         if not self._heartbeat_on:
             return
         now = self._clock.monotonic()
         count = adapter.received_messages(self.ib)
-        interval = min(0.5, self.config.heartbeat_idle / 4)
+        idle = self.config.heartbeat_idle
+        # min(0.5, idle / 4), without a call: this runs once per idle probe cycle.
+        interval = idle / 4 if idle < 2.0 else 0.5
         if count != self._last_count:
             self._last_count = count
             self._last_activity = now
             self._schedule_tick(interval)
             return
-        remaining = self.config.heartbeat_idle - (now - self._last_activity)
+        remaining = idle - (now - self._last_activity)
         if remaining > 1e-6:  # not a float's rounding away from due
             self._sleep_quiet(remaining)
         elif self._probe_task is None:
-            self._probe()  # it reschedules the heartbeat when it is answered
+            self._probe(now, count)  # it reschedules the heartbeat when it is answered
         else:
             self._schedule_tick(interval)
 
     def _sleep_quiet(self, delay: float) -> None:
         """Wake after ``delay``, or ``interval`` after the first bytes that arrive first."""
         self._schedule_tick(delay)
+        self._quiet = self._data_hook is not None
+
+    def _hook_data(self) -> None:
+        """Wake a quiet heartbeat on the socket's first bytes: one handler for the session.
+
+        The handler stays on the client's ``hasData`` while the heartbeat runs and
+        does nothing unless the heartbeat sleeps quiet: a call per socket read
+        costs less than an eventkit connect and disconnect per idle period, which
+        an idle month pays about 837,000 times (issue 21). The client keeps one
+        ``Connection`` for its life (``Client.__init__``, ib_insync 0.9.86 and
+        ib_async 2.1 alike), so the event is the same for every session.
+        """
         event = getattr(getattr(getattr(self.ib, "client", None), "conn", None), "hasData", None)
         if event is None:
             return
-        interval = min(0.5, self.config.heartbeat_idle / 4)
 
         def on_data(*_: object) -> None:
-            self._unhook_data()
-            if self._heartbeat_on:
-                self._schedule_tick(interval)
+            if self._quiet:
+                self._quiet = False
+                if self._heartbeat_on:
+                    idle = self.config.heartbeat_idle
+                    self._schedule_tick(idle / 4 if idle < 2.0 else 0.5)
+            elif self._probe_done is not None:
+                # The client has decoded this read (its hasData handler runs
+                # first): the probe's answer, if it came, is in its future now.
+                task = self._probe_task
+                if task is not None and task.done():
+                    self._probe_done(task)
 
         event += on_data
         self._data_hook = (event, on_data)
 
     def _unhook_data(self) -> None:
+        self._quiet = False
         hook = self._data_hook
         self._data_hook = None
         if hook is not None:
             event, handler = hook
             event -= handler
 
-    def _probe(self) -> None:
+    def _probe(self, started: float, heard_before: int) -> None:
         """Send a reqCurrentTime; at its deadline, feed heartbeat_missed if the gateway was silent.
 
         The client keeps one pending reqCurrentTime: ``Wrapper.startReq("currentTime")``
@@ -417,35 +446,53 @@ class Driver:
         from the gateway since it was sent, counted at the deadline: a silent gateway is
         what it probes for. Whether a miss matters is the table's.
 
-        A request future and a done callback rather than a task awaiting it: one loop
-        turn and one task fewer per probe, which an idle month pays about 864,000 times
-        (issue 21).
+        A request future rather than a task awaiting it (a task and a loop turn fewer),
+        and its answer read by the data hook right after the client decoded it rather
+        than by a done callback on the next turn (another turn fewer): an idle month
+        pays this about 837,000 times (issue 21). The deadline hands whatever the hook
+        did not read (a cancel, a failure) to the same handler, on the next turn as a
+        done callback would; without a data event the done callback does it all.
+
+        Args:
+            started: the clock's reading now (the tick's).
+            heard_before: the client's message count now (the tick's).
         """
         timeout = self.config.heartbeat_timeout
-        interval = min(0.5, self.config.heartbeat_idle / 4)
-        started = self._clock.monotonic()
         ib = self.ib
-        heard_before = adapter.received_messages(ib)
         try:
-            request: asyncio.Future[Any] = asyncio.ensure_future(ib.reqCurrentTimeAsync())
+            sent = ib.reqCurrentTimeAsync()
+            # Both clients return the wrapper's future (IB.reqCurrentTimeAsync:
+            # ``future = self.wrapper.startReq('currentTime')``); anything else is wrapped.
+            request: asyncio.Future[Any] = (
+                sent if isinstance(sent, asyncio.Future) else asyncio.ensure_future(sent))
         except (ConnectionError, OSError) as exc:
             # The socket is going away; disconnectedEvent reports it.
             logger.debug("heartbeat probe failed: %r", exc)
-            self._schedule_tick(interval)
+            idle = self.config.heartbeat_idle
+            self._schedule_tick(idle / 4 if idle < 2.0 else 0.5)
             return
         self._probe_task = request
         expired: list[bool] = []
 
         def expire() -> None:
+            self._probe_deadline = None
             if not request.done():
                 expired.append(adapter.received_messages(ib) != heard_before)
                 request.cancel()
+            if self._probe_done is answered:
+                self._probe_done = None
+                request.add_done_callback(answered)  # done: runs on the next turn
 
         # The probe's deadline runs on the injected clock, like every other timer.
         deadline = self._clock.call_later(timeout, expire)
+        self._probe_deadline = deadline
 
         def answered(fut: asyncio.Future[Any]) -> None:
             deadline.cancel()
+            if self._probe_deadline is deadline:
+                self._probe_deadline = None
+            if self._probe_done is answered:
+                self._probe_done = None
             if self._probe_task is not fut:
                 return  # stopped meanwhile: a cancelled probe stays silent
             self._probe_task = None
@@ -467,20 +514,28 @@ class Driver:
                 now = self._clock.monotonic()
                 self._last_activity = now
                 # The answer is the activity: the next probe is due heartbeat_idle from now.
-                self._last_count = adapter.received_messages(self.ib)
+                self._last_count = adapter.received_messages(ib)
                 self._on_heartbeat(now - started)
                 if self._heartbeat_on:
                     self._sleep_quiet(self.config.heartbeat_idle)
             if self._heartbeat_on and self._heartbeat is None:
                 # A missed or failed probe: look again in an interval, as the ticks did.
-                self._schedule_tick(interval)
+                idle = self.config.heartbeat_idle
+                self._schedule_tick(idle / 4 if idle < 2.0 else 0.5)
 
-        request.add_done_callback(answered)
+        if self._data_hook is not None:
+            self._probe_done = answered
+        else:
+            request.add_done_callback(answered)
 
     def stop_heartbeat(self) -> None:
         """Stop the ticks and cancel a running probe."""
         self._heartbeat_on = False
         self._unhook_data()
+        self._probe_done = None
+        if self._probe_deadline is not None:
+            self._probe_deadline.cancel()
+            self._probe_deadline = None
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None

@@ -79,3 +79,34 @@ async def test_a_silent_gateway_is_still_a_heartbeat_miss(
     finally:
         gw.unstall()
         await manager.stop()
+
+
+async def test_a_probe_leaves_no_timer_behind_answered_or_stopped(
+    gw: FakeGateway, ib_factory: Callable[[], Any]
+) -> None:
+    """An answered probe leaves one timer (the next wake-up); stop() during a probe, none."""
+    clock = ManualClock()
+    manager = ConnectionManager(ib_factory(), ConnectionConfig(port=gw.port, client_id=7),
+                                clock=clock)
+    try:
+        await manager.start(timeout=GUARD)
+        probes = len(gw.requests_named("reqCurrentTime"))
+        while len(gw.requests_named("reqCurrentTime")) == probes:
+            assert clock.monotonic() < 10, "no probe after 10 s of quiet"
+            clock.advance(0.1)
+            await asyncio.sleep(0)
+        await round_trip(manager.ib)          # a barrier: the probe's answer is in
+        assert manager.state is S.CONNECTED
+        assert clock.pending() == 1           # the next wake-up; the deadline is gone
+        gw.stall()
+        conn = gw.connections[0]
+        while not conn.backlog:
+            assert clock.monotonic() < 20, "no second probe after 10 s of quiet"
+            clock.advance(0.1)
+            await asyncio.sleep(0)
+        assert clock.pending() == 1           # the probe's deadline
+        await manager.stop()
+        assert clock.pending() == 0
+    finally:
+        gw.unstall()
+        await manager.stop()

@@ -315,6 +315,10 @@ def test_layout_of_another_version_is_refused(
         (["7", "3", "x"], -1, "Unable to parse field: 'reqId' for input string: 'x'"),
         (["62", "1", "9", "All"], 9, "Unable to parse field: 'tags': no more fields"),
         (["71"], -1, "Unable to parse field: 'version': no more fields"),
+        # the right count, a number that is not one: the id read before it is quoted
+        (["49", "x"], -1, "Unable to parse field: 'version' for input string: 'x'"),
+        (["76", "1", "9", "DU1", "", "x"], 9,
+         "Unable to parse field: 'ledgerAndNLV' for input string: 'x'"),
     ],
 )
 def test_fixed_layouts_refuse_a_mismatch(fields: list[str], req_id: int, detail: str) -> None:
@@ -322,6 +326,14 @@ def test_fixed_layouts_refuse_a_mismatch(fields: list[str], req_id: int, detail:
     with pytest.raises(layouts.LayoutError) as raised:
         layouts.fixed(p.INCOMING[int(fields[0])], fields)
     assert (raised.value.req_id, raised.value.detail) == (req_id, detail)
+
+
+def test_fixed_layouts_read_numbers_as_the_field_reader_does() -> None:
+    """Integers are read as int() reads them (empty is 0, leading zeros go); text as sent."""
+    fields = ["76", "01", "009", "DU1", "", ""]
+    assert layouts.fixed("reqAccountUpdatesMulti", fields) == {
+        "version": "1", "reqId": "9", "account": "DU1", "modelCode": "", "ledgerAndNLV": "0"}
+    assert layouts.fixed("reqCurrentTime", ["49", "1"]) == {"version": "1"}
 
 
 # -- a mismatch on a live session ---------------------------------------------------------------

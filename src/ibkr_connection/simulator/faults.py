@@ -65,18 +65,19 @@ class FaultInjection(GatewayTransport):
             end: The closing "end" message, if the reply has one.
         """
         data = b"".join(body)
+        delay = self.sync_delays.get(name, 0.0) if self.sync_delays else 0.0
+        self._later(conn, delay, self._deliver, conn, name, data, end)
 
-        def deliver() -> None:
+    def _deliver(self, conn: ApiClient, name: str, data: bytes, end: bytes | None) -> None:
+        if data:  # a reply that is only its end (reqCurrentTime) writes once
             conn.send_raw(data)
-            if end is None:
-                return
-            if name in self._held:
-                conn.held.setdefault(name, []).append(end)
-                logger.info("holding end of %s for client %s", name, conn.client_id)
-            else:
-                conn.send_raw(end)
-
-        self._later(conn, self.sync_delays.get(name, 0.0), deliver)
+        if end is None:
+            return
+        if name in self._held:
+            conn.held.setdefault(name, []).append(end)
+            logger.info("holding end of %s for client %s", name, conn.client_id)
+        else:
+            conn.send_raw(end)
 
     async def send_error(
         self,

@@ -139,6 +139,9 @@ class FakeGateway(FaultInjection):
         await self.stop()
 
     def _handle_request(self, conn: ApiClient, request: Request) -> None:
+        if not self._order_faults:  # the usual case, without a call
+            handlers.dispatch(self, conn, request)
+            return
         fault = self.order_fault(conn, request)  # an order caught by a drop, if armed
         if fault == "lost":
             return

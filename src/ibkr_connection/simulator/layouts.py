@@ -195,8 +195,24 @@ def fixed(name: str, fields: list[str]) -> dict[str, str]:
     Raises:
         LayoutError: If the fields do not match.
     """
+    specs = _FIXED_KEYS[name]
+    if len(fields) == len(specs) + 1:
+        # The usual request matches: read it without a FieldReader (an idle
+        # month reads ~837,000 reqCurrentTime, issue 21). Any mismatch, or a
+        # number that is not one, goes the reader's way below, which words the error.
+        values: dict[str, str] = {}
+        for (key, numeric), value in zip(specs, fields[1:], strict=True):
+            if numeric:
+                try:
+                    values[key] = str(int(value) if value else 0)
+                except ValueError:
+                    break
+            else:
+                values[key] = value
+        else:
+            return values
     reader = FieldReader(name, fields)
-    values: dict[str, str] = {}
+    values = {}
     for spec in FIXED[name]:
         key = spec.removeprefix("#")
         if spec.startswith("#"):
@@ -205,6 +221,13 @@ def fixed(name: str, fields: list[str]) -> dict[str, str]:
             values[key] = reader.text(key)
     reader.done()
     return values
+
+
+#: :data:`FIXED` read once: each request's (field name, is an integer) pairs.
+_FIXED_KEYS: dict[str, tuple[tuple[str, bool], ...]] = {
+    name: tuple((spec.removeprefix("#"), spec.startswith("#")) for spec in specs)
+    for name, specs in FIXED.items()
+}
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ Every other message has one layout at every version the simulator speaks.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -21,6 +22,9 @@ from typing import TYPE_CHECKING
 from ibkr_connection.wire import protocol as p
 from ibkr_connection.wire import versions as v
 from ibkr_connection.wire.protocol import Field
+
+#: A frame's length prefix (wire.protocol.encode_message's ``>I``).
+_LENGTH = struct.Struct(">I")
 
 if TYPE_CHECKING:
     # Only for annotations: the book's types, which this module lays out.
@@ -117,7 +121,13 @@ def current_time(seconds: int) -> bytes:
     Returns:
         The framed message.
     """
-    return p.encode_message([p.CURRENT_TIME, 1, seconds])
+    # The fields are msgId 49, version 1, the time (ib_insync 0.9.86 decoder.py:
+    # ``49: self.wrap('currentTime', [int])``, which skips the first two). Laid out
+    # here as encode_message lays them out (an int's str(), each field NUL-ended,
+    # a 4-byte big-endian length first): the heartbeat's answer, ~837,000 times a
+    # month (issue 21); tests/simulator/test_messages.py pins its bytes.
+    body = b"%d\x001\x00%d\x00" % (p.CURRENT_TIME, seconds)
+    return _LENGTH.pack(len(body)) + body
 
 
 # ------------------------------------------------------------ positions, account

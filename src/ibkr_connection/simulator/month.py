@@ -378,7 +378,13 @@ def faults_from_steps(steps: list[dict[str, Any]]) -> list[Fault]:
 
 def _writing(selector: selectors.BaseSelector) -> bool:
     """True if a socket waits to be writable: a connect in progress or a full buffer."""
-    return any(key.events & selectors.EVENT_WRITE for key in selector.get_map().values())
+    # The selector's own fd -> key dict when it has one (CPython's selectors do):
+    # get_map() wraps it in a Mapping whose iteration costs a call per key, and
+    # this runs before every jump, about a million times a month (issue 21).
+    keys = getattr(selector, "_fd_to_key", None)
+    if keys is None:
+        keys = selector.get_map()
+    return any(key.events & selectors.EVENT_WRITE for key in keys.values())
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):

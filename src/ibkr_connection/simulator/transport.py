@@ -367,7 +367,8 @@ class GatewayTransport:
         request = Request(conn.client_id, msg_id, name, fields, self.clock.monotonic(),
                           conn.conn_id)
         self.requests.append(request)
-        self._notify_waiters(request)
+        if self._request_waiters:
+            self._notify_waiters(request)
         self._handle_request(conn, request)
 
     def _on_version_range(self, conn: ApiClient, payload: bytes) -> None:
