@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -30,3 +33,43 @@ def test_diagram_without_graphviz_is_one_line_naming_no_svg(tmp_path: Path) -> N
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "diagrams" / "connection.mmd").is_file()
     assert not (tmp_path / "diagrams" / "connection.svg").exists()
+
+
+#: Every option of each command's --help, written out: the README's Commands table names each.
+OPTIONS = {
+    "demo": ["--seed", "--journal", "--metrics-port", "--metrics-host", "--healthz-degraded-ok"],
+    "watch": ["--host", "--port", "--client-id", "-q", "--quiet", "--journal",
+              "--metrics-port", "--metrics-host", "--healthz-degraded-ok"],
+    "sim": ["--host", "--port", "--accounts", "--next-order-id", "--server-version",
+            "--scenario", "--list-scenarios", "--fill-mode", "--fill-parts", "--replay",
+            "--ibc-port", "--ibc-restart-outage", "--duration"],
+    "replay": ["--timeline"],
+    "diagram": ["--out", "--check", "--docs", "--no-svg"],
+    "proxy": ["--upstream", "--port", "--host", "--scenario", "--record", "--overwrite",
+              "--mask-accounts", "--duration"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(OPTIONS))
+def test_readme_commands_table_names_every_option_of_help(command: str) -> None:
+    """Each option --help lists is in the README's row(s) for the command, and no other."""
+    done = _cli(command, "--help")
+    assert done.returncode == 0, done.stderr
+    # The options section: one option per line, two spaces in ("  -q, --quiet  ...").
+    starts = re.findall(r"^  (-[a-z]|--[a-z][a-z-]*)(?:, (--[a-z][a-z-]*))?", done.stdout,
+                        re.MULTILINE)
+    in_help = {name for pair in starts for name in pair if name} - {"-h", "--help"}
+    assert in_help == set(OPTIONS[command])
+    rows = [line.split(" | ")[0] for line in README.read_text(encoding="utf-8").splitlines()
+            if line.startswith(f"| `ibkr-connection {command} ")
+            or line.startswith(f"| `ibkr-connection {command}`")]
+    assert rows, command
+    in_readme = set(re.findall(r"(?<![\w-])(-q|--[a-z][a-z-]+)", " ".join(rows)))
+    assert in_readme == set(OPTIONS[command])
+
+
+def test_readme_names_the_global_verbose_flag() -> None:
+    """`-v`/`--verbose` of the top-level --help is in the README."""
+    done = _cli("--help")
+    assert "-v, --verbose" in done.stdout
+    assert "ibkr-connection -v" in README.read_text(encoding="utf-8")
