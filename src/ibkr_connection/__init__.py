@@ -124,7 +124,9 @@ if not TYPE_CHECKING:
 
 
 def __dir__() -> list[str]:
+    """The module's names, the lazy ones included before their first use (for IDEs, help())."""
     return sorted([*globals(), *_LAZY])
+
 
 __version__ = "0.1.0"
 
