@@ -107,20 +107,26 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import a name of :data:`_LAZY` from its module the first time it is asked for."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
+if not TYPE_CHECKING:
+    # Hidden from type checkers: a module-level __getattr__ makes mypy and IDEs accept any
+    # name imported from the root as Any, a typo included; they see the lazy names
+    # through the TYPE_CHECKING imports above instead.
+    def __getattr__(name: str) -> Any:
+        """Import a name of :data:`_LAZY` from its module the first time it is asked for."""
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        import importlib
 
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # asked once: later lookups find it as a plain attribute
-    return value
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # asked once: later lookups find it as a plain attribute
+        return value
 
 
 def __dir__() -> list[str]:
+    """The module's names, the lazy ones included before their first use (for IDEs, help())."""
     return sorted([*globals(), *_LAZY])
+
 
 __version__ = "0.1.0"
 

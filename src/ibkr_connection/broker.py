@@ -529,8 +529,9 @@ class IBKRIBInsyncApi:
         elif dest is ConnectionState.FAILED:
             outcome.set_result(False)
         elif dest is ConnectionState.BACKOFF:
+            # IB's own messages (a 326's) end in a full stop: one before "Retrying", not two.
             logger.warning("Connection attempt %d failed: %s. Retrying...",
-                           transition.attempt, transition.cause)
+                           transition.attempt, transition.cause.rstrip("."))
         elif dest is ConnectionState.DISCONNECTED:
             outcome.set_result(False)
 

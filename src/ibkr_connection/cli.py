@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import re
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -281,6 +282,13 @@ def _diagram(args: argparse.Namespace) -> int:
         if not stale:
             _write(f"{_shown(out)} and {_shown(docs)} are up to date\n")
         return 1 if stale else 0
+    if not args.no_svg and shutil.which("dot") is None:
+        # No Graphviz on a fresh machine: say how to get on without it, before writing
+        # anything, not a traceback after writing half the files.
+        sys.stderr.write("ibkr-connection diagram: Graphviz 'dot' is not installed (apt-get "
+                         "install graphviz): install it, or pass --no-svg to write "
+                         "everything but the SVG\n")
+        return 2
     for path in diagram.write_all(out, with_svg=not args.no_svg, docs=docs):
         sys.stdout.write(f"wrote {path}\n")
     return 0

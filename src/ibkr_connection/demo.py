@@ -28,9 +28,11 @@ from typing import Any
 
 from ibkr_connection import adapter
 from ibkr_connection.clock import LoopClock
+from ibkr_connection.codes import FAILURES
 from ibkr_connection.config import ConnectionConfig
 from ibkr_connection.errors import UsageError
 from ibkr_connection.health import DEFAULT_HOST
+from ibkr_connection.inputs import InputKind
 from ibkr_connection.manager import ConnectionManager
 from ibkr_connection.outputs import Transition
 from ibkr_connection.table import USABLE_STATES, ConnectionState
@@ -351,6 +353,38 @@ async def _uncertain_order(manager: ConnectionManager, gw: Any, write: Write) ->
         manager.orderResolvedEvent -= on_resolved
 
 
+#: How a refused connect reads in a transition's cause (the failure table's words).
+_REFUSED = next(row.meaning for row in FAILURES if ConnectionRefusedError in row.exceptions)
+
+
+@dataclass
+class _ClosedPortHint:
+    """Says once what to check when the first attempts are refused, before any session.
+
+    The manager retries a refused connect four times a second, silently: right for a
+    gateway that restarts, but a new user who typed the wrong port sees only a stream of
+    refusals. Once a session was had, a refusal is a restart: no hint.
+    """
+
+    write: Write
+    config: ConnectionConfig
+    done: bool = False
+
+    def on_transition(self, t: Transition) -> None:
+        """Write the hint at the first refused attempt, unless a session came first."""
+        if self.done:
+            return
+        if t.dest in USABLE_STATES or t.dest is ConnectionState.LOST:
+            self.done = True
+        elif t.trigger is InputKind.ATTEMPT_FAILED and t.cause.startswith(_REFUSED):
+            self.done = True
+            self.write(f"          nothing accepts connections on {self.config.host}:"
+                       f"{self.config.port}: is TWS / IB Gateway running there, with its API "
+                       "enabled? (ports: TWS 7497 paper, 7496 live; IB Gateway 4002 paper, "
+                       "4001 live; --port, --host or IBKR_PORT, IBKR_HOST); retrying until "
+                       "Ctrl-C\n")
+
+
 async def run_watch(write: Write, config: ConnectionConfig,
                     metrics_port: int | None = None, degraded_ok: bool = False,
                     stop: asyncio.Event | None = None, ib: Any = None, *,
@@ -380,6 +414,8 @@ async def run_watch(write: Write, config: ConnectionConfig,
     loop = asyncio.get_running_loop()
     view = LiveView(write, started=loop.time())
     manager.stateChangeEvent += view.on_transition
+    hint = _ClosedPortHint(chatter, config)  # held here: eventkit keeps methods weakly
+    manager.stateChangeEvent += hint.on_transition
     try:
         server = await _serve_metrics(manager, metrics_port, chatter, degraded_ok, metrics_host)
     except EndpointUnavailable:
