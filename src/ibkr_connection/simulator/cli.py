@@ -11,6 +11,7 @@ import signal
 import sys
 from typing import Any
 
+from ibkr_connection.config import mask_account
 from ibkr_connection.simulator.gateway import FakeGateway
 from ibkr_connection.simulator.ibc import IbcCommandServer
 from ibkr_connection.simulator.replay import ReplayGateway
@@ -216,8 +217,10 @@ async def serve(args: argparse.Namespace) -> int:
         gw.ibc = ibc  # stopped with the gateway
     try:
         ibc_line = "" if gw.ibc is None else f"; IBC command server on {args.host}:{gw.ibc.port}"
+        # Masked as every log line of the project masks an account id: the
+        # simulator's accounts may be copies of real ones (a rehearsal).
         logger.info("simulator ready on %s:%d accounts=%s %s%s", args.host, gw.port,
-                    ",".join(accounts), spoken, ibc_line)
+                    ",".join(mask_account(a) for a in accounts), spoken, ibc_line)
         tasks: list[asyncio.Task[None]] = []
         if scenario is not None:
             tasks.append(asyncio.create_task(run_scenario(gw, scenario)))
