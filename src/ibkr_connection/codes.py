@@ -168,7 +168,10 @@ FAILURES: tuple[FailureInfo, ...] = (
     FailureInfo((AccountError,), "the account check failed: retrying cannot fix it", _FATAL,
                 False),
     FailureInfo((ConnectionRefusedError,), "connection refused", _FAILED, False),
-    FailureInfo((HandshakeTimeoutError,), "no handshake (the gateway is silent: wedged?)",
+    # Neutral on purpose: on an endpoint without a session yet the machine's
+    # warning says "not a TWS API port?"; on a proven one it counts a wedge sign.
+    FailureInfo((HandshakeTimeoutError,),
+                "no handshake (the port accepted but is silent: wedged, or not a TWS API port?)",
                 _FAILED, True),
     FailureInfo((asyncio.TimeoutError, TimeoutError), "timed out", _FAILED, True),
     FailureInfo((SyncIncompleteError,), "startup sync incomplete", _FAILED, True),
