@@ -203,7 +203,10 @@ class Bot:
 
 def _watch_stalls(gw: FakeGateway, run: Run, loop: asyncio.AbstractEventLoop,
                   origin: float) -> None:
-    for name, value in (("stall", True), ("wedge", True), ("unstall", False)):
+    # A restart (the scenario's, or IBC's RESTART) clears a stall through
+    # clear_faults, not unstall: watched too, or a wedge would never end.
+    for name, value in (("stall", True), ("wedge", True), ("unstall", False),
+                        ("clear_faults", False)):
         original = getattr(gw, name)
 
         def wrapped(*args: Any, _orig: Any = original, _value: bool = value,
