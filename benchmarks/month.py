@@ -75,6 +75,8 @@ USABLE = (S.CONNECTED, S.DEGRADED)
 #: automatic login; the daily restart's shortest outage).
 IBC_OUTAGE = 60.0
 CLIENT_ID = 7
+#: Requests each gateway keeps (it counts them all).
+REQUEST_LOG = 1_000
 #: Where to write each run's transcript lines (to find where two runs part), if set.
 DUMP = os.environ.get("MONTH_DUMP_TRANSCRIPT", "")
 RETRY = ("connecting", "backoff")
@@ -218,16 +220,6 @@ def _watch_stalls(gw: FakeGateway, run: Run, loop: asyncio.AbstractEventLoop,
         setattr(gw, name, wrapped)
 
 
-async def _trim_request_log(gw: FakeGateway, run: Run) -> None:
-    # FakeGateway keeps every request it received (for tests' assertions): over
-    # a month that is ~900,000 heartbeat probes, which would be the simulator's
-    # growth, not the contender's. Counted and cleared once a simulated hour.
-    while True:
-        await asyncio.sleep(3600.0)
-        run.probes += len(gw.requests_named("reqCurrentTime"))
-        gw.requests.clear()
-
-
 async def _play_gateway(gw: FakeGateway, month: Month) -> None:
     scenario = parse_scenario({"step": month.steps}, "month")
     await run_scenario(gw, scenario)
@@ -265,7 +257,10 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
     _LoopDatetime.clock = clock
     saved_datetime = ib_wrapper.datetime
     ib_wrapper.datetime = _LoopDatetime  # type: ignore[misc]
-    gw = FakeGateway(clock=clock, ibc_port=0, ibc_restart_outage=IBC_OUTAGE)
+    # The gateway keeps its latest requests only (a month is ~900,000 probes)
+    # and counts them all: its record is not the contender's growth.
+    gw = FakeGateway(clock=clock, ibc_port=0, ibc_restart_outage=IBC_OUTAGE,
+                     request_log_limit=REQUEST_LOG)
     await gw.start()
     _watch_stalls(gw, run, loop, origin)
     # The gateway's timeline starts at second 0, so faults and states share one time base.
@@ -362,7 +357,6 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
             handlers = lambda: handler_counts(ib)  # noqa: E731
 
     orders = asyncio.ensure_future(bot.play_orders(loop))
-    trimmer = asyncio.ensure_future(_trim_request_log(gw, run))
     # A warm-up day before the memory baseline, then the rest of the month.
     await asyncio.sleep(min(day, month.seconds) - (loop.time() - origin))
     gc.collect()
@@ -381,10 +375,10 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
     if ib.isConnected():
         bot.snapshot_fills()
     run.orders = bot.tally(resolved)
-    run.probes += len(gw.requests_named("reqCurrentTime"))
-    for task in (player, orders, trimmer):
+    run.probes = gw.requests.counts["reqCurrentTime"]
+    for task in (player, orders):
         task.cancel()
-    await asyncio.gather(player, orders, trimmer, return_exceptions=True)
+    await asyncio.gather(player, orders, return_exceptions=True)
     run.handlers_end = handlers()
     run.tasks_end = len([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
     if name == "manager":
