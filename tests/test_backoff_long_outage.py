@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import random
+import re
 
 import pytest
 
@@ -97,3 +99,34 @@ def test_machine_slows_down_after_240_refusals_and_resets_after_a_session() -> N
     after = _delays_through_refusals(machine, effects, 239)
     assert 0.045 <= first <= 0.05
     assert all(delay <= 0.25 for delay in after)
+
+
+def test_a_refused_series_logs_its_first_failure_one_line_a_minute_and_the_recovery(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """300 refused connects 1 s apart: INFO for failure 1, failures 61/121/181/241, the recovery."""
+    clock = ManualClock()
+    machine = RecordedMachine(RecordingEffects(), clock, port=4002, client_ids=[7],
+                              policy=RecoveryPolicy())
+    caplog.set_level(logging.DEBUG, logger="ibkr_connection.machine")
+    machine.handle(Input(InputKind.CONNECT))
+    for _ in range(300):
+        machine.handle(Input(InputKind.ATTEMPT_FAILED, message="refused"))
+        machine.handle(Input(InputKind.RETRY_DUE))
+        clock.advance(1.0)
+    machine.handle(Input(InputKind.ATTEMPT_SUCCEEDED))
+    moves = [r for r in caplog.records
+             if r.name == "ibkr_connection.machine" and r.getMessage().startswith("connection ")]
+    info = [re.match(r"connection (\w+ -> \w+) on \w+.*?\(attempt (\d+)", r.getMessage())
+            for r in moves if r.levelno == logging.INFO]
+    assert [m.groups() if m else None for m in info] == [
+        ("disconnected -> connecting", "1"),
+        ("connecting -> backoff", "1"),
+        ("backoff -> connecting", "2"),
+        ("connecting -> backoff", "61"),
+        ("connecting -> backoff", "121"),
+        ("connecting -> backoff", "181"),
+        ("connecting -> backoff", "241"),
+        ("connecting -> connected", "301"),
+    ]
+    assert len(moves) == 1 + 600 + 1  # every move still logged, the rest at DEBUG
+    assert len(machine.transcript) == 602
