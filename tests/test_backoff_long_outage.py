@@ -130,3 +130,17 @@ def test_a_refused_series_logs_its_first_failure_one_line_a_minute_and_the_recov
     ]
     assert len(moves) == 1 + 600 + 1  # every move still logged, the rest at DEBUG
     assert len(machine.transcript) == 602
+
+
+def test_refused_connects_of_a_long_outage_share_one_cause_string() -> None:
+    """Thousands of identical refusals keep one copy of their text in the transcript."""
+    from ibkr_connection.codes import classify_failure
+
+    def refused() -> str:
+        error = ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 4002)")
+        return classify_failure(error)[1].message
+
+    first, second = refused(), refused()
+    assert first == "connection refused: ConnectionRefusedError(111, \"Connect call failed " \
+                    "('127.0.0.1', 4002)\")"
+    assert first is second
