@@ -75,6 +75,14 @@ USABLE = (S.CONNECTED, S.DEGRADED)
 #: automatic login; the daily restart's shortest outage).
 IBC_OUTAGE = 60.0
 CLIENT_ID = 7
+#: Requests each gateway keeps (it counts them all).
+REQUEST_LOG = 1_000
+#: The day from whose end the steady-state memory growth is measured: the
+#: month's first weekly login (Sunday night, day 6) is over, and with its hours
+#: of refused connects the manager's transcript holds thousands of transitions
+#: (seed 0: 6,569; from the next login on it stays between 5,000 and its cap,
+#: ``transcript_limit``, 10,000, as it trims in chunks).
+STEADY_DAY = 8
 #: Where to write each run's transcript lines (to find where two runs part), if set.
 DUMP = os.environ.get("MONTH_DUMP_TRANSCRIPT", "")
 RETRY = ("connecting", "backoff")
@@ -127,7 +135,14 @@ class Run:
     ibc_restarts: int = 0
     orders: dict[str, int] = field(default_factory=dict)
     rss_growth: int = 0
+    #: RSS growth from the end of STEADY_DAY to the end (None: a shorter month).
+    rss_steady: int | None = None
     traced_growth: int | None = None
+    #: Live tasks and handlers at the end minus those at the end of day 1.
+    tasks_growth: int = 0
+    handlers_growth: int = 0
+    #: The manager's transcript length at the end of day 1, STEADY_DAY and the month.
+    transcript_sizes: list[tuple[str, int]] = field(default_factory=list)
     tasks_end: int = 0
     handlers_end: dict[str, int] = field(default_factory=dict)
     probes: int = 0
@@ -227,16 +242,6 @@ def _watch_stalls(gw: FakeGateway, run: Run, loop: asyncio.AbstractEventLoop,
         setattr(gw, name, wrapped)
 
 
-async def _trim_request_log(gw: FakeGateway, run: Run) -> None:
-    # FakeGateway keeps every request it received (for tests' assertions): over
-    # a month that is ~900,000 heartbeat probes, which would be the simulator's
-    # growth, not the contender's. Counted and cleared once a simulated hour.
-    while True:
-        await asyncio.sleep(3600.0)
-        run.probes += len(gw.requests_named("reqCurrentTime"))
-        gw.requests.clear()
-
-
 async def _play_gateway(gw: FakeGateway, month: Month) -> None:
     scenario = parse_scenario({"step": month.steps}, "month")
     await run_scenario(gw, scenario)
@@ -274,7 +279,10 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
     _LoopDatetime.loop, _LoopDatetime.start, _LoopDatetime.origin = loop, month.start, origin
     saved_datetime = ib_wrapper.datetime
     ib_wrapper.datetime = _LoopDatetime  # type: ignore[misc]
-    gw = FakeGateway(clock=clock, ibc_port=0, ibc_restart_outage=IBC_OUTAGE)
+    # The gateway keeps its latest requests only (a month is ~900,000 probes)
+    # and counts them all: its record is not the contender's growth.
+    gw = FakeGateway(clock=clock, ibc_port=0, ibc_restart_outage=IBC_OUTAGE,
+                     request_log_limit=REQUEST_LOG)
     await gw.start()
     _watch_stalls(gw, run, loop, origin)
     # The gateway's timeline starts at second 0, so faults and states share one time base.
@@ -370,18 +378,38 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
             stop = stop_naive
             handlers = lambda: handler_counts(ib)  # noqa: E731
 
+    def live_tasks() -> int:
+        return len([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
+
+    def note_transcript(when: str) -> None:
+        if name == "manager":
+            run.transcript_sizes.append((when, len(manager.transcript)))
+
     orders = asyncio.ensure_future(bot.play_orders(loop))
-    trimmer = asyncio.ensure_future(_trim_request_log(gw, run))
     # A warm-up day before the memory baseline, then the rest of the month.
     await asyncio.sleep(min(day, month.seconds) - (loop.time() - origin))
     gc.collect()
     rss0 = rss_bytes()
+    tasks0, handlers0 = live_tasks(), sum(handlers().values())
+    note_transcript("day 1")
     if trace:
         tracemalloc.start()
         traced0 = tracemalloc.get_traced_memory()[0]
+    rss_steady0 = None
+    if month.seconds > STEADY_DAY * day:
+        # The steady state: bounded containers (nearly) full (see STEADY_DAY).
+        await asyncio.sleep(STEADY_DAY * day - (loop.time() - origin))
+        gc.collect()
+        rss_steady0 = rss_bytes()
+        note_transcript(f"day {STEADY_DAY}")
     await asyncio.sleep(month.seconds - (loop.time() - origin))
     gc.collect()
-    run.rss_growth = rss_bytes() - rss0
+    rss_end = rss_bytes()
+    run.rss_growth = rss_end - rss0
+    run.rss_steady = None if rss_steady0 is None else rss_end - rss_steady0
+    run.tasks_growth = live_tasks() - tasks0
+    run.handlers_growth = sum(handlers().values()) - handlers0
+    note_transcript("the end")
     if trace:
         run.traced_growth = tracemalloc.get_traced_memory()[0] - traced0
         tracemalloc.stop()
@@ -390,10 +418,10 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
     if ib.isConnected():
         bot.snapshot_fills()
     run.orders = bot.tally(resolved)
-    run.probes += len(gw.requests_named("reqCurrentTime"))
-    for task in (player, orders, trimmer):
+    run.probes = gw.requests.counts["reqCurrentTime"]
+    for task in (player, orders):
         task.cancel()
-    await asyncio.gather(player, orders, trimmer, return_exceptions=True)
+    await asyncio.gather(player, orders, return_exceptions=True)
     run.handlers_end = handlers()
     run.tasks_end = len([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
     if name == "manager":
@@ -701,14 +729,23 @@ def main() -> None:
                      f"{100 * st['plain']:.3f}%", run.ibc_restarts, o["placed"], o["uncertain"],
                      o["not received"], o["sent twice"], o["fills lost"], o["fills doubled"],
                      f"{run.rss_growth / 1e6:+.2f}",
+                     "-" if run.rss_steady is None else f"{run.rss_steady / 1e6:+.2f}",
                      "-" if run.traced_growth is None else f"{run.traced_growth / 1e6:+.2f}",
                      run.tasks_end, sum(run.handlers_end.values()),
                      ("same" if again[run.name].digest() == run.digest() else "DIFFERENT")
                      if run.name in again else "not run"])
     print(table(["contender", "wall s", "avail (could serve)", "avail (non-maint.)",
                  "IBC restarts", "orders", "uncertain", "not recv", "sent twice",
-                 "fills lost", "fills doubled", "RSS MB", "traced MB", "tasks", "handlers",
+                 "fills lost", "fills doubled", "RSS MB", f"RSS MB d{STEADY_DAY}+", "traced MB",
+                 "tasks", "handlers",
                  "same seed"], rows))
+    print()
+    print(f"memory: RSS MB = growth from the end of day 1 to the end; RSS MB d{STEADY_DAY}+ = "
+          f"from the end of day {STEADY_DAY} (bounded containers nearly full) to the end")
+    for run in runs:
+        sizes = ", ".join(f"{n:,} at {when}" for when, n in run.transcript_sizes)
+        print(f"  {run.name:8s} tasks {run.tasks_growth:+d}, handlers {run.handlers_growth:+d} "
+              f"since day 1" + (f"; transcript: {sizes}" if sizes else ""))
     print()
     print("time per state (hours):")
     for run in runs:
@@ -740,6 +777,11 @@ def main() -> None:
         ok &= verdict("manager fills lost or doubled",
                       mine.orders["fills lost"] + mine.orders["fills doubled"], 0)
         ok &= verdict("manager RSS growth after the first day", mine.rss_growth / 1e6, 2.0, " MB")
+        if mine.rss_steady is not None:
+            ok &= verdict(f"manager RSS growth from the end of day {STEADY_DAY}",
+                          mine.rss_steady / 1e6, 2.0, " MB")
+        ok &= verdict("manager tasks and handlers grown since the first day",
+                      max(mine.tasks_growth, 0) + max(mine.handlers_growth, 0), 0)
         if "manager" in again:
             ok &= verdict("manager transcripts differing between two runs of the seed",
                           0 if again["manager"].digest() == mine.digest() else 1, 0)

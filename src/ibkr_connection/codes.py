@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from enum import Enum
 
@@ -190,7 +191,10 @@ def classify_failure(exc: Exception) -> tuple[FailureInfo, Input]:
     info = next(row for row in FAILURES if isinstance(exc, row.exceptions))
     if info.input is InputKind.FATAL_ERROR:
         return info, Input(info.input, message=str(exc))
-    return info, Input(info.input, message=f"{info.meaning}: {exc!r}", costly=info.costly)
+    # Interned: a gateway down for hours fails the same way thousands of times,
+    # and each failure's text stays in the transcript (up to 10,000 of them).
+    message = sys.intern(f"{info.meaning}: {exc!r}")
+    return info, Input(info.input, message=message, costly=info.costly)
 
 
 def markdown_table() -> str:

@@ -130,15 +130,22 @@ class Driver:
             **(commands or {}),
         }
 
-    def perform(self, effects: Iterable[Effect]) -> None:
-        """Carry out a step's effects, in order; one that raises is logged, the rest run."""
+    def perform(self, effects: Iterable[Effect]) -> int:
+        """Carry out a step's effects, in order; one that raises is logged, the rest run.
+
+        Returns:
+            How many of them raised (the manager's safety net acts on any).
+        """
         commands = self._commands
+        failed = 0
         for effect in effects:
             try:
                 commands[effect.name](*effect.args)
             except Exception:
+                failed += 1
                 logger.exception("effect %s%r failed (effects must not raise)",
                                  effect.name, effect.args)
+        return failed
 
     # -- IB's callbacks -> inputs -------------------------------------------------------
 

@@ -117,6 +117,8 @@ class JournalWriter:
                 "max_delay": backoff.max_delay, "costly_delay": backoff.costly_delay,
                 "max_costly_delay": backoff.max_costly_delay, "jitter": backoff.jitter,
                 "max_attempts": backoff.max_attempts,
+                "long_outage_after": backoff.long_outage_after,
+                "long_outage_delay": backoff.long_outage_delay,
             },
             "restore_timeout": policy.restore_timeout,
             "maintenance_restore_timeout": policy.maintenance_restore_timeout,
@@ -239,8 +241,11 @@ _RESTART_FIELDS = ("restart_after", "restart_wait", "restart_cooldown", "farm_re
 def _machine(header: dict[str, Any], number: int) -> tuple[ConnectionMachine, ManualClock]:
     try:
         restart = {name: header[name] for name in _RESTART_FIELDS if name in header}
+        # A header without the long-outage fields was written before they
+        # existed: its manager kept the fast cap for ever.
+        backoff = {"long_outage_after": None, **header["backoff"]}
         policy = RecoveryPolicy(
-            backoff=BackoffPolicy(**header["backoff"]), seed=header["seed"],
+            backoff=BackoffPolicy(**backoff), seed=header["seed"],
             restore_timeout=header["restore_timeout"],
             maintenance_restore_timeout=header["maintenance_restore_timeout"],
             same_client_id_retries=header["same_client_id_retries"], **restart,

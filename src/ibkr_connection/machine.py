@@ -28,6 +28,7 @@ while another ``handle`` runs. Time is read from an injected
 from __future__ import annotations
 
 import logging
+import math
 import random
 import weakref
 from collections.abc import Callable, Sequence
@@ -65,6 +66,8 @@ if _transitions_logger.level == logging.NOTSET:
 
 #: A state's value (what the ``transitions`` machine holds) to the state.
 _STATE_BY_VALUE = {state.value: state for state in ConnectionState}
+#: Seconds between the INFO lines of a refused series (see _quiet_retry).
+_SERIES_LINE_EVERY = 60.0
 
 
 @dataclass
@@ -162,6 +165,10 @@ class ConnectionMachine:
         self._failures = 0
         self._session = _Session()
         self._retry_delay = 0.0
+        #: The last delay drawn was the costly schedule's.
+        self._retry_costly = False
+        #: When a refused series last logged a line at INFO (see _quiet_retry).
+        self._series_line_at = -math.inf
         self.controller_configured = controller_configured
         #: The configured account ('' for none), and what to do without one.
         self.account = account
@@ -354,6 +361,8 @@ class ConnectionMachine:
         # The end of a stopped manager is the bot's own doing, said by the
         # disconnect before it: DEBUG (a manager stopped unused logs nothing).
         level = logging.DEBUG if row.dest is ConnectionState.STOPPED else logging.INFO
+        if self._quiet_retry(transition):
+            level = logging.DEBUG
         if not logger.isEnabledFor(level):
             return
         logger.log(
@@ -437,7 +446,26 @@ class ConnectionMachine:
 
     def _draw(self, costly: bool) -> None:
         self._failures += 1
+        self._retry_costly = costly
         self._retry_delay = self.policy.backoff.delay(self._failures, costly, self._rng)
+
+    def _quiet_retry(self, transition: Transition) -> bool:
+        """True for a line of a refused series within a minute of its last INFO line.
+
+        A gateway down for hours (the weekly login) is retried every 2 s: two
+        transitions each time. The series' first failure, one line a minute
+        and the recovery are logged at INFO; the rest at DEBUG (all of them
+        stay in the transcript).
+        """
+        retry = (transition.trigger is InputKind.RETRY_DUE
+                 or (transition.trigger is InputKind.ATTEMPT_FAILED
+                     and transition.dest is ConnectionState.BACKOFF))
+        if not retry or self._retry_costly:
+            return False
+        if self._failures > 1 and transition.at - self._series_line_at < _SERIES_LINE_EVERY:
+            return True
+        self._series_line_at = transition.at
+        return False
 
     def _retry_at_once(self, inp: Input) -> None:
         self._retry_delay = 0.0

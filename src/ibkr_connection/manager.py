@@ -16,6 +16,7 @@ also known as ``start()`` and ``stop()`` (what ``async with`` calls).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from typing import IO, Any, TypeVar
 from eventkit import Event
 
 from ibkr_connection import adapter, codes
-from ibkr_connection.clock import Clock, SystemClock
+from ibkr_connection.clock import Clock, SystemClock, TimerHandle
 from ibkr_connection.config import ConnectionConfig
 from ibkr_connection.controller import Controller
 from ibkr_connection.driver import Driver
@@ -142,6 +143,10 @@ class ConnectionManager:
         self._waiters: list[
             tuple[frozenset[ConnectionState], asyncio.Future[ConnectionState]]] = []
         self._failure: Exception | None = None
+        #: Transitions made so far (the safety net's "has it moved on?").
+        self._moves = 0
+        #: The safety net's timer, armed after an internal error (see _internal_error).
+        self._start_over: TimerHandle | None = None
         self._journal: JournalWriter | None = None
         if journal is not None:
             self._open_journal(journal)
@@ -251,6 +256,9 @@ class ConnectionManager:
         """
         if self.stopped:
             return
+        if self._start_over is not None:
+            self._start_over.cancel()
+            self._start_over = None
         # Disconnect (the teardown, end of session), then stop: the table's
         # terminal state ignores every input from now on.
         self._feed(Input(InputKind.DISCONNECT, message="stop() called"))
@@ -454,23 +462,28 @@ class ConnectionManager:
             # One input at a time: feed it to the machine, journal it, carry out
             # its effects, tell the listeners; then the next queued one.
             while True:
+                before = machine.state
                 try:
                     step = machine.handle(inp)
                 except Exception:
-                    logger.exception("the machine failed to handle %s", inp)
+                    logger.exception("the machine failed to handle %s in state %s (now %s)",
+                                     inp, before.value, machine.state.value)
+                    self._internal_error()
                     state = machine.state
                 else:
                     state = step.state
                     if self._journal is not None:
                         self._flush_journal()
-                    if step.effects:
-                        self._driver.perform(step.effects)
+                    failed = self._driver.perform(step.effects) if step.effects else 0
                     if step.transition is not None:
                         try:
                             self._on_transition(step.transition)
                         except Exception:
                             logger.exception("state change listeners failed on %s",
                                              step.transition)
+                    if failed:
+                        # The driver logged which effect raised and carried out the rest.
+                        self._internal_error()
                     if self._resolve_due:
                         # begin_session: the orders are settled once the bot heard of
                         # the new session (orderResolvedEvent after its stateChangeEvent).
@@ -482,7 +495,48 @@ class ConnectionManager:
         finally:
             self._stepping = False
 
+    def _internal_error(self) -> None:
+        """Arm the safety net after the machine or an effect raised (a bug of ours).
+
+        The step's effects are lost (or one of them is), so the thing the
+        state waits for (an attempt, a retry timer, a restore or restart
+        timer) may never come: the manager would sit with nothing scheduled.
+        A usable state on a live socket is kept (the heartbeat still watches
+        it, and a trader's working session is worth more than a clean slate);
+        ``disconnected``, ``failed`` and ``stopped`` want nothing. Anywhere
+        else the connection is started over after ``max_costly_delay`` (a
+        fresh series: disconnect, then connect), unless the machine moved on
+        by itself meanwhile. The pause keeps a bug that strikes every time
+        from becoming a hot loop: it logs once per pause instead.
+        """
+        state = self._machine.state
+        if state in (ConnectionState.DISCONNECTED, ConnectionState.FAILED,
+                     ConnectionState.STOPPED) or self._start_over is not None:
+            return
+        if state in USABLE_STATES and self.ib.isConnected():
+            logger.error("keeping the %s session after that error: it still works", state.value)
+            return
+        delay = self.config.policy.backoff.max_costly_delay
+        logger.error("%s may now wait for nothing: starting the connection over in %.1fs "
+                     "unless it moves on before", state.value, delay)
+        self._start_over = self._clock.call_later(
+            delay, functools.partial(self._start_over_due, self._moves))
+
+    def _start_over_due(self, moves: int) -> None:
+        self._start_over = None
+        state = self._machine.state
+        if self._moves != moves or state in (ConnectionState.DISCONNECTED,
+                                             ConnectionState.FAILED, ConnectionState.STOPPED):
+            logger.info("no need to start over: the manager moved on (%s)", state.value)
+            return
+        if state in USABLE_STATES and self.ib.isConnected():
+            return
+        why = "starting over after an internal error"
+        self._feed(Input(InputKind.DISCONNECT, message=why))
+        self._feed(Input(InputKind.CONNECT, message=why))
+
     def _on_transition(self, transition: Transition) -> None:
+        self._moves += 1
         if transition.dest is ConnectionState.FAILED and self._failure is None:
             self._failure = self._driver.last_error
         self.stateChangeEvent.emit(transition)

@@ -7,6 +7,16 @@ are chosen for a bot running on the same host (or LAN) as its gateway:
   restarting gateway should be noticed within a quarter of a second of it
   listening again, so the fast schedule starts at 50 ms and is capped at 250 ms
   (about four refused connects a second while the gateway is down).
+* A gateway that has refused for about a minute (``long_outage_after``, 240
+  failures in a row: a minute at the 250 ms cap) is not restarting quickly: it
+  waits for a person (the weekly login, a 2FA prompt) or for a long restart.
+  From then on the cheap schedule's cap is ``long_outage_delay`` (2 s): one
+  connect every 2 s costs at most 2 s of availability once the gateway is back,
+  and cuts the refused connects (each one two client log lines, a transition
+  pair and a connect's CPU) by about 8x over an outage of hours. A costly
+  failure keeps its own schedule (1 s doubling to 10 s), and a session that
+  comes up resets the count. Outages shorter than a minute (a restart, a
+  dropped link) are retried as fast as before.
 * An attempt that reached the API (a handshake, a startup sync, a 326 or a
   timeout) does cost the gateway work, so after such a failure the next attempt
   waits at least ``costly_delay`` (1 s, doubling up to 10 s). A stale session
@@ -56,6 +66,11 @@ class BackoffPolicy:
         max_costly_delay: cap of the costly schedule.
         jitter: the fraction by which a delay may be shortened at random.
         max_attempts: attempts before giving up (None: never give up).
+        long_outage_after: failures in a row (the series' count, of either
+            kind, since the last session) after which the cheap schedule's cap
+            becomes ``long_outage_delay``; None: never.
+        long_outage_delay: the cheap schedule's cap from then on (jitter still
+            only shortens it); not below ``max_delay``.
     """
 
     initial_delay: float = 0.05
@@ -65,6 +80,8 @@ class BackoffPolicy:
     max_costly_delay: float = 10.0
     jitter: float = 0.1
     max_attempts: int | None = None
+    long_outage_after: int | None = 240
+    long_outage_delay: float = 2.0
 
     def __post_init__(self) -> None:
         for name in ("initial_delay", "max_delay", "costly_delay", "max_costly_delay"):
@@ -76,6 +93,17 @@ class BackoffPolicy:
             raise ConfigError("jitter", "must be in [0, 1)")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ConfigError("max_attempts", "must be at least 1, or None for no limit")
+        after = self.long_outage_after
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int)
+                                  or after < 1):
+            raise ConfigError("long_outage_after",
+                              f"must be an integer of at least 1, or None, got {after!r}")
+        delay = self.long_outage_delay
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not (
+                math.isfinite(delay) and delay >= self.max_delay):
+            raise ConfigError("long_outage_delay",
+                              f"must be a number of seconds not below max_delay "
+                              f"({self.max_delay}), got {delay!r}")
 
     def delay(self, failures: int, costly: bool, rng: random.Random) -> float:
         """Return the delay before the next attempt.
@@ -95,8 +123,15 @@ class BackoffPolicy:
             # 2.0 ** 1024 overflows a float: a gateway refusing for ~4 minutes
             # (4 connects a second) reaches that; the cap holds from there on.
             growth = math.inf
-        start, cap = ((self.costly_delay, self.max_costly_delay) if costly
-                      else (self.initial_delay, self.max_delay))
+        if costly:
+            start, cap = self.costly_delay, self.max_costly_delay
+        else:
+            start, cap = self.initial_delay, self.max_delay
+            after = self.long_outage_after
+            if after is not None and failures > after:
+                # A minute of refusals: the gateway waits for a person or a
+                # long restart (see the module docstring).
+                cap = self.long_outage_delay
         base = min(cap, start * growth) if start > 0 else 0.0
         return base * (1.0 - self.jitter * rng.random())
 

@@ -23,6 +23,7 @@ Each part's names are imported from the part (or from the package,
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -40,7 +41,44 @@ from ibkr_connection.simulator.ibc import IbcCommandServer
 from ibkr_connection.simulator.transport import ApiClient, Request, SimClock
 from ibkr_connection.wire import protocol as p
 
-__all__ = ["FakeGateway"]
+__all__ = ["FakeGateway", "RequestLog"]
+
+#: Requests a gateway keeps by default: far more than a test or a storm sends,
+#: a bound for a simulator left running for days (a heartbeat probe every few
+#: seconds is ~30,000 requests a day).
+REQUEST_LOG_LIMIT = 100_000
+
+
+class RequestLog(list[Request]):
+    """The gateway's record of requests: the most recent ``limit`` of them, oldest first.
+
+    A plain list (indexing, slicing, ``clear``) that drops its oldest entries
+    once it holds a tenth more than ``limit`` (one batch, not one per append).
+    :attr:`counts` counts every request received by name, dropped ones
+    included.
+
+    Args:
+        limit: requests kept (at least 1).
+
+    Attributes:
+        limit: requests kept.
+        counts: requests received so far, by name.
+    """
+
+    def __init__(self, limit: int = REQUEST_LOG_LIMIT) -> None:
+        super().__init__()
+        if limit < 1:
+            raise ValueError(f"the request log keeps at least 1 request, not {limit}")
+        self.limit = limit
+        self._trim_at = limit + max(1, limit // 10)
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def append(self, request: Request) -> None:
+        """Record ``request``; beyond the limit the oldest go, a batch at a time."""
+        super().append(request)
+        self.counts[request.name] += 1
+        if len(self) >= self._trim_at:
+            del self[: len(self) - self.limit]
 
 
 class FakeGateway(FaultInjection):
@@ -80,8 +118,13 @@ class FakeGateway(FaultInjection):
         clock: Where the simulator reads time (``monotonic()`` and ``wall()``,
             e.g. an :class:`ibkr_connection.clock.LoopClock` on virtual time);
             the real clock if omitted.
+        request_log_limit: Requests :attr:`requests` keeps (the most
+            recent); a simulator running for days keeps a bounded record.
 
     Attributes:
+        requests: The most recent requests received, oldest first (a
+            :class:`RequestLog`: ``requests.counts`` counts every request
+            received, by name).
         ibc: The IBC command server, when ``ibc_port`` was given (its ``port``
             is the one bound once started).
         book: The simulated brokerage; :attr:`accounts`, :attr:`orders` and
@@ -103,8 +146,10 @@ class FakeGateway(FaultInjection):
         ibc_port: int | None = None,
         ibc_restart_outage: float = 1.0,
         clock: SimClock | None = None,
+        request_log_limit: int = REQUEST_LOG_LIMIT,
     ) -> None:
         super().__init__(host, port, server_version, farms)
+        self.requests: RequestLog = RequestLog(request_log_limit)
         if clock is not None:
             self.clock = clock
         self.book = Brokerage(
