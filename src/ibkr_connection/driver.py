@@ -179,7 +179,7 @@ class Driver:
             self._socket_watch = None
 
     def _on_ib_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
-        info = codes.lookup(code)
+        info = _code_info(code)
         if info is None and req_id >= 0:
             return
         # IB's text may name the account (321, 2100-range notices, an order
@@ -216,7 +216,8 @@ class Driver:
 
     def start_attempt(self, attempt: int, client_id: int, port: int) -> None:
         """Start attempt number ``attempt`` as a task; its result comes back as an input."""
-        self._cancel_attempt()
+        if self._attempt_task is not None:
+            self._cancel_attempt()
         # What ensure_future does with a coroutine, without its checks.
         self._attempt_task = asyncio.get_event_loop().create_task(
             self._attempt(attempt, client_id, port))
@@ -343,7 +344,9 @@ class Driver:
         Which of the two it is, is the table's (actions ``issue_subscriptions``
         and ``restore_subscriptions``).
         """
-        count = self._subscriptions.issue_all(self.ib, fresh_session)
+        # Most bots subscribe after start(): the first session has none to issue.
+        count = self._subscriptions.issue_all(self.ib, fresh_session) if len(
+            self._subscriptions) else 0
         if count:
             logger.info("issued %d subscription(s) %s", count,
                         "on the new session" if fresh_session else "again after data loss")
@@ -356,7 +359,14 @@ class Driver:
 
     def start_heartbeat(self) -> None:
         """Watch the message count; probe the gateway when it has been quiet."""
-        self.stop_heartbeat()
+        if (self._heartbeat_on or self._data_hook is not None or self._heartbeat is not None
+                or self._probe_task is not None or self._probe_deadline is not None):
+            self.stop_heartbeat()
+        else:
+            # Nothing to stop (a session's first start): what stop_heartbeat
+            # leaves behind, without its calls.
+            self._quiet = False
+            self._probe_done = None
         self._heartbeat_on = True
         self._last_count = -1
         self._last_activity = self._clock.monotonic()
@@ -679,6 +689,9 @@ class Driver:
             self._farm_timer.cancel()
             self._farm_timer = None
 
+
+#: codes.lookup, without the call: the code table by code (three notices every connect).
+_code_info = {info.code: info for info in codes.CODES}.get
 
 #: codes.classify, remembered: a connect brings the same farm notices every time, and
 #: an input is immutable, so each (code, message) is classified once.

@@ -244,8 +244,10 @@ class ConnectionManager:
         if state in USABLE_STATES:
             return
         self._failure = None
-        self._feed(_START)
-        state = await self._wait(_STARTED, timeout)
+        # The state the step left (what _wait would read again first).
+        state = self._feed(_START)
+        if state not in _STARTED:
+            state = await self._wait(_STARTED, timeout, state)
         if state is ConnectionState.FAILED:
             raise self._failure_error()
 
@@ -351,9 +353,14 @@ class ConnectionManager:
         return await self._wait(frozenset(states), timeout)
 
     async def _wait(self, targets: frozenset[ConnectionState],
-                    timeout: float | None) -> ConnectionState:
-        """:meth:`wait_for` with its targets built (``start()`` waits for constant ones)."""
-        state = self._machine.state
+                    timeout: float | None,
+                    state: ConnectionState | None = None) -> ConnectionState:
+        """:meth:`wait_for` with its targets built (``start()`` waits for constant ones).
+
+        ``state``: the current state, when the caller has it at hand.
+        """
+        if state is None:
+            state = self._machine.state
         if state in targets:
             return state
         if state is ConnectionState.STOPPED:
