@@ -177,3 +177,18 @@ def test_the_month_benchmark_sees_ibcs_restart_end_a_hang() -> None:
         assert [stalled for _, stalled in run.stalls] == [True, False, True, False]
     finally:
         loop.close()
+
+
+def test_no_random_fault_falls_while_the_gateway_is_down_for_a_restart_or_its_login() -> None:
+    """A restart's outage, the weekly login's wait included, gets no hang, wedge or drop of its own."""
+    scheduled = ("nightly_reset", "daily_restart", "weekly_login")
+    for seed in range(4):
+        month = generate(seed=seed, days=30)
+        outages = [(f.at, f.at + f.duration) for f in month.faults
+                   if f.kind in ("daily_restart", "weekly_login")]
+        assert any(f.kind == "weekly_login" for f in month.faults)
+        for fault in month.faults:
+            if fault.kind in scheduled:
+                continue
+            inside = [(a, b) for a, b in outages if a - 600.0 <= fault.at <= b + 600.0]
+            assert inside == [], (seed, fault)

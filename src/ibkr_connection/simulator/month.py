@@ -256,9 +256,15 @@ def generate(seed: int = 0, days: int = 30, start: datetime = MONTH_START) -> Mo
         seq += 1
         events.append((at, seq, steps, fault))
 
+    #: The gateway's scheduled down time (its restarts, the weekly login's wait).
+    offline: list[tuple[float, float]] = []
+
     def busy(at: float, margin: float = 600.0) -> bool:
-        # Scheduled maintenance keeps its own hour; random faults go elsewhere.
-        return any(a - margin <= at <= b + margin for a, b in month.reset_windows())
+        # Scheduled maintenance keeps its own hour, and a gateway that is down
+        # (restarting, or waiting for its weekly login) cannot hang or wedge:
+        # the process that comes up is a new one. Random faults go elsewhere.
+        return any(a - margin <= at <= b + margin
+                   for a, b in [*month.reset_windows(), *offline])
 
     for a, _b in month.reset_windows():
         if a <= 0:
@@ -279,12 +285,14 @@ def generate(seed: int = 0, days: int = 30, start: datetime = MONTH_START) -> Mo
             outage = round(rng.uniform(r.low, r.high), 3)
             add(at, [{"action": "restart", "outage": outage}, {"action": "unstall"}],
                 Fault(at, "weekly_login", outage))
+            offline.append((at, at + outage))
         else:
             r = RATES["daily_restart"]
             at = reset_at + silence + rng.uniform(60.0, 600.0)
             outage = round(rng.uniform(r.low, r.high), 3)
             add(at, [{"action": "restart", "outage": outage}, {"action": "unstall"}],
                 Fault(at, "daily_restart", outage))
+            offline.append((at, at + outage))
 
     for at in _poisson_times(rng, RATES["farm_flap"].per_day, 0.0, end):
         if busy(at):
