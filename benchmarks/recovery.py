@@ -46,6 +46,7 @@ from _common import (
     settle,
     table,
     verdict,
+    wait_until,
 )
 from ib_insync import IB, Watchdog
 
@@ -130,7 +131,12 @@ class ManagerContender(Contender):
         self.counter.install(self.ib)
         manager = ConnectionManager(self.ib, manager_config(self.gw, CLIENT_ID))
         await manager.start(timeout=10)
-        manager.subscribe_market_data(contract())
+        sub = manager.subscribe_market_data(contract())
+        # The first outage must find the subscription issued: one still being
+        # qualified when the socket drops is issued for the first time after the
+        # reconnect, which is no restoration (no subscriptionRestoredEvent), and
+        # the first run would read "gave up".
+        await wait_until(lambda: sub.issued >= 1 and not sub.pending, 5.0)
         manager.subscriptionRestoredEvent += lambda sub: self._done(time.monotonic())
         self.manager = manager
 
