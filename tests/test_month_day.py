@@ -180,7 +180,7 @@ def test_the_month_benchmark_sees_ibcs_restart_end_a_hang() -> None:
 
 
 def test_no_random_fault_falls_while_the_gateway_is_down_for_a_restart_or_its_login() -> None:
-    """A restart's outage, the weekly login's wait included, gets no hang, wedge or drop of its own."""
+    """A restart's outage, the login's wait included, gets no hang, wedge or drop of its own."""
     scheduled = ("nightly_reset", "daily_restart", "weekly_login")
     for seed in range(4):
         month = generate(seed=seed, days=30)
