@@ -21,7 +21,7 @@ from ibkr_connection import (
 from ibkr_connection.clock import SystemClock, TimerHandle
 from ibkr_connection.simulator import FakeGateway
 
-from conftest import GUARD
+from conftest import GUARD, round_trip
 
 S = ConnectionState
 Make = Callable[..., ConnectionManager]
@@ -149,3 +149,46 @@ async def test_machine_error_entering_lost_starts_the_connection_over(
         assert "in state connected (now lost)" in first
     finally:
         await manager.stop()
+
+
+class _LongTimerFailsOnce(SystemClock):
+    """The real clock, except that the first long timer after arming raises."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.raised: list[float] = []
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Raise for the first timer of 100 s or more once armed; schedule every other one."""
+        if self.armed and delay >= 100.0 and not self.raised:
+            self.raised.append(delay)
+            raise RuntimeError("a bug in scheduling the farm timer")
+        return super().call_later(delay, callback)
+
+
+async def test_effect_error_in_a_working_session_keeps_the_session(
+    ib_factory: Callable[[], object], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The farm timer cannot be scheduled on entering degraded: the live session is kept."""
+    clock = _LongTimerFailsOnce()
+    async with FakeGateway(ibc_port=0) as gw:
+        assert gw.ibc is not None
+        manager = ConnectionManager(ib_factory(), ConnectionConfig(
+            port=gw.port, client_id=7, ibc_port=gw.ibc.port), clock=clock)
+        try:
+            await manager.start(timeout=GUARD)
+            clock.armed = True
+            await gw.farm_broken("usfarm")
+            await _until(lambda: clock.raised, "the farm timer's error")
+            assert clock.raised == [300.0]  # farm_reconnect_after, the degraded entry's timer
+            await round_trip(manager.ib)
+            assert manager.state is S.DEGRADED
+            assert any("keeping the degraded session after that error" in line
+                       for line in _errors(caplog))
+            await gw.farm_ok("usfarm")
+            await _until(lambda: manager.state is S.CONNECTED, "connected once the farm is OK")
+            path = [t.dest.value for t in manager.transcript]
+            assert path == ["connecting", "connected", "degraded", "connected"]
+            assert manager.ib.isConnected()
+        finally:
+            await manager.stop()
