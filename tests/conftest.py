@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -430,6 +432,50 @@ async def start_sim(*args: str) -> tuple[asyncio.subprocess.Process, int, list[s
     ready = re.search(r"ready on 127\.0\.0\.1:(\d+)", seen[-1])
     assert ready is not None, seen[-1]
     return child, int(ready.group(1)), seen
+
+
+async def reap(child: asyncio.subprocess.Process) -> None:
+    """Kill ``child`` if it still runs, and wait for it (a test's ``finally``)."""
+    if child.returncode is None:
+        child.kill()
+        await child.wait()
+
+
+async def read_until(stream: asyncio.StreamReader, lines: list[str], pattern: str,
+                     count: int = 1) -> None:
+    """Read lines into ``lines`` until ``pattern`` matched ``count`` of them (60 s hang guard)."""
+    while sum(1 for line in lines if re.search(pattern, line)) < count:
+        line = await asyncio.wait_for(stream.readline(), 60)
+        assert line, f"the child closed stdout early: {lines}"
+        lines.append(line.decode())
+
+
+async def watch_child(port: int, until: Callable[[asyncio.StreamReader, list[str]], Any],
+                      *extra: str) -> tuple[list[str], list[str], int | None]:
+    """Run ``ibkr-connection watch --port PORT --client-id 3 EXTRA`` until ``until`` returns.
+
+    ``until(stdout, lines)`` reads what it waits for; then the child gets SIGINT. No
+    ``IBKR_*`` variable reaches it, nor ``PYTHONUNBUFFERED``: its lines arrive as they
+    happen only if it flushes each one.
+
+    Returns:
+        stdout's lines, stderr's lines, the exit status.
+    """
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("IBKR_") and k != "PYTHONUNBUFFERED"}
+    child = await asyncio.create_subprocess_exec(
+        *CLI, "watch", "--port", str(port), "--client-id", "3", *extra, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert child.stdout is not None
+    lines: list[str] = []
+    try:
+        await until(child.stdout, lines)
+        child.send_signal(signal.SIGINT)
+        rest, err = await asyncio.wait_for(child.communicate(), 60)
+    finally:
+        await reap(child)
+    return (lines + rest.decode().splitlines(keepends=True), err.decode().splitlines(),
+            child.returncode)
 
 
 # -- virtual time ---------------------------------------------------------------------------------

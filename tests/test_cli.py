@@ -6,20 +6,17 @@ import asyncio
 import io
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ibkr_connection import cli
 from ibkr_connection.demo import run_demo
 
-from conftest import run_on_virtual_time
+from conftest import read_until, run_on_virtual_time, watch_child
 
 
 def test_demo_tells_the_whole_story() -> None:
@@ -217,42 +214,6 @@ def test_metrics_host_is_the_address_bound(capsys: pytest.CaptureFixture[str]) -
 _TRANSITION_LINE = re.compile(r"^ *\d+\.\d{3}s +[a-z]+ -> [a-z]+ +[a-z_]+.*: .+$")
 
 
-async def _read_until(stream: asyncio.StreamReader, lines: list[str], pattern: str,
-                      count: int = 1) -> None:
-    """Read lines into ``lines`` until ``pattern`` matched ``count`` of them (60 s hang guard)."""
-    while sum(1 for line in lines if re.search(pattern, line)) < count:
-        line = await asyncio.wait_for(stream.readline(), 60)
-        assert line, f"the child closed stdout early: {lines}"
-        lines.append(line.decode())
-
-
-async def _watch_quiet(port: int, until: Callable[[asyncio.StreamReader, list[str]], Any],
-                       *extra: str) -> tuple[list[str], list[str], int | None]:
-    """Run ``watch -q --port PORT EXTRA`` until ``until`` returns, then SIGINT.
-
-    Returns:
-        stdout's lines, stderr's lines, the exit status.
-    """
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CHILD, "show", "watch", "-q", "--port", str(port),
-        "--client-id", "3", *extra, env={k: v for k, v in _CHILD_ENV.items()
-                                 if not k.startswith("IBKR_")},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    assert child.stdout is not None
-    lines: list[str] = []
-    try:
-        # The child writes into a pipe: lines arrive as they happen only if it flushes each one.
-        await until(child.stdout, lines)
-        child.send_signal(signal.SIGINT)
-        rest, err = await asyncio.wait_for(child.communicate(), 60)
-    finally:
-        if child.returncode is None:
-            child.kill()
-            await child.wait()
-    return lines + rest.decode().splitlines(keepends=True), err.decode().splitlines(), \
-        child.returncode
-
-
 async def test_watch_quiet_prints_transition_lines_only_and_logs_nothing() -> None:
     """watch -q over a farm outage and two connects: transition lines only, as they happen."""
     from ibkr_connection.simulator import FakeGateway
@@ -261,15 +222,15 @@ async def test_watch_quiet_prints_transition_lines_only_and_logs_nothing() -> No
 
         async def outage_and_two_connects(stdout: asyncio.StreamReader, lines: list[str]
                                           ) -> None:
-            await _read_until(stdout, lines, r"connecting -> connected")
+            await read_until(stdout, lines, r"connecting -> connected")
             await gw.farm_broken("usfarm")
-            await _read_until(stdout, lines, r"connected -> degraded")
+            await read_until(stdout, lines, r"connected -> degraded")
             await gw.farm_ok("usfarm")
-            await _read_until(stdout, lines, r"degraded -> connected")
+            await read_until(stdout, lines, r"degraded -> connected")
             await gw.drop_clients()  # the second connect
-            await _read_until(stdout, lines, r"connecting -> connected", count=2)
+            await read_until(stdout, lines, r"connecting -> connected", count=2)
 
-        out, err, status = await _watch_quiet(gw.port, outage_and_two_connects,
+        out, err, status = await watch_child(gw.port, outage_and_two_connects, "-q",
                                               "--metrics-port", "0")
     assert status == 0
     # stderr: the farm's warning alone (-q keeps warnings and errors), nothing per connect;
@@ -287,9 +248,9 @@ async def test_watch_quiet_against_a_closed_port_logs_nothing() -> None:
         port = sock.getsockname()[1]  # closed once the block ends: connects are refused
 
     async def refusals(stdout: asyncio.StreamReader, lines: list[str]) -> None:
-        await _read_until(stdout, lines, r"connecting -> backoff +attempt_failed", count=5)
+        await read_until(stdout, lines, r"connecting -> backoff +attempt_failed", count=5)
 
-    out, err, status = await _watch_quiet(port, refusals)
+    out, err, status = await watch_child(port, refusals, "-q")
     assert status == 0
     assert err == []
     assert [line for line in out if not _TRANSITION_LINE.match(line.rstrip("\n"))] == []

@@ -23,6 +23,8 @@ from ibkr_connection.proxy import ProxyServer
 from ibkr_connection.simulator import FakeGateway
 from ibkr_connection.wire.recording import RecordingWriter
 
+from conftest import reap
+
 #: The child's environment: stdout a pipe, block-buffered, as under a process supervisor.
 _CHILD_ENV = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
 
@@ -116,9 +118,7 @@ async def _run_until_signal(
         child.send_signal(sig)
         rest, err = await asyncio.wait_for(child.communicate(), 60)
     finally:
-        if child.returncode is None:
-            child.kill()
-            await child.wait()
+        await reap(child)
     assert child.returncode is not None
     return child.returncode, lines + rest.decode().splitlines(keepends=True), err.decode()
 

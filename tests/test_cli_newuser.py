@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from conftest import read_until, watch_child
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -82,34 +82,6 @@ def test_readme_names_the_global_verbose_flag() -> None:
 _HINT = "nothing accepts connections on"
 
 
-async def _watch(port: int, until: Any) -> tuple[list[str], int | None]:
-    """Run ``watch --port PORT`` (not quiet) until ``until`` returns, then SIGINT; its stdout."""
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ibkr_connection.cli", "watch", "--port", str(port),
-        "--client-id", "3", env={k: v for k, v in os.environ.items() if not k.startswith("IBKR_")},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    assert child.stdout is not None
-    lines: list[str] = []
-    try:
-        await until(child.stdout, lines)
-        child.send_signal(signal.SIGINT)
-        rest, _ = await asyncio.wait_for(child.communicate(), 60)
-    finally:
-        if child.returncode is None:
-            child.kill()
-            await child.wait()
-    return lines + rest.decode().splitlines(keepends=True), child.returncode
-
-
-async def _read_until(stream: asyncio.StreamReader, lines: list[str], pattern: str,
-                      count: int = 1) -> None:
-    """Read lines into ``lines`` until ``pattern`` matched ``count`` of them (60 s guard)."""
-    while sum(1 for line in lines if re.search(pattern, line)) < count:
-        line = await asyncio.wait_for(stream.readline(), 60)
-        assert line, f"the child closed stdout early: {lines}"
-        lines.append(line.decode())
-
-
 async def test_watch_against_a_closed_port_says_once_what_to_check() -> None:
     """watch at a port nobody listens on: one line naming host:port and IB's ports, then retries."""
     with socket.socket() as sock:
@@ -117,9 +89,9 @@ async def test_watch_against_a_closed_port_says_once_what_to_check() -> None:
         port = sock.getsockname()[1]  # closed once the block ends: connects are refused
 
     async def refusals(stdout: asyncio.StreamReader, lines: list[str]) -> None:
-        await _read_until(stdout, lines, r"connecting -> backoff +attempt_failed", count=5)
+        await read_until(stdout, lines, r"connecting -> backoff +attempt_failed", count=5)
 
-    out, status = await _watch(port, refusals)
+    out, _, status = await watch_child(port, refusals)
     assert status == 0
     hints = [line.strip() for line in out if _HINT in line]
     assert hints == [
@@ -137,13 +109,13 @@ async def test_watch_gives_no_hint_for_a_restart_after_a_session() -> None:
     async with FakeGateway() as gw:
 
         async def restart(stdout: asyncio.StreamReader, lines: list[str]) -> None:
-            await _read_until(stdout, lines, r"connecting -> connected")
+            await read_until(stdout, lines, r"connecting -> connected")
             restarting = asyncio.ensure_future(gw.restart(outage=0.5))
-            await _read_until(stdout, lines, r"connection refused")
-            await _read_until(stdout, lines, r"connecting -> connected", count=2)
+            await read_until(stdout, lines, r"connection refused")
+            await read_until(stdout, lines, r"connecting -> connected", count=2)
             await restarting
 
-        out, status = await _watch(gw.port, restart)
+        out, _, status = await watch_child(gw.port, restart)
     assert status == 0
     assert [line for line in out if _HINT in line] == []
     assert sum("connection refused" in line for line in out) >= 1

@@ -17,6 +17,7 @@ from ibkr_connection.proxy import load_recording
 from ibkr_connection.simulator import FakeGateway
 
 from .conftest import ACCOUNT, FAST, wait_until
+from conftest import reap
 
 COMMAND = [sys.executable, "-m", "ibkr_connection.cli"]
 
@@ -64,9 +65,7 @@ async def test_proxy_relays_injects_records_and_stops_cleanly(tmp_path: Path) ->
             child.send_signal(signal.SIGTERM)
             out, err = await asyncio.wait_for(child.communicate(), 60)
         finally:
-            if child.returncode is None:
-                child.kill()
-                await child.wait()
+            await reap(child)
         await manager.stop()
     assert child.returncode == 0, err.decode()
     assert "Traceback" not in err.decode()
@@ -101,9 +100,7 @@ async def test_a_killed_proxy_loses_nothing_already_recorded(tmp_path: Path) -> 
             await child.wait()
             ib.disconnect()
         finally:
-            if child.returncode is None:
-                child.kill()
-                await child.wait()
+            await reap(child)
     recording = load_recording(record)
     session = recording.sessions[0]
     assert session.client_id == 4 and session.version == 176  # ib_insync's highest

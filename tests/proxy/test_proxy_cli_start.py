@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, run_cli
+from conftest import CLI, reap, run_cli
 
 #: A recording worth keeping: what a user would lose if the proxy truncated it.
 KEPT = '{"type": "header", "recording": "ibkr-connection", "format": 1}\n' + "x" * 20_000 + "\n"
@@ -84,9 +84,7 @@ def _proxy_lines(upstream: str, sig: signal.Signals) -> list[str]:
             child.send_signal(sig)
             out, err = await asyncio.wait_for(child.communicate(), 60)
         finally:
-            if child.returncode is None:
-                child.kill()
-                await child.wait()
+            await reap(child)
         assert child.returncode == 0, err.decode()  # a clean stop, either signal
         return lines + out.decode().splitlines()
 
@@ -171,9 +169,7 @@ def test_the_proxy_says_each_event_once(tmp_path: Path) -> None:
                 child.send_signal(signal.SIGTERM)
                 out, err = await asyncio.wait_for(child.communicate(), 60)
             finally:
-                if child.returncode is None:
-                    child.kill()
-                    await child.wait()
+                await reap(child)
             return [first, *out.decode().splitlines(), *err.decode().splitlines()]
 
     lines = asyncio.run(main())

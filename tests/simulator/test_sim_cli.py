@@ -7,7 +7,7 @@ import re
 import signal
 from pathlib import Path
 
-from conftest import run_cli, start_sim
+from conftest import reap, run_cli, start_sim
 
 
 def test_sim_ibc_port_taken_names_the_ibc_port(taken_port: int) -> None:
@@ -52,9 +52,7 @@ async def _sim_session(scenario: Path) -> list[str]:
         child.send_signal(signal.SIGINT)
         _, err = await asyncio.wait_for(child.communicate(), 60)
     finally:
-        if child.returncode is None:
-            child.kill()
-            await child.wait()
+        await reap(child)
     assert child.returncode == 0
     return seen + err.decode().splitlines()
 
