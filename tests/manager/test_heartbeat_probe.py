@@ -25,6 +25,16 @@ async def _until(predicate: Callable[[], object], what: str) -> None:
         await asyncio.sleep(0)
 
 
+async def _quiet_until_a_probe(clock: ManualClock, conn: Any, within: float = 10.0) -> None:
+    """Let quiet time pass on the manual clock, a tenth at a time, until a probe is on the
+    wire (buffered by the stalled gateway); fail after ``within`` seconds of it."""
+    until = clock.monotonic() + within
+    while not conn.backlog:
+        assert clock.monotonic() < until, f"no probe after {within:g} s of quiet"
+        clock.advance(0.1)
+        await asyncio.sleep(0)
+
+
 async def test_a_bot_asking_the_time_during_a_probe_is_no_heartbeat_miss(
     gw: FakeGateway, ib_factory: Callable[[], Any]
 ) -> None:
@@ -37,12 +47,7 @@ async def test_a_bot_asking_the_time_during_a_probe_is_no_heartbeat_miss(
         await manager.start(timeout=GUARD)
         gw.stall()
         conn = gw.connections[0]
-        # Quiet time passes on the manual clock, a tenth at a time, until the probe is on
-        # the wire (buffered by the stalled gateway).
-        while not conn.backlog:
-            assert clock.monotonic() < 10, "no probe after 10 s of quiet"
-            clock.advance(0.1)
-            await asyncio.sleep(0)
+        await _quiet_until_a_probe(clock, conn)
         probe = bytes(conn.backlog)
         bot = asyncio.ensure_future(manager.ib.reqCurrentTimeAsync())
         await _until(lambda: len(conn.backlog) > len(probe), "the bot's request on the wire")
@@ -67,10 +72,7 @@ async def test_a_silent_gateway_is_still_a_heartbeat_miss(
         await manager.start(timeout=GUARD)
         gw.stall()
         conn = gw.connections[0]
-        while not conn.backlog:
-            assert clock.monotonic() < 10, "no probe after 10 s of quiet"
-            clock.advance(0.1)
-            await asyncio.sleep(0)
+        await _quiet_until_a_probe(clock, conn)
         clock.advance(2.1)
         await _until(lambda: manager.state is not S.CONNECTED, "the probe's deadline")
         last = manager.transcript[-1]
@@ -100,10 +102,7 @@ async def test_a_probe_leaves_no_timer_behind_answered_or_stopped(
         assert clock.pending() == 1           # the next wake-up; the deadline is gone
         gw.stall()
         conn = gw.connections[0]
-        while not conn.backlog:
-            assert clock.monotonic() < 20, "no second probe after 10 s of quiet"
-            clock.advance(0.1)
-            await asyncio.sleep(0)
+        await _quiet_until_a_probe(clock, conn)
         assert clock.pending() == 1           # the probe's deadline
         await manager.stop()
         assert clock.pending() == 0
