@@ -41,17 +41,19 @@ class _FailsOnce(BackoffPolicy):
         return super().delay(failures, costly, rng)
 
 
-class _RetryTimerFailsOnce(SystemClock):
-    """The real clock, except that the first short timer (the retry's) raises."""
+class _TimerFailsOnce(SystemClock):
+    """The real clock, except that the first timer ``fails(delay)`` picks, once armed, raises."""
 
-    def __init__(self) -> None:
+    def __init__(self, fails: Callable[[float], bool], armed: bool = True) -> None:
+        self.fails = fails
+        self.armed = armed
         self.raised: list[float] = []
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
-        """Raise for the first timer under a second; schedule every other one."""
-        if delay < 1.0 and not self.raised:
+        """Raise for the first timer picked; schedule every other one."""
+        if self.armed and not self.raised and self.fails(delay):
             self.raised.append(delay)
-            raise RuntimeError("a bug in scheduling the retry")
+            raise RuntimeError("a bug in scheduling a timer")
         return super().call_later(delay, callback)
 
 
@@ -93,7 +95,7 @@ async def test_effect_error_on_a_refused_connect_starts_the_connection_over(
     ib_factory: Callable[[], object], gw: FakeGateway, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The retry timer cannot be scheduled once: the manager starts over and connects."""
-    clock = _RetryTimerFailsOnce()
+    clock = _TimerFailsOnce(lambda delay: delay < 1.0)  # the retry's
     policy = RecoveryPolicy(backoff=BackoffPolicy(costly_delay=0.05, max_costly_delay=0.2))
     manager = ConnectionManager(ib_factory(), ConnectionConfig(
         port=gw.port, client_id=7, connect_timeout=2.0, policy=policy), clock=clock)
@@ -151,26 +153,11 @@ async def test_machine_error_entering_lost_starts_the_connection_over(
         await manager.stop()
 
 
-class _LongTimerFailsOnce(SystemClock):
-    """The real clock, except that the first long timer after arming raises."""
-
-    def __init__(self) -> None:
-        self.armed = False
-        self.raised: list[float] = []
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
-        """Raise for the first timer of 100 s or more once armed; schedule every other one."""
-        if self.armed and delay >= 100.0 and not self.raised:
-            self.raised.append(delay)
-            raise RuntimeError("a bug in scheduling the farm timer")
-        return super().call_later(delay, callback)
-
-
 async def test_effect_error_in_a_working_session_keeps_the_session(
     ib_factory: Callable[[], object], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The farm timer cannot be scheduled on entering degraded: the live session is kept."""
-    clock = _LongTimerFailsOnce()
+    clock = _TimerFailsOnce(lambda delay: delay >= 100.0, armed=False)  # the farm timer
     async with FakeGateway(ibc_port=0) as gw:
         assert gw.ibc is not None
         manager = ConnectionManager(ib_factory(), ConnectionConfig(
