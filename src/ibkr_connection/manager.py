@@ -464,43 +464,48 @@ class ConnectionManager:
             return self._machine.state
         self._stepping = True
         inputs = self._inputs
-        machine = self._machine
         try:
-            # One input at a time: feed it to the machine, journal it, carry out
-            # its effects, tell the listeners; then the next queued one.
+            # One input at a time; an input that arises meanwhile waits its turn.
             while True:
-                before = machine.state
-                try:
-                    step = machine.handle(inp)
-                except Exception:
-                    logger.exception("the machine failed to handle %s in state %s (now %s)",
-                                     inp, before.value, machine.state.value)
-                    self._internal_error()
-                    state = machine.state
-                else:
-                    state = step.state
-                    if self._journal is not None:
-                        self._flush_journal()
-                    failed = self._driver.perform(step.effects) if step.effects else 0
-                    if step.transition is not None:
-                        try:
-                            self._on_transition(step.transition)
-                        except Exception:
-                            logger.exception("state change listeners failed on %s",
-                                             step.transition)
-                    if failed:
-                        # The driver logged which effect raised and carried out the rest.
-                        self._internal_error()
-                    if self._resolve_due:
-                        # begin_session: the orders are settled once the bot heard of
-                        # the new session (orderResolvedEvent after its stateChangeEvent).
-                        self._resolve_due = False
-                        self._resolve_orders()
+                state = self._step(inp)
                 if not inputs:
                     return state
                 inp = inputs.popleft()
         finally:
             self._stepping = False
+
+    def _step(self, inp: Input) -> ConnectionState:
+        """Feed one input to the machine; journal it; carry out its effects; tell the listeners.
+
+        Returns:
+            The state after the input.
+        """
+        machine = self._machine
+        before = machine.state
+        try:
+            step = machine.handle(inp)
+        except Exception:
+            logger.exception("the machine failed to handle %s in state %s (now %s)",
+                             inp, before.value, machine.state.value)
+            self._internal_error()
+            return machine.state
+        if self._journal is not None:
+            self._flush_journal()
+        failed = self._driver.perform(step.effects) if step.effects else 0
+        if step.transition is not None:
+            try:
+                self._on_transition(step.transition)
+            except Exception:
+                logger.exception("state change listeners failed on %s", step.transition)
+        if failed:
+            # The driver logged which effect raised and carried out the rest.
+            self._internal_error()
+        if self._resolve_due:
+            # begin_session: the orders are settled once the bot heard of the
+            # new session (orderResolvedEvent after its stateChangeEvent).
+            self._resolve_due = False
+            self._resolve_orders()
+        return step.state
 
     def _internal_error(self) -> None:
         """Arm the safety net after the machine or an effect raised (a bug of ours).
