@@ -213,10 +213,10 @@ def test_a_port_is_noted_in_every_state(effects: RecordingEffects, clock: Manual
     assert effects.args_of("start_attempt") == [(1, 7, 4003)]
 
 
-def test_every_input_is_a_transitions_event(
+def test_every_move_is_a_transitions_event(
     monkeypatch: pytest.MonkeyPatch, effects: RecordingEffects, clock: ManualClock
 ) -> None:
-    """No side path: each input fed, ignored or noted ones included, triggers one event."""
+    """An input that moves or asks for an effect triggers one event; a stay (notes only) none."""
     triggered: list[str] = []
     real = Event.trigger
 
@@ -226,6 +226,29 @@ def test_every_input_is_a_transitions_event(
 
     monkeypatch.setattr(Event, "trigger", counting)
     machine = RecordedMachine(effects, clock, port=4002, client_ids=[7])
+    fed = [K.FARM_OK, K.CONNECT, K.FARM_OK, K.CONNECT, K.SOCKET_CLOSED, K.ATTEMPT_SUCCEEDED,
+           K.RESTORED_DATA_KEPT, K.FARM_BROKEN, K.SUBSCRIBED]
+    for kind in fed:
+        machine.handle(Input(kind, farm="usfarm"))
+    # Ignored in disconnected, noted in connecting, ignored twice in connecting and once
+    # in connected: stays, without transitions. In connected, farm_broken moves to degraded
+    # and subscribed asks for the new subscription to be issued: through transitions.
+    assert triggered == ["connect", "attempt_succeeded", "farm_broken", "subscribed"]
+
+
+def test_without_fast_stays_every_input_is_a_transitions_event(
+    monkeypatch: pytest.MonkeyPatch, effects: RecordingEffects, clock: ManualClock
+) -> None:
+    """With fast_stays=False each input fed, ignored or noted ones included, triggers one event."""
+    triggered: list[str] = []
+    real = Event.trigger
+
+    def counting(self: Event, model: object, *args: object, **kwargs: object) -> bool:
+        triggered.append(self.name)
+        return bool(real(self, model, *args, **kwargs))
+
+    monkeypatch.setattr(Event, "trigger", counting)
+    machine = RecordedMachine(effects, clock, port=4002, client_ids=[7], fast_stays=False)
     fed = [K.FARM_OK, K.CONNECT, K.FARM_OK, K.CONNECT, K.SOCKET_CLOSED, K.ATTEMPT_SUCCEEDED,
            K.RESTORED_DATA_KEPT, K.FARM_BROKEN]
     for kind in fed:

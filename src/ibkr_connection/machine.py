@@ -14,6 +14,10 @@ terms gets one ``conditions`` callable asking them in turn), through
 :class:`ConnectionMachine` adds its own model to it (``add_model``) and passes
 itself to ``trigger``, so every callback and guard receives the connection
 machine and the input.
+A stay (a row that is alone for its state and input, unguarded, with no
+next state and only notes: three farm notices come with every connect) has
+nothing for ``transitions`` to do but call those notes and the record:
+:meth:`~ConnectionMachine.handle` calls them itself.
 
 The machine is sans-IO and calls nothing outside itself: :meth:`~ConnectionMachine.handle`
 returns a :class:`~ibkr_connection.outputs.Step`, the transition made and the
@@ -44,6 +48,7 @@ from ibkr_connection.errors import ReentrantHandleError, UsageError
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.outputs import Effect, JournalEntry, Step, Transition
 from ibkr_connection.policy import RecoveryPolicy
+from ibkr_connection.table import ACTIONS as _ACTIONS
 from ibkr_connection.table import (
     ENTRY,
     EXIT,
@@ -93,10 +98,13 @@ class _Model:
 class ConnectionMachine:
     """The connection state machine: feed it inputs, it returns what to do.
 
-    Every input goes through ``transitions``: the rows of the table are its
-    transitions, each row's actions its callbacks, the states' entry and exit
-    actions the states' callbacks. The actions note facts, count, draw delays
-    and append effects to the step being built; nothing is called outside.
+    Every input that moves or asks for an effect goes through ``transitions``:
+    the rows of the table are its transitions, each row's actions its
+    callbacks, the states' entry and exit actions the states' callbacks. A stay
+    (the one row of its state and input, unguarded, notes only) is run without
+    it, as ``transitions`` would run it: its notes, then its record. The
+    actions note facts, count, draw delays and append effects to the step
+    being built; nothing is called outside.
 
     Args:
         clock: the injected clock (only ``monotonic`` and ``wall`` are read).
@@ -121,6 +129,10 @@ class ConnectionMachine:
         account_fallback: with no account and several managed ones, "first"
             takes the first, "error" refuses them.
         mask_accounts: mask account ids in the refusal messages.
+        fast_stays: run a stay (see :func:`_stay_rows`) without ``transitions``:
+            its notes, then its record, as ``transitions`` would call them.
+            False: every input through ``transitions`` (the test comparing the
+            two paths uses it).
 
     Raises:
         UsageError: if no client id is given.
@@ -143,6 +155,7 @@ class ConnectionMachine:
         account: str = "",
         account_fallback: str = "error",
         mask_accounts: bool = True,
+        fast_stays: bool = True,
     ) -> None:
         if not client_ids:
             raise UsageError("at least one client id is required")
@@ -193,7 +206,7 @@ class ConnectionMachine:
         #: The table row that handled the last input (for tests and logs).
         self.last_row: Row | None = None
         self._model = _Model()
-        fsm, events = _shared_machine(
+        fsm, events, stays = _shared_machine(
             table, ENTRY if entry_actions is None else entry_actions,
             EXIT if exit_actions is None else exit_actions)
         fsm.add_model(self._model)
@@ -202,6 +215,10 @@ class ConnectionMachine:
         weakref.finalize(self, fsm.remove_model, self._model).atexit = False
         #: Each input's ``transitions`` event, by the input's value.
         self._events = events
+        #: The stays run without ``transitions``, by (state value, input value):
+        #: the row and its notes.
+        self._stays: dict[tuple[str, str], tuple[Row, tuple[_Callback, ...]]] = (
+            stays if fast_stays else {})
 
     @property
     def state(self) -> ConnectionState:
@@ -245,8 +262,16 @@ class ConnectionMachine:
         self._made = None
         out: list[Effect] = []
         self._out = out
+        kind = inp.kind._value_
+        stay = self._stays.get((self._model.state, kind))
         try:
-            self._events[inp.kind._value_].trigger(self._model, self, inp)
+            if stay is None:
+                self._events[kind].trigger(self._model, self, inp)
+            else:
+                # A stay changes no state and asks for nothing: all transitions
+                # would do is call its notes and its record (the row's one
+                # ``before`` callback, see _specs), which is what this does.
+                self._record(inp, stay[0], stay[1])
         finally:
             self._handling = False
         state = _STATE_BY_VALUE[self._model.state]
@@ -643,8 +668,8 @@ def _shared_machine(
     table: Sequence[Row],
     entry: dict[ConnectionState, tuple[StateAction, ...]],
     leave: dict[ConnectionState, tuple[StateAction, ...]],
-) -> tuple[Machine, dict[str, Any]]:
-    """The ``transitions`` machine running ``table``, and its events by input value.
+) -> tuple[Machine, dict[str, Any], dict[tuple[str, str], tuple[Row, tuple[_Callback, ...]]]]:
+    """The ``transitions`` machine running ``table``, its events by input value, its stays.
 
     Building one takes a few milliseconds (a ``transitions`` transition per
     row); one per :class:`ConnectionMachine` spent them, and the garbage they
@@ -661,7 +686,7 @@ def _shared_machine(
     key = (table, entry, leave, tuple(ACTION_FUNCTIONS.items()), tuple(GUARD_FUNCTIONS.items()))
     last = _LAST_BUILT[0] if _LAST_BUILT else None
     if last is not None and _same_key(last[0], key):
-        return last[1], last[2]
+        return last[1], last[2], last[3]
     base = _BASE[0] if _BASE else None
     fsm = _derived(base[0], base[1], key) if base is not None else None
     if fsm is None:
@@ -669,8 +694,28 @@ def _shared_machine(
         fsm.add_transitions(_specs(table))
         _BASE[:] = [(key, fsm)]
     events = {kind.value: fsm.events[kind.value] for kind in InputKind}
-    _LAST_BUILT[:] = [(key, fsm, events)]
-    return fsm, events
+    stays = {(row.source.value, row.input.value): (row, tuple(
+        ACTION_FUNCTIONS[action] for action in row.actions_in(Phase.NOTE)))
+        for row in _stay_rows(table)}
+    _LAST_BUILT[:] = [(key, fsm, events, stays)]
+    return fsm, events, stays
+
+
+def _stay_rows(table: Sequence[Row]) -> list[Row]:
+    """The rows :class:`ConnectionMachine` runs without ``transitions``: the stays.
+
+    A stay is the one row of its (state, input), unguarded, with no next state,
+    whose actions (if any) are all notes: it changes no state and asks for no
+    effect, so ``transitions`` would have nothing to do but call its notes and
+    record it. Three farm notices come with every connect. Computed from the
+    table, never listed by hand: a changed table has its own stays.
+    """
+    count: dict[tuple[ConnectionState, InputKind], int] = {}
+    for row in table:
+        count[row.source, row.input] = count.get((row.source, row.input), 0) + 1
+    return [row for row in table
+            if count[row.source, row.input] == 1 and row.guard is None and row.dest is None
+            and all(_ACTIONS[action].phase is Phase.NOTE for action in row.actions)]
 
 
 def _new_machine(
@@ -731,8 +776,10 @@ def _derived(base_key: tuple[Any, ...], base: Machine, key: tuple[Any, ...]) -> 
 _BASE: list[tuple[tuple[Any, ...], Machine]] = []
 
 
-#: The last shared machine built: (what it was built from, the machine, its events).
-_LAST_BUILT: list[tuple[tuple[Any, ...], Machine, dict[str, Any]]] = []
+#: The last shared machine built: (what it was built from, the machine, its events, its
+#: stays).
+_LAST_BUILT: list[tuple[tuple[Any, ...], Machine, dict[str, Any],
+                        dict[tuple[str, str], tuple[Row, tuple[_Callback, ...]]]]] = []
 
 
 def _same_key(old: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
