@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import struct
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -97,6 +98,8 @@ class Driver:
         #: Masks the account ids in IB's message text as the client's own lines are.
         self._mask_accounts_in = adapter.account_masker(ib)
         self.account = ""
+        #: The accounts the last successful attempt reported (select_account reads them).
+        self._accounts: tuple[str, ...] = ()
         self.high_water = 0
         self.last_error: Exception | None = None
         self.controller = controller
@@ -185,7 +188,8 @@ class Driver:
         # IB's text may name the account (321, 2100-range notices, an order
         # rejection's "account DU..."): masked before it reaches a log line, or
         # a transition's cause.
-        if message and self.config.mask_accounts:
+        # Every account id has digits; the farm notices of a connect have none.
+        if message and self.config.mask_accounts and _has_digit(message):
             message = self._mask_accounts_in(message)
         if info is None:
             logger.warning("IB code %d (not in the code table, no state change): %s",
@@ -245,11 +249,12 @@ class Driver:
             return
         self._attempt_task = None
         self._apply_high_water()
+        accounts = self._accounts = tuple(adapter.managed_accounts(ib))
         # What the attempt learnt goes in as data: the table checks the
         # configured account against it and chooses the one to use.
         self._feed(Input(InputKind.ATTEMPT_SUCCEEDED, message=(
             f"connected to {config.host}:{port} as client {client_id}"
-        ), accounts=tuple(adapter.managed_accounts(ib))))
+        ), accounts=accounts))
 
     def _attempt_failed(self, attempt: int, exc: Exception) -> None:
         info, inp = codes.classify_failure(exc)
@@ -326,8 +331,7 @@ class Driver:
         # ib_insync's startup sync subscribed account updates itself only for
         # the account it was given or a login's only account: a mechanic of
         # the client, not a choice.
-        if account and account != self.config.account and len(
-                adapter.managed_accounts(self.ib)) > 1:
+        if account and account != self.config.account and len(self._accounts) > 1:
             try:
                 adapter.request_account_updates(self.ib, account)
             except (ConnectionError, OSError) as exc:
@@ -370,7 +374,8 @@ class Driver:
         self._heartbeat_on = True
         self._last_count = -1
         self._last_activity = self._clock.monotonic()
-        self._hook_data()
+        # The data hook is added when the heartbeat first needs it (it sleeps quiet
+        # or probes): not on the connect's path, and it does nothing before.
         idle = self.config.heartbeat_idle
         self._schedule_tick(idle / 4 if idle < 2.0 else 0.5)
 
@@ -411,13 +416,17 @@ class Driver:
     def _sleep_quiet(self, delay: float) -> None:
         """Wake after ``delay``, or ``interval`` after the first bytes that arrive first."""
         self._schedule_tick(delay)
+        if self._data_hook is None:
+            self._hook_data()
         self._quiet = self._data_hook is not None
 
     def _hook_data(self) -> None:
         """Wake a quiet heartbeat on the socket's first bytes: one handler for the session.
 
-        The handler stays on the client's ``hasData`` while the heartbeat runs and
-        does nothing unless the heartbeat sleeps quiet: a call per socket read
+        Added when the heartbeat first sleeps quiet or probes (before that it would
+        have nothing to do), the handler stays on the client's ``hasData`` until the
+        heartbeat stops and does nothing unless the heartbeat sleeps quiet or a probe
+        waits: a call per socket read
         costs less than an eventkit connect and disconnect per idle period, which
         an idle month pays about 837,000 times (issue 21). The client keeps one
         ``Connection`` for its life (``Client.__init__``, ib_insync 0.9.86 and
@@ -489,6 +498,8 @@ class Driver:
             self._schedule_tick(idle / 4 if idle < 2.0 else 0.5)
             return
         self._probe_task = request
+        if self._data_hook is None:
+            self._hook_data()
         expired: list[bool] = []
 
         def expire() -> None:
@@ -689,6 +700,9 @@ class Driver:
             self._farm_timer.cancel()
             self._farm_timer = None
 
+
+#: Finds a digit: a text without one names no account (see _on_ib_error).
+_has_digit = re.compile(r"\d").search
 
 #: codes.lookup, without the call: the code table by code (three notices every connect).
 _code_info = {info.code: info for info in codes.CODES}.get

@@ -71,6 +71,8 @@ if _transitions_logger.level == logging.NOTSET:
 
 #: A state's value (what the ``transitions`` machine holds) to the state.
 _STATE_BY_VALUE = {state.value: state for state in ConnectionState}
+#: The inputs whose transitions _quiet_retry may quiet.
+_RETRY_INPUTS = frozenset((InputKind.RETRY_DUE, InputKind.ATTEMPT_FAILED))
 #: Seconds between the INFO lines of a refused series (see _quiet_retry).
 _SERIES_LINE_EVERY = 60.0
 
@@ -205,6 +207,8 @@ class ConnectionMachine:
         self.transcript_limit = transcript_limit
         #: The table row that handled the last input (for tests and logs).
         self.last_row: Row | None = None
+        #: The value of the state the last input found (read if handling it raised).
+        self.handled_in = ConnectionState.DISCONNECTED.value
         self._model = _Model()
         fsm, events, stays = _shared_machine(
             table, ENTRY if entry_actions is None else entry_actions,
@@ -263,7 +267,8 @@ class ConnectionMachine:
         out: list[Effect] = []
         self._out = out
         kind = inp.kind._value_
-        stay = self._stays.get((self._model.state, kind))
+        found = self.handled_in = self._model.state
+        stay = self._stays.get((found, kind))
         try:
             if stay is None:
                 self._events[kind].trigger(self._model, self, inp)
@@ -390,7 +395,8 @@ class ConnectionMachine:
         # The end of a stopped manager is the bot's own doing, said by the
         # disconnect before it: DEBUG (a manager stopped unused logs nothing).
         level = logging.DEBUG if row.dest is ConnectionState.STOPPED else logging.INFO
-        if self._quiet_retry(transition):
+        # Only a retry's line may be quieted: the others skip the call.
+        if inp.kind in _RETRY_INPUTS and self._quiet_retry(transition):
             level = logging.DEBUG
         if not logger.isEnabledFor(level):
             return

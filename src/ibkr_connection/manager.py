@@ -481,12 +481,12 @@ class ConnectionManager:
             The state after the input.
         """
         machine = self._machine
-        before = machine.state
         try:
             step = machine.handle(inp)
         except Exception:
+            # handle() noted the state the input found before anything could fail.
             logger.exception("the machine failed to handle %s in state %s (now %s)",
-                             inp, before.value, machine.state.value)
+                             inp, machine.handled_in, machine.state.value)
             self._internal_error()
             return machine.state
         if self._journal is not None:
