@@ -377,7 +377,9 @@ class Driver:
         # The data hook is added when the heartbeat first needs it (it sleeps quiet
         # or probes): not on the connect's path, and it does nothing before.
         idle = self.config.heartbeat_idle
-        self._schedule_tick(idle / 4 if idle < 2.0 else 0.5)
+        # No tick is scheduled here (either branch above leaves none): _schedule_tick's
+        # cancel has nothing to do, and a session's start skips its call.
+        self._heartbeat = self._clock.call_later(idle / 4 if idle < 2.0 else 0.5, self._tick)
 
     def _schedule_tick(self, delay: float) -> None:
         if self._heartbeat is not None:

@@ -569,7 +569,9 @@ class ConnectionMachine:
         # account is managed; without one, the first is the only one or the
         # fallback's.
         accounts = inp.accounts
-        self._effect("select_account", self.account or (accounts[0] if accounts else ""))
+        # Built here rather than through _effect: every session asks for it.
+        self._out.append(Effect(
+            "select_account", (self.account or (accounts[0] if accounts else ""),)))
 
     def _issue_subscriptions(self, inp: Input) -> None:
         self._out.append(_ISSUE_ON_NEW_SESSION)
