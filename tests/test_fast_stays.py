@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 import pytest
+from transitions import Event
 
 from ibkr_connection.clock import ManualClock
 from ibkr_connection.inputs import Input, InputKind
@@ -74,8 +75,8 @@ def _run(fast: bool, row: Row, noted: bool,
     return step, machine.journal, machine.last_row, lines, _facts(machine)
 
 
-def test_the_connects_farm_notices_are_stays() -> None:
-    """The farm notices of a connect (farm OK in connecting) are stays, and so are others."""
+def test_the_connects_farm_notices_are_stays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The farm notices of a connect (farm OK in connecting) are stays: no transitions event."""
     found = {(row.source, row.input) for row in STAYS}
     assert {(S.CONNECTING, K.FARM_OK), (S.CONNECTING, K.FARM_BROKEN),
             (S.DISCONNECTED, K.PORT_RESET), (S.STOPPED, K.CONNECT),
@@ -83,6 +84,21 @@ def test_the_connects_farm_notices_are_stays() -> None:
     assert (S.CONNECTED, K.FARM_BROKEN) not in found  # moves to degraded
     assert (S.CONNECTED, K.SUBSCRIBED) not in found  # asks for an effect
     assert (S.DEGRADED, K.FARM_OK) not in found  # guarded
+    triggered: list[str] = []
+    real = Event.trigger
+
+    def counting(self: Event, model: object, *args: object, **kwargs: object) -> bool:
+        triggered.append(self.name)
+        return bool(real(self, model, *args, **kwargs))
+
+    monkeypatch.setattr(Event, "trigger", counting)
+    machine = ConnectionMachine(ManualClock(), port=4002, client_ids=[7])
+    machine.handle(Input(K.CONNECT))
+    for farm in ("usfarm", "ushmds", "secdefil"):
+        machine.handle(Input(K.FARM_OK, code=2104, farm=farm))
+    machine.handle(Input(K.ATTEMPT_SUCCEEDED))
+    assert triggered == ["connect", "attempt_succeeded"]
+    assert machine.state is S.CONNECTED
 
 
 @pytest.mark.parametrize("noted", [False, True], ids=["fresh", "noted"])
