@@ -1,0 +1,46 @@
+"""The simulator keeps one trading day of history, as TWS does, over a real client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ib_insync import IB, MarketOrder, Stock
+
+from ibkr_connection.simulator import FakeGateway
+
+from .conftest import until
+
+#: A day passes in no wall-clock time; the sockets are real loopback ones.
+VIRTUAL_TIME = True
+
+Connect = Callable[..., Coroutine[Any, Any, IB]]
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def _until_next_midnight(now: datetime) -> float:
+    """Seconds from ``now`` to one second past the next midnight in New York."""
+    local = now.astimezone(NEW_YORK)
+    midnight = (local + timedelta(days=1)).replace(hour=0, minute=0, second=1, microsecond=0)
+    return (midnight - local).total_seconds()
+
+
+async def test_yesterdays_fills_are_not_reported_after_midnight(
+    gw: FakeGateway, connect: Connect
+) -> None:
+    """After midnight no request, and no new session's sync, sees yesterday's fills or orders."""
+    ib = await connect(1)
+    trade = ib.placeOrder(Stock("AAPL", "SMART", "USD"), MarketOrder("BUY", 3, orderRef="day-1"))
+    await until(lambda: trade.orderStatus.status == "Filled", "the order filled")
+    assert [f.execution.orderRef for f in await ib.reqExecutionsAsync()] == ["day-1"]
+    assert len(await ib.reqCompletedOrdersAsync(apiOnly=False)) == 1
+    await asyncio.sleep(_until_next_midnight(gw.clock.wall()))
+    assert await ib.reqExecutionsAsync() == []
+    assert await ib.reqCompletedOrdersAsync(apiOnly=False) == []
+    assert (gw.executions, gw.orders) == ([], {})
+    later = await connect(2)
+    assert (later.fills(), later.trades()) == ([], [])
+    assert [p.position for p in later.positions()] == [3.0]  # the position carries over
