@@ -10,9 +10,11 @@ from zoneinfo import ZoneInfo
 
 from ib_insync import IB, MarketOrder, Stock
 
+from ibkr_connection import ConnectionManager, ConnectionState
 from ibkr_connection.simulator import FakeGateway
 
 from .conftest import until
+from conftest import on_live_session
 
 #: A day passes in no wall-clock time; the sockets are real loopback ones.
 VIRTUAL_TIME = True
@@ -44,3 +46,24 @@ async def test_yesterdays_fills_are_not_reported_after_midnight(
     later = await connect(2)
     assert (later.fills(), later.trades()) == ([], [])
     assert [p.position for p in later.positions()] == [3.0]  # the position carries over
+
+
+async def test_a_managed_bot_running_for_days_holds_one_days_orders(
+    gw: FakeGateway, make_manager: Callable[..., ConnectionManager]
+) -> None:
+    """A restart's sync brings the day's orders back, a restart after midnight none: no pile-up."""
+    manager = make_manager(heartbeat_idle=600.0)  # days of idle probes would cost seconds
+    await manager.start(timeout=30)
+    ib = manager.ib
+    held = []
+    for day in range(3):
+        for n in range(4):
+            trade = ib.placeOrder(Stock("AAPL", "SMART", "USD"),
+                                  MarketOrder("BUY", 1, orderRef=f"day{day}-{n}"))
+            await until(lambda t=trade: t.orderStatus.status == "Filled", "the order filled")
+        for wait in (0.0, _until_next_midnight(gw.clock.wall())):
+            await asyncio.sleep(wait)
+            await gw.restart(5.0)  # a new session, and its startup sync
+            await on_live_session(manager, ConnectionState.CONNECTED)
+            held.append((len(ib.trades()), len(ib.fills())))
+    assert held == [(4, 4), (0, 0)] * 3
