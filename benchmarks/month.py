@@ -83,6 +83,8 @@ REQUEST_LOG = 1_000
 #: (seed 0: 6,569; from the next login on it stays between 5,000 and its cap,
 #: ``transcript_limit``, 10,000, as it trims in chunks).
 STEADY_DAY = 8
+#: Source lines listed with --tracemalloc.
+TRACED_TOP = 15
 #: Where to write each run's transcript lines (to find where two runs part), if set.
 DUMP = os.environ.get("MONTH_DUMP_TRANSCRIPT", "")
 RETRY = ("connecting", "backoff")
@@ -140,6 +142,8 @@ class Run:
     #: RSS growth from the end of STEADY_DAY to the end (None: a shorter month).
     rss_steady: int | None = None
     traced_growth: int | None = None
+    #: With tracing: the source lines holding the most of the traced growth.
+    traced_top: list[str] = field(default_factory=list)
     #: Live tasks and handlers at the end minus those at the end of day 1.
     tasks_growth: int = 0
     handlers_growth: int = 0
@@ -448,6 +452,12 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
     note_transcript("the end")
     if trace:
         run.traced_growth = tracemalloc.get_traced_memory()[0] - traced0
+        # Allocated since day 1 and still live (what was allocated before and
+        # freed since is not traced, so a bounded container that turned over,
+        # the transcript, shows its new entries, not its net growth).
+        top = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(False, tracemalloc.__file__)]).statistics("lineno")
+        run.traced_top = [str(stat) for stat in top[:TRACED_TOP]]
         tracemalloc.stop()
     run.end = loop.time() - origin
     # The month is over: a last look at the fills (the bot's own sync), then the tally.
@@ -782,6 +792,10 @@ def main() -> None:
         sizes = ", ".join(f"{n:,} at {when}" for when, n in run.transcript_sizes)
         print(f"  {run.name:8s} tasks {run.tasks_growth:+d}, handlers {run.handlers_growth:+d} "
               f"since day 1" + (f"; transcript: {sizes}" if sizes else ""))
+        if run.traced_top:
+            print(f"  {run.name:8s} traced, allocated since day 1 and live at the end, by line:")
+            for line in run.traced_top:
+                print(f"    {line}")
     print()
     print("time per state (hours):")
     for run in runs:
