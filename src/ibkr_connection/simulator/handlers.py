@@ -237,7 +237,7 @@ def req_open_orders(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
 
 
 def req_completed_orders(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
-    """``reqCompletedOrders``: every filled or cancelled order."""
+    """``reqCompletedOrders``: every order filled or cancelled today."""
     layouts.fixed("reqCompletedOrders", fields)
     gw.book.forget_earlier_days()  # the day's, as TWS lists them
     body = [
