@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from ib_insync import IB, MarketOrder, Stock
 
 from ibkr_connection import ConnectionManager, ConnectionState
@@ -48,18 +50,20 @@ async def test_yesterdays_fills_are_not_reported_after_midnight(
     assert [p.position for p in later.positions()] == [3.0]  # the position carries over
 
 
+@pytest.mark.parametrize("wire", [("ib_insync", 178), ("ib_async", 178)], indirect=True)
 async def test_a_managed_bot_running_for_days_holds_one_days_orders(
-    gw: FakeGateway, make_manager: Callable[..., ConnectionManager]
+    gw: FakeGateway, make_manager: Callable[..., ConnectionManager], wire: tuple[str, int]
 ) -> None:
     """A restart's sync brings the day's orders back, a restart after midnight none: no pile-up."""
+    lib = importlib.import_module(wire[0])
     manager = make_manager(heartbeat_idle=600.0)  # days of idle probes would cost seconds
     await manager.start(timeout=30)
     ib = manager.ib
     held = []
     for day in range(3):
         for n in range(4):
-            trade = ib.placeOrder(Stock("AAPL", "SMART", "USD"),
-                                  MarketOrder("BUY", 1, orderRef=f"day{day}-{n}"))
+            trade = ib.placeOrder(lib.Stock("AAPL", "SMART", "USD"),
+                                  lib.MarketOrder("BUY", 1, orderRef=f"day{day}-{n}"))
             await until(lambda t=trade: t.orderStatus.status == "Filled", "the order filled")
         for wait in (0.0, _until_next_midnight(gw.clock.wall())):
             await asyncio.sleep(wait)
