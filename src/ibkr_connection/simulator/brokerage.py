@@ -395,8 +395,8 @@ class Brokerage:
                                                        microsecond=0)
         # The next midnight by the calendar (aware arithmetic is wall-clock
         # arithmetic), not 24 h later: days are 23 or 25 hours long when the
-        # clocks change.
-        self._day_end = start + timedelta(days=1)
+        # clocks change. Kept in UTC: the check above then asks the zone nothing.
+        self._day_end = (start + timedelta(days=1)).astimezone(timezone.utc)
         kept = [ex for ex in self.executions if _aware(ex.time) >= start]
         gone = len(self.executions) - len(kept)
         self.executions[:] = kept
