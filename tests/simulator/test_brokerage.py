@@ -160,3 +160,14 @@ def test_the_trading_day_follows_new_yorks_clock_change() -> None:
     assert book.forget_earlier_days() == 0
     now[0] = datetime(2026, 3, 9, 4, 1, tzinfo=timezone.utc)  # 00:01 EDT, March 9
     assert book.forget_earlier_days() == 2
+
+
+def test_a_book_without_a_day_zone_keeps_every_day() -> None:
+    """day_zone=None: nothing is forgotten, whatever the clock says."""
+    book = Brokerage(["DU1"], 1, fill_mode="manual", commission=1.0, day_zone=None)
+    now = [datetime(2026, 3, 2, 15, 0, tzinfo=timezone.utc)]
+    book.wall = lambda: now[0]
+    first = book.fill(place(book, "BUY", 1).order_id, price=100.0)
+    now[0] = datetime(2026, 3, 5, 15, 0, tzinfo=timezone.utc)
+    assert book.forget_earlier_days() == 0
+    assert book.executions == [first] and len(book.orders) == 1

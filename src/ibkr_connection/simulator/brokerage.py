@@ -12,7 +12,7 @@ midnight (in :attr:`Brokerage.day_zone`), executions and finished orders of
 earlier days are forgotten (:meth:`Brokerage.forget_earlier_days`), so a
 simulator that runs for weeks answers ``reqExecutions`` and
 ``reqCompletedOrders`` with the day's, and holds a day's worth of them.
-Working orders and positions carry over.
+Working orders and positions carry over; ``day_zone=None`` keeps every day.
 """
 
 from __future__ import annotations
@@ -212,7 +212,8 @@ class Brokerage:
         commission: Commission charged per execution.
         prices: Initial last prices per symbol; a symbol not in
             :data:`DEFAULT_INSTRUMENTS` is added as a US stock.
-        day_zone: Whose midnight ends the book's trading day (see :data:`DAY_ZONE`).
+        day_zone: Whose midnight ends the book's trading day (see :data:`DAY_ZONE`);
+            None keeps every day (a test auditing orders across a midnight).
 
     Attributes:
         accounts: Managed accounts.
@@ -222,7 +223,7 @@ class Brokerage:
         instruments: Known instruments by symbol.
         orders: Every order by order id: working, or done today.
         executions: Today's executions, oldest first.
-        day_zone: Whose midnight ends the book's trading day.
+        day_zone: Whose midnight ends the book's trading day (None: none ends).
         positions: Positions by (account, conId).
     """
 
@@ -234,7 +235,7 @@ class Brokerage:
         fill_mode: FillMode,
         commission: float,
         prices: dict[str, float] | None = None,
-        day_zone: tzinfo = DAY_ZONE,
+        day_zone: tzinfo | None = DAY_ZONE,
     ) -> None:
         self.accounts: list[str] = list(accounts)
         #: The current time of fills and cancels (the gateway's clock sets it).
@@ -388,6 +389,8 @@ class Brokerage:
         Returns:
             How many executions and orders were forgotten.
         """
+        if self.day_zone is None:
+            return 0
         now = _aware(self.wall())
         if self._day_end is not None and now < self._day_end:
             return 0
