@@ -83,10 +83,14 @@ REQUEST_LOG = 1_000
 #: (seed 0: 6,569; from the next login on it stays between 5,000 and its cap,
 #: ``transcript_limit``, 10,000, as it trims in chunks).
 STEADY_DAY = 8
+#: Source lines listed with --tracemalloc.
+TRACED_TOP = 15
 #: Where to write each run's transcript lines (to find where two runs part), if set.
 DUMP = os.environ.get("MONTH_DUMP_TRANSCRIPT", "")
 RETRY = ("connecting", "backoff")
 UNSETTLED = ("PendingSubmit", "ApiPending", "Uncertain", "PreSubmitted")
+#: Statuses after which the bot forgets a trade (its count stays).
+FINAL = ("Filled", "Cancelled", "ApiCancelled")
 
 
 def _loop_factory(kind: str) -> asyncio.AbstractEventLoop:
@@ -138,6 +142,8 @@ class Run:
     #: RSS growth from the end of STEADY_DAY to the end (None: a shorter month).
     rss_steady: int | None = None
     traced_growth: int | None = None
+    #: With tracing: the source lines holding the most of the traced growth.
+    traced_top: list[str] = field(default_factory=list)
     #: Live tasks and handlers at the end minus those at the end of day 1.
     tasks_growth: int = 0
     handlers_growth: int = 0
@@ -163,7 +169,13 @@ class Run:
 
 
 class Bot:
-    """The part every contender shares: the orders of the month, and its ledger of fills."""
+    """The part every contender shares: the orders of the month, and its ledger of fills.
+
+    It keeps what the tally needs and no more (a bot running for months must
+    not hold every order it placed): the trades not final yet, counts, and
+    the gateway's executions it has not seen (counted as the gateway books
+    them, since the gateway, like TWS, keeps one day of them).
+    """
 
     def __init__(self, run: Run, gw: FakeGateway, ib: IB, month: Month,
                  usable: Callable[[], bool], wait_usable: Callable[[], Any],
@@ -171,18 +183,46 @@ class Bot:
         self.run, self.gw, self.ib, self.month = run, gw, ib, month
         self.usable, self.wait_usable = usable, wait_usable
         self.origin = origin
+        #: The latest trade of each order not final yet, by orderRef.
         self.trades: dict[str, Any] = {}
-        self.placed: dict[str, int] = {}
-        self.seen_exec: set[str] = set()
+        self.placed = 0
+        #: Final statuses of the trades dropped from ``trades``.
+        self.final: dict[str, int] = {}
+        #: The gateway's side, counted as it books: orders and quantity filled per
+        #: orderRef (a few bytes an order), and executions the bot has not seen.
+        self.gw_orders: dict[str, int] = {}
+        self.gw_filled: dict[str, float] = {}
+        self.unseen_exec: set[str] = set()
+        self._count_gateway()
         ib.execDetailsEvent += self._on_fill
 
+    def _count_gateway(self) -> None:
+        book = self.gw.book
+        add_order, fill = book.add_order, book.fill
+
+        def counted_order(order: Any) -> Any:
+            if order.order_ref.startswith("month-"):
+                self.gw_orders[order.order_ref] = self.gw_orders.get(order.order_ref, 0) + 1
+            return add_order(order)
+
+        def counted_fill(*args: Any, **kwargs: Any) -> Any:
+            ex = fill(*args, **kwargs)
+            ref = ex.order.order_ref
+            if ref.startswith("month-"):
+                self.gw_filled[ref] = self.gw_filled.get(ref, 0.0) + ex.shares
+                self.unseen_exec.add(ex.exec_id)
+            return ex
+
+        book.add_order = counted_order  # type: ignore[method-assign]
+        book.fill = counted_fill  # type: ignore[method-assign]
+
     def _on_fill(self, trade: Any, fill: Any) -> None:
-        self.seen_exec.add(fill.execution.execId)
+        self.unseen_exec.discard(fill.execution.execId)
 
     def snapshot_fills(self) -> None:
         """What the session's startup sync told the bot about fills."""
         for fill in self.ib.fills():
-            self.seen_exec.add(fill.execution.execId)
+            self.unseen_exec.discard(fill.execution.execId)
 
     async def play_orders(self, loop: asyncio.AbstractEventLoop) -> None:
         for planned in self.month.orders:
@@ -193,34 +233,36 @@ class Bot:
                 await self.wait_usable()
             if planned.fault is not None:
                 getattr(self.gw, planned.fault)("placeOrder", CLIENT_ID)
+            self.placed += 1
             self.place(planned.ref)
             self.run.note(f"{loop.time():.6f} order {planned.ref} {planned.fault or '-'}")
 
     def place(self, ref: str) -> None:
         order = MarketOrder("BUY", 1, orderRef=ref)
-        self.trades[ref] = self.ib.placeOrder(contract(), order)
-        self.placed[ref] = self.placed.get(ref, 0) + 1
+        self.track(ref, self.ib.placeOrder(contract(), order))
 
-    def tally(self, resolved: dict[str, Any]) -> dict[str, int]:
+    def track(self, ref: str, trade: Any) -> None:
+        """Make ``trade`` the order's latest; drop the trades that are final."""
+        self.trades[ref] = trade
+        for key, known in list(self.trades.items()):
+            status = known.orderStatus.status
+            if status in FINAL:
+                del self.trades[key]
+                self.final[status] = self.final.get(status, 0) + 1
+
+    def tally(self) -> dict[str, int]:
         """Orders placed, in doubt, not received, sent twice; fills lost or doubled."""
-        gw_orders: dict[str, int] = {}
-        gw_filled: dict[str, float] = {}
-        for order in self.gw.orders.values():
-            if order.order_ref.startswith("month-"):
-                gw_orders[order.order_ref] = gw_orders.get(order.order_ref, 0) + 1
-        gw_exec = {ex.exec_id: ex for ex in self.gw.executions
-                   if ex.order.order_ref.startswith("month-")}
-        for ex in gw_exec.values():
-            gw_filled[ex.order.order_ref] = gw_filled.get(ex.order.order_ref, 0.0) + ex.shares
-        statuses = {ref: (resolved.get(ref) or trade).orderStatus.status
-                    for ref, trade in self.trades.items()}
+        statuses = dict(self.final)
+        for trade in self.trades.values():
+            status = trade.orderStatus.status
+            statuses[status] = statuses.get(status, 0) + 1
         return {
-            "placed": len(self.trades),
-            "uncertain": sum(s in UNSETTLED for s in statuses.values()),
-            "not received": sum(s == "NotReceived" for s in statuses.values()),
-            "sent twice": sum(n > 1 for n in gw_orders.values()),
-            "fills lost": sum(1 for eid in gw_exec if eid not in self.seen_exec),
-            "fills doubled": sum(q > 1 for q in gw_filled.values()),
+            "placed": self.placed,
+            "uncertain": sum(n for s, n in statuses.items() if s in UNSETTLED),
+            "not received": statuses.get("NotReceived", 0),
+            "sent twice": sum(n > 1 for n in self.gw_orders.values()),
+            "fills lost": len(self.unseen_exec),
+            "fills doubled": sum(q > 1 for q in self.gw_filled.values()),
         }
 
 
@@ -288,7 +330,6 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
     # The gateway's timeline starts at second 0, so faults and states share one time base.
     player = asyncio.ensure_future(_play_gateway(gw, month))
     ib = IB()
-    resolved: dict[str, Any] = {}
     day = 86400.0
 
     def label(text: str, usable: bool) -> None:
@@ -314,12 +355,11 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
 
         def on_resolved(trade: Any, outcome: Any) -> None:
             ref = trade.order.orderRef
-            resolved[ref] = outcome.trade if outcome.trade is not None else trade
             if outcome.status == "NotReceived":
-                resolved[ref] = trade
                 trade.orderStatus.status = "NotReceived"
                 bot.place(ref)  # the gateway never had it: placing it again is safe
-                resolved.pop(ref, None)
+            else:
+                bot.track(ref, outcome.trade if outcome.trade is not None else trade)
 
         manager.orderResolvedEvent += on_resolved
         manager.stateChangeEvent += lambda t: bot.snapshot_fills() if t.dest in USABLE else None
@@ -412,12 +452,18 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
     note_transcript("the end")
     if trace:
         run.traced_growth = tracemalloc.get_traced_memory()[0] - traced0
+        # Allocated since day 1 and still live (what was allocated before and
+        # freed since is not traced, so a bounded container that turned over,
+        # the transcript, shows its new entries, not its net growth).
+        top = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(False, tracemalloc.__file__)]).statistics("lineno")
+        run.traced_top = [str(stat) for stat in top[:TRACED_TOP]]
         tracemalloc.stop()
     run.end = loop.time() - origin
     # The month is over: a last look at the fills (the bot's own sync), then the tally.
     if ib.isConnected():
         bot.snapshot_fills()
-    run.orders = bot.tally(resolved)
+    run.orders = bot.tally()
     run.probes = gw.requests.counts["reqCurrentTime"]
     for task in (player, orders):
         task.cancel()
@@ -746,6 +792,10 @@ def main() -> None:
         sizes = ", ".join(f"{n:,} at {when}" for when, n in run.transcript_sizes)
         print(f"  {run.name:8s} tasks {run.tasks_growth:+d}, handlers {run.handlers_growth:+d} "
               f"since day 1" + (f"; transcript: {sizes}" if sizes else ""))
+        if run.traced_top:
+            print(f"  {run.name:8s} traced, allocated since day 1 and live at the end, by line:")
+            for line in run.traced_top:
+                print(f"    {line}")
     print()
     print("time per state (hours):")
     for run in runs:

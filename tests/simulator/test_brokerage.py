@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import pytest
 
 from ibkr_connection.simulator.brokerage import Brokerage, FillMode, SimOrder
@@ -119,3 +121,53 @@ def test_instrument_lookup() -> None:
         book.find_instrument(123)
     moved = book.set_prices("AAPL", 150.0, bid=149.5)
     assert (moved.last, moved.bid, moved.ask) == (150.0, 149.5, 100.01)
+
+
+def test_a_new_trading_day_forgets_the_days_before() -> None:
+    """After midnight in New York the earlier days' fills and finished orders are gone."""
+    book = make_book()
+    now = [datetime(2026, 3, 2, 15, 0, tzinfo=timezone.utc)]  # 10:00 in New York
+    book.wall = lambda: now[0]
+    filled = place(book, "BUY", 10)
+    yesterday = book.fill(filled.order_id, price=100.0)
+    cancelled = place(book, "BUY", 1)
+    book.cancel(cancelled.order_id)
+    working = place(book, "BUY", 5)
+    now[0] = datetime(2026, 3, 3, 4, 59, 59, tzinfo=timezone.utc)  # 23:59:59 in New York
+    assert book.forget_earlier_days() == 0
+    assert book.executions == [yesterday]
+    now[0] = datetime(2026, 3, 3, 5, 0, 1, tzinfo=timezone.utc)  # 00:00:01, the next day
+    today = book.fill(working.order_id, 2, price=101.0)
+    assert book.executions == [today]
+    assert list(book.orders) == [working.order_id]
+    pos = book.positions[("DU1", book.instruments["AAPL"].con_id)]
+    assert pos.quantity == 12  # positions carry over
+    assert book.forget_earlier_days() == 0  # once a day
+
+
+def test_the_trading_day_follows_new_yorks_clock_change() -> None:
+    """The day of the spring change is 23 hours long: the next one starts at 04:00 UTC."""
+    book = make_book()
+    now = [datetime(2026, 3, 8, 4, 59, tzinfo=timezone.utc)]  # 23:59 EST, March 7
+    book.wall = lambda: now[0]
+    order = place(book, "BUY", 1)
+    book.fill(order.order_id, price=100.0)
+    now[0] = datetime(2026, 3, 8, 5, 1, tzinfo=timezone.utc)  # 00:01 EST, March 8
+    assert book.forget_earlier_days() == 2
+    order = place(book, "BUY", 1)
+    book.fill(order.order_id, price=100.0)
+    now[0] = datetime(2026, 3, 9, 3, 59, tzinfo=timezone.utc)  # 23:59 EDT, March 8
+    assert book.forget_earlier_days() == 0
+    now[0] = datetime(2026, 3, 9, 4, 1, tzinfo=timezone.utc)  # 00:01 EDT, March 9
+    assert book.forget_earlier_days() == 2
+
+
+def test_a_book_without_a_day_zone_keeps_every_day() -> None:
+    """day_zone=None: nothing is forgotten, whatever the clock says."""
+    book = Brokerage(["DU1"], 1, fill_mode="manual", commission=1.0, day_zone=None)
+    now = [datetime(2026, 3, 2, 15, 0, tzinfo=timezone.utc)]
+    book.wall = lambda: now[0]
+    first = book.fill(place(book, "BUY", 1).order_id, price=100.0)
+    now[0] = datetime(2026, 3, 5, 15, 0, tzinfo=timezone.utc)
+    assert book.forget_earlier_days() == 0
+    assert book.executions == [first] and len(book.orders) == 1

@@ -6,6 +6,13 @@ orders, books fills into executions and positions (with average cost and
 realized PnL), hands out order ids and decides how orders fill (the fill
 mode). It touches no socket and sends nothing: the gateway tells its clients
 about what the book did.
+
+Like TWS, the book keeps one trading day of history: when its clock passes
+midnight (in :attr:`Brokerage.day_zone`), executions and finished orders of
+earlier days are forgotten (:meth:`Brokerage.forget_earlier_days`), so a
+simulator that runs for weeks answers ``reqExecutions`` and
+``reqCompletedOrders`` with the day's, and holds a day's worth of them.
+Working orders and positions carry over; ``day_zone=None`` keeps every day.
 """
 
 from __future__ import annotations
@@ -14,8 +21,9 @@ import itertools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Literal
+from zoneinfo import ZoneInfo
 
 from ibkr_connection.wire import protocol as p
 
@@ -24,6 +32,16 @@ logger = logging.getLogger(__name__)
 #: How orders fill: ``"immediate"`` in full right after ``Submitted``,
 #: ``"manual"`` only when told, ``("parts", n)`` in ``n`` executions.
 FillMode = Literal["immediate", "manual"] | tuple[Literal["parts"], int]
+
+#: Where the book's trading day starts and ends: midnight in US Eastern time.
+#: TWS keeps the current day's executions: IB's ``EClient.reqExecutions``
+#: (ibapi ``client.py``) says the reports come from the past 24 hours, and
+#: older ones only while TWS's Trade Log is opened on earlier days; its
+#: Completed Orders are likewise the day's (``reqCompletedOrders`` "fetch[es]
+#: the orders completed (if any) in the current trading day", InteractiveTradeR's
+#: documentation). TWS's midnight is its own time zone's (chosen at login); an
+#: assumption here, the US exchanges' zone, which keeps a US trading day whole.
+DAY_ZONE: tzinfo = ZoneInfo("America/New_York")
 
 #: Account values announced by ``reqAccountUpdates`` and friends: tag -> (value, currency).
 DEFAULT_ACCOUNT_VALUES: dict[str, tuple[str, str]] = {
@@ -86,6 +104,7 @@ class SimOrder:
         avg_fill_price: Average fill price.
         last_fill_price: Price of the latest fill.
         completed_time: IB-style time text once done.
+        completed_at: When it was filled or cancelled (None while working).
     """
 
     order_id: int
@@ -105,6 +124,7 @@ class SimOrder:
     avg_fill_price: float = 0.0
     last_fill_price: float = 0.0
     completed_time: str = ""
+    completed_at: datetime | None = None
 
     @property
     def remaining(self) -> float:
@@ -177,6 +197,11 @@ DEFAULT_INSTRUMENTS: tuple[tuple[str, int, str], ...] = (
 )
 
 
+def _aware(moment: datetime) -> datetime:
+    """Return ``moment`` with a time zone: a naive wall clock's time is taken as UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
 class Brokerage:
     """The book behind a simulated gateway.
 
@@ -187,6 +212,8 @@ class Brokerage:
         commission: Commission charged per execution.
         prices: Initial last prices per symbol; a symbol not in
             :data:`DEFAULT_INSTRUMENTS` is added as a US stock.
+        day_zone: Whose midnight ends the book's trading day (see :data:`DAY_ZONE`);
+            None keeps every day (a test auditing orders across a midnight).
 
     Attributes:
         accounts: Managed accounts.
@@ -194,8 +221,9 @@ class Brokerage:
         fill_mode: How orders fill after they are placed.
         commission: Commission charged per execution.
         instruments: Known instruments by symbol.
-        orders: Every order by order id, working or done.
-        executions: Every execution, oldest first.
+        orders: Every order by order id: working, or done today.
+        executions: Today's executions, oldest first.
+        day_zone: Whose midnight ends the book's trading day (None: none ends).
         positions: Positions by (account, conId).
     """
 
@@ -207,6 +235,7 @@ class Brokerage:
         fill_mode: FillMode,
         commission: float,
         prices: dict[str, float] | None = None,
+        day_zone: tzinfo | None = DAY_ZONE,
     ) -> None:
         self.accounts: list[str] = list(accounts)
         #: The current time of fills and cancels (the gateway's clock sets it).
@@ -222,6 +251,9 @@ class Brokerage:
         self._perm_seq = itertools.count(1_000_001)
         self._exec_seq = itertools.count(1)
         self._con_id_seq = itertools.count(700_001)
+        self.day_zone = day_zone
+        #: When the current trading day ends (None: not read yet).
+        self._day_end: datetime | None = None
         for symbol, con_id, primary in DEFAULT_INSTRUMENTS:
             self.add_instrument(symbol, con_id=con_id, primary_exchange=primary)
         for symbol, price in (prices or {}).items():
@@ -346,6 +378,41 @@ class Brokerage:
             inst.ask = ask
         return inst
 
+    # ------------------------------------------------------------ the trading day
+    def forget_earlier_days(self) -> int:
+        """Forget executions and finished orders of days before the current one.
+
+        Cheap while the day lasts (one comparison); called by the book as it
+        books orders and fills, and by the gateway before it lists executions
+        or completed orders, so a day-old fill is never reported.
+
+        Returns:
+            How many executions and orders were forgotten.
+        """
+        if self.day_zone is None:
+            return 0
+        now = _aware(self.wall())
+        if self._day_end is not None and now < self._day_end:
+            return 0
+        start = now.astimezone(self.day_zone).replace(hour=0, minute=0, second=0,
+                                                       microsecond=0)
+        # The next midnight by the calendar (aware arithmetic is wall-clock
+        # arithmetic), not 24 h later: days are 23 or 25 hours long when the
+        # clocks change. Kept in UTC: the check above then asks the zone nothing.
+        self._day_end = (start + timedelta(days=1)).astimezone(timezone.utc)
+        kept = [ex for ex in self.executions if _aware(ex.time) >= start]
+        gone = len(self.executions) - len(kept)
+        self.executions[:] = kept
+        for order_id in [oid for oid, order in self.orders.items()
+                         if order.completed_at is not None
+                         and _aware(order.completed_at) < start]:
+            del self.orders[order_id]
+            gone += 1
+        if gone:
+            logger.info("a new trading day (%s): %d executions and finished orders "
+                        "of earlier days forgotten", start.date(), gone)
+        return gone
+
     # ------------------------------------------------------------ orders
     def next_perm_id(self) -> int:
         """Hand out the next permanent order id."""
@@ -360,6 +427,7 @@ class Brokerage:
         Returns:
             The order.
         """
+        self.forget_earlier_days()
         self.orders[order.order_id] = order
         self.next_valid_id = max(self.next_valid_id, order.order_id + 1)
         return order
@@ -405,6 +473,7 @@ class Brokerage:
             KeyError: If the order is unknown.
             ValueError: If the order is already done or nothing remains.
         """
+        self.forget_earlier_days()
         order = self.orders[order_id]
         if order.is_done:
             raise ValueError(f"order {order_id} is {order.status}")
@@ -421,6 +490,7 @@ class Brokerage:
         now = self.wall()
         if order.remaining <= 0:
             order.status = "Filled"
+            order.completed_at = now
             order.completed_time = now.strftime(p.TIME_FORMAT)
         realized = self._book_position(order, qty, price)
         ex = SimExecution(
@@ -484,6 +554,7 @@ class Brokerage:
         if order.is_done:
             return False
         order.status = "Cancelled"
-        order.completed_time = self.wall().strftime(p.TIME_FORMAT)
+        order.completed_at = self.wall()
+        order.completed_time = order.completed_at.strftime(p.TIME_FORMAT)
         logger.info("order %d cancelled", order_id)
         return True

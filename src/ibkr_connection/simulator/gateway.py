@@ -242,7 +242,7 @@ class FakeGateway(FaultInjection):
 
     @property
     def orders(self) -> dict[int, SimOrder]:
-        """Every order by order id, working or done."""
+        """Every order by order id: working, or finished today (the book keeps one day)."""
         return self.book.orders
 
     @orders.setter
@@ -251,7 +251,7 @@ class FakeGateway(FaultInjection):
 
     @property
     def executions(self) -> list[SimExecution]:
-        """Every execution, oldest first."""
+        """Today's executions, oldest first (the book keeps one day)."""
         return self.book.executions
 
     @executions.setter

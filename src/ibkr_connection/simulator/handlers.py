@@ -237,8 +237,9 @@ def req_open_orders(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
 
 
 def req_completed_orders(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
-    """``reqCompletedOrders``: every filled or cancelled order."""
+    """``reqCompletedOrders``: every order filled or cancelled today."""
     layouts.fixed("reqCompletedOrders", fields)
+    gw.book.forget_earlier_days()  # the day's, as TWS lists them
     body = [
         messages.completed_order(o, version=conn.version) for o in gw.orders.values() if o.is_done
     ]
@@ -327,6 +328,7 @@ def req_executions(gw: Gateway, conn: ApiClient, fields: list[str]) -> None:
     f_client = int(request["clientId"])
     f_account, f_symbol = request["acctCode"], request["symbol"]
     f_sectype, f_side = request["secType"], request["side"]
+    gw.book.forget_earlier_days()  # the day's, as TWS reports them
     body: list[bytes] = []
     for ex in gw.executions:
         order = ex.order
