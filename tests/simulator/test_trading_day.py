@@ -14,6 +14,7 @@ from ib_insync import IB, MarketOrder, Stock
 
 from ibkr_connection import ConnectionManager, ConnectionState
 from ibkr_connection.simulator import FakeGateway
+from ibkr_connection.simulator.brokerage import DAY_ZONE
 
 from .conftest import until
 from conftest import on_live_session
@@ -23,6 +24,12 @@ VIRTUAL_TIME = True
 
 Connect = Callable[..., Coroutine[Any, Any, IB]]
 NEW_YORK = ZoneInfo("America/New_York")
+
+
+@pytest.fixture(autouse=True)
+def _days(gw: FakeGateway) -> None:
+    """The gateway keeps one trading day, as a real one does (the shared fixture keeps all)."""
+    gw.book.day_zone = DAY_ZONE
 
 
 def _until_next_midnight(now: datetime) -> float:
