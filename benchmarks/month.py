@@ -716,7 +716,7 @@ def main() -> None:
         runs.append(run)
         print(f"  {name:8s} {days} days in {run.wall:.1f}s wall ({run.cpu:.1f}s CPU), "
               f"{run.probes} reqCurrentTime, {run.end / run.wall:,.0f} simulated s per wall s, "
-              f"{run.holds} jumps held for bytes in flight", flush=True)
+              f"{run.holds} jumps held for loopback I/O", flush=True)
         if repeat == "all" or (repeat == "manager" and name == "manager"):
             again[name] = one_run(name, month, args.loop, False)
             same = again[name].digest() == run.digest()
