@@ -17,6 +17,7 @@ import selectors
 import socket
 import sys
 import termios
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -77,8 +78,9 @@ class Loopback:
     softirq on the way out of it). Usually is not always: when softirq work
     piles up, Linux's ``__do_softirq`` stops after ~2 ms or 10 rounds and hands
     the rest to ``ksoftirqd``, and for that moment the bytes are nowhere a
-    poll can see. A loop that jumps its clock then would land their answer at
-    a virtual time that depends on the machine's load. So every socket of a
+    poll can see (not seen in the month's runs, see benchmarks/README.md, but
+    possible). A loop that jumps its clock then would land their answer at a
+    virtual time that depends on the machine's load. So every socket of a
     transport connected to a server of the same loop is counted, both ways,
     and :meth:`in_flight` says when bytes are owed; :meth:`writing` says when a
     socket waiting to be writable will be so by loopback I/O alone.
@@ -90,8 +92,11 @@ class Loopback:
     """
 
     def __init__(self, selector: selectors.BaseSelector) -> None:
-        self.keys: dict[int, selectors.SelectorKey] = getattr(
-            selector, "_fd_to_key", None) or {}
+        # The selector's own fd -> key dict (CPython's selectors have one), read
+        # live; else its map, a slower view of the same.
+        keys = getattr(selector, "_fd_to_key", None)
+        self.keys: Mapping[Any, selectors.SelectorKey] = (
+            keys if keys is not None else selector.get_map())
         self.selector = selector
         #: Pipes whose receiver is known: the ones a jump must wait for.
         self.pipes: set[_Pipe] = set()
