@@ -217,7 +217,7 @@ class Loopback:
 
         A connect to a loopback address is answered by the kernel (usually in
         the ``connect`` call itself; but a SYN that meets a TIME_WAIT socket
-        the gateway's own close left on its port is refused only 10-35 ms
+        the gateway's own close left on its port is refused only 8-35 ms
         later, measured here). A full send buffer towards a reader of the loop
         empties as that reader reads (the window update or a delayed ACK is the
         kernel's); towards a reader that stopped reading it may never.

@@ -408,7 +408,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     while loopback I/O it started is still in the kernel's hands: bytes
     written between two of its own sockets and not yet readable (a delivery
     the kernel defers, see :class:`.loopback.Loopback`), a connect to a loopback
-    address (a refused one can take 10-35 ms when the gateway's own earlier
+    address (a refused one can take 8-35 ms when the gateway's own earlier
     close left a TIME_WAIT socket on its port), a full send buffer towards one
     of its own readers. It waits for them in real time instead, so the same
     inputs give the same virtual times however fast or loaded the machine is
