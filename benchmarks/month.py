@@ -153,6 +153,8 @@ class Run:
     handlers_end: dict[str, int] = field(default_factory=dict)
     probes: int = 0
     end: float = 0.0
+    #: Jumps the VirtualTimeLoop held back for bytes in flight between its sockets.
+    holds: int = 0
 
     dump: list[str] | None = None
 
@@ -522,6 +524,7 @@ def one_run(name: str, month: Month, loop_kind: str, trace: bool) -> Run:
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         run = loop.run_until_complete(_contender(name, month, trace))
+        run.holds = getattr(loop, "holds", 0)
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         asyncio.set_event_loop(None)
@@ -758,13 +761,15 @@ def main() -> None:
         run = one_run(name, month, args.loop, args.tracemalloc)
         runs.append(run)
         print(f"  {name:8s} {days} days in {run.wall:.1f}s wall ({run.cpu:.1f}s CPU), "
-              f"{run.probes} reqCurrentTime, {run.end / run.wall:,.0f} simulated s per wall s",
-              flush=True)
+              f"{run.probes} reqCurrentTime, {run.end / run.wall:,.0f} simulated s per wall s, "
+              f"{run.holds} jumps held for loopback I/O", flush=True)
         if repeat == "all" or (repeat == "manager" and name == "manager"):
             again[name] = one_run(name, month, args.loop, False)
             same = again[name].digest() == run.digest()
-            print(f"  {name:8s} again: {again[name].wall:.1f}s wall, transcript "
-                  f"{'identical' if same else 'DIFFERENT'} ({run.digest()})", flush=True)
+            print(f"  {name:8s} again: {again[name].wall:.1f}s wall, "
+                  f"{again[name].holds} jumps held, transcript "
+                  f"{'identical' if same else 'DIFFERENT'} ({run.digest()}"
+                  f"{'' if same else ' then ' + again[name].digest()})", flush=True)
     print()
     stats = {run.name: availability(run, month) for run in runs}
     rows = []

@@ -19,7 +19,8 @@ timer whenever nothing is ready: socket I/O stays real (loopback), and every
 timer of the manager, the client library and the simulator runs on the jumped
 clock. It does what ``looptime`` does, without the no-op turns looptime spends
 before each jump (42 by default; at ``noop_cycles=0`` still one extra turn),
-which the month pays about a million times.
+which the month pays about a million times; and it never jumps while loopback
+I/O of its own is still in the kernel's hands (:mod:`.loopback`).
 
 Rates: each :data:`RATES` entry says where it comes from; most are
 assumptions, marked so.
@@ -28,12 +29,19 @@ assumptions, marked so.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import selectors
+import socket
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
+from time import perf_counter
 from typing import Any
 from zoneinfo import ZoneInfo
+
+from ibkr_connection.simulator.loopback import Loopback, is_loopback, waits_to_write
+
+logger = logging.getLogger(__name__)
 
 ET = ZoneInfo("America/New_York")
 
@@ -384,51 +392,87 @@ def faults_from_steps(steps: list[dict[str, Any]]) -> list[Fault]:
     return faults
 
 
-def _writing(selector: selectors.BaseSelector) -> bool:
-    """True if a socket waits to be writable: a connect in progress or a full buffer."""
-    # The selector's own fd -> key dict when it has one (CPython's selectors do):
-    # get_map() wraps it in a Mapping whose iteration costs a call per key, and
-    # this runs before every jump, about a million times a month (issue 21).
-    keys = getattr(selector, "_fd_to_key", None)
-    if keys is None:
-        keys = selector.get_map()
-    return any(key.events & selectors.EVENT_WRITE for key in keys.values())
+#: Seconds of real time a jump waits for the loop's own loopback I/O before it
+#: gives up on it (it never should: see VirtualTimeLoop).
+HOLD_LIMIT = 2.0
+#: The longest single real wait while holding (a receiver whose reading is
+#: paused is not in the selector, so its bytes' arrival wakes nothing).
+_HOLD_POLL = 0.01
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An event loop whose clock jumps to the next timer when nothing is ready.
 
     Each turn first polls the sockets without waiting; only when nothing is
-    ready and a timer is due later does the clock jump to it. Loopback writes
-    are readable by the peer at once, so no in-flight byte is overtaken by a
-    jump. With no timer at all it waits for real I/O.
+    ready and a timer is due later does the clock jump to it. It never jumps
+    while loopback I/O it started is still in the kernel's hands: bytes
+    written between two of its own sockets and not yet readable (a delivery
+    the kernel defers, see :class:`.loopback.Loopback`), a connect to a loopback
+    address (a refused one can take 8-35 ms when the gateway's own earlier
+    close left a TIME_WAIT socket on its port), a full send buffer towards one
+    of its own readers. It waits for them in real time instead, so the same
+    inputs give the same virtual times however fast or loaded the machine is
+    (issue 21: the month's "same seed, same transcript"). After
+    :data:`HOLD_LIMIT` of real time it logs a warning and jumps anyway.
+    Answers from peers outside the loop are not waited for: nothing says they
+    are coming, and a jump can overtake them (a connect to another host, or
+    a send to a peer outside, gets 50 ms of real time). With no timer at all
+    it waits for real I/O.
 
     Args:
         start: the loop's time at creation.
 
     Attributes:
         jumps: how many times the clock jumped.
+        holds: how many times a jump waited for loopback I/O (a few per
+            simulated week of the month: its refused connects).
     """
 
     def __init__(self, start: float = 0.0) -> None:
         super().__init__()
         self._now = start
         self.jumps = 0
+        self.holds = 0
         selector = self._selector  # type: ignore[attr-defined]
         real_select = selector.select
+        loopback = self._loopback = Loopback(selector)
+        pipes = loopback.pipes
+        held_since: float | None = None
 
         def select(timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+            nonlocal held_since
             ready: list[tuple[selectors.SelectorKey, int]] = real_select(0)
             if ready or timeout == 0:
+                held_since = None
                 return ready
-            if timeout is None or _writing(selector):
-                # Nothing scheduled, or a connect (or a full send buffer) still
-                # in the kernel's hands: wait for the real I/O, never jump past
-                # it (a jump then would land its answer at a time that depends
-                # on the machine's load, and the transcript would differ).
-                waited: list[tuple[selectors.SelectorKey, int]] = real_select(
-                    1.0 if timeout is None else min(timeout, 0.05))
-                if waited or timeout is None:
+            if timeout is None:
+                # Nothing scheduled: wait for real I/O.
+                waited: list[tuple[selectors.SelectorKey, int]] = real_select(1.0)
+                return waited
+            writing = waits_to_write(selector)
+            if (pipes and loopback.in_flight()) or (writing and loopback.writing()):
+                # Loopback I/O in the kernel's hands (bytes on their way between
+                # two of the loop's sockets, a connect to a loopback address, a
+                # send to a reader of the loop): wait for it, without moving the
+                # clock. A jump now would land its outcome at a virtual time that
+                # depends on the machine's load (issue 21).
+                self.holds += 1
+                now = perf_counter()  # real time: only to bound the wait, never the clock
+                if held_since is None:
+                    held_since = now
+                if now - held_since < HOLD_LIMIT:
+                    waited = real_select(min(timeout, _HOLD_POLL))
+                    if waited:
+                        held_since = None
+                    return waited
+                logger.warning("loopback I/O of the loop not done after %.1f s of real time: "
+                               "the clock jumps on (%s)", HOLD_LIMIT, loopback.settle())
+                held_since = None
+            elif writing:
+                # A connect to another host (or a full send buffer to a peer
+                # outside the loop): give the real I/O a moment, then jump.
+                waited = real_select(min(timeout, 0.05))
+                if waited:
                     return waited
             self._now += timeout
             self.jumps += 1
@@ -440,6 +484,33 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         """Return the virtual time."""
         return self._now
 
+    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
+        """Connect ``sock``; a connect to a loopback address is waited for, never jumped past."""
+        fd = sock.fileno()
+        local = is_loopback(address)
+        if local:
+            self._loopback.connecting.add(fd)
+        try:
+            await super().sock_connect(sock, address)
+        finally:
+            if local:
+                self._loopback.connecting.discard(fd)
 
-__all__ = ["FARMS", "MONTH_START", "ORDER_FAULTS", "RATES", "Fault", "Month", "PlannedOrder",
-           "Rate", "VirtualTimeLoop", "faults_from_steps", "generate"]
+    def _make_socket_transport(self, sock: Any, protocol: Any, waiter: Any = None, *,
+                               extra: Any = None, server: Any = None) -> Any:
+        self._loopback.track(sock)
+        return super()._make_socket_transport(  # type: ignore[misc]
+            sock, protocol, waiter, extra=extra, server=server)
+
+    def _start_serving(self, protocol_factory: Any, sock: Any, *args: Any,
+                       **kwargs: Any) -> None:
+        self._loopback.listen(sock)
+        super()._start_serving(protocol_factory, sock, *args, **kwargs)  # type: ignore[misc]
+
+    def _stop_serving(self, sock: Any) -> None:
+        self._loopback.unlisten(sock)
+        super()._stop_serving(sock)  # type: ignore[misc]
+
+
+__all__ = ["FARMS", "HOLD_LIMIT", "MONTH_START", "ORDER_FAULTS", "RATES", "Fault", "Month",
+           "PlannedOrder", "Rate", "VirtualTimeLoop", "faults_from_steps", "generate"]
