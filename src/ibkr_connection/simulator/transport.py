@@ -363,7 +363,9 @@ class GatewayTransport:
         except ValueError:
             logger.warning("connection %d sent garbage %r; ignored", conn.conn_id, fields[:3])
             return
-        name = p.INCOMING.get(msg_id, f"unknown{msg_id}")
+        # The unknown name is built only for an unknown id (a default argument
+        # would be formatted for every request).
+        name = p.INCOMING.get(msg_id) or f"unknown{msg_id}"
         request = Request(conn.client_id, msg_id, name, fields, self.clock.monotonic(),
                           conn.conn_id)
         self.requests.append(request)
