@@ -60,9 +60,9 @@ class RealClock:
         return datetime.now(timezone.utc)
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
-    """One request received from a client.
+    """One request received from a client (slotted: a gateway keeps thousands).
 
     Attributes:
         client_id: API client id (``None`` before ``startApi``).
