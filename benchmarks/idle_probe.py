@@ -48,7 +48,7 @@ from ibkr_connection import ConnectionConfig, ConnectionManager
 from ibkr_connection.clock import LoopClock
 from ibkr_connection.simulator.gateway import FakeGateway
 from ibkr_connection.simulator.month import MONTH_START, VirtualTimeLoop
-from ibkr_connection.simulator.transport import ClientProtocol
+from ibkr_connection.simulator.transport import GatewayTransport
 
 CLIENT_ID = 7
 #: The manager's default ``heartbeat_idle``: the period of an idle cycle.
@@ -139,8 +139,8 @@ def run(kind: str, n: int, profiler: cProfile.Profile | None = None,
 #: Nested parts are inside their parent's time: a send is inside the
 #: simulator's answer or the client's send.
 SPLIT_PARTS: list[tuple[str, Any, str]] = [
-    ("simulator: read the request, answer it (its send included)", ClientProtocol,
-     "data_received"),
+    ("simulator: read the request, answer it (its send included)", GatewayTransport,
+     "_on_data"),
     ("client: read the answer (decoder, wrapper, hasData handlers)", ib_connection.Connection,
      "data_received"),
     ("client: send the request (its send included)", ib_client.Client, "send"),
