@@ -280,8 +280,14 @@ def encode_message(fields: Iterable[Field]) -> bytes:
     Returns:
         The framed message bytes.
     """
-    body = "".join(encode_field(f) + "\0" for f in fields).encode()
-    return struct.pack(">I", len(body)) + body
+    # Text and integers, most of every message, are laid out without a call to
+    # encode_field (exactly a str's or an int's own text; a bool is not an int
+    # here): a startup sync lays out every order and execution of the book, ~100
+    # fields each (issue 21: a month's book holds hundreds).
+    texts = [f if type(f) is str else str(f) if type(f) is int else encode_field(f)
+             for f in fields]
+    body = ("\0".join(texts) + "\0").encode() if texts else b""
+    return _LENGTH.pack(len(body)) + body
 
 
 def error(
