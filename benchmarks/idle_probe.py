@@ -11,12 +11,19 @@ simulator + loop, no manager), plus N bare loop jumps (no I/O: the loop alone).
 Pairs alternate (ABBA); it prints per-cycle wall and CPU (medians), the ratio
 manager / bare (median of the per-pair ratios), and then, as a figure the
 machine's load does not move, Python function calls per cycle (cProfile), with
-``--profile`` the functions that cost most, per contender.
+``--profile`` the functions that cost most, per contender. ``--split`` times
+the parts of a cycle with ``perf_counter`` around them (each wrapper adds a
+fraction of a microsecond): the loop's turns and its selector calls, the
+socket sends, the simulator's read of the request and its answer, the
+client's read of the answer (its decoder, its wrapper and the handlers on its
+``hasData``), the client's send of the request; the rest is the loop's own
+work and the timers.
 
 Run::
 
     uv run python benchmarks/idle_probe.py --quick          # 3 pairs of 5,000 cycles, ~15 s
     uv run python benchmarks/idle_probe.py --profile 25     # and where the cycle goes
+    uv run python benchmarks/idle_probe.py --quick --split  # the cycle in parts
 """
 
 from __future__ import annotations
@@ -26,9 +33,14 @@ import cProfile
 import gc
 import io
 import pstats
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
 
+import ib_insync.client as ib_client
+import ib_insync.connection as ib_connection
 from _common import header, median, parser, quiet_logging, table, verdict
 from ib_insync import IB
 
@@ -36,6 +48,7 @@ from ibkr_connection import ConnectionConfig, ConnectionManager
 from ibkr_connection.clock import LoopClock
 from ibkr_connection.simulator.gateway import FakeGateway
 from ibkr_connection.simulator.month import MONTH_START, VirtualTimeLoop
+from ibkr_connection.simulator.transport import GatewayTransport
 
 CLIENT_ID = 7
 #: The manager's default ``heartbeat_idle``: the period of an idle cycle.
@@ -43,8 +56,12 @@ PERIOD = ConnectionConfig().heartbeat_idle
 CONTENDERS = ("manager", "bare", "loop")
 
 
-async def _cycles(kind: str, n: int, profiler: cProfile.Profile | None) -> tuple[int, float, float]:
-    """Run ``n`` idle cycles of ``kind``; return (cycles seen, wall s, CPU s)."""
+async def _cycles(kind: str, n: int, profiler: cProfile.Profile | None,
+                  started: Callable[[], None] | None = None) -> tuple[int, float, float]:
+    """Run ``n`` idle cycles of ``kind``; return (cycles seen, wall s, CPU s).
+
+    ``started`` is called when the measured cycles begin (after the settle).
+    """
     loop = asyncio.get_running_loop()
     clock = LoopClock(wall_start=MONTH_START, loop=loop)
     async with FakeGateway(clock=clock) as gw:
@@ -88,6 +105,8 @@ async def _cycles(kind: str, n: int, profiler: cProfile.Profile | None) -> tuple
         before = len(gw.requests_named("reqCurrentTime"))
         before_jumps = jumps[0] if kind == "loop" else 0
         gc.collect()
+        if started is not None:
+            started()
         t0, c0 = time.perf_counter(), time.process_time()
         if profiler is not None:
             profiler.enable()
@@ -103,15 +122,107 @@ async def _cycles(kind: str, n: int, profiler: cProfile.Profile | None) -> tuple
     return seen, wall, cpu
 
 
-def run(kind: str, n: int, profiler: cProfile.Profile | None = None) -> tuple[int, float, float]:
-    """One contender's ``n`` cycles on a fresh ``VirtualTimeLoop``."""
-    loop = VirtualTimeLoop()
+def run(kind: str, n: int, profiler: cProfile.Profile | None = None,
+        loop: VirtualTimeLoop | None = None,
+        started: Callable[[], None] | None = None) -> tuple[int, float, float]:
+    """One contender's ``n`` cycles on a fresh ``VirtualTimeLoop`` (or the one given)."""
+    loop = loop or VirtualTimeLoop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_cycles(kind, n, profiler))
+        return loop.run_until_complete(_cycles(kind, n, profiler, started))
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+#: The parts ``--split`` times: (label, owner, attribute), outermost first.
+#: Nested parts are inside their parent's time: a send is inside the
+#: simulator's answer or the client's send.
+SPLIT_PARTS: list[tuple[str, Any, str]] = [
+    ("simulator: read the request, answer it (its send included)", GatewayTransport,
+     "_on_data"),
+    ("client: read the answer (decoder, wrapper, hasData handlers)", ib_connection.Connection,
+     "data_received"),
+    ("client: send the request (its send included)", ib_client.Client, "send"),
+]
+
+
+class _Timed:
+    """Seconds and calls spent in one wrapped callable."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+
+    def wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """``func`` timed into this counter."""
+        clock = time.perf_counter
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = clock()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.seconds += clock() - t0
+                self.calls += 1
+
+        return timed
+
+
+@contextmanager
+def _patched(owner: Any, name: str, value: Any) -> Iterator[None]:
+    saved = owner.__dict__[name]
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)
+
+
+def split(kind: str, n: int) -> list[list[str]]:
+    """Time the parts of ``n`` cycles of ``kind``; rows of (part, us per cycle, calls per cycle)."""
+    loop = VirtualTimeLoop()
+    timed: dict[str, _Timed] = {}
+
+    def part(label: str) -> _Timed:
+        return timed.setdefault(label, _Timed())
+
+    # The loop's turns and its (virtual-time) selector: wrapped on this loop only.
+    loop._run_once = part("loop turns (everything, the jump included)").wrap(  # type: ignore[attr-defined]
+        loop._run_once)  # type: ignore[attr-defined]
+    selector = loop._selector  # type: ignore[attr-defined]
+    selector.select = part("  selector calls (epoll, the jump)").wrap(selector.select)
+
+    class TimedSocket(socket.socket):
+        """A socket whose sends are timed (the simulator's and the client's alike)."""
+
+        __slots__ = ()
+
+    sends = part("  socket sends (both sides; inside the parts below)")
+    TimedSocket.send = sends.wrap(socket.socket.send)  # type: ignore[method-assign]
+    with ExitStack() as stack:
+        for label, owner, name in SPLIT_PARTS:
+            stack.enter_context(_patched(owner, name, part("  " + label).wrap(
+                owner.__dict__[name])))
+        # asyncio's transports send through the socket they were given: make
+        # every new socket a TimedSocket while the run lasts.
+        stack.enter_context(_patched(socket, "socket", TimedSocket))
+
+        def measuring() -> None:
+            # The connect and the settle are not cycles: count from here.
+            for counter in timed.values():
+                counter.seconds, counter.calls = 0.0, 0
+
+        seen, wall, _ = run(kind, n, loop=loop, started=measuring)
+    rows = [[label, f"{1e6 * c.seconds / seen:.1f}", f"{c.calls / seen:.2f}"]
+            for label, c in timed.items()]
+    inside = sum(timed["  " + label].seconds for label, _, _ in SPLIT_PARTS)
+    loop_time = timed["loop turns (everything, the jump included)"].seconds
+    selector_time = timed["  selector calls (epoll, the jump)"].seconds
+    rows.append(["  the rest: the loop's own work, timers, the probe's tick",
+                 f"{1e6 * (loop_time - inside - selector_time) / seen:.1f}", ""])
+    rows.append(["cycle (wall, unwrapped parts included)", f"{1e6 * wall / seen:.1f}", ""])
+    return rows
 
 
 def main() -> None:
@@ -122,6 +233,8 @@ def main() -> None:
                     help="cycles per contender under cProfile (default 2,000)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="print the N functions with the most own time, per contender")
+    ap.add_argument("--split", action="store_true",
+                    help="also time the parts of a cycle (manager and bare), n cycles each")
     args = ap.parse_args()
     quiet_logging(args.verbose)
     runs = args.runs or (3 if args.quick else 5)
@@ -163,6 +276,11 @@ def main() -> None:
     print(f"ratio manager / bare CPU per cycle (median of pairs): {median(ratios):.3f}")
     print(f"calls per cycle manager - bare: {calls['manager'] - calls['bare']:+.1f}")
     verdict("manager CPU per idle probe cycle", 1e3 * median(cpu["manager"]), 0.1, " ms")
+    if args.split:
+        for kind in ("manager", "bare"):
+            print()
+            print(f"-- {kind}: {n:,} cycles in parts (us per cycle, wall; nested ones indented) --")
+            print(table(["part", "us/cycle", "calls/cycle"], split(kind, n)))
     for kind, text in profiles.items():
         print()
         print(f"-- {kind}: {args.calls_cycles} cycles under cProfile, by own time --")

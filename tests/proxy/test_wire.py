@@ -75,6 +75,48 @@ def test_splitter_returns_whole_frames_only() -> None:
         assert splitter.pending == 0
 
 
+def test_encode_message_lays_out_every_kind_of_field() -> None:
+    """Text and integers as they are, bools 1/0, None empty, floats as TWS reads them."""
+    import enum
+
+    class Side(enum.IntEnum):
+        BUY = 1
+
+    fields = ["49", 1, -3, "", True, False, None, 1.5, 2.0, float("inf"), 1e16, Side.BUY, "é"]
+    body = "49\x001\x00-3\x00\x001\x000\x00\x001.5\x002\x00Infinite\x001e+16\x001\x00é\x00"
+    assert protocol.encode_message(fields) == frame_bytes(body.encode())
+    assert protocol.encode_message(iter(["8", 2])) == frame_bytes(b"8\x002\x00")
+    assert protocol.encode_message([]) == b"\x00\x00\x00\x00"
+
+
+def frame_bytes(body: bytes) -> bytes:
+    """A body with its 4-byte big-endian length in front."""
+    return struct.pack(">I", len(body)) + body
+
+
+def test_frame_reader_cuts_whole_frames_however_the_bytes_arrive() -> None:
+    """The simulator's reader gives the same payloads for one read, any two reads, byte by byte."""
+    stream = frame(49, 1) + frame("abc") + frame() + frame(4, "", 5)
+    payloads = [b"49\x001\x00", b"abc\x00", b"", b"4\x00\x005\x00"]
+    reader = protocol.FrameReader()
+    assert reader.feed(stream) == payloads
+    for cut in range(len(stream) + 1):
+        reader = protocol.FrameReader()
+        assert reader.feed(stream[:cut]) + reader.feed(stream[cut:]) == payloads
+        assert reader.take_prefix(1) is None  # nothing left over
+    reader = protocol.FrameReader()
+    assert [p for i in range(len(stream)) for p in reader.feed(stream[i : i + 1])] == payloads
+    assert reader.feed(bytearray(frame(49, 1))) == [b"49\x001\x00"]
+
+
+def test_frame_reader_refuses_an_oversized_frame_after_the_good_ones() -> None:
+    """A length above the limit raises; the frames before it in the same read are not returned."""
+    reader = protocol.FrameReader(max_frame=8)
+    with pytest.raises(protocol.ProtocolError, match="frame length 9 exceeds 8"):
+        reader.feed(frame(1) + struct.pack(">I", 9) + b"123456789")
+    assert reader.take_prefix(4) == struct.pack(">I", 9)
+
+
 def test_splitter_passes_a_stream_that_is_not_frames() -> None:
     """A length above 16 MB turns framing off: every byte goes through as it comes."""
     splitter = FrameSplitter()

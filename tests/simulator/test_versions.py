@@ -336,6 +336,21 @@ def test_fixed_layouts_read_numbers_as_the_field_reader_does() -> None:
     assert layouts.fixed("reqCurrentTime", ["49", "1"]) == {"version": "1"}
 
 
+def test_fixed_layout_read_again_is_a_fresh_answer_and_a_mismatch_still_refused() -> None:
+    """Reading the same fields again gives an equal, separate dict; changed fields are read anew."""
+    first = layouts.fixed("reqIds", ["8", "1", "1"])
+    first["numIds"] = "changed by its caller"
+    assert layouts.fixed("reqIds", ["8", "1", "1"]) == {"version": "1", "numIds": "1"}
+    assert layouts.fixed("reqIds", ["8", "1", "02"]) == {"version": "1", "numIds": "2"}
+    with pytest.raises(layouts.LayoutError):
+        layouts.fixed("reqIds", ["8", "1", "x"])
+    fields = ["8", "1", "3"]
+    assert layouts.fixed("reqIds", fields) == {"version": "1", "numIds": "3"}
+    fields[2] = "y"  # the caller's list changes after a good read
+    with pytest.raises(layouts.LayoutError):
+        layouts.fixed("reqIds", fields)
+
+
 # -- a mismatch on a live session ---------------------------------------------------------------
 
 

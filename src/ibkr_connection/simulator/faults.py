@@ -65,8 +65,10 @@ class FaultInjection(GatewayTransport):
             end: The closing "end" message, if the reply has one.
         """
         data = b"".join(body)
-        delay = self.sync_delays.get(name, 0.0) if self.sync_delays else 0.0
-        self._later(conn, delay, self._deliver, conn, name, data, end)
+        if not self.sync_delays:  # the usual case, without a call to _later
+            self._deliver(conn, name, data, end)
+            return
+        self._later(conn, self.sync_delays.get(name, 0.0), self._deliver, conn, name, data, end)
 
     def _deliver(self, conn: ApiClient, name: str, data: bytes, end: bytes | None) -> None:
         if data:  # a reply that is only its end (reqCurrentTime) writes once

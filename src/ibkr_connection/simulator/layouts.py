@@ -195,6 +195,11 @@ def fixed(name: str, fields: list[str]) -> dict[str, str]:
     Raises:
         LayoutError: If the fields do not match.
     """
+    last = _LAST_READ.get(name)
+    if last is not None and last[0] == fields:
+        # The same fields as the last good one of its name (a heartbeat's
+        # reqCurrentTime is always "49", "1"): read already.
+        return dict(last[1])
     specs = _FIXED_KEYS[name]
     if len(fields) == len(specs) + 1:
         # The usual request matches: read it without a FieldReader (an idle
@@ -210,6 +215,7 @@ def fixed(name: str, fields: list[str]) -> dict[str, str]:
             else:
                 values[key] = value
         else:
+            _LAST_READ[name] = (fields.copy(), values.copy())
             return values
     reader = FieldReader(name, fields)
     values = {}
@@ -228,6 +234,10 @@ _FIXED_KEYS: dict[str, tuple[tuple[str, bool], ...]] = {
     name: tuple((spec.removeprefix("#"), spec.startswith("#")) for spec in specs)
     for name, specs in FIXED.items()
 }
+
+#: The fields of the last request of each :data:`FIXED` name that read well,
+#: and what they read as: one entry per name, so it stays small.
+_LAST_READ: dict[str, tuple[list[str], dict[str, str]]] = {}
 
 
 @dataclass(frozen=True)
