@@ -200,6 +200,33 @@ async def test_client_attempt_errors_are_not_errors(
     assert demoted, "the client's lines are kept at a lower level, not dropped"
 
 
+async def test_a_refused_attempts_client_lines_make_no_record_with_info_off(
+    make_manager: Any, gw: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With INFO off, a refused attempt's two client lines are dropped before a record is made."""
+    caplog.set_level(logging.WARNING)
+    made: list[str] = []
+    factory = logging.getLogRecordFactory()
+
+    def counting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        made.append(str(record.msg))
+        return record
+
+    manager = make_manager()
+    await manager.start()
+    logging.setLogRecordFactory(counting)
+    try:
+        await gw.restart(outage=0.3)
+        await manager.wait_for(S.BACKOFF)
+        await manager.wait_for(S.CONNECTED, timeout=10.0)
+    finally:
+        logging.setLogRecordFactory(factory)
+    refused = [t for t in manager.transcript if t.dest is S.BACKOFF]
+    assert refused, "an attempt was refused during the outage"
+    assert not [m for m in made if m.startswith(("API connection failed", "Make sure API port"))]
+
+
 async def test_quiet_client_logs_off_leaves_the_client_alone(
     make_manager: Any, gw: FakeGateway, caplog: pytest.LogCaptureFixture
 ) -> None:
