@@ -253,7 +253,8 @@ def encode_field(value: Field) -> str:
 
     Args:
         value: ``None`` becomes empty, booleans ``1``/``0``, infinite floats
-            ``Infinite``, everything else ``str()``.
+            ``Infinite``, integers (an ``IntEnum`` too) their number, everything
+            else ``str()``.
 
     Returns:
         The text of the field without its terminating NUL.
@@ -268,6 +269,10 @@ def encode_field(value: Field) -> str:
         if value.is_integer():
             return str(int(value)) if abs(value) < 1e15 else repr(value)
         return repr(value)
+    if isinstance(value, int):
+        # An int subclass (an IntEnum) as its number: str() gives "Side.BUY"
+        # before Python 3.11.
+        return str(int(value))
     return str(value)
 
 
