@@ -90,11 +90,23 @@ class _Model:
     """What ``transitions`` drives: it holds the current state's value.
 
     A plain string: transitions would otherwise go through Enum's slow
-    ``name`` property on every lookup. Triggers and ``is_*`` helpers that
-    transitions binds land here, never on :class:`ConnectionMachine`.
+    ``name`` property on every lookup. The state is all it keeps: the
+    conveniences transitions binds to each model it is given (a method per
+    trigger, ``may_<trigger>``, ``is_<state>``) are dropped as they are bound.
     """
 
+    __slots__ = ("state", "__weakref__")
     state: str
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # add_model binds ~60 conveniences (a partial over a bound method and
+        # its argument tuple each, ~180 objects the garbage collector tracks)
+        # to every model; handle() calls the events itself and uses none of
+        # them. Kept, they lived as long as the machine, and a bot's manager
+        # paid a young-generation collection for about every four of them
+        # being built (issue 19: start()'s time). Dropped, they die at once.
+        if name == "state":
+            object.__setattr__(self, name, value)
 
 
 class ConnectionMachine:
