@@ -95,7 +95,7 @@ class _Model:
     trigger, ``may_<trigger>``, ``is_<state>``) are dropped as they are bound.
     """
 
-    __slots__ = ("state", "__weakref__")
+    __slots__ = ("__weakref__", "state")
     state: str
 
     def __setattr__(self, name: str, value: object) -> None:
