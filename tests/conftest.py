@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pytest
+from transitions import Event
 
 from ibkr_connection import ConnectionConfig, ConnectionManager
 from ibkr_connection.clock import Clock, LoopClock, ManualClock
@@ -284,6 +285,20 @@ async def gw(wire: tuple[str, int], request: pytest.FixtureRequest) -> AsyncIter
         gateway.unstall()
         gateway.release_sync()
         await gateway.stop()
+
+
+@pytest.fixture
+def triggered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the ``transitions`` events triggered during the test, in order."""
+    names: list[str] = []
+    real = Event.trigger
+
+    def counting(self: Event, model: object, *args: object, **kwargs: object) -> bool:
+        names.append(self.name)
+        return bool(real(self, model, *args, **kwargs))
+
+    monkeypatch.setattr(Event, "trigger", counting)
+    return names
 
 
 @pytest.fixture

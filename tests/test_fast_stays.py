@@ -14,7 +14,6 @@ import logging
 from typing import Any
 
 import pytest
-from transitions import Event
 
 from ibkr_connection.clock import ManualClock
 from ibkr_connection.inputs import Input, InputKind
@@ -75,7 +74,7 @@ def _run(fast: bool, row: Row, noted: bool,
     return step, machine.journal, machine.last_row, lines, _facts(machine)
 
 
-def test_the_connects_farm_notices_are_stays(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_connects_farm_notices_are_stays(triggered: list[str]) -> None:
     """The farm notices of a connect (farm OK in connecting) are stays: no transitions event."""
     found = {(row.source, row.input) for row in STAYS}
     assert {(S.CONNECTING, K.FARM_OK), (S.CONNECTING, K.FARM_BROKEN),
@@ -84,14 +83,6 @@ def test_the_connects_farm_notices_are_stays(monkeypatch: pytest.MonkeyPatch) ->
     assert (S.CONNECTED, K.FARM_BROKEN) not in found  # moves to degraded
     assert (S.CONNECTED, K.SUBSCRIBED) not in found  # asks for an effect
     assert (S.DEGRADED, K.FARM_OK) not in found  # guarded
-    triggered: list[str] = []
-    real = Event.trigger
-
-    def counting(self: Event, model: object, *args: object, **kwargs: object) -> bool:
-        triggered.append(self.name)
-        return bool(real(self, model, *args, **kwargs))
-
-    monkeypatch.setattr(Event, "trigger", counting)
     machine = ConnectionMachine(ManualClock(), port=4002, client_ids=[7])
     machine.handle(Input(K.CONNECT))
     for farm in ("usfarm", "ushmds", "secdefil"):

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from transitions import Event
 
 from ibkr_connection.clock import ManualClock
 from ibkr_connection.inputs import Input, InputKind
@@ -214,17 +213,9 @@ def test_a_port_is_noted_in_every_state(effects: RecordingEffects, clock: Manual
 
 
 def test_every_move_is_a_transitions_event(
-    monkeypatch: pytest.MonkeyPatch, effects: RecordingEffects, clock: ManualClock
+    triggered: list[str], effects: RecordingEffects, clock: ManualClock
 ) -> None:
     """An input that moves or asks for an effect triggers one event; a stay (notes only) none."""
-    triggered: list[str] = []
-    real = Event.trigger
-
-    def counting(self: Event, model: object, *args: object, **kwargs: object) -> bool:
-        triggered.append(self.name)
-        return bool(real(self, model, *args, **kwargs))
-
-    monkeypatch.setattr(Event, "trigger", counting)
     machine = RecordedMachine(effects, clock, port=4002, client_ids=[7])
     fed = [K.FARM_OK, K.CONNECT, K.FARM_OK, K.CONNECT, K.SOCKET_CLOSED, K.ATTEMPT_SUCCEEDED,
            K.RESTORED_DATA_KEPT, K.FARM_BROKEN, K.SUBSCRIBED]
@@ -237,17 +228,9 @@ def test_every_move_is_a_transitions_event(
 
 
 def test_without_fast_stays_every_input_is_a_transitions_event(
-    monkeypatch: pytest.MonkeyPatch, effects: RecordingEffects, clock: ManualClock
+    triggered: list[str], effects: RecordingEffects, clock: ManualClock
 ) -> None:
     """With fast_stays=False each input fed, ignored or noted ones included, triggers one event."""
-    triggered: list[str] = []
-    real = Event.trigger
-
-    def counting(self: Event, model: object, *args: object, **kwargs: object) -> bool:
-        triggered.append(self.name)
-        return bool(real(self, model, *args, **kwargs))
-
-    monkeypatch.setattr(Event, "trigger", counting)
     machine = RecordedMachine(effects, clock, port=4002, client_ids=[7], fast_stays=False)
     fed = [K.FARM_OK, K.CONNECT, K.FARM_OK, K.CONNECT, K.SOCKET_CLOSED, K.ATTEMPT_SUCCEEDED,
            K.RESTORED_DATA_KEPT, K.FARM_BROKEN]
