@@ -47,8 +47,8 @@ and ``InputKind`` are importable here too, as before)::
     ibkr_connection.machine    ConnectionMachine, the table run by transitions: handle()
                                returns a Step
     ibkr_connection.inputs     Input, InputKind: what goes in
-    ibkr_connection.outputs    Step, Effect, Effects, Transition, JournalEntry: what
-                               comes out
+    ibkr_connection.outputs    Step, Effect, Effects, Transition, Transcript, JournalEntry:
+                               what comes out
     ibkr_connection.codes      CODES (IB codes) and FAILURES (attempt failures) -> inputs
     ibkr_connection.driver     Driver: the effects on asyncio, IB's callbacks -> inputs
     ibkr_connection.journal    JournalWriter, replay, replay_journal

@@ -46,7 +46,7 @@ from ibkr_connection.clock import Clock
 from ibkr_connection.config import mask_account
 from ibkr_connection.errors import ReentrantHandleError, UsageError
 from ibkr_connection.inputs import Input, InputKind
-from ibkr_connection.outputs import Effect, JournalEntry, Step, Transition
+from ibkr_connection.outputs import Effect, JournalEntry, Step, Transcript, Transition
 from ibkr_connection.policy import RecoveryPolicy
 from ibkr_connection.table import ACTIONS as _ACTIONS
 from ibkr_connection.table import (
@@ -213,7 +213,7 @@ class ConnectionMachine:
         #: The effects asked for by the input being handled, in order.
         self._out: list[Effect] = []
         self._handling = False
-        self.transcript: list[Transition] = []
+        self.transcript = Transcript()
         self.journal: list[JournalEntry] = []
         self.record_journal = record_journal
         self.transcript_limit = transcript_limit
@@ -403,7 +403,7 @@ class ConnectionMachine:
         limit = self.transcript_limit
         if limit is not None and len(self.transcript) > limit:
             # Trim in chunks so the cost per transition stays constant.
-            del self.transcript[: len(self.transcript) - limit // 2]
+            self.transcript.keep_last(limit // 2)
         # The end of a stopped manager is the bot's own doing, said by the
         # disconnect before it: DEBUG (a manager stopped unused logs nothing).
         level = logging.DEBUG if row.dest is ConnectionState.STOPPED else logging.INFO

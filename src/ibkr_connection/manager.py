@@ -41,7 +41,7 @@ from ibkr_connection.inflight import CANCEL, MODIFY, PLACE, GatewayRecord, InFli
 from ibkr_connection.inputs import Input, InputKind
 from ibkr_connection.journal import JournalWriter
 from ibkr_connection.machine import ConnectionMachine
-from ibkr_connection.outputs import Transition
+from ibkr_connection.outputs import Transcript, Transition
 from ibkr_connection.subscriptions import (
     AccountUpdatesSubscription,
     CallableSubscription,
@@ -193,8 +193,11 @@ class ConnectionManager:
         return self._machine.state
 
     @property
-    def transcript(self) -> list[Transition]:
-        """The changes of state so far (the most recent ``transcript_limit``, 10,000)."""
+    def transcript(self) -> Transcript:
+        """The changes of state so far, oldest first (the most recent ``transcript_limit``, 10,000).
+
+        A sequence of :class:`Transition`, read like a list (see :class:`Transcript`).
+        """
         return self._machine.transcript
 
     @property

@@ -13,8 +13,11 @@ comes in.
 
 from __future__ import annotations
 
+import math
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, overload
 
 if TYPE_CHECKING:
     from ibkr_connection.inputs import Input, InputKind
@@ -169,6 +172,101 @@ class Transition:
         }
 
 
+#: What transitions share in a transcript: source, dest, trigger, cause and code.
+_Key = tuple["ConnectionState", "ConnectionState", "InputKind", str, "int | None"]
+
+
+class Transcript(Sequence[Transition]):
+    """The machine's changes of state, oldest first: a sequence of :class:`Transition`.
+
+    Read it like a list (``len``, indexing, slices, iteration; it compares
+    equal to a list of the same transitions). It is kept in columns rather
+    than as objects, because a bot keeps up to ``transcript_limit`` (10,000)
+    of them for months, and most of them repeat one another (a gateway down
+    for a weekly login is refused every 2 s for hours, each time the same
+    pair of moves): the source, destination, trigger, cause and code of
+    equal transitions are stored once and shared, the time, attempt and
+    delay as machine numbers. An entry costs about 32 bytes instead of about
+    140 as an object with its two floats (issue 21: the month's memory).
+    Reading an entry builds its :class:`Transition` again, equal to the one
+    recorded (not the same object).
+
+    Args:
+        transitions: the transitions to start with, oldest first.
+    """
+
+    __slots__ = ("_at", "_attempt", "_delay", "_keys", "_shared")
+
+    def __init__(self, transitions: Iterable[Transition] = ()) -> None:
+        self._keys: list[_Key] = []
+        self._shared: dict[_Key, _Key] = {}
+        self._at = array("d")
+        self._attempt = array("q")
+        #: NaN for a transition without a delay (a delay is never NaN).
+        self._delay = array("d")
+        for transition in transitions:
+            self.append(transition)
+
+    def append(self, transition: Transition) -> None:
+        """Record ``transition`` as the most recent."""
+        key = (transition.source, transition.dest, transition.trigger, transition.cause,
+               transition.code)
+        self._keys.append(self._shared.setdefault(key, key))
+        self._at.append(transition.at)
+        self._attempt.append(transition.attempt)
+        delay = transition.delay
+        self._delay.append(math.nan if delay is None else delay)
+
+    def keep_last(self, count: int) -> None:
+        """Forget all but the ``count`` most recent transitions."""
+        drop = max(len(self._keys) - max(count, 0), 0)
+        if not drop:
+            return
+        del self._keys[:drop], self._at[:drop], self._attempt[:drop], self._delay[:drop]
+        # Keys no transition left uses go too: the shared table stays bounded.
+        self._shared = {key: key for key in self._keys}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @overload
+    def __getitem__(self, index: int) -> Transition: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Transition]: ...
+
+    def __getitem__(self, index: int | slice) -> Transition | list[Transition]:
+        """Return the transition at ``index``, or a list of those in a slice."""
+        if isinstance(index, slice):
+            return [self._build(i) for i in range(*index.indices(len(self._keys)))]
+        if index < 0:
+            index += len(self._keys)
+        if not 0 <= index < len(self._keys):
+            raise IndexError("transcript index out of range")
+        return self._build(index)
+
+    def __iter__(self) -> Iterator[Transition]:
+        for i in range(len(self._keys)):
+            yield self._build(i)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to any sequence (a list, another transcript) of equal transitions."""
+        if isinstance(other, (str, bytes)) or not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Transcript({list(self)!r})"
+
+    def _build(self, i: int) -> Transition:
+        source, dest, trigger, cause, code = self._keys[i]
+        delay = self._delay[i]
+        return Transition(source, dest, trigger, self._at[i], cause, code, self._attempt[i],
+                          None if math.isnan(delay) else delay)
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """What one input did: the result of :meth:`ConnectionMachine.handle`.
@@ -200,4 +298,4 @@ class JournalEntry:
     effects: tuple[Effect, ...] | None = None
 
 
-__all__ = ["Effect", "Effects", "JournalEntry", "Step", "Transition"]
+__all__ = ["Effect", "Effects", "JournalEntry", "Step", "Transcript", "Transition"]
