@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import os
 import platform
@@ -119,6 +120,23 @@ def rss_bytes() -> int:
     """The resident set size of this process, from ``/proc/self/statm``."""
     with open("/proc/self/statm", encoding="ascii") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_after_trim() -> int | None:
+    """The resident set size after glibc's ``malloc_trim(0)``; None without glibc.
+
+    ``malloc_trim`` gives the pages of freed heap memory back to the system,
+    so the reading leaves out what the C allocator holds free for reuse and
+    keeps what is in use (Python's own object arenas included). Trimming
+    changes every later plain reading, so a run takes one kind or the other.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim(0)
+    return rss_bytes()
 
 
 def contract() -> Any:

@@ -51,7 +51,16 @@ from pathlib import Path
 from typing import Any
 
 import ib_insync.wrapper as ib_wrapper
-from _common import contract, handler_counts, header, quiet_logging, rss_bytes, table, verdict
+from _common import (
+    contract,
+    handler_counts,
+    header,
+    quiet_logging,
+    rss_after_trim,
+    rss_bytes,
+    table,
+    verdict,
+)
 from ib_insync import IB, MarketOrder, Watchdog
 
 from ibkr_connection import ConnectionConfig, ConnectionManager, ConnectionState, IBCController
@@ -141,6 +150,8 @@ class Run:
     rss_growth: int = 0
     #: RSS growth from the end of STEADY_DAY to the end (None: a shorter month).
     rss_steady: int | None = None
+    #: Whether the RSS readings came after malloc_trim (see rss_after_trim).
+    trimmed: bool = False
     traced_growth: int | None = None
     #: With tracing: the source lines holding the most of the traced growth.
     traced_top: list[str] = field(default_factory=list)
@@ -312,9 +323,11 @@ class RestartingIBC:
         writer.close()
 
 
-async def _contender(name: str, month: Month, trace: bool) -> Run:
+async def _contender(name: str, month: Month, trace: bool, trim: bool = False) -> Run:
     loop = asyncio.get_running_loop()
     run = Run(name)
+    read_rss: Callable[[], int | None] = rss_after_trim if trim else rss_bytes
+    run.trimmed = trim
     if DUMP:
         run.dump = []
     clock = LoopClock(wall_start=month.start, loop=loop)
@@ -431,7 +444,7 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
     # A warm-up day before the memory baseline, then the rest of the month.
     await asyncio.sleep(min(day, month.seconds) - (loop.time() - origin))
     gc.collect()
-    rss0 = rss_bytes()
+    rss0 = read_rss() or 0
     tasks0, handlers0 = live_tasks(), sum(handlers().values())
     note_transcript("day 1")
     if trace:
@@ -442,11 +455,11 @@ async def _contender(name: str, month: Month, trace: bool) -> Run:
         # The steady state: bounded containers (nearly) full (see STEADY_DAY).
         await asyncio.sleep(STEADY_DAY * day - (loop.time() - origin))
         gc.collect()
-        rss_steady0 = rss_bytes()
+        rss_steady0 = read_rss() or 0
         note_transcript(f"day {STEADY_DAY}")
     await asyncio.sleep(month.seconds - (loop.time() - origin))
     gc.collect()
-    rss_end = rss_bytes()
+    rss_end = read_rss() or 0
     run.rss_growth = rss_end - rss0
     run.rss_steady = None if rss_steady0 is None else rss_end - rss_steady0
     run.tasks_growth = live_tasks() - tasks0
@@ -517,13 +530,17 @@ class Naive:
             self.task.cancel()
 
 
-def one_run(name: str, month: Month, loop_kind: str, trace: bool) -> Run:
-    """Run one contender through the month on a fresh virtual-time loop."""
+def one_run(name: str, month: Month, loop_kind: str, trace: bool, trim: bool = False) -> Run:
+    """Run one contender through the month on a fresh virtual-time loop.
+
+    With ``trim``, every RSS reading follows a ``malloc_trim(0)``
+    (:func:`_common.rss_after_trim`): the manager's second run of the seed.
+    """
     loop = _loop_factory(loop_kind)
     asyncio.set_event_loop(loop)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        run = loop.run_until_complete(_contender(name, month, trace))
+        run = loop.run_until_complete(_contender(name, month, trace, trim))
         run.holds = getattr(loop, "holds", 0)
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
@@ -764,12 +781,21 @@ def main() -> None:
               f"{run.probes} reqCurrentTime, {run.end / run.wall:,.0f} simulated s per wall s, "
               f"{run.holds} jumps held for loopback I/O", flush=True)
         if repeat == "all" or (repeat == "manager" and name == "manager"):
-            again[name] = one_run(name, month, args.loop, False)
+            # The second run reads RSS after malloc_trim: what the process holds
+            # in use, without the free heap the C allocator keeps.
+            trim = name == "manager" and rss_after_trim() is not None
+            again[name] = one_run(name, month, args.loop, False, trim)
             same = again[name].digest() == run.digest()
             print(f"  {name:8s} again: {again[name].wall:.1f}s wall, "
                   f"{again[name].holds} jumps held, transcript "
                   f"{'identical' if same else 'DIFFERENT'} ({run.digest()}"
                   f"{'' if same else ' then ' + again[name].digest()})", flush=True)
+            if trim:
+                twin = again[name]
+                steady = "-" if twin.rss_steady is None else f"{twin.rss_steady / 1e6:+.2f}"
+                print(f"  {name:8s} again, RSS read after malloc_trim: "
+                      f"{twin.rss_growth / 1e6:+.2f} MB from the end of day 1, "
+                      f"{steady} MB from the end of day {STEADY_DAY}", flush=True)
     print()
     stats = {run.name: availability(run, month) for run in runs}
     rows = []
@@ -835,6 +861,10 @@ def main() -> None:
         if mine.rss_steady is not None:
             ok &= verdict(f"manager RSS growth from the end of day {STEADY_DAY}",
                           mine.rss_steady / 1e6, 2.0, " MB")
+        twin = again.get("manager")
+        if twin is not None and twin.trimmed:
+            ok &= verdict("manager RSS growth after the first day, read after malloc_trim "
+                          "(second run)", twin.rss_growth / 1e6, 2.0, " MB")
         ok &= verdict("manager tasks and handlers grown since the first day",
                       max(mine.tasks_growth, 0) + max(mine.handlers_growth, 0), 0)
         if "manager" in again:
