@@ -338,24 +338,3 @@ def test_transitions_own_debug_lines_are_logged_when_the_application_turns_them_
     assert "Entering state connecting. Processing callbacks..." in lines
     assert "Finished processing state connecting enter callbacks." in lines
 
-
-def test_the_transitions_logger_is_its_own_again_after_every_move(
-    machine: ConnectionMachine, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Outside a move, even one that raised, transitions' logger is untouched."""
-    core = logging.getLogger("transitions.core")
-    machine.handle(Input(K.CONNECT))
-    assert "debug" not in vars(core) and "info" not in vars(core)
-
-    class Broken(ManualClock):
-        def monotonic(self) -> float:
-            raise RuntimeError("clock broke")
-
-    broken = RecordedMachine(RecordingEffects(), Broken(), port=4002, client_ids=[7],
-                             record_journal=False)
-    with pytest.raises(RuntimeError, match="clock broke"):
-        broken.handle(Input(K.CONNECT))
-    assert "debug" not in vars(core) and "info" not in vars(core)
-    caplog.set_level(logging.DEBUG, logger="transitions")
-    core.debug("a line of the application's own %s", "machine")
-    assert [r.getMessage() for r in caplog.records] == ["a line of the application's own machine"]

@@ -68,14 +68,6 @@ _transitions_logger = logging.getLogger("transitions")
 if _transitions_logger.level == logging.NOTSET:
     _transitions_logger.setLevel(logging.WARNING)
 
-#: The logger of ``transitions.core`` (its module logger, ``logging.getLogger(__name__)``
-#: there): about 12 ``debug``/``info`` lines per move, each a ``Logger.debug`` and an
-#: ``isEnabledFor`` call even when off (see ``ConnectionMachine.handle``).
-_CORE_LOG = logging.getLogger("transitions.core")
-#: A C function that takes any arguments and does nothing worth a frame: what the core
-#: logger's ``debug`` and ``info`` are, inside a move, while neither level is on.
-_UNLOGGED = "".format
-
 
 #: A state's value (what the ``transitions`` machine holds) to the state.
 _STATE_BY_VALUE = {state.value: state for state in ConnectionState}
@@ -291,22 +283,7 @@ class ConnectionMachine:
         stay = self._stays.get((found, kind))
         try:
             if stay is None:
-                if _CORE_LOG.isEnabledFor(logging.INFO):
-                    self._events[kind].trigger(self._model, self, inp)
-                else:
-                    # transitions asks its logger about 25 times per move whether
-                    # DEBUG or INFO is on (one Logger.debug/info and one isEnabledFor
-                    # per line, ~10 % of a move). Neither is on (asked just now, so
-                    # what the application configured holds): for this move only,
-                    # the logger's two methods are a no-op, then its own again.
-                    # Outside a move the logger is untouched.
-                    log = vars(_CORE_LOG)
-                    log["debug"] = log["info"] = _UNLOGGED
-                    try:
-                        self._events[kind].trigger(self._model, self, inp)
-                    finally:
-                        log.pop("debug", None)
-                        log.pop("info", None)
+                self._events[kind].trigger(self._model, self, inp)
             else:
                 # A stay changes no state and asks for nothing: all transitions
                 # would do is call its notes and its record (the row's one
