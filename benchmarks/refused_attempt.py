@@ -19,7 +19,7 @@ calls of ``transitions`` per attempt (one per row tried). ``prof`` (or
 
 Run (``_common`` is found beside the script, as for every benchmark)::
 
-    uv run python benchmarks/refused_attempt.py            # 5 windows of 3 h, ~10 s
+    uv run python benchmarks/refused_attempt.py            # 5 windows of 3 h, ~15-30 s
     uv run python benchmarks/refused_attempt.py prof       # and where an attempt goes
 """
 
