@@ -82,11 +82,12 @@ def test_diagram_labels_each_row_with_its_actions() -> None:
         " | restore_timeout / end_session [link_stuck]",
         "restarting --> restarting: port_reset / note_port"
         " | restart_sent / forget_endpoint+probe_gateway",
-        "connecting --> backoff: attempt_failed / note_wedge_sign+warn_not_an_api_port"
+        "connecting --> backoff: attempt_failed / note_gateway_down+draw_delay"
+        " [retries_left & !costly] | attempt_failed / note_wedge_sign+warn_not_an_api_port"
         "+draw_costly_delay [silent_unproven] | attempt_failed / note_wedge_sign"
-        "+draw_costly_delay [costly] | attempt_failed / note_gateway_down+draw_delay"
-        " | port_reset / note_port+retry_at_once | client_id_in_use / draw_costly_delay"
-        "+retry_same_client_id [same_client_id_again] | client_id_in_use / draw_costly_delay"
+        "+draw_costly_delay | port_reset / note_port+retry_at_once"
+        " | client_id_in_use / draw_costly_delay+retry_same_client_id [same_client_id_again]"
+        " | client_id_in_use / draw_costly_delay"
         "+next_client_id [fallback_client_id] | client_id_in_use / draw_costly_delay"
         "+keep_client_id [retries_left] | not_connected / draw_delay [retries_left]",
         "restarting --> backoff: restart_failed / draw_costly_delay"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from freezegun import freeze_time
 
@@ -323,3 +325,16 @@ def test_steps_carry_every_change_whatever_the_transcript_keeps(
             heard.append(step.transition.dest.value)
     assert heard == ["connecting", "connected", "lost", "connected"]
     assert len(machine.transcript) <= max(limit, 1)
+
+
+def test_transitions_own_debug_lines_are_logged_when_the_application_turns_them_on(
+    machine: ConnectionMachine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DEBUG on for "transitions": a move logs transitions' own lines, as transitions words them."""
+    caplog.set_level(logging.DEBUG, logger="transitions")
+    machine.handle(Input(K.CONNECT))
+    lines = [r.getMessage() for r in caplog.records if r.name == "transitions.core"]
+    assert "Initiating transition from state disconnected to state connecting..." in lines
+    assert "Entering state connecting. Processing callbacks..." in lines
+    assert "Finished processing state connecting enter callbacks." in lines
+

@@ -222,9 +222,10 @@ def test_the_refusal_masks_the_accounts(clock: ManualClock) -> None:
 #: 1: the first attempt after the drop is the last). With a controller, restart_after 3.
 #: -> (state, the row's guard, its actions, wedge signs after, endpoint proven after).
 FAILURE_GRID = {
-    ("costly", "left"): ("backoff", "costly", ("note_wedge_sign", "draw_costly_delay"),
+    ("costly", "left"): ("backoff", None, ("note_wedge_sign", "draw_costly_delay"),
                          2, True),
-    ("refused", "left"): ("backoff", None, ("note_gateway_down", "draw_delay"), 0, False),
+    ("refused", "left"): ("backoff", "retries_left & !costly",
+                          ("note_gateway_down", "draw_delay"), 0, False),
     ("costly", "last"): ("failed", "!retries_left & costly", ("note_wedge_sign",), 2, True),
     ("refused", "last"): ("failed", "!retries_left", ("note_gateway_down",), 0, False),
 }

@@ -108,8 +108,9 @@ def test_entry_and_exit_actions_are_the_tables() -> None:
 #: Every move into backoff and how its delay is decided: cheap unless the input
 #: is classified costly (draw_delay), costly whatever it says, or none at all.
 DELAYS = {
-    # silence on an unproven endpoint (warned), costly, refused: a row each.
-    ("connecting", "attempt_failed"): ("draw_costly_delay", "draw_costly_delay", "draw_delay"),
+    # refused (the usual case, first), silence on an unproven endpoint (warned),
+    # costly: a row each.
+    ("connecting", "attempt_failed"): ("draw_delay", "draw_costly_delay", "draw_costly_delay"),
     ("connecting", "port_reset"): "retry_at_once",
     # the same id again, the next id, no fallback configured: a row each.
     ("connecting", "client_id_in_use"): ("draw_costly_delay",) * 3,

@@ -297,7 +297,7 @@ class Driver:
 
     def _retry_due(self) -> None:
         self._retry = None
-        self._feed(Input(InputKind.RETRY_DUE))
+        self._feed(_RETRY_DUE)
 
     def cancel_retry(self) -> None:
         """Cancel the scheduled retry, if any."""
@@ -702,6 +702,10 @@ class Driver:
             self._farm_timer.cancel()
             self._farm_timer = None
 
+
+#: The retry timer's input, built once (an input is immutable): a gateway down for
+#: hours is retried every ~2 s (issue 21's month: ~41,000 times).
+_RETRY_DUE = Input(InputKind.RETRY_DUE)
 
 #: Finds a digit: a text without one names no account (see _on_ib_error).
 _has_digit = re.compile(r"\d").search

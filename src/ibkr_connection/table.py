@@ -395,6 +395,13 @@ TABLE: tuple[Row, ...] = tuple(
     + [
         # A failed attempt that cost the gateway a handshake (costly) is a wedge
         # sign; a refused one (cheap) says the gateway is down, not wedged.
+        # The usual case first: a gateway down for hours (the weekly login) is
+        # refused every ~2 s, and each row tried before the one taken is a
+        # guard asked for nothing (the rows below never take a cheap failure
+        # with attempts left: each wants costly, silent_unproven included, or
+        # no attempts left).
+        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, "retries_left & !costly",
+            ("note_gateway_down", "draw_delay"), "refused or cheap: retry after the delay"),
         Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.FAILED, "!retries_left & costly",
             ("note_wedge_sign",), "no attempts left"),
         Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.FAILED, "!retries_left",
@@ -407,11 +414,10 @@ TABLE: tuple[Row, ...] = tuple(
             "something accepts sockets on an endpoint where no session was ever had and "
             "answers no API handshake: a wrong port, or a gateway still logging in; never "
             "restart it, warn once"),
-        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, "costly",
+        # Costly, attempts left (the rows above took every other case).
+        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, None,
             ("note_wedge_sign", "draw_costly_delay"),
             "the attempt cost the gateway a handshake: retry after the costly delay"),
-        Row(_S.CONNECTING, _I.ATTEMPT_FAILED, _S.BACKOFF, None,
-            ("note_gateway_down", "draw_delay"), "refused or cheap: retry after the delay"),
     ]
     + _rows([s for s in _ALL_STATES if s is not _S.CONNECTING], _I.ATTEMPT_FAILED, None,
             "stale result of an attempt that was cancelled")
