@@ -117,12 +117,10 @@ class BackoffPolicy:
             The delay in seconds, never above the schedule's cap.
         """
         exponent = max(failures - 1, 0)
-        try:
-            growth = self.factor**exponent
-        except OverflowError:
-            # 2.0 ** 1024 overflows a float: a gateway refusing for ~4 minutes
-            # (4 connects a second) reaches that; the cap holds from there on.
-            growth = math.inf
+        # factor ** exponent past ~1e300 would overflow a float (2.0 ** 1024: a
+        # gateway refused for hours gets there); the cap holds long before, so
+        # the growth is infinite from then on, without raising on every attempt.
+        growth = math.inf if exponent * math.log(self.factor) > 690.0 else self.factor**exponent
         if costly:
             start, cap = self.costly_delay, self.max_costly_delay
         else:
