@@ -192,3 +192,54 @@ def test_a_paused_reader_with_its_bytes_arrived_lets_the_clock_jump(
         assert _run(main) == 30.0
     # It never gave up on bytes it thought were on their way.
     assert [r.getMessage() for r in caplog.records if r.name.startswith("ibkr_connection")] == []
+
+
+def _busy_script(debug: bool) -> list[tuple[float, str]]:
+    """Echo round trips, timers (two hundred cancelled), call_soon chains: what ran, and when."""
+    seen: list[tuple[float, str]] = []
+
+    async def main(loop: VirtualTimeLoop) -> None:
+        loop.set_debug(debug)
+        echo_server = _Echo()
+        server = await asyncio.start_server(echo_server, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # More than a hundred timers, most cancelled: asyncio's turn rebuilds the heap.
+        doomed = [loop.call_later(7.0 + n / 100, seen.append, (0.0, "never")) for n in range(200)]
+        for n, delay in enumerate((2.5, 0.5, 1.0, 0.5, 30.0)):
+            loop.call_later(delay, lambda n=n: seen.append((loop.time(), f"timer {n}")))
+        loop.call_soon(lambda: loop.call_soon(lambda: seen.append((loop.time(), "soon 2"))))
+        loop.call_soon(lambda: seen.append((loop.time(), "soon 1")))
+        for handle in doomed:
+            handle.cancel()
+        for n in range(3):
+            writer.write(f"line {n}\n".encode())
+            seen.append((loop.time(), "echo " + (await reader.readline()).decode().strip()))
+            await asyncio.sleep(1.0)
+        await asyncio.sleep(30.0)
+        writer.close()
+        await echo_server.done.wait()
+        server.close()
+        await server.wait_closed()
+
+    _run(main)
+    return seen
+
+
+def test_the_loop_s_own_turn_runs_what_asyncio_s_turn_runs_at_the_same_times() -> None:
+    """The fast turn and asyncio's (a loop in debug mode takes it) run the same things alike."""
+    expected = [
+        (0.0, "soon 1"),
+        (0.0, "soon 2"),
+        (0.0, "echo line 0"),
+        # Two timers due at one time run in the heap's order (asyncio's: not FIFO).
+        (0.5, "timer 3"),
+        (0.5, "timer 1"),
+        (1.0, "timer 2"),
+        (1.0, "echo line 1"),
+        (2.0, "echo line 2"),
+        (2.5, "timer 0"),
+        (30.0, "timer 4"),
+    ]
+    assert _busy_script(debug=False) == expected
+    assert _busy_script(debug=True) == expected

@@ -29,7 +29,14 @@ def waits_to_write(selector: selectors.BaseSelector) -> bool:
     keys = getattr(selector, "_fd_to_key", None)
     if keys is None:
         keys = selector.get_map()
-    return any(key.events & selectors.EVENT_WRITE for key in keys.values())
+    # A plain loop, not any() over a generator: this runs before every jump.
+    for key in keys.values():  # noqa: SIM110
+        if key.events & _WRITE:
+            return True
+    return False
+
+
+_WRITE = selectors.EVENT_WRITE
 
 
 _Address = tuple[Any, ...]
@@ -305,9 +312,24 @@ def _counting_socket(account: Loopback) -> type[socket.socket]:
 def is_loopback(address: Any) -> bool:
     """True if ``address`` (a ``sock_connect`` address) is a loopback one."""
     try:
-        return ipaddress.ip_address(address[0]).is_loopback
-    except (ValueError, TypeError, IndexError):
-        return bool(isinstance(address, tuple) and address and address[0] == "localhost")
+        host = address[0]
+        known = _LOOPBACK_HOSTS.get(host)
+    except (TypeError, IndexError, KeyError):
+        return False
+    if known is None:
+        # Parsed once per host: a weekly login's wait is ~2,000 refused
+        # connects a simulated hour to the same address (issue 21).
+        try:
+            known = ipaddress.ip_address(host).is_loopback
+        except (ValueError, TypeError):
+            known = host == "localhost"
+        if len(_LOOPBACK_HOSTS) < 256:
+            _LOOPBACK_HOSTS[host] = known
+    return known
+
+
+#: Hosts already asked about, and whether each is a loopback address.
+_LOOPBACK_HOSTS: dict[Any, bool] = {}
 
 
 _send = _socket.socket.send

@@ -29,10 +29,15 @@ assumptions, marked so.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextvars
+import heapq
 import logging
 import random
+import select
 import selectors
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
 from time import perf_counter
@@ -398,6 +403,17 @@ HOLD_LIMIT = 2.0
 #: The longest single real wait while holding (a receiver whose reading is
 #: paused is not in the selector, so its bytes' arrival wakes nothing).
 _HOLD_POLL = 0.01
+#: asyncio's own thresholds for a turn (base_events: a heap of more than 100
+#: timers, over half of them cancelled, is rebuilt; no wait is longer than a day).
+_MANY_TIMERS = 100
+_CANCELLED_SHARE = 0.5
+_LONGEST_WAIT = 24 * 3600.0
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+#: An epoll event that is not only EPOLLIN (it wakes a writer), not only EPOLLOUT (a reader).
+#: (Not used where there is no epoll: the loop takes asyncio's turn there.)
+_NOT_IN = ~getattr(select, "EPOLLIN", 1)
+_NOT_OUT = ~getattr(select, "EPOLLOUT", 4)
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
@@ -434,51 +450,169 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self.jumps = 0
         self.holds = 0
         selector = self._selector  # type: ignore[attr-defined]
-        real_select = selector.select
-        loopback = self._loopback = Loopback(selector)
-        pipes = loopback.pipes
-        held_since: float | None = None
+        self._real_select = selector.select
+        self._loopback = Loopback(selector)
+        self._held_since: float | None = None
+        # The turn below polls epoll itself (see _run_once); another selector, or
+        # a loop in debug mode, takes asyncio's own turn through this wrapper.
+        epoll = getattr(selector, "_selector", None)
+        self._epoll: Any = epoll if isinstance(selector, selectors.EpollSelector) else None
+        self._fd_to_key: dict[int, selectors.SelectorKey] = getattr(selector, "_fd_to_key", {})
 
         def select(timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-            nonlocal held_since
-            ready: list[tuple[selectors.SelectorKey, int]] = real_select(0)
+            ready: list[tuple[selectors.SelectorKey, int]] = self._real_select(0)
             if ready or timeout == 0:
-                held_since = None
+                self._held_since = None
                 return ready
-            if timeout is None:
-                # Nothing scheduled: wait for real I/O.
-                waited: list[tuple[selectors.SelectorKey, int]] = real_select(1.0)
-                return waited
-            writing = waits_to_write(selector)
-            if (pipes and loopback.in_flight()) or (writing and loopback.writing()):
-                # Loopback I/O in the kernel's hands (bytes on their way between
-                # two of the loop's sockets, a connect to a loopback address, a
-                # send to a reader of the loop): wait for it, without moving the
-                # clock. A jump now would land its outcome at a virtual time that
-                # depends on the machine's load (issue 21).
-                self.holds += 1
-                now = perf_counter()  # real time: only to bound the wait, never the clock
-                if held_since is None:
-                    held_since = now
-                if now - held_since < HOLD_LIMIT:
-                    waited = real_select(min(timeout, _HOLD_POLL))
-                    if waited:
-                        held_since = None
-                    return waited
-                logger.warning("loopback I/O of the loop not done after %.1f s of real time: "
-                               "the clock jumps on (%s)", HOLD_LIMIT, loopback.settle())
-                held_since = None
-            elif writing:
-                # A connect to another host (or a full send buffer to a peer
-                # outside the loop): give the real I/O a moment, then jump.
-                waited = real_select(min(timeout, 0.05))
-                if waited:
-                    return waited
-            self._now += timeout
-            self.jumps += 1
-            return ready
+            return self._wait(timeout)
 
         selector.select = select
+
+    def _wait(self, timeout: float | None) -> list[tuple[selectors.SelectorKey, int]]:
+        """Nothing is ready and the next timer is ``timeout`` away: wait, or jump to it."""
+        if timeout is None:
+            # Nothing scheduled: wait for real I/O.
+            waited: list[tuple[selectors.SelectorKey, int]] = self._real_select(1.0)
+            return waited
+        loopback = self._loopback
+        writing = waits_to_write(self._selector)  # type: ignore[attr-defined]
+        if (loopback.pipes and loopback.in_flight()) or (writing and loopback.writing()):
+            # Loopback I/O in the kernel's hands (bytes on their way between
+            # two of the loop's sockets, a connect to a loopback address, a
+            # send to a reader of the loop): wait for it, without moving the
+            # clock. A jump now would land its outcome at a virtual time that
+            # depends on the machine's load (issue 21).
+            self.holds += 1
+            now = perf_counter()  # real time: only to bound the wait, never the clock
+            if self._held_since is None:
+                self._held_since = now
+            if now - self._held_since < HOLD_LIMIT:
+                waited = self._real_select(min(timeout, _HOLD_POLL))
+                if waited:
+                    self._held_since = None
+                return waited
+            logger.warning("loopback I/O of the loop not done after %.1f s of real time: "
+                           "the clock jumps on (%s)", HOLD_LIMIT, loopback.settle())
+            self._held_since = None
+        elif writing:
+            # A connect to another host (or a full send buffer to a peer
+            # outside the loop): give the real I/O a moment, then jump.
+            waited = self._real_select(min(timeout, 0.05))
+            if waited:
+                return waited
+        self._now += timeout
+        self.jumps += 1
+        return []
+
+    def _run_once(self) -> None:
+        """One turn of the loop: asyncio's turn, with the poll and the jump inline.
+
+        The same steps in the same order as ``BaseEventLoop._run_once`` (drop
+        cancelled timers, poll, queue the ready callbacks, then the timers due,
+        run what was queued before the turn began), so the same inputs run the
+        same callbacks at the same virtual times; what goes is the calls
+        between them (the selector's wrapper, its ``select``, ``_process_events``,
+        the clock read through ``time()``): a probe cycle of the month is three
+        turns, ~2.5 million turns a month (issue 21). A loop in debug mode, or
+        on a selector other than epoll, takes asyncio's own turn.
+        """
+        # asyncio's private fields (the heap, the ready queue, the handles'
+        # _when, _cancelled and _run) are read through ``base``, typed loosely.
+        base: Any = self
+        epoll = self._epoll
+        if epoll is None or base._debug:
+            super()._run_once()  # type: ignore[misc]
+            return
+        scheduled: list[Any] = base._scheduled
+        ready_queue: collections.deque[Any] = base._ready
+        count = len(scheduled)
+        if count > _MANY_TIMERS and base._timer_cancelled_count / count > _CANCELLED_SHARE:
+            # Many cancelled timers: rebuild the heap without them, as asyncio does.
+            kept = []
+            for handle in scheduled:
+                if handle._cancelled:
+                    handle._scheduled = False
+                else:
+                    kept.append(handle)
+            heapq.heapify(kept)
+            scheduled[:] = kept
+            base._timer_cancelled_count = 0
+        else:
+            while scheduled and scheduled[0]._cancelled:
+                base._timer_cancelled_count -= 1
+                handle = heapq.heappop(scheduled)
+                handle._scheduled = False
+
+        fd_to_key = self._fd_to_key
+        try:
+            polled = epoll.poll(0, len(fd_to_key) or 1)
+        except InterruptedError:
+            polled = []
+        if polled:
+            self._held_since = None  # progress: a hold starts its count again
+            for fd, event in polled:
+                key = fd_to_key.get(fd)
+                if key is None:
+                    continue
+                reader, writer = key.data
+                # EPOLLIN alone is a read, EPOLLOUT alone a write; anything
+                # else (an error, a hang-up) wakes both, as the selector says.
+                if event & _NOT_OUT and reader is not None and key.events & _READ:
+                    if reader._cancelled:
+                        base._remove_reader(key.fileobj)
+                    else:
+                        ready_queue.append(reader)
+                if event & _NOT_IN and writer is not None and key.events & _WRITE:
+                    if writer._cancelled:
+                        base._remove_writer(key.fileobj)
+                    else:
+                        ready_queue.append(writer)
+        elif not ready_queue and not base._stopping:
+            timeout: float | None = None
+            if scheduled:
+                timeout = min(max(0.0, scheduled[0]._when - self._now), _LONGEST_WAIT)
+            if timeout != 0:
+                base._process_events(self._wait(timeout))
+            else:
+                self._held_since = None
+        else:
+            self._held_since = None
+
+        end = self._now + base._clock_resolution
+        while scheduled:
+            handle = scheduled[0]
+            if handle._when >= end:
+                break
+            heapq.heappop(scheduled)
+            handle._scheduled = False
+            ready_queue.append(handle)
+
+        # Only what was queued before this point runs in this turn; what it
+        # queues runs in the next, after another poll (asyncio's rule).
+        for _ in range(len(ready_queue)):
+            handle = ready_queue.popleft()
+            if not handle._cancelled:
+                handle._run()
+
+    def call_later(  # type: ignore[override]  # typeshed types it with a TypeVarTuple
+        self, delay: float, callback: Callable[..., object], *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        """Schedule ``callback`` ``delay`` seconds of virtual time from now.
+
+        asyncio's ``call_later`` with its ``call_at`` and clock read folded in
+        (two timers per idle probe cycle, ~1.7 million a month: issue 21); a
+        loop in debug mode takes asyncio's own, with its checks.
+        """
+        base: Any = self
+        if base._debug or delay is None:
+            return super().call_later(delay, callback, *args, context=context)
+        if base._closed:
+            raise RuntimeError("Event loop is closed")
+        timer = asyncio.TimerHandle(self._now + delay, callback, args, self, context)
+        heapq.heappush(base._scheduled, timer)
+        timer._scheduled = True  # type: ignore[attr-defined]
+        return timer
 
     def time(self) -> float:
         """Return the virtual time."""
