@@ -153,24 +153,42 @@ class ApiClient:
         )
 
 
-class ClientProtocol(asyncio.Protocol):
-    """asyncio protocol bridging one socket to the gateway."""
+#: Bytes one read may take from a client's socket (the buffer is the protocol's own).
+READ_SIZE = 64 * 1024
+
+
+class ClientProtocol(asyncio.BufferedProtocol):
+    """asyncio protocol bridging one socket to the gateway.
+
+    A buffered protocol: each read lands in this connection's own buffer
+    (``recv_into``), and only the bytes read are copied out. A plain
+    :class:`asyncio.Protocol` has the transport allocate 256 KiB for every
+    read (``recv(max_size)``) and shrink it; once glibc has freed one such
+    block its mmap threshold rises above 256 KiB, the next ones come from the
+    main heap, and the small objects placed between them keep it from
+    shrinking: over the month this gateway's reads alone left about 0.5 MB of
+    the process's RSS growth (issue 21, benchmarks/README.md section 10).
+    """
 
     def __init__(self, gateway: GatewayTransport) -> None:
         self.gateway = gateway
         self.client: ApiClient | None = None
+        self._view = memoryview(bytearray(READ_SIZE))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.client = self.gateway._on_connect(transport)
         # Every read goes straight to the gateway, without this method's own
         # call in between: a heartbeat probe is a read, ~837,000 a month (issue 21).
-        self.data_received = functools.partial(  # type: ignore[method-assign]
-            self.gateway._on_data, self.client)
+        self.buffer_updated = functools.partial(  # type: ignore[method-assign]
+            self.gateway._on_read, self.client, self._view)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self.client is not None:
-            self.gateway._on_data(self.client, data)
+            self.gateway._on_read(self.client, self._view, nbytes)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.client is not None:
@@ -335,6 +353,15 @@ class GatewayTransport:
         conn.transport.abort()
 
     def _on_data(self, conn: ApiClient, data: bytes) -> None:
+        self._on_read(conn, memoryview(data), len(data))
+
+    def _on_read(self, conn: ApiClient, buffer: memoryview, nbytes: int) -> None:
+        """Take the first ``nbytes`` of ``buffer``, just read from ``conn``'s socket.
+
+        ``buffer`` is read into again at the next read: what is kept of it is
+        copied (into the backlog, the frame reader's buffer).
+        """
+        data: bytes | memoryview = buffer[:nbytes]
         if self._stalled:
             conn.backlog += data
             return

@@ -334,11 +334,12 @@ class FrameReader:
         self._buffer = b""
         self._max_frame = max_frame
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
         """Add received bytes and return every complete frame payload.
 
         Args:
-            data: Bytes just received.
+            data: Bytes just received (a view is copied: its buffer may be
+                read into again).
 
         Returns:
             The payloads completed by this data, oldest first.
