@@ -33,7 +33,6 @@ import cProfile
 import gc
 import io
 import pstats
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -140,7 +139,7 @@ def run(kind: str, n: int, profiler: cProfile.Profile | None = None,
 #: simulator's answer or the client's send.
 SPLIT_PARTS: list[tuple[str, Any, str]] = [
     ("simulator: read the request, answer it (its send included)", GatewayTransport,
-     "_on_data"),
+     "_on_read"),
     ("client: read the answer (decoder, wrapper, hasData handlers)", ib_connection.Connection,
      "data_received"),
     ("client: send the request (its send included)", ib_client.Client, "send"),
@@ -169,6 +168,13 @@ class _Timed:
         return timed
 
 
+class _TimedPoll:
+    """An epoll object whose ``poll`` is timed into ``counter`` (the loop's own turn polls it)."""
+
+    def __init__(self, epoll: Any, counter: _Timed) -> None:
+        self.poll = counter.wrap(epoll.poll)
+
+
 @contextmanager
 def _patched(owner: Any, name: str, value: Any) -> Iterator[None]:
     saved = owner.__dict__[name]
@@ -187,26 +193,27 @@ def split(kind: str, n: int) -> list[list[str]]:
     def part(label: str) -> _Timed:
         return timed.setdefault(label, _Timed())
 
-    # The loop's turns and its (virtual-time) selector: wrapped on this loop only.
+    # The loop's turns and its (virtual-time) polls: wrapped on this loop only.
+    # Its own turn polls epoll itself, and waits (a hold, no timer) through the
+    # selector's select it kept at creation: both are wrapped.
     loop._run_once = part("loop turns (everything, the jump included)").wrap(  # type: ignore[attr-defined]
         loop._run_once)  # type: ignore[attr-defined]
-    selector = loop._selector  # type: ignore[attr-defined]
-    selector.select = part("  selector calls (epoll, the jump)").wrap(selector.select)
+    polls = part("  selector calls (epoll, the jump)")
+    epoll = loop._epoll  # type: ignore[attr-defined]
+    if epoll is not None:
+        loop._epoll = _TimedPoll(epoll, polls)  # type: ignore[attr-defined]
+    loop._real_select = polls.wrap(loop._real_select)  # type: ignore[attr-defined]
 
-    class TimedSocket(socket.socket):
-        """A socket whose sends are timed (the simulator's and the client's alike)."""
-
-        __slots__ = ()
-
+    # asyncio's transports send through the socket they were given, which the
+    # loop turns into its loopback-counting class (see simulator/loopback.py):
+    # that class's send is timed while the run lasts.
     sends = part("  socket sends (both sides; inside the parts below)")
-    TimedSocket.send = sends.wrap(socket.socket.send)  # type: ignore[method-assign]
+    counted = loop._loopback.counted  # type: ignore[attr-defined]
     with ExitStack() as stack:
+        stack.enter_context(_patched(counted, "send", sends.wrap(counted.__dict__["send"])))
         for label, owner, name in SPLIT_PARTS:
             stack.enter_context(_patched(owner, name, part("  " + label).wrap(
                 owner.__dict__[name])))
-        # asyncio's transports send through the socket they were given: make
-        # every new socket a TimedSocket while the run lasts.
-        stack.enter_context(_patched(socket, "socket", TimedSocket))
 
         def measuring() -> None:
             # The connect and the settle are not cycles: count from here.
