@@ -139,6 +139,32 @@ def rss_after_trim() -> int | None:
     return rss_bytes()
 
 
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (glibc 2.33 and later), fields in their order."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+
+
+def heap_info() -> tuple[int, int] | None:
+    """glibc's main heap: (bytes in use, bytes free but kept); None without ``mallinfo2``.
+
+    The bytes kept free are what glibc holds for reuse (freed blocks between
+    blocks in use, the top it does not trim): pages of them that were touched
+    count in RSS although nothing lives there. Python's small objects live in
+    its own arenas, outside this heap; what glibc serves is the larger blocks
+    (dicts and lists past a few hundred bytes, bytes objects, buffers).
+    """
+    try:
+        info = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    info.restype = _MallInfo2
+    got = info()
+    return int(got.uordblks), int(got.fordblks)
+
+
 def contract() -> Any:
     """The stock every benchmark streams."""
     return Stock(SYMBOL, "SMART", "USD")
