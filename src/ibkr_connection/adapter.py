@@ -284,6 +284,26 @@ async def connect_session(
         raise SyncIncompleteError("; ".join(catcher.timed_out))
 
 
+def limit_socket_reads(ib: Any, size: int) -> bool:
+    """Make ``ib``'s socket read at most ``size`` bytes at a time; True if it could.
+
+    asyncio's socket transport reads into a new buffer of its ``max_size``
+    (256 KiB in CPython 3.10-3.13, ``selector_events._SelectorSocketTransport``)
+    and shrinks it to what came. With glibc a block that large is mapped on
+    its own until one is freed; after that glibc raises its threshold above
+    it, and every later read's buffer is carved from the main heap, which
+    grows in steps over weeks and is not given back (benchmarks/README.md,
+    section 10). The attribute is the transport's own, not API: a transport
+    without an integer ``max_size`` (another loop's) is left as it is.
+    """
+    transport = getattr(getattr(getattr(ib, "client", None), "conn", None), "transport", None)
+    current = getattr(transport, "max_size", None)
+    if transport is None or isinstance(current, bool) or not isinstance(current, int):
+        return False
+    transport.max_size = size
+    return True
+
+
 def safe_disconnect(ib: Any) -> None:
     """Disconnect ``ib`` whatever state its socket is in.
 

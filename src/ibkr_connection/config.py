@@ -55,6 +55,12 @@ def _check_client_id(name: str, value: object) -> int:
     return value
 
 
+#: The bounds of ``ConnectionConfig.socket_read_size``: a TWS message can be a
+#: few KiB long; past 16 MiB a read buffer is no longer a read size.
+MIN_READ_SIZE = 4 * 1024
+MAX_READ_SIZE = 16 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class ConnectionConfig:
     """Where to connect, as whom, and how patiently.
@@ -108,6 +114,16 @@ class ConnectionConfig:
             :class:`~ibkr_connection.controller.IBCController` (``watch`` and
             the sync wrapper use it). :meth:`from_env` sets it to 7462 when
             only ``IBKR_IBC_HOST`` is given.
+        socket_read_size: the most bytes the client's socket takes in one read
+            once a session is up (64 KiB; 4 KiB to 16 MiB). asyncio's socket
+            transport reads up to 256 KiB at a time into a new buffer; with
+            glibc, once one such buffer has been freed, the later ones come
+            from the main heap, which then grows in steps over weeks of
+            reads and never shrinks (a month on virtual time: about 1.4 MB
+            more RSS; benchmarks/README.md section 10). Below glibc's 128 KiB
+            threshold the heap stays flat. None leaves the transport as
+            asyncio built it; a transport without asyncio's read size (another
+            event loop's) is left alone either way.
     """
 
     host: str = "127.0.0.1"
@@ -126,6 +142,7 @@ class ConnectionConfig:
     quiet_client_logs: bool = True
     ibc_host: str = "127.0.0.1"
     ibc_port: int | None = None
+    socket_read_size: int | None = 64 * 1024
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
@@ -140,6 +157,11 @@ class ConnectionConfig:
             _check_port("ibc_port", self.ibc_port)
         if not isinstance(self.ibc_host, str):
             raise ConfigError("ibc_host", f"must be a host name, got {self.ibc_host!r}")
+        size = self.socket_read_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int)
+                                 or not MIN_READ_SIZE <= size <= MAX_READ_SIZE):
+            raise ConfigError("socket_read_size", f"must be a number of bytes from "
+                              f"{MIN_READ_SIZE} to {MAX_READ_SIZE}, or None, got {size!r}")
         for name in ("connect_timeout", "handshake_timeout", "heartbeat_idle",
                      "heartbeat_timeout"):
             value = getattr(self, name)

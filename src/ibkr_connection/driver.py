@@ -248,6 +248,9 @@ class Driver:
             self._attempt_failed(attempt, exc)
             return
         self._attempt_task = None
+        if config.socket_read_size is not None:
+            # The session's reads from now on: see ConnectionConfig.socket_read_size.
+            adapter.limit_socket_reads(ib, config.socket_read_size)
         self._apply_high_water()
         accounts = self._accounts = tuple(adapter.managed_accounts(ib))
         # What the attempt learnt goes in as data: the table checks the
