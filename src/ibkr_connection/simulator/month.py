@@ -37,10 +37,11 @@ import random
 import select
 import selectors
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
-from time import perf_counter
+from time import perf_counter, sleep
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -400,6 +401,9 @@ def faults_from_steps(steps: list[dict[str, Any]]) -> list[Fault]:
 #: Seconds of real time a jump waits for the loop's own loopback I/O before it
 #: gives up on it (it never should: see VirtualTimeLoop).
 HOLD_LIMIT = 2.0
+#: Seconds of real time the check mode (``VirtualTimeLoop(check=True)``) looks
+#: for I/O before each jump.
+CHECK_LOOK = 0.0002
 #: The longest single real wait while holding (a receiver whose reading is
 #: paused is not in the selector, so its bytes' arrival wakes nothing).
 _HOLD_POLL = 0.01
@@ -438,17 +442,41 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     Args:
         start: the loop's time at creation.
 
+    Args:
+        start: the loop's time at creation.
+        check: before every jump, look again for I/O after :data:`CHECK_LOOK`
+            of real time (a diagnostic mode, ~0.15 ms a jump): what turns up
+            is counted in :attr:`late` and handled instead of the jump, as
+            a slower machine would have seen it.
+
     Attributes:
         jumps: how many times the clock jumped.
         holds: how many times a jump waited for loopback I/O (a few per
             simulated week of the month: its refused connects).
+        forced: jumps taken though loopback I/O of the loop was still under
+            way after :data:`HOLD_LIMIT` (each one may land an outcome at a
+            virtual time that depends on the machine's speed).
+        outside: jumps taken after the 50 ms wait while a socket waited to be
+            writable (a connect to another host, a full buffer to a peer
+            outside): the same risk, for I/O the loop cannot account.
+        late: with ``check``, jumps the look found I/O for (a plain loop
+            would have jumped past it).
+        late_what: with ``check``, a few words on each of the first late finds.
+        threaded: with ``check``, jumps taken while another thread was alive
+            (one could be about to hand the loop something: none should be).
     """
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0, *, check: bool = False) -> None:
         super().__init__()
         self._now = start
         self.jumps = 0
         self.holds = 0
+        self.forced = 0
+        self.outside = 0
+        self.late = 0
+        self.late_what: list[str] = []
+        self.threaded = 0
+        self.check = check
         selector = self._selector  # type: ignore[attr-defined]
         self._real_select = selector.select
         self._loopback = Loopback(selector)
@@ -494,15 +522,37 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             logger.warning("loopback I/O of the loop not done after %.1f s of real time: "
                            "the clock jumps on (%s)", HOLD_LIMIT, loopback.settle())
             self._held_since = None
+            self.forced += 1
         elif writing:
             # A connect to another host (or a full send buffer to a peer
             # outside the loop): give the real I/O a moment, then jump.
             waited = self._real_select(min(timeout, 0.05))
             if waited:
                 return waited
+            self.outside += 1
+        if self.check:
+            waited = self._look_late()
+            if waited:
+                return waited
+            if threading.active_count() > 1:
+                self.threaded += 1
         self._now += timeout
         self.jumps += 1
         return []
+
+    def _look_late(self) -> list[tuple[selectors.SelectorKey, int]]:
+        """The check mode's look before a jump: I/O that a slower machine would have seen."""
+        # A sleep, then a poll: epoll's own timeout counts whole milliseconds.
+        sleep(CHECK_LOOK)
+        waited: list[tuple[selectors.SelectorKey, int]] = self._real_select(0)
+        if waited:
+            self.late += 1
+            if len(self.late_what) < 20:
+                found = ", ".join(f"fd {key.fd} events {mask}" for key, mask in waited)
+                self.late_what.append(f"at {self._now:.6f}: {found}")
+            logger.warning("I/O turned up %.1f ms after a poll found nothing (virtual time "
+                           "%.6f): %s", CHECK_LOOK * 1e3, self._now, waited)
+        return waited
 
     def _run_once(self) -> None:
         """One turn of the loop: asyncio's turn, with the poll and the jump inline.
@@ -646,5 +696,5 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         super()._stop_serving(sock)  # type: ignore[misc]
 
 
-__all__ = ["FARMS", "HOLD_LIMIT", "MONTH_START", "ORDER_FAULTS", "RATES", "Fault", "Month",
-           "PlannedOrder", "Rate", "VirtualTimeLoop", "faults_from_steps", "generate"]
+__all__ = ["CHECK_LOOK", "FARMS", "HOLD_LIMIT", "MONTH_START", "ORDER_FAULTS", "RATES", "Fault",
+           "Month", "PlannedOrder", "Rate", "VirtualTimeLoop", "faults_from_steps", "generate"]
