@@ -41,7 +41,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
-from time import perf_counter, sleep
+from time import sleep
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -399,7 +399,10 @@ def faults_from_steps(steps: list[dict[str, Any]]) -> list[Fault]:
 
 
 #: Seconds of real time a jump waits for the loop's own loopback I/O before it
-#: gives up on it (it never should: see VirtualTimeLoop).
+#: gives up on it (it never should: see VirtualTimeLoop). Counted as the polls
+#: of :data:`_HOLD_POLL` that found nothing, not read off a clock: a process the
+#: machine stops running for a while (a VM's steal, a SIGSTOP, swapping) must
+#: not spend the allowance while its I/O is done by the kernel meanwhile.
 HOLD_LIMIT = 2.0
 #: Seconds of real time the check mode (``VirtualTimeLoop(check=True)``) looks
 #: for I/O before each jump.
@@ -407,6 +410,8 @@ CHECK_LOOK = 0.0002
 #: The longest single real wait while holding (a receiver whose reading is
 #: paused is not in the selector, so its bytes' arrival wakes nothing).
 _HOLD_POLL = 0.01
+#: The polls that found nothing after which a hold gives up (HOLD_LIMIT's worth).
+_HOLD_POLLS = round(HOLD_LIMIT / _HOLD_POLL)
 #: asyncio's own thresholds for a turn (base_events: a heap of more than 100
 #: timers, over half of them cancelled, is rebuilt; no wait is longer than a day).
 _MANY_TIMERS = 100
@@ -433,7 +438,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     of its own readers. It waits for them in real time instead, so the same
     inputs give the same virtual times however fast or loaded the machine is
     (issue 21: the month's "same seed, same transcript"). After
-    :data:`HOLD_LIMIT` of real time it logs a warning and jumps anyway.
+    :data:`HOLD_LIMIT` of real time spent polling for it (a pause of the
+    process does not count) it logs a warning, counts the jump in
+    :attr:`forced` and jumps anyway.
     Answers from peers outside the loop are not waited for: nothing says they
     are coming, and a jump can overtake them (a connect to another host, or
     a send to a peer outside, gets 50 ms of real time). With no timer at all
@@ -480,7 +487,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         selector = self._selector  # type: ignore[attr-defined]
         self._real_select = selector.select
         self._loopback = Loopback(selector)
-        self._held_since: float | None = None
+        #: Polls a hold has made in a row that found nothing (see HOLD_LIMIT).
+        self._held_polls = 0
         # The turn below polls epoll itself (see _run_once); another selector, or
         # a loop in debug mode, takes asyncio's own turn through this wrapper.
         epoll = getattr(selector, "_selector", None)
@@ -490,7 +498,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         def select(timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
             ready: list[tuple[selectors.SelectorKey, int]] = self._real_select(0)
             if ready or timeout == 0:
-                self._held_since = None
+                self._held_polls = 0
                 return ready
             return self._wait(timeout)
 
@@ -511,17 +519,16 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             # clock. A jump now would land its outcome at a virtual time that
             # depends on the machine's load (issue 21).
             self.holds += 1
-            now = perf_counter()  # real time: only to bound the wait, never the clock
-            if self._held_since is None:
-                self._held_since = now
-            if now - self._held_since < HOLD_LIMIT:
-                waited = self._real_select(min(timeout, _HOLD_POLL))
-                if waited:
-                    self._held_since = None
+            if self._held_polls < _HOLD_POLLS:
+                # A full poll whatever the next timer's distance: the clock stands
+                # still while holding, so that distance says nothing of real time.
+                waited = self._real_select(_HOLD_POLL)
+                self._held_polls = 0 if waited else self._held_polls + 1
                 return waited
-            logger.warning("loopback I/O of the loop not done after %.1f s of real time: "
-                           "the clock jumps on (%s)", HOLD_LIMIT, loopback.settle())
-            self._held_since = None
+            logger.warning("loopback I/O of the loop not done after %d polls of %g s: "
+                           "the clock jumps on (%s)", _HOLD_POLLS, _HOLD_POLL,
+                           loopback.settle())
+            self._held_polls = 0
             self.forced += 1
         elif writing:
             # A connect to another host (or a full send buffer to a peer
@@ -599,7 +606,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         except InterruptedError:
             polled = []
         if polled:
-            self._held_since = None  # progress: a hold starts its count again
+            self._held_polls = 0  # progress: a hold starts its count again
             for fd, event in polled:
                 key = fd_to_key.get(fd)
                 if key is None:
@@ -624,9 +631,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             if timeout != 0:
                 base._process_events(self._wait(timeout))
             else:
-                self._held_since = None
+                self._held_polls = 0
         else:
-            self._held_since = None
+            self._held_polls = 0
 
         end = self._now + base._clock_resolution
         while scheduled:
