@@ -398,14 +398,11 @@ def faults_from_steps(steps: list[dict[str, Any]]) -> list[Fault]:
     return faults
 
 
-#: Seconds of real time a jump waits for the loop's own loopback I/O before it
-#: gives up on it (it never should: see VirtualTimeLoop). Counted as the polls
-#: of :data:`_HOLD_POLL` that found nothing, not read off a clock: a process the
-#: machine stops running for a while (a VM's steal, a SIGSTOP, swapping) must
-#: not spend the allowance while its I/O is done by the kernel meanwhile.
+#: Seconds of real time a jump waits for the loop's own loopback I/O before it gives
+#: up (it never should: see VirtualTimeLoop), counted in polls, not read off a clock:
+#: a process the machine stops running (a VM's steal, SIGSTOP) must not spend it.
 HOLD_LIMIT = 2.0
-#: Seconds of real time the check mode (``VirtualTimeLoop(check=True)``) looks
-#: for I/O before each jump.
+#: Seconds of real time the check mode waits before its look for I/O before a jump.
 CHECK_LOOK = 0.0002
 #: The longest single real wait while holding (a receiver whose reading is
 #: paused is not in the selector, so its bytes' arrival wakes nothing).
@@ -451,26 +448,21 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     Args:
         start: the loop's time at creation.
-        check: before every jump, look again for I/O after :data:`CHECK_LOOK`
-            of real time (a diagnostic mode, ~0.15 ms a jump): what turns up
-            is counted in :attr:`late` and handled instead of the jump, as
-            a slower machine would have seen it.
+        check: a diagnostic mode: before every jump, look for I/O again after
+            :data:`CHECK_LOOK`; what turns up is counted and handled instead.
 
     Attributes:
         jumps: how many times the clock jumped.
         holds: how many times a jump waited for loopback I/O (a few per
             simulated week of the month: its refused connects).
-        forced: jumps taken though loopback I/O of the loop was still under
-            way after :data:`HOLD_LIMIT` (each one may land an outcome at a
-            virtual time that depends on the machine's speed).
-        outside: jumps taken after the 50 ms wait while a socket waited to be
-            writable (a connect to another host, a full buffer to a peer
-            outside): the same risk, for I/O the loop cannot account.
+        forced: jumps taken though its loopback I/O was still under way after
+            :data:`HOLD_LIMIT` (each may land an outcome at a virtual time that
+            depends on the machine's speed).
+        outside: jumps taken after the 50 ms wait for a socket waiting to be
+            writable towards a peer outside: the same risk, unaccounted.
         late: with ``check``, jumps the look found I/O for (a plain loop
-            would have jumped past it).
-        late_what: with ``check``, a few words on each of the first late finds.
-        threaded: with ``check``, jumps taken while another thread was alive
-            (one could be about to hand the loop something: none should be).
+            would have jumped past it); ``late_what`` says what, for the first 20.
+        threaded: with ``check``, jumps taken while another thread was alive.
     """
 
     def __init__(self, start: float = 0.0, *, check: bool = False) -> None:
@@ -520,8 +512,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             # depends on the machine's load (issue 21).
             self.holds += 1
             if self._held_polls < _HOLD_POLLS:
-                # A full poll whatever the next timer's distance: the clock stands
-                # still while holding, so that distance says nothing of real time.
+                # A full poll: the clock stands still, the next timer's distance is moot.
                 waited = self._real_select(_HOLD_POLL)
                 self._held_polls = 0 if waited else self._held_polls + 1
                 return waited
@@ -554,11 +545,11 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         waited: list[tuple[selectors.SelectorKey, int]] = self._real_select(0)
         if waited:
             self.late += 1
+            found = ", ".join(f"fd {key.fd} events {mask}" for key, mask in waited)
             if len(self.late_what) < 20:
-                found = ", ".join(f"fd {key.fd} events {mask}" for key, mask in waited)
                 self.late_what.append(f"at {self._now:.6f}: {found}")
-            logger.warning("I/O turned up %.1f ms after a poll found nothing (virtual time "
-                           "%.6f): %s", CHECK_LOOK * 1e3, self._now, waited)
+            logger.warning("I/O turned up after a poll found nothing, at %.6f: %s", self._now,
+                           found)
         return waited
 
     def _run_once(self) -> None:
