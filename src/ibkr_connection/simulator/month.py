@@ -400,7 +400,7 @@ def faults_from_steps(steps: list[dict[str, Any]]) -> list[Fault]:
 
 #: Seconds of real time a jump waits for the loop's own loopback I/O before it gives
 #: up (it never should: see VirtualTimeLoop), counted in polls, not read off a clock:
-#: a process the machine stops running (a VM's steal, SIGSTOP) must not spend it.
+#: a machine paused while its kernel still owes the I/O (a VM's vCPU) must not spend it.
 HOLD_LIMIT = 2.0
 #: Seconds of real time the check mode waits before its look for I/O before a jump.
 CHECK_LOOK = 0.0002
