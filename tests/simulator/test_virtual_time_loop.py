@@ -131,7 +131,7 @@ def test_a_slow_loopback_connect_completes_at_the_virtual_time_it_started() -> N
 def test_a_pause_of_the_process_during_a_hold_does_not_end_the_hold(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The real clock leaping mid-hold (a paused VM) does not end the hold: the connect is seen out."""
+    """The real clock leaping mid-hold (a paused VM) does not end the hold: the connect is seen."""
     # The same slow connect (a full accept queue: the SYN is sent again ~1 s
     # later), while the real clock leaps 5 s between any two readings, as it
     # does across a pause of the whole machine (its kernel paused too). A hold
