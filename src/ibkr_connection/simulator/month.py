@@ -436,15 +436,12 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     inputs give the same virtual times however fast or loaded the machine is
     (issue 21: the month's "same seed, same transcript"). After
     :data:`HOLD_LIMIT` of real time spent polling for it (a pause of the
-    process does not count) it logs a warning, counts the jump in
+    machine spends none of it) it logs a warning, counts the jump in
     :attr:`forced` and jumps anyway.
     Answers from peers outside the loop are not waited for: nothing says they
     are coming, and a jump can overtake them (a connect to another host, or
     a send to a peer outside, gets 50 ms of real time). With no timer at all
     it waits for real I/O.
-
-    Args:
-        start: the loop's time at creation.
 
     Args:
         start: the loop's time at creation.
