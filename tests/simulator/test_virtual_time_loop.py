@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from ibkr_connection.simulator import month
 from ibkr_connection.simulator.month import VirtualTimeLoop
 
 _T = TypeVar("_T")
@@ -125,6 +126,103 @@ def test_a_slow_loopback_connect_completes_at_the_virtual_time_it_started() -> N
             sock.close()
     assert connected == started
     assert fired == []
+
+
+def test_a_pause_of_the_process_during_a_hold_does_not_end_the_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real clock leaping mid-hold (a paused VM) does not end the hold: the connect is seen."""
+    # The same slow connect (a full accept queue: the SYN is sent again ~1 s
+    # later), while the real clock leaps 5 s between any two readings, as it
+    # does across a pause of the whole machine (its kernel paused too). A hold
+    # bounded by the real clock gave up at the second look and jumped to the
+    # 5 s timer; the connect's outcome then landed seconds of virtual time late.
+    real = time.perf_counter
+    leaps = [0.0]
+
+    def paused_between_readings() -> float:
+        leaps[0] += 5.0
+        return real() + leaps[0]
+
+    monkeypatch.setattr(month, "perf_counter", paused_between_readings, raising=False)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    first = socket.create_connection(listener.getsockname())
+    accepted: list[socket.socket] = []
+
+    async def main(loop: VirtualTimeLoop) -> tuple[float, float, list[float], int]:
+        fired: list[float] = []
+        loop.call_later(5.0, lambda: fired.append(loop.time()))
+        jumps0 = loop.jumps
+        thread = _release_when(lambda: loop.jumps > jumps0 or loop.holds > 0,
+                               lambda: accepted.append(listener.accept()[0]))
+        started = loop.time()
+        _, writer = await asyncio.open_connection("127.0.0.1", listener.getsockname()[1])
+        connected = loop.time()
+        thread.join(DEADLINE)
+        writer.close()
+        return started, connected, fired, getattr(loop, "forced", 0)
+
+    try:
+        started, connected, fired, forced = _run(main)
+    finally:
+        for sock in (first, listener, *accepted):
+            sock.close()
+    assert connected == started
+    assert fired == []
+    assert forced == 0
+
+
+def test_the_check_mode_finds_io_a_plain_jump_would_have_raced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With check=True the loop looks again before a jump: an answer found then is counted."""
+    # A peer outside the loop (a thread) answers while the loop takes its look
+    # before the jump to the 10 s timer: the look's real wait is the moment a
+    # plain loop would already have jumped. The answer is handled at the
+    # request's virtual time, and counted as late.
+    listener = socket.create_server(("127.0.0.1", 0))
+    looking, answered, done = threading.Event(), threading.Event(), threading.Event()
+
+    def look(_seconds: float) -> None:
+        looking.set()
+        answered.wait(DEADLINE)
+
+    monkeypatch.setattr(month, "sleep", look)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(100)
+        looking.wait(DEADLINE)
+        conn.sendall(b"late\n")
+        answered.set()
+        done.wait(DEADLINE)
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def main(loop: VirtualTimeLoop) -> tuple[bytes, float, int, list[str]]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.getsockname()[1])
+        loop.call_later(10.0, lambda: None)
+        start = loop.time()
+        writer.write(b"hello\n")
+        line = await reader.readline()
+        elapsed = loop.time() - start
+        writer.close()
+        return line, elapsed, loop.late, loop.late_what
+
+    loop = VirtualTimeLoop(check=True)
+    try:
+        line, elapsed, late, late_what = loop.run_until_complete(main(loop))
+    finally:
+        loop.close()
+        done.set()
+        thread.join(DEADLINE)
+        listener.close()
+    assert line == b"late\n"
+    assert elapsed == 0.0
+    assert late == 1
+    assert len(late_what) == 1
 
 
 def test_sockets_to_the_outside_do_not_stop_the_clock() -> None:

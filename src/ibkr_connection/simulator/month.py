@@ -37,10 +37,11 @@ import random
 import select
 import selectors
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
-from time import perf_counter
+from time import sleep
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -397,12 +398,17 @@ def faults_from_steps(steps: list[dict[str, Any]]) -> list[Fault]:
     return faults
 
 
-#: Seconds of real time a jump waits for the loop's own loopback I/O before it
-#: gives up on it (it never should: see VirtualTimeLoop).
+#: Seconds of real time a jump waits for the loop's own loopback I/O before it gives
+#: up (it never should: see VirtualTimeLoop), counted in polls, not read off a clock:
+#: a machine paused while its kernel still owes the I/O (a VM's vCPU) must not spend it.
 HOLD_LIMIT = 2.0
+#: Seconds of real time the check mode waits before its look for I/O before a jump.
+CHECK_LOOK = 0.0002
 #: The longest single real wait while holding (a receiver whose reading is
 #: paused is not in the selector, so its bytes' arrival wakes nothing).
 _HOLD_POLL = 0.01
+#: The polls that found nothing after which a hold gives up (HOLD_LIMIT's worth).
+_HOLD_POLLS = round(HOLD_LIMIT / _HOLD_POLL)
 #: asyncio's own thresholds for a turn (base_events: a heap of more than 100
 #: timers, over half of them cancelled, is rebuilt; no wait is longer than a day).
 _MANY_TIMERS = 100
@@ -429,7 +435,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     of its own readers. It waits for them in real time instead, so the same
     inputs give the same virtual times however fast or loaded the machine is
     (issue 21: the month's "same seed, same transcript"). After
-    :data:`HOLD_LIMIT` of real time it logs a warning and jumps anyway.
+    :data:`HOLD_LIMIT` of real time spent polling for it (a pause of the
+    machine spends none of it) it logs a warning, counts the jump in
+    :attr:`forced` and jumps anyway.
     Answers from peers outside the loop are not waited for: nothing says they
     are coming, and a jump can overtake them (a connect to another host, or
     a send to a peer outside, gets 50 ms of real time). With no timer at all
@@ -437,22 +445,39 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     Args:
         start: the loop's time at creation.
+        check: a diagnostic mode: before every jump, look for I/O again after
+            :data:`CHECK_LOOK`; what turns up is counted and handled instead.
 
     Attributes:
         jumps: how many times the clock jumped.
         holds: how many times a jump waited for loopback I/O (a few per
             simulated week of the month: its refused connects).
+        forced: jumps taken though its loopback I/O was still under way after
+            :data:`HOLD_LIMIT` (each may land an outcome at a virtual time that
+            depends on the machine's speed).
+        outside: jumps taken after the 50 ms wait for a socket waiting to be
+            writable towards a peer outside: the same risk, unaccounted.
+        late: with ``check``, jumps the look found I/O for (a plain loop
+            would have jumped past it); ``late_what`` says what, for the first 20.
+        threaded: with ``check``, jumps taken while another thread was alive.
     """
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0, *, check: bool = False) -> None:
         super().__init__()
         self._now = start
         self.jumps = 0
         self.holds = 0
+        self.forced = 0
+        self.outside = 0
+        self.late = 0
+        self.late_what: list[str] = []
+        self.threaded = 0
+        self.check = check
         selector = self._selector  # type: ignore[attr-defined]
         self._real_select = selector.select
         self._loopback = Loopback(selector)
-        self._held_since: float | None = None
+        #: Polls a hold has made in a row that found nothing (see HOLD_LIMIT).
+        self._held_polls = 0
         # The turn below polls epoll itself (see _run_once); another selector, or
         # a loop in debug mode, takes asyncio's own turn through this wrapper.
         epoll = getattr(selector, "_selector", None)
@@ -462,7 +487,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         def select(timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
             ready: list[tuple[selectors.SelectorKey, int]] = self._real_select(0)
             if ready or timeout == 0:
-                self._held_since = None
+                self._held_polls = 0
                 return ready
             return self._wait(timeout)
 
@@ -483,26 +508,46 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             # clock. A jump now would land its outcome at a virtual time that
             # depends on the machine's load (issue 21).
             self.holds += 1
-            now = perf_counter()  # real time: only to bound the wait, never the clock
-            if self._held_since is None:
-                self._held_since = now
-            if now - self._held_since < HOLD_LIMIT:
-                waited = self._real_select(min(timeout, _HOLD_POLL))
-                if waited:
-                    self._held_since = None
+            if self._held_polls < _HOLD_POLLS:
+                # A full poll: the clock stands still, the next timer's distance is moot.
+                waited = self._real_select(_HOLD_POLL)
+                self._held_polls = 0 if waited else self._held_polls + 1
                 return waited
-            logger.warning("loopback I/O of the loop not done after %.1f s of real time: "
-                           "the clock jumps on (%s)", HOLD_LIMIT, loopback.settle())
-            self._held_since = None
+            logger.warning("loopback I/O of the loop not done after %d polls of %g s: "
+                           "the clock jumps on (%s)", _HOLD_POLLS, _HOLD_POLL,
+                           loopback.settle())
+            self._held_polls = 0
+            self.forced += 1
         elif writing:
             # A connect to another host (or a full send buffer to a peer
             # outside the loop): give the real I/O a moment, then jump.
             waited = self._real_select(min(timeout, 0.05))
             if waited:
                 return waited
+            self.outside += 1
+        if self.check:
+            waited = self._look_late()
+            if waited:
+                return waited
+            if threading.active_count() > 1:
+                self.threaded += 1
         self._now += timeout
         self.jumps += 1
         return []
+
+    def _look_late(self) -> list[tuple[selectors.SelectorKey, int]]:
+        """The check mode's look before a jump: I/O that a slower machine would have seen."""
+        # A sleep, then a poll: epoll's own timeout counts whole milliseconds.
+        sleep(CHECK_LOOK)
+        waited: list[tuple[selectors.SelectorKey, int]] = self._real_select(0)
+        if waited:
+            self.late += 1
+            found = ", ".join(f"fd {key.fd} events {mask}" for key, mask in waited)
+            if len(self.late_what) < 20:
+                self.late_what.append(f"at {self._now:.6f}: {found}")
+            logger.warning("I/O turned up after a poll found nothing, at %.6f: %s", self._now,
+                           found)
+        return waited
 
     def _run_once(self) -> None:
         """One turn of the loop: asyncio's turn, with the poll and the jump inline.
@@ -549,7 +594,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         except InterruptedError:
             polled = []
         if polled:
-            self._held_since = None  # progress: a hold starts its count again
+            self._held_polls = 0  # progress: a hold starts its count again
             for fd, event in polled:
                 key = fd_to_key.get(fd)
                 if key is None:
@@ -574,9 +619,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             if timeout != 0:
                 base._process_events(self._wait(timeout))
             else:
-                self._held_since = None
+                self._held_polls = 0
         else:
-            self._held_since = None
+            self._held_polls = 0
 
         end = self._now + base._clock_resolution
         while scheduled:
@@ -646,5 +691,5 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         super()._stop_serving(sock)  # type: ignore[misc]
 
 
-__all__ = ["FARMS", "HOLD_LIMIT", "MONTH_START", "ORDER_FAULTS", "RATES", "Fault", "Month",
-           "PlannedOrder", "Rate", "VirtualTimeLoop", "faults_from_steps", "generate"]
+__all__ = ["CHECK_LOOK", "FARMS", "HOLD_LIMIT", "MONTH_START", "ORDER_FAULTS", "RATES", "Fault",
+           "Month", "PlannedOrder", "Rate", "VirtualTimeLoop", "faults_from_steps", "generate"]
