@@ -57,6 +57,7 @@ from _common import (
     contract,
     handler_counts,
     header,
+    heap_info,
     quiet_logging,
     rss_after_trim,
     rss_bytes,
@@ -156,6 +157,9 @@ class Run:
     ibc_restarts: int = 0
     orders: dict[str, int] = field(default_factory=dict)
     rss_growth: int = 0
+    #: glibc's main heap from the end of day 1 to the end: (in use, kept free)
+    #: growth in bytes (None: no mallinfo2, or a run read after malloc_trim).
+    heap_growth: tuple[int, int] | None = None
     #: RSS growth from the end of STEADY_DAY to the end (None: a shorter month).
     rss_steady: int | None = None
     #: Whether the RSS readings came after malloc_trim (see rss_after_trim).
@@ -462,6 +466,7 @@ async def _contender(name: str, month: Month, trace: bool, trim: bool = False) -
     await asyncio.sleep(min(day, month.seconds) - (loop.time() - origin))
     gc.collect()
     rss0 = read_rss() or 0
+    heap0 = None if trim else heap_info()
     tasks0, handlers0 = live_tasks(), sum(handlers().values())
     note_transcript("day 1")
     if trace:
@@ -477,6 +482,9 @@ async def _contender(name: str, month: Month, trace: bool, trim: bool = False) -
     await asyncio.sleep(month.seconds - (loop.time() - origin))
     gc.collect()
     rss_end = read_rss() or 0
+    heap_end = None if heap0 is None else heap_info()
+    if heap0 is not None and heap_end is not None:
+        run.heap_growth = (heap_end[0] - heap0[0], heap_end[1] - heap0[1])
     run.rss_growth = rss_end - rss0
     run.rss_steady = None if rss_steady0 is None else rss_end - rss_steady0
     run.tasks_growth = live_tasks() - tasks0
@@ -847,6 +855,14 @@ def main() -> None:
         sizes = ", ".join(f"{n:,} at {when}" for when, n in run.transcript_sizes)
         print(f"  {run.name:8s} tasks {run.tasks_growth:+d}, handlers {run.handlers_growth:+d} "
               f"since day 1" + (f"; transcript: {sizes}" if sizes else ""))
+        if run.heap_growth is not None:
+            # Part of what the RSS growth is made of: glibc's main heap (blocks
+            # in use, and freed blocks it keeps for reuse); Python's small
+            # objects live in its own arenas, outside it.
+            used, kept = run.heap_growth
+            print(f"  {run.name:8s} glibc heap since day 1: in use {used / 1e6:+.2f} MB, "
+                  f"kept free {kept / 1e6:+.2f} MB (its size {(used + kept) / 1e6:+.2f} MB; "
+                  f"RSS {run.rss_growth / 1e6:+.2f} MB)")
         if run.traced_top:
             print(f"  {run.name:8s} traced, allocated since day 1 and live at the end, by line:")
             for line in run.traced_top:
