@@ -495,36 +495,20 @@ def _msg_id(buf: bytes, start: int, end: int, version: int) -> int:
         return -1
 
 
-#: Bytes one read may take from a socket of the proxy (each side has its own buffer).
-READ_SIZE = 64 * 1024
-
-
-class ClientSide(asyncio.BufferedProtocol):
-    """The bot's socket.
-
-    Both sides read into a buffer of their own (``recv_into``) and hand on a
-    copy of what came: asyncio's plain protocols get a new 256 KiB buffer for
-    every read, which with glibc keeps a long-running process's heap growing
-    (the same finding as ``ConnectionConfig.socket_read_size``).
-    """
+class ClientSide(asyncio.Protocol):
+    """The bot's socket."""
 
     def __init__(self, proxy: SessionHost) -> None:
         self.proxy = proxy
         self.session: RelaySession | None = None
-        self._view = memoryview(bytearray(READ_SIZE))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.session = self.proxy.session_opened(transport)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        # A copy: the relay may keep the bytes (a transport's write buffer, a
-        # partial frame) while this buffer is read into again.
+    def data_received(self, data: bytes) -> None:
         if self.session is not None:
-            self.session.client_data(self._view[:nbytes].tobytes())
+            self.session.client_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.session is not None:
@@ -539,18 +523,14 @@ class ClientSide(asyncio.BufferedProtocol):
             self.session.resume_upstream()
 
 
-class UpstreamSide(asyncio.BufferedProtocol):
-    """The session's socket to the gateway (read as :class:`ClientSide` reads)."""
+class UpstreamSide(asyncio.Protocol):
+    """The session's socket to the gateway."""
 
     def __init__(self, session: RelaySession) -> None:
         self.session = session
-        self._view = memoryview(bytearray(READ_SIZE))
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.session.upstream_data(self._view[:nbytes].tobytes())
+    def data_received(self, data: bytes) -> None:
+        self.session.upstream_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.session.upstream_lost(exc)
