@@ -246,13 +246,12 @@ async def test_gateway_garbage_is_relayed_unframed(script: bytes) -> None:
     assert got == script
 
 
-async def test_a_slow_reader_gets_everything(gw: FakeGateway, proxy: ProxyServer) -> None:
-    """A client that stops reading is not flooded nor cut: the relay pauses the gateway."""
+async def _burst_to_slow_reader(gw: FakeGateway, proxy: ProxyServer, burst: bytes) -> bytearray:
+    """Send ``burst`` to a client that reads only once it left the gateway; return the stream."""
     client = await RawClient.connect(proxy.port)
     await client.handshake(client_id=5)
     await client.read_until("9")
     conn = next(c for c in gw.clients if c.client_id == 5)
-    burst = frame(1, 6, 1, 4, 150.0, 100, 0) * 200_000  # ~5 MB, far above socket buffers
     conn.send_raw(burst)
     session = next(iter(proxy.sessions.values()))
     # The client reads nothing until the burst has left the gateway (into the sockets'
@@ -261,29 +260,24 @@ async def test_a_slow_reader_gets_everything(gw: FakeGateway, proxy: ProxyServer
                      or conn.transport.get_write_buffer_size() == 0,
                      what="the burst sent or the gateway paused")
     received = bytearray()
-    while not received.endswith(burst):
+    # Notices sent after the handshake may come first: the burst is what ends the stream.
+    while len(received) < len(burst) or not received.endswith(burst[-64:]):
         received += await asyncio.wait_for(client.reader.read(1 << 20), 5)
-    assert received.endswith(burst)
     await client.close()
+    return received
+
+
+async def test_a_slow_reader_gets_everything(gw: FakeGateway, proxy: ProxyServer) -> None:
+    """A client that stops reading is not flooded nor cut: the relay pauses the gateway."""
+    burst = frame(1, 6, 1, 4, 150.0, 100, 0) * 200_000  # ~5 MB, far above socket buffers
+    received = await _burst_to_slow_reader(gw, proxy, burst)
+    assert received.endswith(burst)
 
 
 async def test_a_burst_of_distinct_frames_reaches_a_slow_reader_intact(
     gw: FakeGateway, proxy: ProxyServer
 ) -> None:
-    """Each side reads into one reused buffer: 3 MB of all-different frames arrive unaltered."""
-    client = await RawClient.connect(proxy.port)
-    await client.handshake(client_id=5)
-    await client.read_until("9")
-    conn = next(c for c in gw.clients if c.client_id == 5)
+    """3 MB of all-different frames arrive unaltered (a read buffer reused too soon shows here)."""
     burst = b"".join(frame(1, 6, 1, 4, 100 + n / 1000, n, 0) for n in range(100_000))
-    conn.send_raw(burst)
-    session = next(iter(proxy.sessions.values()))
-    await wait_until(lambda: session.upstream_paused
-                     or conn.transport.get_write_buffer_size() == 0,
-                     what="the burst sent or the gateway paused")
-    received = bytearray()
-    # Notices sent after the handshake may come first: the burst is what ends the stream.
-    while len(received) < len(burst) or not received.endswith(burst[-64:]):
-        received += await asyncio.wait_for(client.reader.read(1 << 20), 5)
+    received = await _burst_to_slow_reader(gw, proxy, burst)
     assert received.endswith(burst)
-    await client.close()
