@@ -198,6 +198,9 @@ async def connect_session(
 ) -> None:
     """Connect ``ib`` and complete the startup sync, or raise.
 
+    A socket of the last session that is still closing is waited for first
+    (:func:`wait_transport_closed`).
+
     Args:
         timeout: seconds for the whole attempt (socket, handshake, sync).
         catcher: the catcher :func:`watch_sync_timeouts` attached to ``ib``.
@@ -215,17 +218,24 @@ async def connect_session(
         ConnectionRefusedError / OSError: the TCP connect failed.
         ConnectionError: the socket broke during the sync.
     """
+    conn = ib.client.conn
+    if getattr(conn, "transport", None) is not None:
+        # The last session's socket is still closing (transport_open).
+        await wait_transport_closed(ib)
     kwargs: dict[str, Any] = {
         "host": host, "port": port, "clientId": client_id, "timeout": timeout,
         "readonly": readonly, "account": account,
     }
-    if _supports(type(ib), "connectAsync", "raiseSyncErrors"):
+    # _supports' cache read in place: a connect's path calls no function for it.
+    raises = _SUPPORTS.get((type(ib), "connectAsync", "raiseSyncErrors"))
+    if raises is None:
+        raises = _supports(type(ib), "connectAsync", "raiseSyncErrors")
+    if raises:
         kwargs["raiseSyncErrors"] = True  # ib_async raises on its own
     catcher.timed_out.clear()
     # ib_insync notices a socket closed by the gateway before the API is ready
     # (e.g. right after the handshake) only when its connect timeout expires:
     # watch the socket ourselves and cut the connect short at once.
-    conn = ib.client.conn
     task = asyncio.current_task()
     closed: list[str] = []
 
@@ -282,6 +292,20 @@ async def connect_session(
     if catcher.timed_out:
         safe_disconnect(ib)
         raise SyncIncompleteError("; ".join(catcher.timed_out))
+
+
+def session_ready(ib: Any, read_size: int | None) -> tuple[int, tuple[str, ...]]:
+    """What a session that just came up needs at once, in one call.
+
+    Limits the socket's reads to ``read_size`` (None: left as asyncio has it;
+    see :func:`limit_socket_reads`) and returns the client's next request id
+    (:func:`next_request_id`) and the accounts the login manages
+    (:func:`managed_accounts`). One function rather than three: every connect
+    runs it, and each function it would call is one more met cold.
+    """
+    if read_size is not None:
+        limit_socket_reads(ib, read_size)
+    return int(getattr(ib.client, "_reqIdSeq", 0)), tuple(ib.managedAccounts())
 
 
 def limit_socket_reads(ib: Any, size: int) -> bool:

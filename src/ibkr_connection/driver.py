@@ -233,8 +233,6 @@ class Driver:
             logger.info("attempt %d: connecting to %s:%d with client id %d",
                         attempt, config.host, port, client_id)
         try:
-            if adapter.transport_open(ib):
-                await adapter.wait_transport_closed(ib)
             await adapter.connect_session(
                 ib, host=config.host, port=port, client_id=client_id,
                 timeout=config.connect_timeout, readonly=config.readonly,
@@ -248,11 +246,18 @@ class Driver:
             self._attempt_failed(attempt, exc)
             return
         self._attempt_task = None
-        if config.socket_read_size is not None:
-            # The session's reads from now on: see ConnectionConfig.socket_read_size.
-            adapter.limit_socket_reads(ib, config.socket_read_size)
-        self._apply_high_water()
-        accounts = self._accounts = tuple(adapter.managed_accounts(ib))
+        # The session's reads from now on (ConnectionConfig.socket_read_size),
+        # the client's id counter, the login's accounts.
+        current, accounts = adapter.session_ready(ib, config.socket_read_size)
+        self._accounts = accounts
+        if current < self.high_water:
+            logger.warning(
+                "gateway's next valid id %d is below the high-water mark %d: "
+                "keeping ids moving forward", current, self.high_water,
+            )
+            adapter.raise_request_id(ib, self.high_water)
+        elif current > self.high_water:
+            self.high_water = current
         # What the attempt learnt goes in as data: the table checks the
         # configured account against it and chooses the one to use.
         self._feed(Input(InputKind.ATTEMPT_SUCCEEDED, message=(
@@ -279,17 +284,6 @@ class Driver:
         self._attempt_task = None
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
-
-    def _apply_high_water(self) -> None:
-        ib = self.ib
-        current = adapter.next_request_id(ib)
-        if current < self.high_water:
-            logger.warning(
-                "gateway's next valid id %d is below the high-water mark %d: "
-                "keeping ids moving forward", current, self.high_water,
-            )
-            adapter.raise_request_id(ib, self.high_water)
-        self.high_water = max(self.high_water, current)
 
     # -- timers -----------------------------------------------------------------------
 

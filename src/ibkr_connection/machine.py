@@ -90,23 +90,27 @@ class _Model:
     """What ``transitions`` drives: it holds the current state's value.
 
     A plain string: transitions would otherwise go through Enum's slow
-    ``name`` property on every lookup. The state is all it keeps: the
+    ``name`` property on every lookup. The state (a slot) is all it keeps: the
     conveniences transitions binds to each model it is given (a method per
-    trigger, ``may_<trigger>``, ``is_<state>``) are dropped as they are bound.
+    trigger, ``may_<trigger>``, ``is_<state>``) land in its ``__dict__``,
+    which :meth:`drop_conveniences` empties once the model is added.
     """
 
-    __slots__ = ("__weakref__", "state")
+    __slots__ = ("__dict__", "__weakref__", "state")
     state: str
 
-    def __setattr__(self, name: str, value: object) -> None:
-        # add_model binds ~60 conveniences (a partial over a bound method and
-        # its argument tuple each, ~180 objects the garbage collector tracks)
-        # to every model; handle() calls the events itself and uses none of
-        # them. Kept, they lived as long as the machine, and a bot's manager
-        # paid a young-generation collection for about every four of them
-        # being built (issue 19: start()'s time). Dropped, they die at once.
-        if name == "state":
-            object.__setattr__(self, name, value)
+    def drop_conveniences(self) -> None:
+        """Forget what ``add_model`` bound; keep the state.
+
+        ~60 conveniences (a partial over a bound method and its argument tuple
+        each, ~180 objects the garbage collector tracks): handle() calls the
+        events itself and uses none of them. Kept, they lived as long as the
+        machine, and a bot's manager paid a young-generation collection for
+        about every four of them being built (issue 19: start()'s time).
+        Dropped, they die at once. The state is a slot, not in the
+        ``__dict__``, so setting it (each move) calls no Python method.
+        """
+        self.__dict__.clear()
 
 
 class ConnectionMachine:
@@ -226,6 +230,7 @@ class ConnectionMachine:
             table, ENTRY if entry_actions is None else entry_actions,
             EXIT if exit_actions is None else exit_actions)
         fsm.add_model(self._model)
+        self._model.drop_conveniences()
         # The shared machine holds the model only while this machine lives:
         # nothing of the shared machine refers to this one.
         weakref.finalize(self, fsm.remove_model, self._model).atexit = False
@@ -287,8 +292,15 @@ class ConnectionMachine:
             else:
                 # A stay changes no state and asks for nothing: all transitions
                 # would do is call its notes and its record (the row's one
-                # ``before`` callback, see _specs), which is what this does.
-                self._record(inp, stay[0], stay[1])
+                # ``before`` callback, see _specs), which is what this does,
+                # with the record's part for a stay written out (three farm
+                # notices take this path at every connect).
+                row = stay[0]
+                for note in stay[1]:
+                    note(self, inp)
+                self.last_row = row
+                if logger.isEnabledFor(logging.DEBUG):
+                    self._log_stay(inp, row)
         finally:
             self._handling = False
         state = _STATE_BY_VALUE[self._model.state]
@@ -384,11 +396,9 @@ class ConnectionMachine:
             action(self, inp)
         self.last_row = row
         if row.dest is None:
-            # Farm notices take this path at every connect: build nothing
-            # unless the line is wanted.
+            # Build nothing unless the line is wanted.
             if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("%s in %s: %s%s", inp.kind.value, self._model.state,
-                             "ignored, " if row.ignored else "", row.note)
+                self._log_stay(inp, row)
             return
         source = _STATE_BY_VALUE[self._model.state]
         cause = self._cause or inp.message or row.note
@@ -399,9 +409,9 @@ class ConnectionMachine:
             cause=cause, code=inp.code, attempt=self.attempt, delay=delay,
         )
         self._made = transition
-        self.transcript.append(transition)
+        kept = self.transcript.append(transition)
         limit = self.transcript_limit
-        if limit is not None and len(self.transcript) > limit:
+        if limit is not None and kept > limit:
             # Trim in chunks so the cost per transition stays constant.
             self.transcript.keep_last(limit // 2)
         # The end of a stopped manager is the bot's own doing, said by the
@@ -422,6 +432,10 @@ class ConnectionMachine:
             cause,
             extra={"ibkr": transition.to_json()},
         )
+
+    def _log_stay(self, inp: Input, row: Row) -> None:
+        logger.debug("%s in %s: %s%s", inp.kind.value, self._model.state,
+                     "ignored, " if row.ignored else "", row.note)
 
     def _effect(self, name: str, *args: float | str) -> None:
         self._out.append(Effect(name, args) if args else _BARE[name])
@@ -585,24 +599,6 @@ class ConnectionMachine:
         self._out.append(Effect(
             "select_account", (self.account or (accounts[0] if accounts else ""),)))
 
-    def _issue_subscriptions(self, inp: Input) -> None:
-        self._out.append(_ISSUE_ON_NEW_SESSION)
-
-    def _restore_subscriptions(self, inp: Input) -> None:
-        self._out.append(_ISSUE_AGAIN)
-
-    def _issue_new_subscriptions(self, inp: Input) -> None:
-        self._effect("issue_new_subscriptions")
-
-    def _start_heartbeat(self, inp: Input) -> None:
-        self._out.append(_BARE["start_heartbeat"])
-
-    def _begin_session(self, inp: Input) -> None:
-        self._out.append(_BARE["begin_session"])
-
-    def _end_session(self, inp: Input) -> None:
-        self._out.append(_BARE["end_session"])
-
     def _probe_gateway(self, inp: Input) -> None:
         self._effect("probe_gateway", self.port, self.policy.backoff.max_delay)
 
@@ -624,9 +620,6 @@ class ConnectionMachine:
     def _schedule_retry(self, inp: Input) -> None:
         self._effect("schedule_retry", self._retry_delay)
 
-    def _cancel_retry(self, inp: Input) -> None:
-        self._effect("cancel_retry")
-
     def _start_restore_timer(self, inp: Input) -> None:
         timeout = self.policy.restore_timeout
         logger.warning("TWS lost IB: waiting up to %.0fs for it to restore", timeout)
@@ -639,15 +632,6 @@ class ConnectionMachine:
             "waiting up to %.0fs for it to restore", timeout,
         )
         self._effect("start_restore_timer", timeout)
-
-    def _cancel_restore_timer(self, inp: Input) -> None:
-        self._effect("cancel_restore_timer")
-
-    def _stop_heartbeat(self, inp: Input) -> None:
-        self._effect("stop_heartbeat")
-
-    def _tear_down(self, inp: Input) -> None:
-        self._effect("tear_down")
 
     def _count_restart(self, inp: Input) -> None:
         self.restarts += 1
@@ -664,20 +648,8 @@ class ConnectionMachine:
     def _start_restart_timer(self, inp: Input) -> None:
         self._effect("start_restart_timer", self.policy.restart_wait)
 
-    def _send_restart(self, inp: Input) -> None:
-        self._effect("send_restart")
-
-    def _cancel_restart_timer(self, inp: Input) -> None:
-        self._effect("cancel_restart_timer")
-
-    def _cancel_probe(self, inp: Input) -> None:
-        self._effect("cancel_probe")
-
     def _start_farm_timer(self, inp: Input) -> None:
         self._effect("start_farm_timer", self.policy.farm_reconnect_after)
-
-    def _cancel_farm_timer(self, inp: Input) -> None:
-        self._effect("cancel_farm_timer")
 
 
 _Callback = Callable[[ConnectionMachine, Input], None]
@@ -873,34 +845,38 @@ def _condition(terms: Sequence[tuple[str, bool]]) -> _Guard | None:
     return holds
 
 
+#: A plan of actions: each action, the guard that must give ``wanted`` for it to run
+#: (None: it always runs), and ``wanted``.
+_Plan = tuple[tuple[_Callback, "_Guard | None", bool], ...]
+
+
+def _run_plan(plan: _Plan, machine: ConnectionMachine, inp: Input) -> None:
+    for action, guard, wanted in plan:
+        if guard is None or guard(machine, inp) is wanted:
+            action(machine, inp)
+
+
 def _state_callback(steps: Sequence[StateAction]) -> _Callback | None:
     """A state's entry (or exit) actions as one callback, each run when its guard holds."""
     if not steps:
         return None
-    plan = [(ACTION_FUNCTIONS[step.action],
-             None if step.guard is None else GUARD_FUNCTIONS[step.guard.lstrip("!")],
-             step.guard is None or not step.guard.startswith("!"))
-            for step in steps]
-
-    def run(machine: ConnectionMachine, inp: Input) -> None:
-        for action, guard, wanted in plan:
-            if guard is None or guard(machine, inp) is wanted:
-                action(machine, inp)
-
-    return run
+    return partial(_run_plan, tuple(
+        (ACTION_FUNCTIONS[step.action],
+         None if step.guard is None else GUARD_FUNCTIONS[step.guard.lstrip("!")],
+         step.guard is None or not step.guard.startswith("!"))
+        for step in steps))
 
 
 def _in_order(functions: Sequence[_Callback]) -> _Callback:
-    """One callable running ``functions`` in order (the function itself if it is alone)."""
+    """One callable running ``functions`` in order (the function itself if it is alone).
+
+    The same function as a state's actions (:func:`_run_plan`, without guards):
+    every row and state shares it, so a connect meets it cold once, not once
+    per kind of callback.
+    """
     if len(functions) == 1:
         return functions[0]
-    ordered = tuple(functions)
-
-    def run(machine: ConnectionMachine, inp: Input) -> None:
-        for function in ordered:
-            function(machine, inp)
-
-    return run
+    return partial(_run_plan, tuple((function, None, True) for function in functions))
 
 
 _M = ConnectionMachine
@@ -915,6 +891,20 @@ _BARE = {name: Effect(name) for name in (
     "send_reconnect_data", "cancel_retry", "cancel_restore_timer", "stop_heartbeat",
     "tear_down", "send_restart", "cancel_restart_timer", "cancel_probe", "cancel_farm_timer",
     "begin_session", "end_session")}
+
+def _ask(effect: Effect, machine: ConnectionMachine, inp: Input) -> None:
+    machine._out.append(effect)
+
+
+def _asks(effect: Effect) -> _Callback:
+    """The action whose whole job is to ask for ``effect``, which has nothing to compute.
+
+    One function serves them all (bound to each one's effect): every connect
+    asks for three of them, and a function of its own each would be three
+    more met cold.
+    """
+    return partial(_ask, effect)
+
 
 #: Every action of :data:`~ibkr_connection.table.ACTIONS` and the function performing it.
 ACTION_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], None]] = {
@@ -937,15 +927,15 @@ ACTION_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], None]] = {
     "refuse_ambiguous_accounts": _M._refuse_ambiguous_accounts,
     "reset_backoff": _M._reset_backoff,
     "select_account": _M._select_account,
-    "issue_subscriptions": _M._issue_subscriptions,
-    "restore_subscriptions": _M._restore_subscriptions,
-    "issue_new_subscriptions": _M._issue_new_subscriptions,
-    "start_heartbeat": _M._start_heartbeat,
+    "issue_subscriptions": _asks(_ISSUE_ON_NEW_SESSION),
+    "restore_subscriptions": _asks(_ISSUE_AGAIN),
+    "issue_new_subscriptions": _asks(_BARE["issue_new_subscriptions"]),
+    "start_heartbeat": _asks(_BARE["start_heartbeat"]),
     "forget_wedge_signs": _M._forget_wedge_signs,
     "note_endpoint_proven": _M._note_endpoint_proven,
     "forget_endpoint": _M._forget_endpoint,
-    "begin_session": _M._begin_session,
-    "end_session": _M._end_session,
+    "begin_session": _asks(_BARE["begin_session"]),
+    "end_session": _asks(_BARE["end_session"]),
     "probe_gateway": _M._probe_gateway,
     "reconnect_data": _M._reconnect_data,
     "retry_same_client_id": _M._retry_same_client_id,
@@ -954,19 +944,19 @@ ACTION_FUNCTIONS: dict[str, Callable[[ConnectionMachine, Input], None]] = {
     "forget_session": _M._forget_session,
     "start_attempt": _M._start_attempt,
     "schedule_retry": _M._schedule_retry,
-    "cancel_retry": _M._cancel_retry,
+    "cancel_retry": _asks(_BARE["cancel_retry"]),
     "start_restore_timer": _M._start_restore_timer,
     "start_maintenance_restore_timer": _M._start_maintenance_restore_timer,
-    "cancel_restore_timer": _M._cancel_restore_timer,
-    "stop_heartbeat": _M._stop_heartbeat,
-    "tear_down": _M._tear_down,
+    "cancel_restore_timer": _asks(_BARE["cancel_restore_timer"]),
+    "stop_heartbeat": _asks(_BARE["stop_heartbeat"]),
+    "tear_down": _asks(_BARE["tear_down"]),
     "count_restart": _M._count_restart,
     "start_restart_timer": _M._start_restart_timer,
-    "send_restart": _M._send_restart,
-    "cancel_restart_timer": _M._cancel_restart_timer,
-    "cancel_probe": _M._cancel_probe,
+    "send_restart": _asks(_BARE["send_restart"]),
+    "cancel_restart_timer": _asks(_BARE["cancel_restart_timer"]),
+    "cancel_probe": _asks(_BARE["cancel_probe"]),
     "start_farm_timer": _M._start_farm_timer,
-    "cancel_farm_timer": _M._cancel_farm_timer,
+    "cancel_farm_timer": _asks(_BARE["cancel_farm_timer"]),
 }
 
 #: Every guard of :data:`~ibkr_connection.table.GUARDS` and the function asking it.

@@ -459,56 +459,56 @@ class ConnectionManager:
         return self._feed(inp)
 
     def _feed(self, inp: Input) -> ConnectionState:
+        """Feed ``inp``, then every input that arose meanwhile; return the state after them.
+
+        Each input is one step: the machine handles it; the journal is flushed;
+        the driver carries out its effects; the listeners hear of its
+        transition. An input that arises while a step's effects or listeners
+        run (the close that a tear-down causes, a timer due at once, a
+        ``stateChangeEvent`` handler's request) is queued and fed after that
+        step, never inside it. The step is written out in the loop, not as a
+        method: every input of a connect (five) would pay a call for it.
+        """
         if self._stepping:
-            # It arose while a step's effects or listeners ran (the close that
-            # a tear-down causes, a timer due at once, a stateChangeEvent
-            # handler's request): it is fed after that step, never inside it.
             self._inputs.append(inp)
             return self._machine.state
         self._stepping = True
         inputs = self._inputs
+        machine = self._machine
         try:
-            # One input at a time; an input that arises meanwhile waits its turn.
             while True:
-                state = self._step(inp)
+                try:
+                    step = machine.handle(inp)
+                except Exception:
+                    # handle() noted the state the input found before anything could fail.
+                    logger.exception("the machine failed to handle %s in state %s (now %s)",
+                                     inp, machine.handled_in, machine.state.value)
+                    self._internal_error()
+                    state = machine.state
+                else:
+                    if self._journal is not None:
+                        self._flush_journal()
+                    failed = self._driver.perform(step.effects) if step.effects else 0
+                    if step.transition is not None:
+                        try:
+                            self._on_transition(step.transition)
+                        except Exception:
+                            logger.exception("state change listeners failed on %s",
+                                             step.transition)
+                    if failed:
+                        # The driver logged which effect raised and carried out the rest.
+                        self._internal_error()
+                    if self._resolve_due:
+                        # begin_session: the orders are settled once the bot heard of the
+                        # new session (orderResolvedEvent after its stateChangeEvent).
+                        self._resolve_due = False
+                        self._resolve_orders()
+                    state = step.state
                 if not inputs:
                     return state
                 inp = inputs.popleft()
         finally:
             self._stepping = False
-
-    def _step(self, inp: Input) -> ConnectionState:
-        """Feed one input to the machine; journal it; carry out its effects; tell the listeners.
-
-        Returns:
-            The state after the input.
-        """
-        machine = self._machine
-        try:
-            step = machine.handle(inp)
-        except Exception:
-            # handle() noted the state the input found before anything could fail.
-            logger.exception("the machine failed to handle %s in state %s (now %s)",
-                             inp, machine.handled_in, machine.state.value)
-            self._internal_error()
-            return machine.state
-        if self._journal is not None:
-            self._flush_journal()
-        failed = self._driver.perform(step.effects) if step.effects else 0
-        if step.transition is not None:
-            try:
-                self._on_transition(step.transition)
-            except Exception:
-                logger.exception("state change listeners failed on %s", step.transition)
-        if failed:
-            # The driver logged which effect raised and carried out the rest.
-            self._internal_error()
-        if self._resolve_due:
-            # begin_session: the orders are settled once the bot heard of the
-            # new session (orderResolvedEvent after its stateChangeEvent).
-            self._resolve_due = False
-            self._resolve_orders()
-        return step.state
 
     def _internal_error(self) -> None:
         """Arm the safety net after the machine or an effect raised (a bug of ours).

@@ -207,15 +207,17 @@ class Transcript(Sequence[Transition]):
         for transition in transitions:
             self.append(transition)
 
-    def append(self, transition: Transition) -> None:
-        """Record ``transition`` as the most recent."""
+    def append(self, transition: Transition) -> int:
+        """Record ``transition`` as the most recent; return how many are kept now."""
         key = (transition.source, transition.dest, transition.trigger, transition.cause,
                transition.code)
-        self._keys.append(self._shared.setdefault(key, key))
+        keys = self._keys
+        keys.append(self._shared.setdefault(key, key))
         self._at.append(transition.at)
         self._attempt.append(transition.attempt)
         delay = transition.delay
         self._delay.append(math.nan if delay is None else delay)
+        return len(keys)
 
     def keep_last(self, count: int) -> None:
         """Forget all but the ``count`` most recent transitions."""
