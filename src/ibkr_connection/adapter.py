@@ -195,6 +195,7 @@ async def connect_session(
     ib: Any, *, host: str, port: int, client_id: int, timeout: float,
     readonly: bool, account: str, catcher: SyncTimeoutCatcher,
     handshake_timeout: float | None = None, watch: SocketWatch | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> None:
     """Connect ``ib`` and complete the startup sync, or raise.
 
@@ -210,6 +211,9 @@ async def connect_session(
             from the start, so a socket that opens late gets up to twice that.
         watch: the manager's :class:`SocketWatch` (see :func:`watch_socket`);
             None: a handler is connected to the socket for this attempt only.
+        loop: the running loop, when the caller has it at hand (CPython
+            3.10-3.11 ask the kernel for the process id on every look-up of
+            the running loop).
 
     Raises:
         HandshakeTimeoutError: the socket opened but no server version came.
@@ -236,7 +240,9 @@ async def connect_session(
     # ib_insync notices a socket closed by the gateway before the API is ready
     # (e.g. right after the handshake) only when its connect timeout expires:
     # watch the socket ourselves and cut the connect short at once.
-    task = asyncio.current_task()
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    task = asyncio.current_task(loop)
     closed: list[str] = []
 
     def on_closed(message: str = "") -> None:
@@ -261,7 +267,6 @@ async def connect_session(
         silent.append(limit)
         task.cancel()
 
-    loop = asyncio.get_running_loop()
     if handshake_timeout is not None and handshake_timeout < timeout:
         timer = loop.call_later(handshake_timeout, check_handshake, handshake_timeout)
     if watch is not None:

@@ -222,11 +222,14 @@ class Driver:
         """Start attempt number ``attempt`` as a task; its result comes back as an input."""
         if self._attempt_task is not None:
             self._cancel_attempt()
-        # What ensure_future does with a coroutine, without its checks.
-        self._attempt_task = asyncio.get_event_loop().create_task(
-            self._attempt(attempt, client_id, port))
+        # What ensure_future does with a coroutine, without its checks. The
+        # attempt is handed the loop: on CPython 3.10-3.11 every look-up of
+        # the running loop asks the kernel for the process id.
+        loop = asyncio.get_event_loop()
+        self._attempt_task = loop.create_task(self._attempt(attempt, client_id, port, loop))
 
-    async def _attempt(self, attempt: int, client_id: int, port: int) -> None:
+    async def _attempt(self, attempt: int, client_id: int, port: int,
+                       loop: asyncio.AbstractEventLoop) -> None:
         config = self.config
         ib = self.ib
         if logger.isEnabledFor(logging.INFO):
@@ -238,6 +241,7 @@ class Driver:
                 timeout=config.connect_timeout, readonly=config.readonly,
                 account=config.account, catcher=self._sync_catcher,
                 handshake_timeout=config.handshake_timeout, watch=self._socket_watch,
+                loop=loop,
             )
         except asyncio.CancelledError:
             raise
