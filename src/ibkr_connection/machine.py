@@ -847,7 +847,7 @@ def _condition(terms: Sequence[tuple[str, bool]]) -> _Guard | None:
 
 #: A plan of actions: each action, the guard that must give ``wanted`` for it to run
 #: (None: it always runs), and ``wanted``.
-_Plan = tuple[tuple[_Callback, "_Guard | None", bool], ...]
+_Plan = tuple[tuple[_Callback, _Guard | None, bool], ...]
 
 
 def _run_plan(plan: _Plan, machine: ConnectionMachine, inp: Input) -> None:
